@@ -1,0 +1,68 @@
+"""Scheduling family: which device runs which phase or op."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLoad:
+    """Live load of one device, as the engine measured it."""
+
+    device: str
+    kind: str  # "cpu", "gpu" or "npu"
+    queue_len: int  # steps waiting for the device
+    busy_s: float  # total busy time so far
+    busy_frac: float  # busy time / elapsed time, in [0, 1]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulingObservation:
+    devices: tuple[DeviceLoad, ...]
+    num_waiting: int  # requests waiting for prefill
+    num_running: int  # requests decoding
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Device name per phase/op: prefill (whole forward pass over the prompt), and within a decode
+    step the attention block (QKV, attention, output projection) and the rest (FFN, LM head)."""
+
+    prefill: str
+    decode_attention: str
+    decode_ffn: str
+
+    @property
+    def devices(self) -> frozenset[str]:
+        return frozenset((self.prefill, self.decode_attention, self.decode_ffn))
+
+
+class SchedulingPolicy(Protocol):
+    kind: str
+
+    def decide(self, obs: SchedulingObservation) -> Placement: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinglePlacement:
+    """Baseline: everything on one named device."""
+
+    device: str
+    kind: Literal["single"] = "single"
+
+    def decide(self, obs: SchedulingObservation) -> Placement:
+        return Placement(self.device, self.device, self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticPlacement:
+    """A fixed device per phase/op, e.g. the paper's PREFILL/ATTN -> GPU, FFN/DECODE -> NPU."""
+
+    prefill: str
+    decode_attention: str
+    decode_ffn: str
+    kind: Literal["static"] = "static"
+
+    def decide(self, obs: SchedulingObservation) -> Placement:
+        return Placement(self.prefill, self.decode_attention, self.decode_ffn)

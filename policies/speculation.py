@@ -1,0 +1,55 @@
+"""Speculation family: whether to speculate, how many draft tokens, with what threshold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SpecObservation:
+    """What the engine knows just before it plans one decode step."""
+
+    acceptance: float  # EWMA of accepted / proposed draft tokens, in [0, 1]
+    acceptance_history: tuple[float, ...]  # per-step acceptance fractions, oldest first
+    last_draft_len: int  # k used in the previous step (0 = no speculation)
+    last_all_accepted: bool  # every draft token of the previous step was accepted
+    draft_token_s: float  # cost of one draft token (predicted or measured)
+    verify_s: float  # cost of one target verify pass
+    max_draft_len: int  # the engine's hard limit on k
+
+
+@dataclass(frozen=True, slots=True)
+class SpecDecision:
+    """``draft_len`` = k draft tokens to propose (0 = plain decode); ``threshold`` is the draft
+    confidence below which drafting stops early (0 = never)."""
+
+    draft_len: int
+    threshold: float = 0.0
+
+
+class SpeculationPolicy(Protocol):
+    kind: str
+
+    def decide(self, obs: SpecObservation) -> SpecDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoSpeculation:
+    """Baseline: never speculate."""
+
+    kind: Literal["off"] = "off"
+
+    def decide(self, obs: SpecObservation) -> SpecDecision:
+        return SpecDecision(draft_len=0)
+
+
+@dataclass(frozen=True, slots=True)
+class FixedSpeculation:
+    """Always propose ``k`` draft tokens (clamped to the engine's limit)."""
+
+    kind: Literal["fixed"] = "fixed"
+    k: int = 4
+
+    def decide(self, obs: SpecObservation) -> SpecDecision:
+        return SpecDecision(draft_len=max(0, min(self.k, obs.max_draft_len)))

@@ -1,0 +1,93 @@
+"""Tiering family: the precision of every KV-cache block, and when to restore it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+from policies.precision import Precision
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInfo:
+    """One KV block of one request, as the engine sees it at decision time."""
+
+    request_id: int
+    index: int  # position of the block in its request's sequence, 0 = oldest
+    precision: Precision
+    age_steps: int  # decode steps since the block was filled
+    attention_mass: float  # accumulated attention the block received, in [0, 1] per step summed
+    access_count: int  # times attention read the block
+    relevance: float = 0.0  # semantic relevance (cosine of mean key to recent queries), [-1, 1]
+
+
+@dataclass(frozen=True, slots=True)
+class TierPressure:
+    """Memory pressure of one storage tier: used / capacity, in [0, 1]."""
+
+    tier: str  # "device" (where attention runs) or "host" (the offload tier)
+    used_bytes: int
+    capacity_bytes: int
+
+    @property
+    def pressure_frac(self) -> float:
+        return self.used_bytes / self.capacity_bytes if self.capacity_bytes > 0 else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TieringObservation:
+    """Everything a tiering policy may look at before one re-tiering pass."""
+
+    blocks: tuple[BlockInfo, ...]
+    pressures: tuple[TierPressure, ...]
+    block_tokens: int
+    quality_delta_ppl: float = 0.0  # the quality signal: estimated perplexity change so far
+
+    def pressure(self, tier: str = "device") -> float:
+        for p in self.pressures:
+            if p.tier == tier:
+                return p.pressure_frac
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TieringDecision:
+    """New precision per block, as (request_id, block index, precision); blocks not named keep
+    theirs.  ``new_block_precision`` is the precision freshly filled blocks are written at."""
+
+    changes: tuple[tuple[int, int, Precision], ...] = ()
+    new_block_precision: Precision = Precision.FP16
+
+
+class TieringPolicy(Protocol):
+    """Contract: ``decide`` returns only feasible changes (blocks that exist); the engine rejects
+    anything else loudly.  ``observes_blocks`` False lets the engine skip building the per-block
+    tuple (it can hold tens of thousands of blocks), passing ``blocks=()``."""
+
+    kind: str
+    observes_blocks: ClassVar[bool]
+
+    def decide(self, obs: TieringObservation) -> TieringDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fp16Tiering:
+    """Baseline: every KV block stays at FP16."""
+
+    kind: Literal["fp16"] = "fp16"
+    observes_blocks: ClassVar[bool] = False
+
+    def decide(self, obs: TieringObservation) -> TieringDecision:
+        return TieringDecision()
+
+
+@dataclass(frozen=True, slots=True)
+class UniformTiering:
+    """Every block written at one precision (INT8 or INT4) from the start."""
+
+    kind: Literal["uniform"] = "uniform"
+    observes_blocks: ClassVar[bool] = False
+    precision: Literal["int8", "int4"] = "int4"
+
+    def decide(self, obs: TieringObservation) -> TieringDecision:
+        return TieringDecision(new_block_precision=Precision[self.precision.upper()])

@@ -1,0 +1,79 @@
+"""Step buffers as the engine manages them: a held buffer per name, a pool of freed ones, and the
+counters the buffer policies are judged by (allocations, bytes, reserved vs used)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from policies import BufferDecision, BufferObservation, BufferPolicy
+from sim.errors import InfeasibleDecision
+
+HISTORY_LEN = 16
+POOL_LEN = 8
+
+
+@dataclass(slots=True)
+class BufferStats:
+    num_allocs: int = 0
+    alloc_bytes: int = 0
+    num_reuses: int = 0
+    used_bytes_sum: int = 0  # requested bytes, summed over steps
+    reserved_bytes_sum: int = 0  # bytes held for those requests, summed over steps
+
+    @property
+    def efficiency_frac(self) -> float:
+        return self.used_bytes_sum / self.reserved_bytes_sum if self.reserved_bytes_sum else 1.0
+
+
+class BufferPool:
+    """Contract: after ``request`` the buffer held under ``name`` is at least the requested size;
+    an infeasible decision (too small, or a reuse with nothing big enough) raises."""
+
+    def __init__(self, policy: BufferPolicy):
+        self.policy = policy
+        self.held: dict[str, int] = {}
+        self.history: dict[str, deque[int]] = {}
+        self.pool: list[int] = []
+        self.stats = BufferStats()
+
+    def request(self, name: str, requested: int) -> tuple[int, int]:
+        """Returns (allocations made, bytes allocated) for this request."""
+        history = self.history.setdefault(name, deque(maxlen=HISTORY_LEN))
+        current = self.held.get(name, 0)
+        obs = BufferObservation(name, requested, current, tuple(history), tuple(self.pool))
+        decision: BufferDecision = self.policy.decide(obs)
+        history.append(requested)
+        allocs = self._apply(name, requested, current, decision)
+        self.stats.used_bytes_sum += requested
+        self.stats.reserved_bytes_sum += self.held[name]
+        return allocs
+
+    def _apply(self, name: str, requested: int, current: int,
+               d: BufferDecision) -> tuple[int, int]:
+        if d.reuse:
+            if current >= requested:
+                self.stats.num_reuses += 1
+                return 0, 0
+            fits = [b for b in self.pool if b >= requested]
+            if not fits:
+                raise InfeasibleDecision(f"buffer policy {self.policy.kind!r}: reuse of {name!r} "
+                                         f"({requested} bytes) with nothing big enough")
+            self.pool.remove(min(fits))
+            self._release(current)
+            self.held[name] = min(fits)
+            self.stats.num_reuses += 1
+            return 0, 0
+        if d.alloc_bytes < requested:
+            raise InfeasibleDecision(f"buffer policy {self.policy.kind!r}: allocates "
+                                     f"{d.alloc_bytes} bytes for {name!r} needing {requested}")
+        self._release(current)
+        self.held[name] = d.alloc_bytes
+        self.stats.num_allocs += 1
+        self.stats.alloc_bytes += d.alloc_bytes
+        return 1, d.alloc_bytes
+
+    def _release(self, size: int) -> None:
+        if size:
+            self.pool.append(size)
+            del self.pool[:-POOL_LEN]

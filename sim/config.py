@@ -1,0 +1,248 @@
+"""Scenario files: one YAML validated once into frozen pydantic models (``extra="forbid"``).
+
+A scenario may name **variants** (dotted overrides run side by side) and any number of cost models;
+``--set dotted.key=value`` overrides anything (values parsed as YAML) after the variant's own.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sim.errors import UserError
+from sim.policy_registry import FAMILIES, by_kind, param_names
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Frozen):
+    spec: str  # a preset name or a path to a Hugging Face config.json
+    weight_bits: float | None = Field(default=None, gt=0, le=32)
+    draft: str | None = None  # draft model for speculation (a preset or a path)
+    draft_weight_bits: float | None = Field(default=None, gt=0, le=32)
+
+
+class Fixed(_Frozen):
+    kind: Literal["fixed"] = "fixed"
+    value: int = Field(ge=1)
+
+
+class Uniform(_Frozen):
+    kind: Literal["uniform"] = "uniform"
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class LogNormal(_Frozen):
+    """Log-normal around ``median`` (sigma of the log), clipped to [low, high]."""
+
+    kind: Literal["lognormal"] = "lognormal"
+    median: float = Field(gt=0)
+    sigma: float = Field(ge=0)
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+
+Length = Annotated[Union[Fixed, Uniform, LogNormal], Field(discriminator="kind")]
+
+
+class ClosedLoop(_Frozen):
+    """``concurrency`` users, each sending its next request when the previous one completes."""
+
+    kind: Literal["closed"] = "closed"
+    concurrency: int = Field(default=1, ge=1)
+    think_s: float = Field(default=0.0, ge=0)
+
+
+class Poisson(_Frozen):
+    kind: Literal["poisson"] = "poisson"
+    rate_per_s: float = Field(gt=0)
+
+
+class TraceFile(_Frozen):
+    """A CSV with columns arrival_s, prompt_tokens, output_tokens (relative to the scenario)."""
+
+    kind: Literal["trace"] = "trace"
+    path: str
+
+
+Arrival = Annotated[Union[ClosedLoop, Poisson, TraceFile], Field(discriminator="kind")]
+
+
+class WorkloadConfig(_Frozen):
+    arrival: Arrival = ClosedLoop()
+    num_requests: int = Field(default=8, ge=1)
+    prompt_tokens: Length = Fixed(value=128)
+    output_tokens: Length = Fixed(value=128)
+
+
+class EngineConfig(_Frozen):
+    max_batch: int = Field(default=8, ge=1)
+    block_tokens: int = Field(default=16, ge=1)
+    max_prefill_tokens: int = Field(default=8192, ge=1)  # prompt tokens per prefill step
+    kv_budget_bytes: float | None = Field(default=None, gt=0)  # default: kv_memory_frac below
+    kv_memory_frac: float = Field(default=0.9, gt=0, le=1)  # of device memory left after weights
+    host_budget_bytes: float | None = Field(default=None, ge=0)  # offload tier; default: 50 %
+    kv_quant_group: int = Field(default=64, ge=1)  # values per INT8/INT4 scale group
+    tiering_interval_steps: int = Field(default=32, ge=1)
+    max_draft_len: int = Field(default=8, ge=0)
+
+
+class SpeculationSetup(_Frozen):
+    """How speculation behaves in the simulator: per-token acceptance probability and the device
+    the draft model runs on (default: the decode FFN device)."""
+
+    alpha: float = Field(default=0.6, ge=0, le=1)
+    draft_device: str | None = None
+
+
+class Coefficient(_Frozen):
+    value: float = Field(gt=0)
+    source: str = Field(min_length=1)
+
+
+class CoefficientConfig(_Frozen):
+    """The paper's projection method: rate = baseline x product of enabled techniques' values."""
+
+    baseline_decode_tok_s: Coefficient
+    baseline_prefill_tok_s: Coefficient
+    techniques: dict[Literal["tiering", "buffers", "speculation", "npu"], Coefficient]
+
+
+class PoliciesConfig(_Frozen):
+    tiering: Any = None
+    buffers: Any = None
+    speculation: Any = None
+    scheduling: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping of family -> {kind: ..., params}")
+        out = {}
+        for family, spec in data.items():
+            if family not in FAMILIES:
+                raise ValueError(f"unknown policy family {family!r}")
+            out[family] = _build_policy(family, spec)
+        return out
+
+
+def _build_policy(family: str, spec: Any):
+    kinds = by_kind(family)
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"{family}: expected a mapping with a 'kind' ({', '.join(kinds)})")
+    cls = kinds.get(spec["kind"])
+    if cls is None:
+        raise ValueError(f"{family}: unknown policy kind {spec['kind']!r} "
+                         f"(known: {', '.join(kinds)})")
+    unknown = set(spec) - param_names(cls)
+    if unknown:
+        raise ValueError(f"{family}: unknown parameter {sorted(unknown)[0]!r} for kind "
+                         f"{spec['kind']!r}")
+    try:
+        return cls(**spec)
+    except TypeError as err:
+        raise ValueError(f"{family}: {err}") from None
+
+
+class Scenario(_Frozen):
+    name: str
+    description: str = ""
+    seed: int = 0
+    model: ModelConfig
+    hardware: str
+    cost_models: tuple[Literal["roofline", "coefficient"], ...] = ("roofline",)
+    coefficient: CoefficientConfig | None = None
+    workload: WorkloadConfig = WorkloadConfig()
+    engine: EngineConfig = EngineConfig()
+    speculation: SpeculationSetup = SpeculationSetup()
+    policies: PoliciesConfig
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self):
+        for family in FAMILIES:
+            if getattr(self.policies, family) is None:
+                raise ValueError(f"policies.{family} is required")
+        if "coefficient" in self.cost_models and self.coefficient is None:
+            raise ValueError("cost model 'coefficient' needs a 'coefficient' section")
+        return self
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``dotted.key=value`` with the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise UserError(f"malformed override {item!r} (expected dotted.key=value)", field="--set")
+    try:
+        return key, yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise UserError(f"value of {key!r} is not valid YAML", field="--set") from None
+
+
+def apply_override(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def validate(data: dict, file: str, where: str = "") -> Scenario:
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(x) for x in e["loc"] if x not in ("function-after",))
+        msg = e["msg"].removeprefix("Value error, ")
+        raise UserError(msg, file=file, field=(where + field) or None) from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UserError(f"cannot read scenario ({err.strerror})", file=str(path)) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"invalid YAML{line}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise UserError("a scenario must be a YAML mapping", file=str(path))
+    return data
+
+
+def resolve_runs(path: Path, sets: list[str]) -> list[tuple[str, Scenario]]:
+    """Every variant of the scenario at ``path``, fully validated, with ``--set`` applied last."""
+    base = read_yaml(path)
+    overrides = [parse_set(s) for s in sets]
+    variants = base.get("variants") or {"default": {}}
+    if not isinstance(variants, dict):
+        raise UserError("expected a mapping of variant name -> overrides", file=str(path),
+                        field="variants")
+    runs = []
+    for name, changes in variants.items():
+        data = copy.deepcopy(base)
+        data.pop("variants", None)
+        for key, value in (changes or {}).items():
+            apply_override(data, key, value)
+        for key, value in overrides:
+            apply_override(data, key, value)
+        where = "" if name == "default" else f"variants.{name} -> "
+        runs.append((str(name), validate(data, str(path), where)))
+    return runs

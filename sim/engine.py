@@ -1,0 +1,221 @@
+"""The engine: SimPy processes for arrivals, prefill and decode, with continuous batching.
+
+Each step: admit arrived requests (FCFS, while the batch and the KV budget allow) -> ask the
+policies -> hand the step to the executor (predicted or measured time) -> record -> retire finished
+requests.  Prefill and decode are separate processes; when their devices differ they overlap (and
+share a memory bus if the devices do), when they share a device they take turns on it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import simpy
+
+from policies import DeviceLoad, Placement, SchedulingObservation
+from sim.buffer_pool import BufferPool
+from sim.engine_state import RunState
+from sim.errors import InfeasibleDecision
+from sim.executor import Executor, StepPlan
+from sim.kv_store import Admission, PagedKVStore
+from sim.planner import Planner
+from sim.workload import Requests
+
+
+class Engine:
+    """One run of one scenario variant on one executor.  ``run()`` returns the ``RunState``,
+    in which every request ends completed or failed with a reason."""
+
+    def __init__(self, planner: Planner, requests: Requests, executor: Executor,
+                 store: PagedKVStore, *, max_batch: int, max_prefill_tokens: int,
+                 max_context_tokens: int, seed: int, record_trace: bool = False):
+        self.env = simpy.Environment()
+        self.planner, self.requests, self.executor, self.store = planner, requests, executor, store
+        self.max_batch, self.max_prefill_tokens = max_batch, max_prefill_tokens
+        self.max_context_tokens = max_context_tokens
+        self.state = RunState(len(requests), record_trace)
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
+        self.devices = {d.name: simpy.Resource(self.env, 1) for d in executor.devices()}
+        self.kinds = {d.name: d.kind for d in executor.devices()}
+        self.buffers = BufferPool(planner.buffers)
+        self.waiting: deque[int] = deque()
+        self.num_prefilling = 0
+        self.running: list[int] = []
+        self._next_closed = 0
+        self._wake_prefill = self.env.event()
+        self._wake_decode = self.env.event()
+        planner.retier(store, [])  # the precision new blocks are written at, from the start
+
+    # -- arrivals ----------------------------------------------------------------------------
+    def run(self) -> RunState:
+        if self.requests.concurrency is None:
+            self.env.process(self._open_arrivals())
+        else:
+            for _ in range(min(self.requests.concurrency, len(self.requests))):
+                self._next_user_request()
+        self.env.process(self._prefill_loop())
+        self.env.process(self._decode_loop())
+        self.env.run()
+        self.state.finish(self.env.now, self.store)
+        return self.state
+
+    def _open_arrivals(self):
+        for rid, t in enumerate(self.requests.arrival_s):
+            if t > self.env.now:
+                yield self.env.timeout(t - self.env.now)
+            self._arrive(rid)
+
+    def _next_user_request(self) -> None:
+        if self._next_closed < len(self.requests):
+            self._next_closed += 1
+            self._arrive(self._next_closed - 1)
+
+    def _user_done(self) -> None:
+        if self.requests.concurrency is None:
+            return
+        think = self.requests.think_s
+        if think > 0:
+            self.env.timeout(think).callbacks.append(lambda _e: self._next_user_request())
+        else:
+            self._next_user_request()
+
+    def _arrive(self, rid: int) -> None:
+        self.state.arrival_s[rid] = self.env.now
+        prompt = int(self.requests.prompt_tokens[rid])
+        total = prompt + int(self.requests.output_tokens[rid])
+        if total > self.max_context_tokens:
+            return self._fail(rid, f"{total} tokens exceed the model's context of "
+                                   f"{self.max_context_tokens}")
+        if self.store.can_admit(total, self.planner.new_block_precision) is Admission.NEVER:
+            need = self.store.blocks_for(total) * int(
+                self.store.device_block_bytes[self.planner.new_block_precision])
+            return self._fail(rid, f"needs {need} bytes of KV cache, more than the whole budget "
+                                   f"of {self.store.device_budget_bytes}")
+        self.waiting.append(rid)
+        self._wake(prefill=True)
+
+    def _fail(self, rid: int, reason: str) -> None:
+        self.state.fail(rid, self.env.now, reason)
+        self._user_done()
+
+    def _wake(self, prefill: bool = False, decode: bool = False) -> None:
+        if prefill and not self._wake_prefill.triggered:
+            self._wake_prefill.succeed()
+        if decode and not self._wake_decode.triggered:
+            self._wake_decode.succeed()
+
+    # -- prefill -----------------------------------------------------------------------------
+    def _admit_batch(self) -> list[int]:
+        batch: list[int] = []
+        tokens = 0
+        prec = self.planner.new_block_precision
+        while self.waiting and len(self.running) + self.num_prefilling + len(batch) < self.max_batch:
+            rid = self.waiting[0]
+            prompt = int(self.requests.prompt_tokens[rid])
+            total = prompt + int(self.requests.output_tokens[rid])
+            if batch and tokens + prompt > self.max_prefill_tokens:
+                break
+            if self.store.can_admit(total, prec) is not Admission.OK:
+                break  # FCFS: the head waits for memory, nobody overtakes it
+            self.store.admit(rid, prompt, total, prec)
+            self.waiting.popleft()
+            self.state.admitted_s[rid] = self.env.now
+            batch.append(rid)
+            tokens += prompt
+        return batch
+
+    def _prefill_loop(self):
+        while True:
+            batch = self._admit_batch()
+            if not batch:
+                self._wake_prefill = self.env.event()
+                yield self._wake_prefill
+                continue
+            self.num_prefilling += len(batch)
+            placement = self._placement()
+            plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
+                                             self.buffers)
+            result = yield from self._execute(plan, (placement.prefill,))
+            self.num_prefilling -= len(batch)
+            self._record(plan, result)
+            for rid in batch:  # the prefill pass emits each request's first token
+                self.state.first_token_s[rid] = self.env.now
+            self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64), joining=True)
+
+    # -- decode ------------------------------------------------------------------------------
+    def _decode_loop(self):
+        while True:
+            if not self.running:
+                self._wake_decode = self.env.event()
+                yield self._wake_decode
+                continue
+            batch = np.array(self.running)
+            self.planner.maybe_retier(self.store, self.running)
+            placement = self._placement()
+            plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers,
+                                                     self.rng)
+            devices = (placement.decode_attention, placement.decode_ffn)
+            if plan.draft_len:
+                devices += (self.planner.draft_device or placement.decode_ffn,)
+            result = yield from self._execute(plan, devices)
+            self._record(plan, result)
+            self._advance(batch, emitted)
+
+    def _record(self, plan: StepPlan, result) -> None:
+        self.planner.observe(plan, result)
+        self.state.record_step(plan, result, self.env.now)
+
+    def _advance(self, batch: np.ndarray, emitted: np.ndarray, joining: bool = False) -> None:
+        """Credit emitted tokens (capped at each request's output length); retire the done.
+        ``joining``: the batch has just been prefilled and joins the decode set."""
+        left = self.requests.output_tokens[batch] - self.state.generated[batch]
+        emitted = np.minimum(emitted, left)
+        self.state.generated[batch] += emitted
+        self.store.append_tokens_many(batch, emitted, self.planner.new_block_precision)
+        self.state.observe_kv(self.store)
+        is_done = self.state.generated[batch] >= self.requests.output_tokens[batch]
+        done = batch[is_done]
+        if joining:
+            self.running.extend(batch[~is_done].tolist())
+        if len(done):
+            done_set = set(done.tolist())
+            if not joining:
+                self.running = [r for r in self.running if r not in done_set]
+            for rid in done.tolist():
+                self.store.free(rid)
+                self.state.complete(rid, self.env.now)
+                self._user_done()
+            self._wake(prefill=True)
+        if self.running:
+            self._wake(decode=True)
+
+    # -- devices -----------------------------------------------------------------------------
+    def _placement(self) -> Placement:
+        busy = self.state.device_busy_s
+        now = max(self.env.now, 1e-12)
+        loads = tuple(DeviceLoad(name, self.kinds[name], len(res.queue), busy.get(name, 0.0),
+                                 min(busy.get(name, 0.0) / now, 1.0))
+                      for name, res in self.devices.items())
+        obs = SchedulingObservation(loads, len(self.waiting), len(self.running))
+        placement = self.planner.scheduling.decide(obs)
+        for device in placement.devices:
+            if device not in self.devices:
+                raise InfeasibleDecision(f"scheduling policy {self.planner.scheduling.kind!r} "
+                                         f"placed work on unknown device {device!r} "
+                                         f"(devices: {', '.join(self.devices)})")
+        return placement
+
+    def _execute(self, plan: StepPlan, devices: tuple[str, ...]):
+        """Hold every device the step uses (in a fixed order: no deadlock) while it runs."""
+        held = []
+        for name in sorted(set(devices)):
+            req = self.devices[name].request()
+            yield req
+            held.append((name, req))
+        try:
+            result = yield from self.executor.execute(self.env, plan)
+        finally:
+            for name, req in held:
+                self.devices[name].release(req)
+        return result

@@ -1,0 +1,69 @@
+"""What a run records: per-request times and outcomes, per-step engine state, device busy time,
+KV memory peaks and (optionally) the timeline for a Chrome trace."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.executor import StepPlan, StepResult
+from sim.kv_store import PagedKVStore
+
+PENDING, COMPLETED, FAILED = 0, 1, 2
+
+
+class RunState:
+    def __init__(self, num_requests: int, record_trace: bool):
+        n = num_requests
+        self.arrival_s = np.full(n, np.nan)
+        self.admitted_s = np.full(n, np.nan)
+        self.first_token_s = np.full(n, np.nan)
+        self.finish_s = np.full(n, np.nan)
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.fail_reason: dict[int, str] = {}
+        self.device_busy_s: dict[str, float] = {}
+        self.num_steps = {"prefill": 0, "decode": 0}
+        self.batch_tokens_sum = {"prefill": 0, "decode": 0}
+        self.batch_size_max = 0
+        self.spec_proposed = 0
+        self.spec_accepted = 0
+        self.kv_peak_bytes = 0
+        self.kv_fp16_equiv_peak_bytes = 0
+        self.kv_bytes_by_precision_at_peak: dict[str, int] = {}
+        self.end_s = 0.0
+        self.record_trace = record_trace
+        self.trace: list[tuple[str, str, float, float, tuple[int, ...]]] = []
+
+    def fail(self, rid: int, now: float, reason: str) -> None:
+        self.status[rid] = FAILED
+        self.finish_s[rid] = now
+        self.fail_reason[rid] = reason
+
+    def complete(self, rid: int, now: float) -> None:
+        self.status[rid] = COMPLETED
+        self.finish_s[rid] = now
+
+    def record_step(self, plan: StepPlan, result: StepResult, now: float) -> None:
+        phase = plan.phase
+        self.num_steps[phase] += 1
+        self.batch_tokens_sum[phase] += len(plan.request_ids)
+        self.batch_size_max = max(self.batch_size_max, len(plan.request_ids))
+        busy = self.device_busy_s
+        for device, seconds in result.device_busy_s.items():
+            busy[device] = busy.get(device, 0.0) + seconds
+        if self.record_trace:
+            t = now - result.elapsed_s
+            for device, op, seconds in result.segments:
+                self.trace.append((device, op, t, seconds, plan.request_ids))
+                t += seconds
+
+    def observe_kv(self, store: PagedKVStore) -> None:
+        if store.device_used_bytes > self.kv_peak_bytes:
+            self.kv_peak_bytes = store.device_used_bytes
+            self.kv_bytes_by_precision_at_peak = store.bytes_by_precision()
+        self.kv_fp16_equiv_peak_bytes = max(self.kv_fp16_equiv_peak_bytes, store.fp16_equiv_bytes)
+
+    def finish(self, now: float, store: PagedKVStore) -> None:
+        self.end_s = now
+        for rid in np.nonzero(self.status == PENDING)[0].tolist():
+            self.fail(rid, now, "never admitted: the run ended with the request still waiting")

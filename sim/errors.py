@@ -1,0 +1,24 @@
+"""User-facing errors: each names the file and the field, and maps to an exit status."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (exit status 2).  ``str(err)`` is one line naming file and field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None):
+        self.file, self.field, self.message = file, field, message
+        where = ": ".join(x for x in (file, field) if x)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class BackendUnavailable(Exception):
+    """A backend that cannot run on this machine (exit status 3); the message says why."""
+
+    exit_code = 3
+
+
+class InfeasibleDecision(RuntimeError):
+    """A policy returned a decision the engine cannot carry out (a bug in the policy)."""

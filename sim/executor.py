@@ -1,0 +1,87 @@
+"""The seam between the engine and whatever runs a step: the executor protocol and its values.
+
+The cost-model executor (``sim.sim_executor``) answers with predicted durations; a real executor
+(``adapters``) does the work, synchronises its device and answers with measured ones.  Executors are
+found by name through the ``infer_os.backends`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal, Protocol
+
+import simpy
+
+from policies import Placement
+from sim.errors import UserError
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """One engine step, fully decided.  Token and byte figures are totals over the batch.
+
+    ``attended_pairs`` sums, over every query token, the resident context tokens it attends to;
+    ``kv_read_bytes`` is the device bytes of resident KV read (all layers, at their precisions);
+    ``kv_dequant_values`` counts the INT8/INT4 values among them.  For speculation, ``draft_len``
+    = k > 0: the draft model proposes k tokens per sequence (``draft_*`` fields describe its
+    context), then the target verifies k + 1 tokens per sequence in one pass.
+    """
+
+    phase: Literal["prefill", "decode"]
+    request_ids: tuple[int, ...]
+    num_tokens: int  # query tokens forwarded through the target
+    num_rows: int  # positions whose logits are computed
+    attended_pairs: float
+    kv_read_bytes: float
+    kv_dequant_values: float
+    placement: Placement
+    draft_len: int = 0
+    draft_attended_pairs: float = 0.0
+    draft_kv_read_bytes: float = 0.0
+    num_allocs: int = 0  # buffer allocations this step (from the buffer policy)
+    alloc_bytes: int = 0
+    enabled: frozenset[str] = frozenset()  # techniques switched on (for the coefficient model)
+    tokens_per_seq: float = 1.0  # mean tokens each sequence emits this step (coefficient model)
+
+
+@dataclass(slots=True)
+class StepResult:
+    elapsed_s: float
+    device_busy_s: dict[str, float] = field(default_factory=dict)
+    segments: list[tuple[str, str, float]] = field(default_factory=list)  # (device, op, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    name: str
+    kind: str
+    memory_bytes: float  # capacity of the memory it reads from
+    memory_bus: str
+
+
+class Executor(Protocol):
+    """Contract: ``execute`` is a SimPy generator that takes the step's time on ``env`` (by
+    yielding events) and returns its ``StepResult``; it never mutates the plan or engine state.
+    ``devices`` lists what placements may name."""
+
+    name: str
+
+    def devices(self) -> tuple[DeviceInfo, ...]: ...
+
+    def execute(self, env: simpy.Environment,
+                plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]: ...
+
+
+def backend_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group="infer_os.backends"))
+
+
+def load_backend(name: str):
+    """The factory registered under ``name`` in the ``infer_os.backends`` entry-point group."""
+    for ep in entry_points(group="infer_os.backends"):
+        if ep.name == name:
+            return ep.load()
+    raise UserError(f"unknown backend {name!r} (installed: {', '.join(backend_names()) or 'none'})",
+                    field="--backend")

@@ -1,0 +1,202 @@
+"""The paged KV store: blocks of ``block_tokens`` tokens per request, a precision per block, and a
+memory budget for the device tier (where attention runs) and the host tier (offloaded blocks).
+
+Admission reserves a request's whole future: its prompt blocks are allocated and the blocks its
+output will fill are reserved at the precision new blocks are written at when it is admitted, so a
+running request can always grow and the device budget is never exceeded (no preemption).  A later
+tiering decision can lower the precision of a request's future blocks, never raise it past that
+reservation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import numpy as np
+
+from policies import Precision
+
+NUM_PRECISIONS = len(Precision)
+
+
+class Admission(enum.Enum):
+    OK = "ok"
+    LATER = "later"  # fits once running requests free their memory
+    NEVER = "never"  # larger than the whole budget
+
+
+def block_bytes(values_per_token: int, block_tokens: int, group: int) -> dict[Precision, int]:
+    """Device bytes of one block by precision.  INT8/INT4 are asymmetric group-wise: an FP16
+    scale and an FP16 zero point per ``group`` values, i.e. 8 + 32/group or 4 + 32/group bits per
+    value (group 64: 8.5 and 4.5 bits, the q4_0-style budget of REFERENCE.md)."""
+    values = values_per_token * block_tokens
+    scale_bits = 32 / group
+    return {
+        Precision.FP16: values * 2,
+        Precision.INT8: int(np.ceil(values * (8 + scale_bits) / 8)),
+        Precision.INT4: int(np.ceil(values * (4 + scale_bits) / 8)),
+        Precision.OFFLOADED: 0,
+        Precision.EVICTED: 0,
+    }
+
+
+class PagedKVStore:
+    """Contract: ``device_used_bytes + reserved_bytes <= device_budget_bytes`` and
+    ``host_used_bytes <= host_budget_bytes`` after every call; a call that would break either
+    raises ``MemoryError`` and changes nothing.  ``free`` of an admitted request is always safe.
+
+    Request ids are small integers below ``capacity`` (the engine's request index), which lets the
+    per-request token counts and block counts by precision live in numpy arrays: a decode step
+    updates a whole batch with a few vector operations.
+    """
+
+    def __init__(self, block_tokens: int, bytes_by_precision: Mapping[Precision, int],
+                 device_budget_bytes: float, host_budget_bytes: float, capacity: int):
+        self.block_tokens = block_tokens
+        self.device_block_bytes = np.array([bytes_by_precision[p] for p in Precision],
+                                           dtype=np.int64)
+        self.host_block_bytes = np.zeros(NUM_PRECISIONS, dtype=np.int64)
+        self.host_block_bytes[Precision.OFFLOADED] = bytes_by_precision[Precision.FP16]
+        self.device_budget_bytes = int(device_budget_bytes)
+        self.host_budget_bytes = int(host_budget_bytes)
+        self.counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)  # blocks by precision, all requests
+        self.req_counts = np.zeros((capacity, NUM_PRECISIONS), dtype=np.int64)
+        self.req_tokens = np.zeros(capacity, dtype=np.int64)
+        self.reserved_bytes = 0
+        self.device_used_bytes = 0
+        self.host_used_bytes = 0
+        self._blocks: dict[int, bytearray] = {}  # request id -> precision of each block
+        self._future: dict[int, tuple[int, Precision]] = {}  # reserved blocks and their precision
+
+    # -- admission ---------------------------------------------------------------------------
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_tokens)
+
+    def can_admit(self, max_tokens: int, precision: Precision) -> Admission:
+        need = self.blocks_for(max_tokens) * int(self.device_block_bytes[precision])
+        if need > self.device_budget_bytes:
+            return Admission.NEVER
+        if self.device_used_bytes + self.reserved_bytes + need > self.device_budget_bytes:
+            return Admission.LATER
+        return Admission.OK
+
+    def admit(self, rid: int, prompt_tokens: int, max_tokens: int, precision: Precision) -> None:
+        """Allocate the prompt's blocks and reserve the rest of ``max_tokens``."""
+        if rid in self._blocks:
+            raise ValueError(f"request {rid} already admitted")
+        if self.can_admit(max(max_tokens, prompt_tokens), precision) is not Admission.OK:
+            raise MemoryError(f"request {rid} does not fit")
+        total = self.blocks_for(max(max_tokens, prompt_tokens))
+        now = self.blocks_for(prompt_tokens)
+        self._blocks[rid] = bytearray()
+        self._future[rid] = (total, precision)
+        self.reserved_bytes += total * int(self.device_block_bytes[precision])
+        self.append_tokens(rid, prompt_tokens, precision)
+        assert len(self._blocks[rid]) == now
+
+    # -- growth ------------------------------------------------------------------------------
+    def append_tokens(self, rid: int, num_tokens: int, precision: Precision) -> int:
+        """Add tokens to one request; returns the number of new blocks."""
+        return self.append_tokens_many(np.array([rid]), np.array([num_tokens]), precision)
+
+    def append_tokens_many(self, rids: np.ndarray, num_tokens: np.ndarray,
+                           precision: Precision) -> int:
+        """Add ``num_tokens[i]`` tokens to request ``rids[i]``.  New blocks are written at
+        ``precision``, or at a request's reserved precision when that is lower."""
+        tokens = self.req_tokens[rids] + num_tokens
+        need = -(-tokens // self.block_tokens) - self.req_counts[rids].sum(axis=1)
+        grow = np.nonzero(need > 0)[0]
+        for i in grow:  # checked first so that a failure changes nothing
+            self._check_growth(int(rids[i]), int(need[i]), precision)
+        for i in grow:
+            self._grow(int(rids[i]), int(need[i]), precision)
+        self.req_tokens[rids] = tokens
+        return int(need[grow].sum())
+
+    def _check_growth(self, rid: int, new: int, precision: Precision) -> None:
+        future, reserve_prec = self._future[rid]
+        prec = max(precision, reserve_prec)
+        extra = max(new - future, 0) * int(self.device_block_bytes[prec])
+        if self.device_used_bytes + self.reserved_bytes + extra > self.device_budget_bytes:
+            raise MemoryError(f"request {rid} grew past its reservation and the budget")
+
+    def _grow(self, rid: int, new: int, precision: Precision) -> None:
+        future, reserve_prec = self._future[rid]
+        prec = Precision(max(precision, reserve_prec))
+        from_reserve = min(new, future)
+        self.reserved_bytes -= from_reserve * int(self.device_block_bytes[reserve_prec])
+        self._future[rid] = (future - from_reserve, reserve_prec)
+        self._blocks[rid].extend(bytes([prec]) * new)
+        self._add(rid, prec, new)
+
+    def set_precision(self, rid: int, index: int, precision: Precision) -> None:
+        blocks = self._blocks[rid]
+        old = Precision(blocks[index])
+        if old == precision:
+            return
+        dev = int(self.device_block_bytes[precision] - self.device_block_bytes[old])
+        host = int(self.host_block_bytes[precision] - self.host_block_bytes[old])
+        if self.device_used_bytes + self.reserved_bytes + dev > self.device_budget_bytes:
+            raise MemoryError(f"block {index} of request {rid}: no device memory for "
+                              f"{precision.name}")
+        if self.host_used_bytes + host > self.host_budget_bytes:
+            raise MemoryError(f"block {index} of request {rid}: the host tier is full")
+        blocks[index] = precision
+        self._add(rid, old, -1)
+        self._add(rid, precision, 1)
+
+    def free(self, rid: int) -> None:
+        del self._blocks[rid]
+        future, prec = self._future.pop(rid)
+        self.reserved_bytes -= future * int(self.device_block_bytes[prec])
+        counts = self.req_counts[rid].copy()
+        self.counts -= counts
+        self.device_used_bytes -= int(counts @ self.device_block_bytes)
+        self.host_used_bytes -= int(counts @ self.host_block_bytes)
+        self.req_counts[rid] = 0
+        self.req_tokens[rid] = 0
+
+    def _add(self, rid: int, precision: Precision, n: int) -> None:
+        self.counts[precision] += n
+        self.req_counts[rid, precision] += n
+        self.device_used_bytes += n * int(self.device_block_bytes[precision])
+        self.host_used_bytes += n * int(self.host_block_bytes[precision])
+
+    # -- views -------------------------------------------------------------------------------
+    def tokens(self, rid: int) -> int:
+        return int(self.req_tokens[rid])
+
+    def blocks(self, rid: int) -> tuple[Precision, ...]:
+        return tuple(Precision(b) for b in self._blocks[rid])
+
+    def request_ids(self) -> list[int]:
+        return list(self._blocks)
+
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._blocks
+
+    @property
+    def fp16_equiv_bytes(self) -> int:
+        """Bytes of every live block of every request at FP16 (evicted and offloaded included)."""
+        return int(self.counts.sum()) * int(self.device_block_bytes[Precision.FP16])
+
+    def bytes_by_precision(self) -> dict[str, int]:
+        per_block = self.device_block_bytes + self.host_block_bytes
+        return {p.name.lower(): int(self.counts[p] * per_block[p]) for p in Precision}
+
+    def check_integrity(self) -> None:
+        counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)
+        for rid, blocks in self._blocks.items():
+            mine = np.bincount(np.frombuffer(bytes(blocks), dtype=np.uint8),
+                               minlength=NUM_PRECISIONS)
+            assert len(blocks) == self.blocks_for(int(self.req_tokens[rid])), rid
+            assert (mine == self.req_counts[rid]).all(), rid
+            counts += mine
+        assert (counts == self.counts).all()
+        assert self.device_used_bytes == int(counts @ self.device_block_bytes)
+        assert self.host_used_bytes == int(counts @ self.host_block_bytes)
+        reserved = sum(f * int(self.device_block_bytes[p]) for f, p in self._future.values())
+        assert self.reserved_bytes == reserved
+        assert self.device_used_bytes + self.reserved_bytes <= self.device_budget_bytes
+        assert self.host_used_bytes <= self.host_budget_bytes

@@ -1,0 +1,173 @@
+"""Turns the engine's state into decided step plans: asks the four policies, validates their
+decisions, keeps the statistics they observe (acceptance EWMA and history, step-cost EWMAs) and
+draws speculative acceptance."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from policies import (
+    BlockInfo,
+    Placement,
+    Precision,
+    SpecObservation,
+    TierPressure,
+    TieringObservation,
+)
+from sim.buffer_pool import BufferPool
+from sim.errors import InfeasibleDecision
+from sim.executor import StepPlan, StepResult
+from sim.kv_store import PagedKVStore
+from sim.model_spec import ModelSpec
+from sim.policy_registry import BASELINE_KIND
+from sim.workload import Requests
+
+EWMA_WEIGHT = 0.2  # weight of the newest sample in every EWMA the planner keeps
+HISTORY_LEN = 32
+
+
+class Planner:
+    def __init__(self, policies, model: ModelSpec, draft: ModelSpec | None, *,
+                 alpha: float, draft_device: str | None, max_draft_len: int,
+                 tiering_interval_steps: int, device_kinds: dict[str, str]):
+        self.tiering, self.buffers = policies.tiering, policies.buffers
+        self.speculation, self.scheduling = policies.speculation, policies.scheduling
+        self.model, self.draft, self.alpha, self.draft_device = model, draft, alpha, draft_device
+        self.max_draft_len, self.interval = max_draft_len, tiering_interval_steps
+        self.device_kinds = device_kinds
+        self.techniques = frozenset(f for f, base in BASELINE_KIND.items()
+                                    if f != "scheduling" and getattr(policies, f).kind != base)
+        self.new_block_precision = Precision.FP16
+        self.decode_steps = 0
+        self.acceptance = 0.0
+        self.acceptance_history: deque[float] = deque(maxlen=HISTORY_LEN)
+        self.last_k, self.last_all_accepted = 0, False
+        self.draft_token_s = self.verify_s = 0.0
+        self.spec_proposed = self.spec_accepted = 0
+
+    # -- tiering -----------------------------------------------------------------------------
+    def maybe_retier(self, store: PagedKVStore, running: list[int]) -> None:
+        if self.decode_steps % self.interval == 0:
+            self.retier(store, running)
+
+    def retier(self, store: PagedKVStore, running: list[int]) -> None:
+        """Ask the tiering policy and apply its decision, validating every change."""
+        blocks = self._block_infos(store, running) if self.tiering.observes_blocks else ()
+        pressures = (
+            TierPressure("device", store.device_used_bytes + store.reserved_bytes,
+                         store.device_budget_bytes),
+            TierPressure("host", store.host_used_bytes, store.host_budget_bytes))
+        decision = self.tiering.decide(TieringObservation(blocks, pressures, store.block_tokens))
+        if not decision.new_block_precision.is_resident:
+            raise InfeasibleDecision(f"tiering policy {self.tiering.kind!r}: new blocks cannot be "
+                                     f"written {decision.new_block_precision.name}")
+        self.new_block_precision = decision.new_block_precision
+        for rid, index, precision in decision.changes:
+            if rid not in store or not 0 <= index < len(store.blocks(rid)):
+                raise InfeasibleDecision(f"tiering policy {self.tiering.kind!r}: no block "
+                                         f"{index} of request {rid}")
+            try:
+                store.set_precision(rid, index, Precision(precision))
+            except MemoryError as err:
+                raise InfeasibleDecision(f"tiering policy {self.tiering.kind!r}: {err}") from None
+
+    @staticmethod
+    def _block_infos(store: PagedKVStore, running: list[int]) -> tuple[BlockInfo, ...]:
+        # Age is approximated by the tokens written since the block filled (one per decode step
+        # without speculation); every decode step reads every resident block once.
+        out = []
+        for rid in running:
+            tokens = store.tokens(rid)
+            for i, prec in enumerate(store.blocks(rid)):
+                age = max(tokens - (i + 1) * store.block_tokens, 0)
+                out.append(BlockInfo(rid, i, prec, age, 0.0, age if prec.is_resident else 0))
+        return tuple(out)
+
+    # -- plans -------------------------------------------------------------------------------
+    def _enabled(self, placement: Placement) -> frozenset[str]:
+        if any(self.device_kinds[d] == "npu" for d in placement.devices):
+            return self.techniques | {"npu"}
+        return self.techniques
+
+    def _buffers(self, pool: BufferPool, num_tokens: int, num_rows: int) -> tuple[int, int]:
+        a1, b1 = pool.request("logits", num_rows * self.model.vocab * 4)
+        a2, b2 = pool.request("hidden", num_tokens * self.model.hidden * 2)
+        return a1 + a2, b1 + b2
+
+    def prefill_plan(self, batch: list[int], requests: Requests, store: PagedKVStore,
+                     placement: Placement, pool: BufferPool) -> StepPlan:
+        prompts = requests.prompt_tokens[batch].astype(np.float64)
+        num_tokens = int(prompts.sum())
+        allocs, alloc_bytes = self._buffers(pool, num_tokens, len(batch))
+        # K/V of the prompt are written once; attention reads them from on-chip tiles
+        return StepPlan("prefill", tuple(batch), num_tokens, len(batch),
+                        float((prompts * (prompts + 1) / 2).sum()), 0.0, 0.0, placement,
+                        num_allocs=allocs, alloc_bytes=alloc_bytes,
+                        enabled=self._enabled(placement))
+
+    def decode_plan(self, batch: np.ndarray, store: PagedKVStore, placement: Placement,
+                    pool: BufferPool, rng: np.random.Generator) -> tuple[StepPlan, np.ndarray]:
+        """The step's plan and the tokens each sequence will emit (1 + accepted draft tokens)."""
+        k = self._draft_len()
+        b = len(batch)
+        counts = store.req_counts[batch].sum(axis=0)
+        tokens = float(store.req_tokens[batch].sum())
+        absent = int(counts[Precision.OFFLOADED] + counts[Precision.EVICTED])
+        resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
+        quantized = int(counts[Precision.INT8] + counts[Precision.INT4])
+        emitted = self._emitted(b, k, rng)
+        allocs, alloc_bytes = self._buffers(pool, b * (k + 1), b * (k + 1))
+        draft_kv = tokens * self.draft.kv_values_per_token * 2 if k else 0.0
+        plan = StepPlan(
+            "decode", tuple(batch.tolist()), b * (k + 1), b * (k + 1),
+            resident_tokens * (k + 1), float(counts @ store.device_block_bytes),
+            float(quantized * store.block_tokens * self.model.kv_values_per_token), placement,
+            draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
+            num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self._enabled(placement),
+            tokens_per_seq=float(emitted.mean()))
+        self.decode_steps += 1
+        return plan, emitted
+
+    # -- speculation -------------------------------------------------------------------------
+    def _draft_len(self) -> int:
+        obs = SpecObservation(self.acceptance, tuple(self.acceptance_history), self.last_k,
+                              self.last_all_accepted, self.draft_token_s, self.verify_s,
+                              self.max_draft_len)
+        k = self.speculation.decide(obs).draft_len
+        if not 0 <= k <= self.max_draft_len:
+            raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r}: draft length "
+                                     f"{k} outside [0, {self.max_draft_len}]")
+        if k and self.draft is None:
+            raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r} drafts "
+                                     "tokens but the scenario names no model.draft")
+        return k
+
+    def _emitted(self, b: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Per sequence: 1 + the accepted prefix of k drafts, each accepted with prob. alpha."""
+        self.last_k = k
+        if k == 0:
+            return np.ones(b, dtype=np.int64)
+        accept = rng.random((b, k)) < self.alpha
+        accepted = np.argmin(np.hstack([accept, np.zeros((b, 1), dtype=bool)]), axis=1)
+        frac = float(accepted.sum()) / (b * k)
+        self.spec_proposed += b * k
+        self.spec_accepted += int(accepted.sum())
+        self.acceptance = (1 - EWMA_WEIGHT) * self.acceptance + EWMA_WEIGHT * frac
+        self.acceptance_history.append(frac)
+        self.last_all_accepted = bool((accepted == k).all())
+        return accepted + 1
+
+    def observe(self, plan: StepPlan, result: StepResult) -> None:
+        """Update the step-cost EWMAs the speculation policy sees."""
+        if plan.phase != "decode":
+            return
+        draft_s = sum(s for _, op, s in result.segments if op == "draft")
+        verify = result.elapsed_s - draft_s
+        self.verify_s = verify if self.verify_s == 0 else (
+            (1 - EWMA_WEIGHT) * self.verify_s + EWMA_WEIGHT * verify)
+        if plan.draft_len:
+            per_token = draft_s / plan.draft_len
+            self.draft_token_s = per_token if self.draft_token_s == 0 else (
+                (1 - EWMA_WEIGHT) * self.draft_token_s + EWMA_WEIGHT * per_token)

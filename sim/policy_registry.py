@@ -1,0 +1,41 @@
+"""The registry of policies: every policy class of every family, selectable by its ``kind``.
+
+Adding a policy = its module in ``policies/`` + its class named here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from policies import (
+    ExactBuffers,
+    FixedSpeculation,
+    Fp16Tiering,
+    NoSpeculation,
+    SinglePlacement,
+    StaticPlacement,
+    UniformTiering,
+)
+
+FAMILIES: dict[str, tuple[type, ...]] = {
+    "tiering": (Fp16Tiering, UniformTiering),
+    "buffers": (ExactBuffers,),
+    "speculation": (NoSpeculation, FixedSpeculation),
+    "scheduling": (SinglePlacement, StaticPlacement),
+}
+
+# The family's plain baseline: a technique counts as "enabled" (coefficient model) when the
+# scenario's policy for that family is of another kind.
+BASELINE_KIND = {"tiering": "fp16", "buffers": "exact", "speculation": "off", "scheduling": "single"}
+
+
+def kind_of(cls: type) -> str:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+
+
+def by_kind(family: str) -> dict[str, type]:
+    return {kind_of(c): c for c in FAMILIES[family]}
+
+
+def param_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}

@@ -1,0 +1,125 @@
+"""Builds and runs one scenario variant under one cost model: model, hardware, KV budget, store,
+planner, executor and engine; returns the metrics and what ``--out`` writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies import DeviceLoad, SchedulingObservation
+from sim.config import Scenario
+from sim.cost_model import CoefficientModel, RooflineModel
+from sim.engine import Engine
+from sim.engine_state import RunState
+from sim.errors import UserError
+from sim.hardware import HardwareProfile, load_profile
+from sim.kv_store import PagedKVStore, block_bytes
+from sim.metrics import run_metrics
+from sim.model_spec import ModelSpec, resolve_model
+from sim.planner import Planner
+from sim.sim_executor import CostModelExecutor
+from sim.workload import Requests, make_requests
+
+
+@dataclass
+class RunOutput:
+    variant: str
+    cost_model: str | None
+    metrics: dict
+    state: RunState
+    requests: Requests
+
+
+def _models(scn: Scenario) -> tuple[ModelSpec, ModelSpec | None]:
+    try:
+        model = resolve_model(scn.model.spec).with_weight_bits(scn.model.weight_bits)
+    except UserError as err:
+        raise UserError(err.message, field="model.spec") from None
+    draft = None
+    if scn.model.draft:
+        try:
+            draft = resolve_model(scn.model.draft).with_weight_bits(scn.model.draft_weight_bits)
+        except UserError as err:
+            raise UserError(err.message, field="model.draft") from None
+    if scn.policies.speculation.kind != "off" and draft is None:
+        raise UserError(f"speculation policy {scn.policies.speculation.kind!r} needs a draft "
+                        "model", field="model.draft")
+    return model, draft
+
+
+def _profile(scn: Scenario) -> HardwareProfile:
+    try:
+        return load_profile(scn.hardware)
+    except UserError as err:
+        if err.file:
+            raise
+        raise UserError(err.message, field="hardware") from None
+
+
+def _check_devices(scn: Scenario, hw: HardwareProfile) -> None:
+    names = set(hw.device_names)
+    for field in ("device", "prefill", "decode_attention", "decode_ffn"):
+        value = getattr(scn.policies.scheduling, field, None)
+        if value is not None and value not in names:
+            raise UserError(f"unknown device {value!r} on {hw.name} "
+                            f"(devices: {', '.join(hw.device_names)})",
+                            field=f"policies.scheduling.{field}")
+    if scn.speculation.draft_device and scn.speculation.draft_device not in names:
+        raise UserError(f"unknown device {scn.speculation.draft_device!r}",
+                        field="speculation.draft_device")
+
+
+def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
+                draft: ModelSpec | None) -> tuple[float, float]:
+    """Device KV budget: explicit, or a fraction of the attention device's memory minus the
+    weights; host (offload) budget: explicit, or half the host memory."""
+    eng = scn.engine
+    idle = SchedulingObservation(tuple(DeviceLoad(d.name, d.kind, 0, 0.0, 0.0)
+                                       for d in hw.devices), 0, 0)
+    placement = scn.policies.scheduling.decide(idle)  # the initial placement sizes the budget
+    bus = hw.bus(hw.device(placement.decode_attention).memory)
+    weights = model.weight_bytes + (draft.weight_bytes if draft else 0.0)
+    budget = eng.kv_budget_bytes
+    if budget is None:
+        budget = bus.capacity_bytes * eng.kv_memory_frac - weights
+        if budget <= 0:
+            raise UserError(f"model too big for the device: {weights / 1e9:.1f} GB of weights, "
+                            f"{bus.capacity_bytes * eng.kv_memory_frac / 1e9:.1f} GB usable on "
+                            f"{bus.name}", field="model.spec")
+    host = eng.host_budget_bytes
+    if host is None:
+        host = 0.5 * hw.bus(hw.host_memory).capacity_bytes
+    return budget, host
+
+
+def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
+                 record_trace: bool = False) -> RunOutput:
+    model, draft = _models(scn)
+    hw = _profile(scn)
+    _check_devices(scn, hw)
+    requests = make_requests(scn.workload, scn.seed, base_dir)
+    budget, host = _kv_budgets(scn, hw, model, draft)
+    eng = scn.engine
+    store = PagedKVStore(eng.block_tokens,
+                         block_bytes(model.kv_values_per_token, eng.block_tokens,
+                                     eng.kv_quant_group), budget, host, len(requests))
+    if cost_model == "coefficient":
+        cm = CoefficientModel(scn.coefficient)
+    else:
+        cm = RooflineModel(hw, model, draft, scn.speculation.draft_device)
+    executor = CostModelExecutor(hw, cm)
+    planner = Planner(scn.policies, model, draft, alpha=scn.speculation.alpha,
+                      draft_device=scn.speculation.draft_device, max_draft_len=eng.max_draft_len,
+                      tiering_interval_steps=eng.tiering_interval_steps,
+                      device_kinds={d.name: d.kind for d in hw.devices})
+    engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
+                    max_prefill_tokens=eng.max_prefill_tokens,
+                    max_context_tokens=model.max_context_tokens, seed=scn.seed,
+                    record_trace=record_trace)
+    state = engine.run()
+    metrics = run_metrics(state, requests.output_tokens, planner.spec_proposed,
+                          planner.spec_accepted, engine.buffers.stats)
+    if cost_model == "coefficient":
+        metrics["note"] = ("coefficient model: the paper's projection method (baseline rate x "
+                           "stated coefficients), not physics")
+    return RunOutput(variant, cost_model, metrics, state, requests)

@@ -1,0 +1,62 @@
+"""The cost-model executor: predicted step times from a cost model, with shared memory buses."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from itertools import groupby
+from typing import Any
+
+import simpy
+
+from sim.bus import SharedBus
+from sim.cost_model import CoefficientModel, RooflineModel
+from sim.executor import DeviceInfo, StepPlan, StepResult
+from sim.hardware import HardwareProfile
+
+
+class CostModelExecutor:
+    """Answers each step with the time its cost model predicts.  Consecutive segments on devices
+    of one memory bus form one transfer on that bus, so overlapping steps of other processes
+    (prefill on one device while decode runs on another) slow each other down by sharing it."""
+
+    name = "sim"
+
+    def __init__(self, hw: HardwareProfile, cost_model: RooflineModel | CoefficientModel):
+        self.hw, self.cost_model = hw, cost_model
+        self._buses: dict[str, SharedBus] = {}
+        self._bus_of = {d.name: d.memory for d in hw.devices}
+
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        return tuple(DeviceInfo(d.name, d.kind, self.hw.bus(d.memory).capacity_bytes, d.memory)
+                     for d in self.hw.devices)
+
+    def _bus(self, env: simpy.Environment, name: str) -> SharedBus:
+        bus = self._buses.get(name)
+        if bus is None or bus.env is not env:
+            bus = self._buses[name] = SharedBus(env, self.hw.bus(name).usable_bytes_per_s)
+        return bus
+
+    def execute(self, env: simpy.Environment,
+                plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]:
+        start = env.now
+        segments = self.cost_model.segments(plan)
+        for bus_name, group in groupby(segments, key=lambda s: self._bus_of[s.device]):
+            group = list(group)
+            num_bytes = sum(s.bytes for s in group)
+            variable_s = sum(s.variable_s for s in group)
+            fixed_s = sum(s.fixed_s for s in group)
+            if num_bytes > 0 and variable_s > 0:
+                yield self._bus(env, bus_name).transfer(num_bytes, num_bytes / variable_s)
+            elif variable_s > 0:
+                fixed_s += variable_s
+            if fixed_s > 0:
+                yield env.timeout(fixed_s)
+        elapsed = env.now - start
+        alone = sum(s.variable_s + s.fixed_s for s in segments)
+        stretch = elapsed / alone if alone > 0 else 0.0
+        result = StepResult(elapsed)
+        for s in segments:
+            seconds = (s.variable_s + s.fixed_s) * stretch
+            result.device_busy_s[s.device] = result.device_busy_s.get(s.device, 0.0) + seconds
+            result.segments.append((s.device, s.op, seconds))
+        return result
