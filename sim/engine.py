@@ -29,7 +29,8 @@ class Engine:
 
     def __init__(self, planner: Planner, requests: Requests, executor: Executor,
                  store: PagedKVStore, *, max_batch: int, max_prefill_tokens: int,
-                 max_context_tokens: int, seed: int, record_trace: bool = False):
+                 max_context_tokens: int, seed: int, record_trace: bool = False,
+                 on_done=None):
         self.env = simpy.Environment()
         self.planner, self.requests, self.executor, self.store = planner, requests, executor, store
         self.max_batch, self.max_prefill_tokens = max_batch, max_prefill_tokens
@@ -45,6 +46,7 @@ class Engine:
         self._next_closed = 0
         self._wake_prefill = self.env.event()
         self._wake_decode = self.env.event()
+        self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
         planner.retier(store, [])  # the precision new blocks are written at, from the start
 
     # -- arrivals ----------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Engine:
 
     def _fail(self, rid: int, reason: str) -> None:
         self.state.fail(rid, self.env.now, reason)
+        self._on_done()
         self._user_done()
 
     def _wake(self, prefill: bool = False, decode: bool = False) -> None:
@@ -185,6 +188,7 @@ class Engine:
             for rid in done.tolist():
                 self.store.free(rid)
                 self.state.complete(rid, self.env.now)
+                self._on_done()
                 self._user_done()
             self._wake(prefill=True)
         if self.running:

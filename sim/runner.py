@@ -92,8 +92,19 @@ def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
     return budget, host
 
 
+def check_scenario(scn: Scenario, base_dir: Path) -> None:
+    """Everything ``run_scenario`` would reject, without running: models, hardware, devices,
+    the KV budget and the workload file.  Raises ``UserError``."""
+    model, draft = _models(scn)
+    hw = _profile(scn)
+    _check_devices(scn, hw)
+    _kv_budgets(scn, hw, model, draft)
+    make_requests(scn.workload, scn.seed, base_dir)
+
+
 def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
-                 record_trace: bool = False) -> RunOutput:
+                 record_trace: bool = False, on_done=None) -> RunOutput:
+    """One run.  ``on_done`` (optional) is called once per request that ends."""
     model, draft = _models(scn)
     hw = _profile(scn)
     _check_devices(scn, hw)
@@ -115,7 +126,7 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, seed=scn.seed,
-                    record_trace=record_trace)
+                    record_trace=record_trace, on_done=on_done)
     state = engine.run()
     metrics = run_metrics(state, requests.output_tokens, planner.spec_proposed,
                           planner.spec_accepted, engine.buffers.stats)

@@ -1,0 +1,136 @@
+"""The ``infer-os`` command line (ARCHITECTURE.md section 7)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+import scenarios
+from sim import output
+from sim.config import read_yaml, resolve_runs
+from sim.errors import BackendUnavailable, InfeasibleDecision, UserError
+from sim.executor import backend_names
+from sim.hardware import bundled_profiles
+from sim.model_spec import PRESETS
+from sim.policy_registry import FAMILIES, kind_of
+from sim.runner import check_scenario, run_scenario
+
+PROGRESS_AFTER_S = 0.5  # show a progress bar only for runs longer than this
+
+
+def _scenario_path(name: str) -> Path:
+    path = scenarios.locate(name)
+    if path is None:
+        raise UserError(f"unknown scenario {name!r} (bundled: {', '.join(scenarios.names())}; "
+                        "or a path to a YAML file)", field="SCENARIO")
+    return path
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    out = Console()
+    out.print("[bold]scenarios[/bold]")
+    for name in scenarios.names():
+        desc = read_yaml(scenarios.locate(name)).get("description", "")
+        out.print(f"  {name:<16} {desc}")
+    out.print("[bold]policies[/bold]")
+    for family, classes in FAMILIES.items():
+        out.print(f"  {family:<12} {', '.join(kind_of(c) for c in classes)}")
+    out.print(f"[bold]backends[/bold]\n  {', '.join(backend_names())}")
+    out.print(f"[bold]hardware profiles[/bold]\n  {', '.join(bundled_profiles())}")
+    out.print(f"[bold]models[/bold]\n  {', '.join(PRESETS)}")
+    return 0
+
+
+class _Progress:
+    """A progress bar on stderr that appears only once a run has lasted a moment."""
+
+    def __init__(self, total_requests: int):
+        self.total, self.done, self.t0 = total_requests, 0, time.monotonic()
+        self.bar: Progress | None = None
+
+    def __call__(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is None and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
+            self.bar = Progress(TextColumn("simulating"), BarColumn(),
+                                TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=self.total, completed=self.done)
+        elif self.bar is not None and self.done % 64 == 0:
+            self.bar.update(self.task, completed=self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    path = _scenario_path(args.scenario)
+    runs_cfg = resolve_runs(path, args.set or [])
+    name = runs_cfg[0][1].name
+    for variant, scn in runs_cfg:  # reject bad input before anything runs
+        try:
+            check_scenario(scn, path.parent)
+        except UserError as e:
+            if e.file:
+                raise
+            where = "" if variant == "default" else f"variants.{variant} -> "
+            raise UserError(e.message, file=str(path), field=where + (e.field or "")) from None
+    jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
+    progress = _Progress(sum(s.workload.num_requests for _, s, _ in jobs))
+    runs = []
+    try:
+        for variant, scn, cm in jobs:
+            runs.append(run_scenario(scn, variant, cm, path.parent,
+                                     record_trace=args.out is not None, on_done=progress))
+    finally:
+        progress.close()
+    output.add_speedups(runs)
+    doc = output.document(name, "sim", runs)
+    if args.json:
+        sys.stdout.write(output.dumps(doc) + "\n")
+    else:
+        output.print_table(name, runs, Console(width=None if sys.stdout.isatty() else 150))
+    if args.out:
+        output.write_out(Path(args.out), doc, runs)
+        if not args.json:
+            Console(stderr=True).print(f"wrote results, per-request CSVs and Chrome traces to "
+                                       f"{args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infer-os", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="scenarios, policies, backends, hardware profiles, models")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("simulate", help="run a scenario through the cost-model simulator")
+    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a dotted key (value parsed as YAML); repeatable")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        return args.func(args)
+    except (UserError, BackendUnavailable) as e:
+        err.print(f"infer-os: error: {e}", markup=False)
+        return e.exit_code
+    except InfeasibleDecision as e:
+        err.print(f"infer-os: infeasible policy decision: {e}", markup=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
