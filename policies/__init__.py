@@ -7,7 +7,13 @@ numbers, enums and tuples.  ``decide`` reads no clock, draws no global randomnes
 history (EWMAs, windows) is kept by the engine and passed in.
 """
 
-from policies.buffers import BufferDecision, BufferObservation, BufferPolicy, ExactBuffers
+from policies.buffers import (
+    BufferDecision,
+    BufferObservation,
+    BufferPolicy,
+    ExactBuffers,
+    PreallocatedBuffers,
+)
 from policies.precision import Precision
 from policies.scheduling import (
     DeviceLoad,
@@ -45,6 +51,7 @@ __all__ = [
     "Fp16Tiering",
     "NoSpeculation",
     "Placement",
+    "PreallocatedBuffers",
     "Precision",
     "SchedulingObservation",
     "SchedulingPolicy",

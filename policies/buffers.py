@@ -40,3 +40,17 @@ class ExactBuffers:
 
     def decide(self, obs: BufferObservation) -> BufferDecision:
         return BufferDecision(alloc_bytes=obs.requested_bytes, reuse=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PreallocatedBuffers:
+    """One buffer of ``max_bytes`` allocated up front and reused every step; a larger request
+    allocates once more at that size."""
+
+    kind: Literal["preallocate"] = "preallocate"
+    max_bytes: int = 64 * 2**20
+
+    def decide(self, obs: BufferObservation) -> BufferDecision:
+        if obs.current_bytes >= obs.requested_bytes:
+            return BufferDecision(alloc_bytes=obs.current_bytes, reuse=True)
+        return BufferDecision(alloc_bytes=max(self.max_bytes, obs.requested_bytes))

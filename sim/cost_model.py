@@ -17,7 +17,7 @@ from sim.executor import StepPlan
 from sim.roofline import Work, attention_work, ffn_work, head_work
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Segment:
     """A stretch of a step on one device: roofline time of its FLOPs/bytes, plus fixed time."""
 

@@ -37,7 +37,7 @@ class Engine:
         self.max_context_tokens = max_context_tokens
         self.state = RunState(len(requests), record_trace)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
-        self.devices = {d.name: simpy.Resource(self.env, 1) for d in executor.devices()}
+        self.devices = {d.name: DeviceLock(self.env) for d in executor.devices()}
         self.kinds = {d.name: d.kind for d in executor.devices()}
         self.buffers = BufferPool(planner.buffers)
         self.waiting: deque[int] = deque()
@@ -198,9 +198,9 @@ class Engine:
     def _placement(self) -> Placement:
         busy = self.state.device_busy_s
         now = max(self.env.now, 1e-12)
-        loads = tuple(DeviceLoad(name, self.kinds[name], len(res.queue), busy.get(name, 0.0),
+        loads = tuple(DeviceLoad(name, self.kinds[name], len(lock.waiters), busy.get(name, 0.0),
                                  min(busy.get(name, 0.0) / now, 1.0))
-                      for name, res in self.devices.items())
+                      for name, lock in self.devices.items())
         obs = SchedulingObservation(loads, len(self.waiting), len(self.running))
         placement = self.planner.scheduling.decide(obs)
         for device in placement.devices:
@@ -212,14 +212,32 @@ class Engine:
 
     def _execute(self, plan: StepPlan, devices: tuple[str, ...]):
         """Hold every device the step uses (in a fixed order: no deadlock) while it runs."""
-        held = []
-        for name in sorted(set(devices)):
-            req = self.devices[name].request()
-            yield req
-            held.append((name, req))
-        try:
-            result = yield from self.executor.execute(self.env, plan)
-        finally:
-            for name, req in held:
-                self.devices[name].release(req)
+        locks = [self.devices[name] for name in sorted(set(devices))]
+        for lock in locks:
+            if lock.busy:
+                yield lock.wait()
+            else:
+                lock.busy = True
+        result = yield from self.executor.execute(self.env, plan)
+        for lock in locks:
+            lock.release()
         return result
+
+
+class DeviceLock:
+    """A FIFO lock on one device: cheaper than a ``simpy.Resource`` because taking a free device
+    costs no event.  ``wait()`` returns an event fired when the lock is handed over."""
+
+    def __init__(self, env: simpy.Environment):
+        self.env, self.busy, self.waiters = env, False, deque()
+
+    def wait(self) -> simpy.Event:
+        ev = self.env.event()
+        self.waiters.append(ev)
+        return ev
+
+    def release(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().succeed()  # handed over: stays busy
+        else:
+            self.busy = False

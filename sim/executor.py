@@ -18,9 +18,11 @@ from policies import Placement
 from sim.errors import UserError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepPlan:
-    """One engine step, fully decided.  Token and byte figures are totals over the batch.
+    """One engine step, fully decided; never mutated once built (not ``frozen`` only because
+    frozen dataclasses are slow to build, and one is built per engine step).  Token and byte
+    figures are totals over the batch.
 
     ``attended_pairs`` sums, over every query token, the resident context tokens it attends to;
     ``kv_read_bytes`` is the device bytes of resident KV read (all layers, at their precisions);

@@ -63,6 +63,7 @@ class PagedKVStore:
         self.counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)  # blocks by precision, all requests
         self.req_counts = np.zeros((capacity, NUM_PRECISIONS), dtype=np.int64)
         self.req_tokens = np.zeros(capacity, dtype=np.int64)
+        self.req_blocks = np.zeros(capacity, dtype=np.int64)  # = req_counts.sum(axis=1)
         self.reserved_bytes = 0
         self.device_used_bytes = 0
         self.host_used_bytes = 0
@@ -105,14 +106,16 @@ class PagedKVStore:
         """Add ``num_tokens[i]`` tokens to request ``rids[i]``.  New blocks are written at
         ``precision``, or at a request's reserved precision when that is lower."""
         tokens = self.req_tokens[rids] + num_tokens
-        need = -(-tokens // self.block_tokens) - self.req_counts[rids].sum(axis=1)
-        grow = np.nonzero(need > 0)[0]
-        for i in grow:  # checked first so that a failure changes nothing
-            self._check_growth(int(rids[i]), int(need[i]), precision)
-        for i in grow:
-            self._grow(int(rids[i]), int(need[i]), precision)
+        need = (tokens + (self.block_tokens - 1)) // self.block_tokens - self.req_blocks[rids]
+        grow = np.flatnonzero(need > 0).tolist()
+        if grow:
+            rid_list, need_list = rids.tolist(), need.tolist()
+            for i in grow:  # checked first so that a failure changes nothing
+                self._check_growth(rid_list[i], need_list[i], precision)
+            for i in grow:
+                self._grow(rid_list[i], need_list[i], precision)
         self.req_tokens[rids] = tokens
-        return int(need[grow].sum())
+        return sum(need[i] for i in grow)
 
     def _check_growth(self, rid: int, new: int, precision: Precision) -> None:
         future, reserve_prec = self._future[rid]
@@ -156,10 +159,12 @@ class PagedKVStore:
         self.host_used_bytes -= int(counts @ self.host_block_bytes)
         self.req_counts[rid] = 0
         self.req_tokens[rid] = 0
+        self.req_blocks[rid] = 0
 
     def _add(self, rid: int, precision: Precision, n: int) -> None:
         self.counts[precision] += n
         self.req_counts[rid, precision] += n
+        self.req_blocks[rid] += n
         self.device_used_bytes += n * int(self.device_block_bytes[precision])
         self.host_used_bytes += n * int(self.host_block_bytes[precision])
 
@@ -192,6 +197,7 @@ class PagedKVStore:
                                minlength=NUM_PRECISIONS)
             assert len(blocks) == self.blocks_for(int(self.req_tokens[rid])), rid
             assert (mine == self.req_counts[rid]).all(), rid
+            assert len(blocks) == self.req_blocks[rid], rid
             counts += mine
         assert (counts == self.counts).all()
         assert self.device_used_bytes == int(counts @ self.device_block_bytes)

@@ -126,7 +126,7 @@ class Planner:
             float(quantized * store.block_tokens * self.model.kv_values_per_token), placement,
             draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
             num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self._enabled(placement),
-            tokens_per_seq=float(emitted.mean()))
+            tokens_per_seq=int(emitted.sum()) / b if k else 1.0)
         self.decode_steps += 1
         return plan, emitted
 

@@ -12,6 +12,7 @@ from policies import (
     FixedSpeculation,
     Fp16Tiering,
     NoSpeculation,
+    PreallocatedBuffers,
     SinglePlacement,
     StaticPlacement,
     UniformTiering,
@@ -19,7 +20,7 @@ from policies import (
 
 FAMILIES: dict[str, tuple[type, ...]] = {
     "tiering": (Fp16Tiering, UniformTiering),
-    "buffers": (ExactBuffers,),
+    "buffers": (ExactBuffers, PreallocatedBuffers),
     "speculation": (NoSpeculation, FixedSpeculation),
     "scheduling": (SinglePlacement, StaticPlacement),
 }

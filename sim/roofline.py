@@ -9,6 +9,7 @@ Williams et al. 2009).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sim.model_spec import ModelSpec
 
@@ -53,6 +54,7 @@ def attention_work(spec: ModelSpec, num_tokens: int, attended_pairs: float,
                 weights + kv_read_bytes + kv_write + acts, KERNELS_ATTENTION * layers)
 
 
+@lru_cache(maxsize=4096)
 def ffn_work(spec: ModelSpec, num_tokens: int) -> Work:
     layers = spec.num_layers
     weights = spec.ffn_params * layers * spec.weight_bits / 8
@@ -60,6 +62,7 @@ def ffn_work(spec: ModelSpec, num_tokens: int) -> Work:
     return Work(2 * num_tokens * spec.ffn_params * layers, weights + acts, KERNELS_FFN * layers)
 
 
+@lru_cache(maxsize=4096)
 def head_work(spec: ModelSpec, num_rows: int) -> Work:
     """Final norm and LM head for the ``num_rows`` positions whose logits are needed."""
     weights = spec.head_params * spec.weight_bits / 8

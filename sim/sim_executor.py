@@ -25,6 +25,9 @@ class CostModelExecutor:
         self.hw, self.cost_model = hw, cost_model
         self._buses: dict[str, SharedBus] = {}
         self._bus_of = {d.name: d.memory for d in hw.devices}
+        # a bus with one device cannot see overlapping work: its steps skip the sharing model
+        self._shared = {m.name for m in hw.memories
+                        if sum(d.memory == m.name for d in hw.devices) > 1}
 
     def devices(self) -> tuple[DeviceInfo, ...]:
         return tuple(DeviceInfo(d.name, d.kind, self.hw.bus(d.memory).capacity_bytes, d.memory)
@@ -40,23 +43,32 @@ class CostModelExecutor:
                 plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]:
         start = env.now
         segments = self.cost_model.segments(plan)
-        for bus_name, group in groupby(segments, key=lambda s: self._bus_of[s.device]):
-            group = list(group)
+        alone = sum(s.variable_s + s.fixed_s for s in segments)
+        buses = [self._bus_of[s.device] for s in segments]
+        if not self._shared.intersection(buses):
+            yield env.timeout(alone)  # nothing can overlap: the roofline time as it is
+        else:
+            yield from self._shared_bus_steps(env, segments, buses)
+        elapsed = env.now - start
+        stretch = elapsed / alone if alone > 0 else 0.0
+        result = StepResult(elapsed)
+        busy = result.device_busy_s
+        for s in segments:
+            seconds = (s.variable_s + s.fixed_s) * stretch
+            busy[s.device] = busy.get(s.device, 0.0) + seconds
+            result.segments.append((s.device, s.op, seconds))
+        return result
+
+    def _shared_bus_steps(self, env: simpy.Environment, segments: list, buses: list[str]):
+        """Consecutive segments on one bus move their bytes as one transfer on that bus."""
+        for bus_name, group in groupby(zip(buses, segments), key=lambda pair: pair[0]):
+            group = [s for _, s in group]
             num_bytes = sum(s.bytes for s in group)
             variable_s = sum(s.variable_s for s in group)
             fixed_s = sum(s.fixed_s for s in group)
-            if num_bytes > 0 and variable_s > 0:
+            if num_bytes > 0 and variable_s > 0 and bus_name in self._shared:
                 yield self._bus(env, bus_name).transfer(num_bytes, num_bytes / variable_s)
-            elif variable_s > 0:
+            else:
                 fixed_s += variable_s
             if fixed_s > 0:
                 yield env.timeout(fixed_s)
-        elapsed = env.now - start
-        alone = sum(s.variable_s + s.fixed_s for s in segments)
-        stretch = elapsed / alone if alone > 0 else 0.0
-        result = StepResult(elapsed)
-        for s in segments:
-            seconds = (s.variable_s + s.fixed_s) * stretch
-            result.device_busy_s[s.device] = result.device_busy_s.get(s.device, 0.0) + seconds
-            result.segments.append((s.device, s.op, seconds))
-        return result
