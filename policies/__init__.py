@@ -33,10 +33,10 @@ from policies.speculation import (
 from policies.tiering import (
     BlockInfo,
     Fp16Tiering,
-    TierPressure,
     TieringDecision,
     TieringObservation,
     TieringPolicy,
+    TierPressure,
     UniformTiering,
 )
 

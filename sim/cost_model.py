@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.config import CoefficientConfig
+from sim.executor import StepPlan
 from sim.hardware import HardwareProfile
 from sim.model_spec import ModelSpec
-from sim.executor import StepPlan
 from sim.roofline import Work, attention_work, ffn_work, head_work
 
 

@@ -113,7 +113,8 @@ class Engine:
         batch: list[int] = []
         tokens = 0
         prec = self.planner.new_block_precision
-        while self.waiting and len(self.running) + self.num_prefilling + len(batch) < self.max_batch:
+        while (self.waiting
+               and len(self.running) + self.num_prefilling + len(batch) < self.max_batch):
             rid = self.waiting[0]
             prompt = int(self.requests.prompt_tokens[rid])
             total = prompt + int(self.requests.output_tokens[rid])

@@ -47,7 +47,8 @@ class ModelSpec:
     @property
     def num_params(self) -> int:
         embed = 0 if self.tied_embeddings else self.vocab * self.hidden
-        return self.num_layers * (self.attention_params + self.ffn_params) + self.head_params + embed
+        per_layer = self.attention_params + self.ffn_params
+        return self.num_layers * per_layer + self.head_params + embed
 
     @property
     def weight_bytes(self) -> float:

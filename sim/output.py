@@ -91,9 +91,9 @@ def write_requests_csv(run: RunOutput, path: Path) -> None:
 def chrome_trace(run: RunOutput) -> dict:
     """One track per device (pid 1) and one per request (pid 2); times in microseconds."""
     s = run.state
-    events: list[dict] = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "devices"}},
-                          {"ph": "M", "pid": 2, "name": "process_name",
-                           "args": {"name": "requests"}}]
+    events: list[dict] = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "devices"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "requests"}}]
     tids: dict[str, int] = {}
     for device, op, start, dur, ids in s.trace:
         if device not in tids:

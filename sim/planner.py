@@ -13,8 +13,8 @@ from policies import (
     Placement,
     Precision,
     SpecObservation,
-    TierPressure,
     TieringObservation,
+    TierPressure,
 )
 from sim.buffer_pool import BufferPool
 from sim.errors import InfeasibleDecision

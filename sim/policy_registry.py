@@ -27,7 +27,8 @@ FAMILIES: dict[str, tuple[type, ...]] = {
 
 # The family's plain baseline: a technique counts as "enabled" (coefficient model) when the
 # scenario's policy for that family is of another kind.
-BASELINE_KIND = {"tiering": "fp16", "buffers": "exact", "speculation": "off", "scheduling": "single"}
+BASELINE_KIND = {"tiering": "fp16", "buffers": "exact", "speculation": "off",
+                 "scheduling": "single"}
 
 
 def kind_of(cls: type) -> str:
