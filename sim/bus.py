@@ -61,8 +61,8 @@ class SharedBus:
             job[2] = rate
         self._version += 1
         wait = min(max(j[0], 0.0) / j[2] for j in jobs)
-        wake = self.env.timeout(wait)
-        wake.callbacks.append(lambda _ev, v=self._version: self._on_wake(v))
+        version = self._version
+        self.env.timeout(wait).callbacks.append(lambda _ev: self._on_wake(version))
 
     def _on_wake(self, version: int) -> None:
         if version != self._version:

@@ -35,7 +35,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     out = Console()
     out.print("[bold]scenarios[/bold]")
     for name in scenarios.names():
-        desc = read_yaml(scenarios.locate(name)).get("description", "")
+        desc = read_yaml(_scenario_path(name)).get("description", "")
         out.print(f"  {name:<16} {desc}")
     out.print("[bold]policies[/bold]")
     for family, classes in FAMILIES.items():

@@ -70,6 +70,7 @@ class RooflineModel:
     def _draft_segments(self, plan: StepPlan) -> list[Segment]:
         """k sequential single-token decode passes of the draft model over the batch."""
         draft, k = self.draft, plan.draft_len
+        assert draft is not None, "a drafting plan needs a draft model"
         batch = len(plan.request_ids)
         device = self.draft_device or plan.placement.decode_ffn
         one = (attention_work(draft, batch, plan.draft_attended_pairs, plan.draft_kv_read_bytes, 0)

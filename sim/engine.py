@@ -76,11 +76,9 @@ class Engine:
     def _user_done(self) -> None:
         if self.requests.concurrency is None:
             return
-        think = self.requests.think_s
-        if think > 0:
-            self.env.timeout(think).callbacks.append(lambda _e: self._next_user_request())
-        else:
-            self._next_user_request()
+        # through an event even with no think time: a run of failures must not recurse
+        self.env.timeout(self.requests.think_s).callbacks.append(
+            lambda _e: self._next_user_request())
 
     def _arrive(self, rid: int) -> None:
         self.state.arrival_s[rid] = self.env.now
@@ -230,7 +228,8 @@ class DeviceLock:
     costs no event.  ``wait()`` returns an event fired when the lock is handed over."""
 
     def __init__(self, env: simpy.Environment):
-        self.env, self.busy, self.waiters = env, False, deque()
+        self.env, self.busy = env, False
+        self.waiters: deque[simpy.Event] = deque()
 
     def wait(self) -> simpy.Event:
         ev = self.env.event()

@@ -119,7 +119,7 @@ class Planner:
         quantized = int(counts[Precision.INT8] + counts[Precision.INT4])
         emitted = self._emitted(b, k, rng)
         allocs, alloc_bytes = self._buffers(pool, b * (k + 1), b * (k + 1))
-        draft_kv = tokens * self.draft.kv_values_per_token * 2 if k else 0.0
+        draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
         plan = StepPlan(
             "decode", tuple(batch.tolist()), b * (k + 1), b * (k + 1),
             resident_tokens * (k + 1), float(counts @ store.device_block_bytes),

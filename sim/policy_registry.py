@@ -32,7 +32,7 @@ BASELINE_KIND = {"tiering": "fp16", "buffers": "exact", "speculation": "off",
 
 
 def kind_of(cls: type) -> str:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+    return str(next(f.default for f in dataclasses.fields(cls) if f.name == "kind"))
 
 
 def by_kind(family: str) -> dict[str, type]:

@@ -114,7 +114,9 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     store = PagedKVStore(eng.block_tokens,
                          block_bytes(model.kv_values_per_token, eng.block_tokens,
                                      eng.kv_quant_group), budget, host, len(requests))
+    cm: CoefficientModel | RooflineModel
     if cost_model == "coefficient":
+        assert scn.coefficient is not None  # the scenario validator requires it
         cm = CoefficientModel(scn.coefficient)
     else:
         cm = RooflineModel(hw, model, draft, scn.speculation.draft_device)

@@ -61,8 +61,8 @@ class CostModelExecutor:
 
     def _shared_bus_steps(self, env: simpy.Environment, segments: list, buses: list[str]):
         """Consecutive segments on one bus move their bytes as one transfer on that bus."""
-        for bus_name, group in groupby(zip(buses, segments), key=lambda pair: pair[0]):
-            group = [s for _, s in group]
+        for bus_name, pairs in groupby(zip(buses, segments), key=lambda pair: pair[0]):
+            group = [s for _, s in pairs]
             num_bytes = sum(s.bytes for s in group)
             variable_s = sum(s.variable_s for s in group)
             fixed_s = sum(s.fixed_s for s in group)

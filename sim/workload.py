@@ -42,7 +42,7 @@ def read_trace(path: Path) -> Requests:
             rows = list(csv.DictReader(f))
     except OSError as err:
         raise UserError(f"cannot read trace ({err.strerror})", file=str(path)) from None
-    cols = {"arrival_s": [], "prompt_tokens": [], "output_tokens": []}
+    cols: dict[str, list[float]] = {"arrival_s": [], "prompt_tokens": [], "output_tokens": []}
     for line, row in enumerate(rows, start=2):
         for key, values in cols.items():
             try:
