@@ -54,6 +54,12 @@ class LogNormal(_Frozen):
     low: int = Field(ge=1)
     high: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
 
 Length = Annotated[Union[Fixed, Uniform, LogNormal], Field(discriminator="kind")]
 
@@ -237,6 +243,9 @@ def resolve_runs(path: Path, sets: list[str]) -> list[tuple[str, Scenario]]:
                         field="variants")
     runs = []
     for name, changes in variants.items():
+        if changes is not None and not isinstance(changes, dict):
+            raise UserError("expected a mapping of dotted.key -> value", file=str(path),
+                            field=f"variants.{name}")
         data = copy.deepcopy(base)
         data.pop("variants", None)
         for key, value in (changes or {}).items():

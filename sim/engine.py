@@ -107,6 +107,13 @@ class Engine:
             self._wake_decode.succeed()
 
     # -- prefill -----------------------------------------------------------------------------
+    def _head_fits(self) -> bool:
+        if not self.waiting or len(self.running) + self.num_prefilling >= self.max_batch:
+            return False
+        rid = self.waiting[0]
+        total = int(self.requests.prompt_tokens[rid] + self.requests.output_tokens[rid])
+        return self.store.can_admit(total, self.planner.new_block_precision) is Admission.OK
+
     def _admit_batch(self) -> list[int]:
         batch: list[int] = []
         tokens = 0
@@ -129,21 +136,26 @@ class Engine:
 
     def _prefill_loop(self):
         while True:
-            batch = self._admit_batch()
-            if not batch:
+            if not self._head_fits():
                 self._wake_prefill = self.env.event()
                 yield self._wake_prefill
                 continue
-            self.num_prefilling += len(batch)
             placement = self._placement()
-            plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
-                                             self.buffers)
-            result = yield from self._execute(plan, (placement.prefill,))
-            self.num_prefilling -= len(batch)
-            self._record(plan, result)
-            for rid in batch:  # the prefill pass emits each request's first token
-                self.state.first_token_s[rid] = self.env.now
-            self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64), joining=True)
+            locks = yield from self._acquire((placement.prefill,))
+            batch = self._admit_batch()  # admitted once the device is ours: nobody is left out
+            if batch:
+                self.num_prefilling += len(batch)
+                plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
+                                                 self.buffers)
+                result = yield from self.executor.execute(self.env, plan)
+                self.num_prefilling -= len(batch)
+                self._record(plan, result)
+                for rid in batch:  # the prefill pass emits each request's first token
+                    self.state.first_token_s[rid] = self.env.now
+            self._release(locks)
+            if batch:
+                self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64),
+                              joining=True)
 
     # -- decode ------------------------------------------------------------------------------
     def _decode_loop(self):
@@ -152,15 +164,18 @@ class Engine:
                 self._wake_decode = self.env.event()
                 yield self._wake_decode
                 continue
-            batch = np.array(self.running)
-            self.planner.maybe_retier(self.store, self.running)
             placement = self._placement()
+            locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
+            batch = np.array(self.running)  # taken once the devices are ours
+            self.planner.maybe_retier(self.store, self.running)
             plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers,
                                                      self.rng)
-            devices = (placement.decode_attention, placement.decode_ffn)
             if plan.draft_len:
-                devices += (self.planner.draft_device or placement.decode_ffn,)
-            result = yield from self._execute(plan, devices)
+                draft_device = self.planner.draft_device or placement.decode_ffn
+                if self.devices[draft_device] not in locks:
+                    locks += yield from self._acquire((draft_device,))
+            result = yield from self.executor.execute(self.env, plan)
+            self._release(locks)
             self._record(plan, result)
             self._advance(batch, emitted)
 
@@ -209,18 +224,21 @@ class Engine:
                                          f"(devices: {', '.join(self.devices)})")
         return placement
 
-    def _execute(self, plan: StepPlan, devices: tuple[str, ...]):
-        """Hold every device the step uses (in a fixed order: no deadlock) while it runs."""
+    def _acquire(self, devices: tuple[str, ...]):
+        """Take every named device's lock, waiting in FIFO order for busy ones.  Only the decode
+        process ever holds more than one device, so no two processes can deadlock."""
         locks = [self.devices[name] for name in sorted(set(devices))]
         for lock in locks:
             if lock.busy:
                 yield lock.wait()
             else:
                 lock.busy = True
-        result = yield from self.executor.execute(self.env, plan)
+        return locks
+
+    @staticmethod
+    def _release(locks: list[DeviceLock]) -> None:
         for lock in locks:
             lock.release()
-        return result
 
 
 class DeviceLock:

@@ -30,15 +30,25 @@ class RunOutput:
     requests: Requests
 
 
-def _models(scn: Scenario) -> tuple[ModelSpec, ModelSpec | None]:
+def _near(value: str, base_dir: Path) -> str:
+    """A relative path in a scenario is relative to the scenario file when it exists there."""
+    path = Path(value)
+    if not path.is_absolute() and (base_dir / path).exists():
+        return str(base_dir / path)
+    return value
+
+
+def _models(scn: Scenario, base_dir: Path) -> tuple[ModelSpec, ModelSpec | None]:
     try:
-        model = resolve_model(scn.model.spec).with_weight_bits(scn.model.weight_bits)
+        model = resolve_model(_near(scn.model.spec, base_dir)).with_weight_bits(
+            scn.model.weight_bits)
     except UserError as err:
         raise UserError(err.message, field="model.spec") from None
     draft = None
     if scn.model.draft:
         try:
-            draft = resolve_model(scn.model.draft).with_weight_bits(scn.model.draft_weight_bits)
+            draft = resolve_model(_near(scn.model.draft, base_dir)).with_weight_bits(
+                scn.model.draft_weight_bits)
         except UserError as err:
             raise UserError(err.message, field="model.draft") from None
     if scn.policies.speculation.kind != "off" and draft is None:
@@ -47,9 +57,10 @@ def _models(scn: Scenario) -> tuple[ModelSpec, ModelSpec | None]:
     return model, draft
 
 
-def _profile(scn: Scenario) -> HardwareProfile:
+def _profile(scn: Scenario, base_dir: Path) -> HardwareProfile:
     try:
-        return load_profile(scn.hardware)
+        return load_profile(_near(scn.hardware, base_dir) if Path(scn.hardware).suffix
+                            else scn.hardware)
     except UserError as err:
         if err.file:
             raise
@@ -95,8 +106,8 @@ def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
 def check_scenario(scn: Scenario, base_dir: Path) -> None:
     """Everything ``run_scenario`` would reject, without running: models, hardware, devices,
     the KV budget and the workload file.  Raises ``UserError``."""
-    model, draft = _models(scn)
-    hw = _profile(scn)
+    model, draft = _models(scn, base_dir)
+    hw = _profile(scn, base_dir)
     _check_devices(scn, hw)
     _kv_budgets(scn, hw, model, draft)
     make_requests(scn.workload, scn.seed, base_dir)
@@ -105,8 +116,8 @@ def check_scenario(scn: Scenario, base_dir: Path) -> None:
 def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
                  record_trace: bool = False, on_done=None) -> RunOutput:
     """One run.  ``on_done`` (optional) is called once per request that ends."""
-    model, draft = _models(scn)
-    hw = _profile(scn)
+    model, draft = _models(scn, base_dir)
+    hw = _profile(scn, base_dir)
     _check_devices(scn, hw)
     requests = make_requests(scn.workload, scn.seed, base_dir)
     budget, host = _kv_budgets(scn, hw, model, draft)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,17 +40,18 @@ def draw_lengths(dist: Fixed | Uniform | LogNormal, n: int, rng: np.random.Gener
 def read_trace(path: Path) -> Requests:
     try:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]  # physical line numbers
     except OSError as err:
         raise UserError(f"cannot read trace ({err.strerror})", file=str(path)) from None
     cols: dict[str, list[float]] = {"arrival_s": [], "prompt_tokens": [], "output_tokens": []}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         for key, values in cols.items():
             try:
                 value = float(row[key]) if key == "arrival_s" else int(row[key])
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"line {line}: bad or missing {key!r}", file=str(path)) from None
-            if value < (0 if key == "arrival_s" else 1):
+            if not math.isfinite(value) or value < (0 if key == "arrival_s" else 1):
                 raise UserError(f"line {line}: {key} out of range", file=str(path))
             values.append(value)
     if not rows:
