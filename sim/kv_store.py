@@ -31,11 +31,11 @@ def block_bytes(values_per_token: int, block_tokens: int, group: int) -> dict[Pr
     scale and an FP16 zero point per ``group`` values, i.e. 8 + 32/group or 4 + 32/group bits per
     value (group 64: 8.5 and 4.5 bits, the q4_0-style budget of REFERENCE.md)."""
     values = values_per_token * block_tokens
-    scale_bits = 32 / group
+    scales = -(-values // group) * 4  # an FP16 scale + an FP16 zero point per group
     return {
         Precision.FP16: values * 2,
-        Precision.INT8: int(np.ceil(values * (8 + scale_bits) / 8)),
-        Precision.INT4: int(np.ceil(values * (4 + scale_bits) / 8)),
+        Precision.INT8: values + scales,
+        Precision.INT4: -(-values // 2) + scales,
         Precision.OFFLOADED: 0,
         Precision.EVICTED: 0,
     }
@@ -103,26 +103,32 @@ class PagedKVStore:
 
     def append_tokens_many(self, rids: np.ndarray, num_tokens: np.ndarray,
                            precision: Precision) -> int:
-        """Add ``num_tokens[i]`` tokens to request ``rids[i]``.  New blocks are written at
-        ``precision``, or at a request's reserved precision when that is lower."""
+        """Add ``num_tokens[i]`` tokens to request ``rids[i]`` (ids distinct).  New blocks are
+        written at ``precision`` (a resident one), or at a request's reserved precision when that
+        is lower."""
+        if not Precision(precision).is_resident:
+            raise ValueError(f"new blocks must be resident, not {Precision(precision).name}")
         tokens = self.req_tokens[rids] + num_tokens
         need = (tokens + (self.block_tokens - 1)) // self.block_tokens - self.req_blocks[rids]
         grow = np.flatnonzero(need > 0).tolist()
         if grow:
             rid_list, need_list = rids.tolist(), need.tolist()
-            for i in grow:  # checked first so that a failure changes nothing
-                self._check_growth(rid_list[i], need_list[i], precision)
+            if len(set(rid_list)) != len(rid_list):
+                raise ValueError("append_tokens_many: a request id appears twice")
+            # checked first, over the whole batch, so that a failure changes nothing
+            extra = sum(self._extra_bytes(rid_list[i], need_list[i], precision) for i in grow)
+            if self.device_used_bytes + self.reserved_bytes + extra > self.device_budget_bytes:
+                raise MemoryError("requests grew past their reservations and the budget")
             for i in grow:
                 self._grow(rid_list[i], need_list[i], precision)
         self.req_tokens[rids] = tokens
         return sum(need[i] for i in grow)
 
-    def _check_growth(self, rid: int, new: int, precision: Precision) -> None:
+    def _extra_bytes(self, rid: int, new: int, precision: Precision) -> int:
+        """Device bytes of ``new`` blocks beyond what the request has reserved."""
         future, reserve_prec = self._future[rid]
         prec = max(precision, reserve_prec)
-        extra = max(new - future, 0) * int(self.device_block_bytes[prec])
-        if self.device_used_bytes + self.reserved_bytes + extra > self.device_budget_bytes:
-            raise MemoryError(f"request {rid} grew past its reservation and the budget")
+        return max(new - future, 0) * int(self.device_block_bytes[prec])
 
     def _grow(self, rid: int, new: int, precision: Precision) -> None:
         future, reserve_prec = self._future[rid]

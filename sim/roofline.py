@@ -58,7 +58,9 @@ def attention_work(spec: ModelSpec, num_tokens: int, attended_pairs: float,
 def ffn_work(spec: ModelSpec, num_tokens: int) -> Work:
     layers = spec.num_layers
     weights = spec.ffn_params * layers * spec.weight_bits / 8
-    acts = num_tokens * (2 * spec.hidden + 3 * spec.ffn_hidden) * ACT_BYTES * layers
+    # gated (SwiGLU): gate, up and their product; plain MLP: up and its activation
+    intermediates = 3 if spec.gated_ffn else 2
+    acts = num_tokens * (2 * spec.hidden + intermediates * spec.ffn_hidden) * ACT_BYTES * layers
     return Work(2 * num_tokens * spec.ffn_params * layers, weights + acts, KERNELS_FFN * layers)
 
 
