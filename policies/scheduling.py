@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,12 @@ class Placement:
 
 
 class SchedulingPolicy(Protocol):
+    """Contract: every device named in the placement exists (the engine rejects anything else
+    loudly).  ``observes_load`` False declares that the placement never depends on the
+    observation, which lets the engine decide once instead of every step."""
+
     kind: str
+    observes_load: ClassVar[bool]
 
     def decide(self, obs: SchedulingObservation) -> Placement: ...
 
@@ -50,6 +55,7 @@ class SinglePlacement:
 
     device: str
     kind: Literal["single"] = "single"
+    observes_load: ClassVar[bool] = False
 
     def decide(self, obs: SchedulingObservation) -> Placement:
         return Placement(self.device, self.device, self.device)
@@ -63,6 +69,7 @@ class StaticPlacement:
     decode_attention: str
     decode_ffn: str
     kind: Literal["static"] = "static"
+    observes_load: ClassVar[bool] = False
 
     def decide(self, obs: SchedulingObservation) -> Placement:
         return Placement(self.prefill, self.decode_attention, self.decode_ffn)

@@ -46,6 +46,7 @@ class Engine:
         self._next_closed = 0
         self._wake_prefill = self.env.event()
         self._wake_decode = self.env.event()
+        self._fixed_placement: Placement | None = None
         self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
         planner.retier(store, [])  # the precision new blocks are written at, from the start
 
@@ -210,6 +211,8 @@ class Engine:
 
     # -- devices -----------------------------------------------------------------------------
     def _placement(self) -> Placement:
+        if self._fixed_placement is not None:
+            return self._fixed_placement
         busy = self.state.device_busy_s
         now = max(self.env.now, 1e-12)
         loads = tuple(DeviceLoad(name, self.kinds[name], len(lock.waiters), busy.get(name, 0.0),
@@ -222,6 +225,8 @@ class Engine:
                 raise InfeasibleDecision(f"scheduling policy {self.planner.scheduling.kind!r} "
                                          f"placed work on unknown device {device!r} "
                                          f"(devices: {', '.join(self.devices)})")
+        if not getattr(self.planner.scheduling, "observes_load", True):
+            self._fixed_placement = placement
         return placement
 
     def _acquire(self, devices: tuple[str, ...]):

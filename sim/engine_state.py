@@ -52,9 +52,10 @@ class RunState:
         for device, seconds in result.device_busy_s.items():
             busy[device] = busy.get(device, 0.0) + seconds
         if self.record_trace:
+            ids = tuple(int(i) for i in plan.request_ids)
             t = now - result.elapsed_s
             for device, op, seconds in result.segments:
-                self.trace.append((device, op, t, seconds, plan.request_ids))
+                self.trace.append((device, op, t, seconds, ids))
                 t += seconds
 
     def observe_kv(self, store: PagedKVStore) -> None:

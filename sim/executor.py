@@ -7,11 +7,12 @@ found by name through the ``infer_os.backends`` entry-point group.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import simpy
 
 from policies import Placement
@@ -32,7 +33,7 @@ class StepPlan:
     """
 
     phase: Literal["prefill", "decode"]
-    request_ids: tuple[int, ...]
+    request_ids: Sequence[int] | np.ndarray  # a tuple or a numpy array of ids
     num_tokens: int  # query tokens forwarded through the target
     num_rows: int  # positions whose logits are computed
     attended_pairs: float

@@ -58,6 +58,7 @@ class PagedKVStore:
                                            dtype=np.int64)
         self.host_block_bytes = np.zeros(NUM_PRECISIONS, dtype=np.int64)
         self.host_block_bytes[Precision.OFFLOADED] = bytes_by_precision[Precision.FP16]
+        self._device_list = self.device_block_bytes.tolist()
         self.device_budget_bytes = int(device_budget_bytes)
         self.host_budget_bytes = int(host_budget_bytes)
         self.counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)  # blocks by precision, all requests
@@ -119,8 +120,7 @@ class PagedKVStore:
             extra = sum(self._extra_bytes(rid_list[i], need_list[i], precision) for i in grow)
             if self.device_used_bytes + self.reserved_bytes + extra > self.device_budget_bytes:
                 raise MemoryError("requests grew past their reservations and the budget")
-            for i in grow:
-                self._grow(rid_list[i], need_list[i], precision)
+            self._grow([rid_list[i] for i in grow], [need_list[i] for i in grow], int(precision))
         self.req_tokens[rids] = tokens
         return sum(need[i] for i in grow)
 
@@ -130,14 +130,27 @@ class PagedKVStore:
         prec = max(precision, reserve_prec)
         return max(new - future, 0) * int(self.device_block_bytes[prec])
 
-    def _grow(self, rid: int, new: int, precision: Precision) -> None:
-        future, reserve_prec = self._future[rid]
-        prec = Precision(max(precision, reserve_prec))
-        from_reserve = min(new, future)
-        self.reserved_bytes -= from_reserve * int(self.device_block_bytes[reserve_prec])
-        self._future[rid] = (future - from_reserve, reserve_prec)
-        self._blocks[rid].extend(bytes([prec]) * new)
-        self._add(rid, prec, new)
+    def _grow(self, rids: list[int], news: list[int], precision: int) -> None:
+        """Append ``news[i]`` blocks to ``rids[i]`` (distinct), drawing on their reservations.
+        The engine's hot path: per-request work in plain Python, the counters in one go."""
+        precs = []
+        released = 0
+        for rid, new in zip(rids, news):
+            future, reserve_prec = self._future[rid]
+            prec = precision if precision > reserve_prec else int(reserve_prec)
+            take = new if new < future else future
+            released += take * self._device_list[reserve_prec]
+            self._future[rid] = (future - take, reserve_prec)
+            self._blocks[rid].extend(bytes((prec,)) * new)
+            precs.append(prec)
+        self.reserved_bytes -= released
+        idx, prec_arr, new_arr = np.array(rids), np.array(precs), np.array(news)
+        self.req_counts[idx, prec_arr] += new_arr
+        self.req_blocks[idx] += new_arr
+        added = np.bincount(prec_arr, weights=new_arr, minlength=NUM_PRECISIONS).astype(np.int64)
+        self.counts += added
+        self.device_used_bytes += int(added @ self.device_block_bytes)
+        self.host_used_bytes += int(added @ self.host_block_bytes)
 
     def set_precision(self, rid: int, index: int, precision: Precision) -> None:
         blocks = self._blocks[rid]

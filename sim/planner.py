@@ -46,6 +46,7 @@ class Planner:
         self.last_k, self.last_all_accepted = 0, False
         self.draft_token_s = self.verify_s = 0.0
         self.spec_proposed = self.spec_accepted = 0
+        self._ones: dict[int, np.ndarray] = {}
 
     # -- tiering -----------------------------------------------------------------------------
     def maybe_retier(self, store: PagedKVStore, running: list[int]) -> None:
@@ -121,7 +122,7 @@ class Planner:
         allocs, alloc_bytes = self._buffers(pool, b * (k + 1), b * (k + 1))
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
         plan = StepPlan(
-            "decode", tuple(batch.tolist()), b * (k + 1), b * (k + 1),
+            "decode", batch, b * (k + 1), b * (k + 1),
             resident_tokens * (k + 1), float(counts @ store.device_block_bytes),
             float(quantized * store.block_tokens * self.model.kv_values_per_token), placement,
             draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
@@ -148,7 +149,11 @@ class Planner:
         """Per sequence: 1 + the accepted prefix of k drafts, each accepted with prob. alpha."""
         self.last_k = k
         if k == 0:
-            return np.ones(b, dtype=np.int64)
+            ones = self._ones.get(b)
+            if ones is None:
+                ones = self._ones[b] = np.ones(b, dtype=np.int64)
+                ones.flags.writeable = False
+            return ones
         accept = rng.random((b, k)) < self.alpha
         accepted = np.argmin(np.hstack([accept, np.zeros((b, 1), dtype=bool)]), axis=1)
         frac = float(accepted.sum()) / (b * k)
