@@ -17,6 +17,7 @@ from policies.buffers import (
 from policies.precision import Precision
 from policies.scheduling import (
     DeviceLoad,
+    OpEstimate,
     Placement,
     SchedulingObservation,
     SchedulingPolicy,
@@ -50,6 +51,7 @@ __all__ = [
     "FixedSpeculation",
     "Fp16Tiering",
     "NoSpeculation",
+    "OpEstimate",
     "Placement",
     "PreallocatedBuffers",
     "Precision",

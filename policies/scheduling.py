@@ -15,6 +15,18 @@ class DeviceLoad:
     queue_len: int  # steps waiting for the device
     busy_s: float  # total busy time so far
     busy_frac: float  # busy time / elapsed time, in [0, 1]
+    busy_until_s: float = 0.0  # seconds until the device finishes the work it holds (0 = idle)
+    handoff_s: float = 0.0  # latency of handing work into this device
+
+
+@dataclass(frozen=True, slots=True)
+class OpEstimate:
+    """Predicted time of one op of the next step on one device, alone (the engine's cost model:
+    roofline in the simulator, calibrated for real executors)."""
+
+    op: str  # "prefill", "decode_attention" or "decode_ffn"
+    device: str
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +34,13 @@ class SchedulingObservation:
     devices: tuple[DeviceLoad, ...]
     num_waiting: int  # requests waiting for prefill
     num_running: int  # requests decoding
+    estimates: tuple[OpEstimate, ...] = ()
+
+    def estimate(self, op: str, device: str) -> float | None:
+        for e in self.estimates:
+            if e.op == op and e.device == device:
+                return e.seconds
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,10 @@ class SpecObservation:
     acceptance_history: tuple[float, ...]  # per-step acceptance fractions, oldest first
     last_draft_len: int  # k used in the previous step (0 = no speculation)
     last_all_accepted: bool  # every draft token of the previous step was accepted
-    draft_token_s: float  # cost of one draft token (predicted or measured)
-    verify_s: float  # cost of one target verify pass
+    draft_token_s: float  # cost of one draft token (predicted or measured; 0 = not yet known)
+    verify_s: float  # cost of one target verify pass (0 = not yet known)
     max_draft_len: int  # the engine's hard limit on k
+    batch_size: int = 1  # sequences in the step being planned
 
 
 @dataclass(frozen=True, slots=True)

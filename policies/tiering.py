@@ -16,9 +16,12 @@ class BlockInfo:
     index: int  # position of the block in its request's sequence, 0 = oldest
     precision: Precision
     age_steps: int  # decode steps since the block was filled
-    attention_mass: float  # accumulated attention the block received, in [0, 1] per step summed
-    access_count: int  # times attention read the block
+    attention_mass: float  # attention the block received, summed over steps (each step sums to 1)
+    access_count: int  # decode steps that read the block
     relevance: float = 0.0  # semantic relevance (cosine of mean key to recent queries), [-1, 1]
+    position_from_end: int = 0  # 0 = the request's newest block
+    attention_share: float = 0.0  # share of the latest step's attention, in [0, 1]
+    has_backup: bool = False  # an FP16 copy of the block is kept in the host tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,8 @@ class TieringObservation:
     blocks: tuple[BlockInfo, ...]
     pressures: tuple[TierPressure, ...]
     block_tokens: int
-    quality_delta_ppl: float = 0.0  # the quality signal: estimated perplexity change so far
+    quality_delta_ppl: float = 0.0  # the quality signal: estimated perplexity change now
+    step: int = 0  # decode steps run so far
 
     def pressure(self, tier: str = "device") -> float:
         for p in self.pressures:
@@ -53,10 +57,14 @@ class TieringObservation:
 @dataclass(frozen=True, slots=True)
 class TieringDecision:
     """New precision per block, as (request_id, block index, precision); blocks not named keep
-    theirs.  ``new_block_precision`` is the precision freshly filled blocks are written at."""
+    theirs.  ``new_block_precision`` is the precision freshly filled blocks are written at (a
+    resident one).  ``keep_backup``: blocks demoted from FP16 keep an FP16 copy in the host tier,
+    so raising them again is a copy; without a copy, raising a block means recomputing it from
+    its token ids (the engine charges either)."""
 
     changes: tuple[tuple[int, int, Precision], ...] = ()
     new_block_precision: Precision = Precision.FP16
+    keep_backup: bool = False
 
 
 class TieringPolicy(Protocol):
