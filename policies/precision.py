@@ -16,10 +16,15 @@ class Precision(IntEnum):
     FP16 = 0
     INT8 = 1
     INT4 = 2
-    OFFLOADED = 3
-    EVICTED = 4
+    INT2 = 3
+    OFFLOADED = 4
+    EVICTED = 5
 
     @property
     def is_resident(self) -> bool:
         """True when the block lives in device memory and is read by attention."""
-        return self <= Precision.INT4
+        return self <= Precision.INT2
+
+    @property
+    def is_quantized(self) -> bool:
+        return Precision.INT8 <= self <= Precision.INT2

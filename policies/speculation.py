@@ -18,6 +18,7 @@ class SpecObservation:
     verify_s: float  # cost of one target verify pass (0 = not yet known)
     max_draft_len: int  # the engine's hard limit on k
     batch_size: int = 1  # sequences in the step being planned
+    steps_since_draft: int = 0  # decode steps since the last one that drafted (probing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,15 +27,16 @@ class Admission(enum.Enum):
 
 
 def block_bytes(values_per_token: int, block_tokens: int, group: int) -> dict[Precision, int]:
-    """Device bytes of one block by precision.  INT8/INT4 are asymmetric group-wise: an FP16
-    scale and an FP16 zero point per ``group`` values, i.e. 8 + 32/group or 4 + 32/group bits per
-    value (group 64: 8.5 and 4.5 bits, the q4_0-style budget of REFERENCE.md)."""
+    """Device bytes of one block by precision.  INT8/INT4/INT2 are asymmetric group-wise: an FP16
+    scale and an FP16 zero point per ``group`` values, i.e. b + 32/group bits per value (group 64:
+    8.5, 4.5 and 2.5 bits; 4.5 is the q4_0-style budget of REFERENCE.md)."""
     values = values_per_token * block_tokens
     scales = -(-values // group) * 4  # an FP16 scale + an FP16 zero point per group
     return {
         Precision.FP16: values * 2,
         Precision.INT8: values + scales,
         Precision.INT4: -(-values // 2) + scales,
+        Precision.INT2: -(-values // 4) + scales,
         Precision.OFFLOADED: 0,
         Precision.EVICTED: 0,
     }

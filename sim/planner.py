@@ -117,7 +117,7 @@ class Planner:
         tokens = float(store.req_tokens[batch].sum())
         absent = int(counts[Precision.OFFLOADED] + counts[Precision.EVICTED])
         resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
-        quantized = int(counts[Precision.INT8] + counts[Precision.INT4])
+        quantized = int(counts[Precision.INT8] + counts[Precision.INT4] + counts[Precision.INT2])
         emitted = self._emitted(b, k, rng)
         allocs, alloc_bytes = self._buffers(pool, b * (k + 1), b * (k + 1))
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0

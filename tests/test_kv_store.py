@@ -28,20 +28,21 @@ settings.register_profile("kv_store", max_examples=100, stateful_step_count=40, 
 #    FP16 1600 x 2 = 3200; INT8 (12800 + 25 x 32) / 8 = 13600 / 8 = 1700;
 #    INT4 (6400 + 800) / 8 = 900
 #  8 values/token x 4 tokens = 32 values, 1 group of 32:
-#    FP16 64; INT8 (256 + 32) / 8 = 36; INT4 (128 + 32) / 8 = 20
+#    FP16 64; INT8 (256 + 32) / 8 = 36; INT4 (128 + 32) / 8 = 20; INT2 (64 + 32) / 8 = 12
 #  64 values/token x 16 tokens = 1024 values, 8 groups of 128:
-#    FP16 2048; INT8 (8192 + 256) / 8 = 1056; INT4 (4096 + 256) / 8 = 544
+#    FP16 2048; INT8 (8192 + 256) / 8 = 1056; INT4 (4096 + 256) / 8 = 544;
+#    INT2 (2048 + 256) / 8 = 288
 @pytest.mark.parametrize(
-    ("values_per_token", "block_tokens", "group", "fp16", "int8", "int4"),
+    ("values_per_token", "block_tokens", "group", "fp16", "int8", "int4", "int2"),
     [
-        (100, 16, 64, 3200, 1700, 900),
-        (8, 4, 32, 64, 36, 20),
-        (64, 16, 128, 2048, 1056, 544),
+        (100, 16, 64, 3200, 1700, 900, 500),
+        (8, 4, 32, 64, 36, 20, 12),
+        (64, 16, 128, 2048, 1056, 544, 288),
     ],
 )
-def test_block_bytes(values_per_token, block_tokens, group, fp16, int8, int4):
+def test_block_bytes(values_per_token, block_tokens, group, fp16, int8, int4, int2):
     assert block_bytes(values_per_token, block_tokens, group) == {
-        P.FP16: fp16, P.INT8: int8, P.INT4: int4, P.OFFLOADED: 0, P.EVICTED: 0,
+        P.FP16: fp16, P.INT8: int8, P.INT4: int4, P.INT2: int2, P.OFFLOADED: 0, P.EVICTED: 0,
     }
 
 
@@ -51,8 +52,8 @@ DEVICE_BUDGET = 400  # 6 FP16 blocks (384) fit, 7 (448) do not
 HOST_BUDGET = 128  # 2 offloaded blocks
 CAPACITY = 6
 # Written by hand (see the 8 x 4 / group 32 row above), not taken from block_bytes.
-DEVICE_BYTES = {P.FP16: 64, P.INT8: 36, P.INT4: 20, P.OFFLOADED: 0, P.EVICTED: 0}
-HOST_BYTES = {P.FP16: 0, P.INT8: 0, P.INT4: 0, P.OFFLOADED: 64, P.EVICTED: 0}
+DEVICE_BYTES = {P.FP16: 64, P.INT8: 36, P.INT4: 20, P.INT2: 12, P.OFFLOADED: 0, P.EVICTED: 0}
+HOST_BYTES = {P.FP16: 0, P.INT8: 0, P.INT4: 0, P.INT2: 0, P.OFFLOADED: 64, P.EVICTED: 0}
 
 
 def make_store(device_budget: int = DEVICE_BUDGET, host_budget: int = HOST_BUDGET) -> PagedKVStore:
