@@ -119,6 +119,34 @@ class Coefficient(_Frozen):
     source: str = Field(min_length=1)
 
 
+class AttentionConfig(_Frozen):
+    """The simulator's synthetic attention (sim/attention.py)."""
+
+    sink: float = Field(default=2.0, ge=0)  # extra weight of the first block (attention sink)
+    recency_blocks: float = Field(default=4.0, gt=0)  # decay length of recency, in blocks
+    heavy: float = Field(default=0.05, ge=0)  # weight of the per-block heavy-hitter term
+    heavy_sigma: float = Field(default=1.0, ge=0)  # log-normal sigma of heavy-hitter weights
+
+
+def _cited(value: float, source: str):
+    return Field(default_factory=lambda: Coefficient(value=value, source=source))
+
+
+class QualityConfig(_Frozen):
+    """The quality model (sim/quality.py): delta-PPL per precision, with sources."""
+
+    base_ppl: float = Field(default=12.34, gt=0)  # the paper's baseline PPL (appendix B.3)
+    int8_delta_ppl: Coefficient = _cited(
+        0.002, "llama.cpp q8_0 KV cache: delta-PPL ~ +0.002 (REFERENCE.md)")
+    int4_delta_ppl: Coefficient = _cited(
+        0.1, "[A] upper end: KVQuant < 0.1 PPL at 3-bit (REFERENCE.md); 4-bit group-64 is finer")
+    int2_delta_ppl: Coefficient = _cited(
+        1.0, "[A] KIVI 2-bit keeps LongBench within ~1 point (REFERENCE.md); not a PPL figure")
+    missing_delta_ppl: Coefficient = _cited(
+        3.0, "[A] per unit of attention mass evicted or offloaded; H2O/StreamingLLM lose little "
+             "because the mass they drop is small")
+
+
 class CoefficientConfig(_Frozen):
     """The paper's projection method: rate = baseline x product of enabled techniques' values."""
 
@@ -175,6 +203,8 @@ class Scenario(_Frozen):
     workload: WorkloadConfig = WorkloadConfig()
     engine: EngineConfig = EngineConfig()
     speculation: SpeculationSetup = SpeculationSetup()
+    attention: AttentionConfig = AttentionConfig()
+    quality: QualityConfig = QualityConfig()
     policies: PoliciesConfig
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -61,11 +61,31 @@ class RooflineModel:
             lat = self.hw.device(p.decode_attention).command_latency_s
             lat += self.hw.device(p.decode_ffn).command_latency_s
             out.append(Segment(p.decode_ffn, "handoff", 0.0, 0.0, lat * spec.num_layers))
+        if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
+            out.append(self._retier_segment(plan))
         if plan.num_allocs:
             d = self.hw.device(out[-1].device)
             alloc_s = plan.num_allocs * d.alloc_latency_s + plan.alloc_bytes / d.alloc_bytes_per_s
             out.append(Segment(d.name, "alloc", 0.0, 0.0, alloc_s))
         return out
+
+    def _retier_segment(self, plan: StepPlan) -> Segment:
+        """Re-quantizing (read FP16, write ~1 byte/value), host copies, and recomputing K/V of
+        restored blocks (a forward pass over their tokens), on the attention device."""
+        device = plan.placement.decode_attention
+        d = self.hw.device(device)
+        spec = self.model
+        work = Work(4.0 * plan.kv_requant_values + 2.0 * spec.num_params * plan.kv_recompute_tokens,
+                    3.0 * plan.kv_requant_values + (spec.weight_bytes if plan.kv_recompute_tokens
+                                                    else 0.0), 0)
+        seg = self._segment(device, "retier", work, handoff=False)
+        host = self.hw.bus(self.hw.host_memory)
+        if host.name == d.memory:  # the host tier shares the device's memory: read + write it
+            seg.bytes += 2 * plan.kv_copy_bytes
+            seg.variable_s += 2 * plan.kv_copy_bytes / host.usable_bytes_per_s
+        else:  # over the host link, e.g. PCIe
+            seg.fixed_s += plan.kv_copy_bytes / host.usable_bytes_per_s
+        return seg
 
     def _draft_segments(self, plan: StepPlan) -> list[Segment]:
         """k sequential single-token decode passes of the draft model over the batch."""

@@ -202,6 +202,7 @@ class Engine:
                 self.running = [r for r in self.running if r not in done_set]
             for rid in done.tolist():
                 self.store.free(rid)
+                self.planner.forget(rid)
                 self.state.complete(rid, self.env.now)
                 self._on_done()
                 self._user_done()

@@ -47,6 +47,9 @@ class StepPlan:
     alloc_bytes: int = 0
     enabled: frozenset[str] = frozenset()  # techniques switched on (for the coefficient model)
     tokens_per_seq: float = 1.0  # mean tokens each sequence emits this step (coefficient model)
+    kv_copy_bytes: int = 0  # KV moved to or from the host tier by the last re-tiering pass
+    kv_requant_values: int = 0  # K/V values it re-quantized
+    kv_recompute_tokens: int = 0  # tokens whose K/V it recomputes (restored, no copy kept)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,18 @@ from policies import Precision
 NUM_PRECISIONS = len(Precision)
 
 
+class Move(enum.Enum):
+    """What a precision change costs, for the executor to charge."""
+
+    REQUANTIZE = "requantize"  # on the device: read, quantize, write
+    REQUANTIZE_BACKUP = "requantize+backup"  # and copy the FP16 original to the host tier
+    OFFLOAD = "offload"  # copy to the host tier
+    OFFLOAD_FROM_BACKUP = "offload-from-backup"  # the host copy exists already: free the device
+    EVICT = "evict"
+    RESTORE_COPY = "restore-copy"  # copy the FP16 original back from the host tier
+    RECOMPUTE = "recompute"  # no original anywhere: recompute K/V from the token ids
+
+
 class Admission(enum.Enum):
     OK = "ok"
     LATER = "later"  # fits once running requests free their memory
@@ -70,6 +82,8 @@ class PagedKVStore:
         self.device_used_bytes = 0
         self.host_used_bytes = 0
         self._blocks: dict[int, bytearray] = {}  # request id -> precision of each block
+        self._backups: dict[int, bytearray] = {}  # request id -> 1 where an FP16 copy is kept
+        self.num_backups = 0
         self._future: dict[int, tuple[int, Precision]] = {}  # reserved blocks and their precision
 
     # -- admission ---------------------------------------------------------------------------
@@ -93,6 +107,7 @@ class PagedKVStore:
         total = self.blocks_for(max(max_tokens, prompt_tokens))
         now = self.blocks_for(prompt_tokens)
         self._blocks[rid] = bytearray()
+        self._backups[rid] = bytearray()
         self._future[rid] = (total, precision)
         self.reserved_bytes += total * int(self.device_block_bytes[precision])
         self.append_tokens(rid, prompt_tokens, precision)
@@ -143,6 +158,7 @@ class PagedKVStore:
             released += take * self._device_list[reserve_prec]
             self._future[rid] = (future - take, reserve_prec)
             self._blocks[rid].extend(bytes((prec,)) * new)
+            self._backups[rid].extend(bytes(new))
             precs.append(prec)
         self.reserved_bytes -= released
         idx, prec_arr, new_arr = np.array(rids), np.array(precs), np.array(news)
@@ -153,24 +169,57 @@ class PagedKVStore:
         self.device_used_bytes += int(added @ self.device_block_bytes)
         self.host_used_bytes += int(added @ self.host_block_bytes)
 
-    def set_precision(self, rid: int, index: int, precision: Precision) -> None:
-        blocks = self._blocks[rid]
-        old = Precision(blocks[index])
-        if old == precision:
-            return
-        dev = int(self.device_block_bytes[precision] - self.device_block_bytes[old])
-        host = int(self.host_block_bytes[precision] - self.host_block_bytes[old])
+    def set_precision(self, rid: int, index: int, precision: Precision,
+                      keep_backup: bool = False) -> Move | None:
+        """Change one block's precision; returns the move it took (None if unchanged).
+
+        A block demoted from FP16 with ``keep_backup`` keeps an FP16 copy in the host tier when
+        the host has room (best effort).  Raising a block copies that original back (or the
+        offloaded block); with no original anywhere it must be recomputed.
+        """
+        blocks, backups = self._blocks[rid], self._backups[rid]
+        old, new = Precision(blocks[index]), Precision(precision)
+        if old == new:
+            return None
+        fp16 = int(self.device_block_bytes[Precision.FP16])
+        had = bool(backups[index])
+        if new > old:  # demotion
+            if new == Precision.OFFLOADED:
+                move, backup = (Move.OFFLOAD_FROM_BACKUP if had else Move.OFFLOAD), False
+            elif new == Precision.EVICTED:
+                move, backup = Move.EVICT, False
+            else:
+                backup = had or (keep_backup and old == Precision.FP16)
+                move = Move.REQUANTIZE_BACKUP if backup and not had else Move.REQUANTIZE
+        else:  # restore
+            source = had or old == Precision.OFFLOADED
+            move = Move.RESTORE_COPY if source else Move.RECOMPUTE
+            backup = had and new != Precision.FP16
+        dev = int(self.device_block_bytes[new] - self.device_block_bytes[old])
+        host = int(self.host_block_bytes[new] - self.host_block_bytes[old]) + fp16 * (
+            int(backup) - int(had))
         if self.device_used_bytes + self.reserved_bytes + dev > self.device_budget_bytes:
-            raise MemoryError(f"block {index} of request {rid}: no device memory for "
-                              f"{precision.name}")
+            raise MemoryError(f"block {index} of request {rid}: no device memory for {new.name}")
         if self.host_used_bytes + host > self.host_budget_bytes:
-            raise MemoryError(f"block {index} of request {rid}: the host tier is full")
-        blocks[index] = precision
+            if move is not Move.REQUANTIZE_BACKUP:
+                raise MemoryError(f"block {index} of request {rid}: the host tier is full")
+            move, backup, host = Move.REQUANTIZE, False, 0  # no room for the copy: none kept
+        blocks[index] = new
+        backups[index] = backup
+        self.num_backups += int(backup) - int(had)
+        self.host_used_bytes += fp16 * (int(backup) - int(had))
         self._add(rid, old, -1)
-        self._add(rid, precision, 1)
+        self._add(rid, new, 1)
+        return move
+
+    def has_backup(self, rid: int, index: int) -> bool:
+        return bool(self._backups[rid][index])
 
     def free(self, rid: int) -> None:
         del self._blocks[rid]
+        num_backups = sum(self._backups.pop(rid))
+        self.num_backups -= num_backups
+        self.host_used_bytes -= num_backups * int(self.device_block_bytes[Precision.FP16])
         future, prec = self._future.pop(rid)
         self.reserved_bytes -= future * int(self.device_block_bytes[prec])
         counts = self.req_counts[rid].copy()
@@ -195,6 +244,10 @@ class PagedKVStore:
     def blocks(self, rid: int) -> tuple[Precision, ...]:
         return tuple(Precision(b) for b in self._blocks[rid])
 
+    def blocks_raw(self, rid: int) -> bytearray:
+        """The request's block precisions as bytes (a view: do not mutate)."""
+        return self._blocks[rid]
+
     def request_ids(self) -> list[int]:
         return list(self._blocks)
 
@@ -207,8 +260,11 @@ class PagedKVStore:
         return int(self.counts.sum()) * int(self.device_block_bytes[Precision.FP16])
 
     def bytes_by_precision(self) -> dict[str, int]:
+        """Bytes held per state, device and host together; FP16 backups under "backup"."""
         per_block = self.device_block_bytes + self.host_block_bytes
-        return {p.name.lower(): int(self.counts[p] * per_block[p]) for p in Precision}
+        out = {p.name.lower(): int(self.counts[p] * per_block[p]) for p in Precision}
+        out["backup"] = self.num_backups * int(self.device_block_bytes[Precision.FP16])
+        return out
 
     def check_integrity(self) -> None:
         counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)
@@ -220,8 +276,12 @@ class PagedKVStore:
             assert len(blocks) == self.req_blocks[rid], rid
             counts += mine
         assert (counts == self.counts).all()
+        backups = sum(sum(b) for b in self._backups.values())
+        assert backups == self.num_backups
+        assert all(len(self._backups[r]) == len(b) for r, b in self._blocks.items())
         assert self.device_used_bytes == int(counts @ self.device_block_bytes)
-        assert self.host_used_bytes == int(counts @ self.host_block_bytes)
+        fp16 = int(self.device_block_bytes[Precision.FP16])
+        assert self.host_used_bytes == int(counts @ self.host_block_bytes) + backups * fp16
         reserved = sum(f * int(self.device_block_bytes[p]) for f, p in self._future.values())
         assert self.reserved_bytes == reserved
         assert self.device_used_bytes + self.reserved_bytes <= self.device_budget_bytes

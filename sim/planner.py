@@ -9,12 +9,9 @@ from collections import deque
 import numpy as np
 
 from policies import (
-    BlockInfo,
     Placement,
     Precision,
     SpecObservation,
-    TieringObservation,
-    TierPressure,
 )
 from sim.buffer_pool import BufferPool
 from sim.errors import InfeasibleDecision
@@ -22,6 +19,7 @@ from sim.executor import StepPlan, StepResult
 from sim.kv_store import PagedKVStore
 from sim.model_spec import ModelSpec
 from sim.policy_registry import BASELINE_KIND
+from sim.retier import Retierer
 from sim.workload import Requests
 
 EWMA_WEIGHT = 0.2  # weight of the newest sample in every EWMA the planner keeps
@@ -31,7 +29,8 @@ HISTORY_LEN = 32
 class Planner:
     def __init__(self, policies, model: ModelSpec, draft: ModelSpec | None, *,
                  alpha: float, draft_device: str | None, max_draft_len: int,
-                 tiering_interval_steps: int, device_kinds: dict[str, str]):
+                 tiering_interval_steps: int, device_kinds: dict[str, str],
+                 retierer: Retierer):
         self.tiering, self.buffers = policies.tiering, policies.buffers
         self.speculation, self.scheduling = policies.speculation, policies.scheduling
         self.model, self.draft, self.alpha, self.draft_device = model, draft, alpha, draft_device
@@ -39,52 +38,31 @@ class Planner:
         self.device_kinds = device_kinds
         self.techniques = frozenset(f for f, base in BASELINE_KIND.items()
                                     if f != "scheduling" and getattr(policies, f).kind != base)
-        self.new_block_precision = Precision.FP16
+        self.retierer = retierer
         self.decode_steps = 0
         self.acceptance = 0.0
         self.acceptance_history: deque[float] = deque(maxlen=HISTORY_LEN)
         self.last_k, self.last_all_accepted = 0, False
+        self.steps_since_draft = 0
         self.draft_token_s = self.verify_s = 0.0
         self.spec_proposed = self.spec_accepted = 0
         self._ones: dict[int, np.ndarray] = {}
 
     # -- tiering -----------------------------------------------------------------------------
+    @property
+    def new_block_precision(self) -> Precision:
+        return self.retierer.new_block_precision
+
     def maybe_retier(self, store: PagedKVStore, running: list[int]) -> None:
         if self.decode_steps % self.interval == 0:
             self.retier(store, running)
 
     def retier(self, store: PagedKVStore, running: list[int]) -> None:
         """Ask the tiering policy and apply its decision, validating every change."""
-        blocks = self._block_infos(store, running) if self.tiering.observes_blocks else ()
-        pressures = (
-            TierPressure("device", store.device_used_bytes + store.reserved_bytes,
-                         store.device_budget_bytes),
-            TierPressure("host", store.host_used_bytes, store.host_budget_bytes))
-        decision = self.tiering.decide(TieringObservation(blocks, pressures, store.block_tokens))
-        if not decision.new_block_precision.is_resident:
-            raise InfeasibleDecision(f"tiering policy {self.tiering.kind!r}: new blocks cannot be "
-                                     f"written {decision.new_block_precision.name}")
-        self.new_block_precision = decision.new_block_precision
-        for rid, index, precision in decision.changes:
-            if rid not in store or not 0 <= index < len(store.blocks(rid)):
-                raise InfeasibleDecision(f"tiering policy {self.tiering.kind!r}: no block "
-                                         f"{index} of request {rid}")
-            try:
-                store.set_precision(rid, index, Precision(precision))
-            except MemoryError as err:
-                raise InfeasibleDecision(f"tiering policy {self.tiering.kind!r}: {err}") from None
+        self.retierer.retier(store, running, self.decode_steps)
 
-    @staticmethod
-    def _block_infos(store: PagedKVStore, running: list[int]) -> tuple[BlockInfo, ...]:
-        # Age is approximated by the tokens written since the block filled (one per decode step
-        # without speculation); every decode step reads every resident block once.
-        out = []
-        for rid in running:
-            tokens = store.tokens(rid)
-            for i, prec in enumerate(store.blocks(rid)):
-                age = max(tokens - (i + 1) * store.block_tokens, 0)
-                out.append(BlockInfo(rid, i, prec, age, 0.0, age if prec.is_resident else 0))
-        return tuple(out)
+    def forget(self, rid: int) -> None:
+        self.retierer.forget(rid)
 
     # -- plans -------------------------------------------------------------------------------
     def _enabled(self, placement: Placement) -> frozenset[str]:
@@ -111,8 +89,8 @@ class Planner:
     def decode_plan(self, batch: np.ndarray, store: PagedKVStore, placement: Placement,
                     pool: BufferPool, rng: np.random.Generator) -> tuple[StepPlan, np.ndarray]:
         """The step's plan and the tokens each sequence will emit (1 + accepted draft tokens)."""
-        k = self._draft_len()
         b = len(batch)
+        k = self._draft_len(b)
         counts = store.req_counts[batch].sum(axis=0)
         tokens = float(store.req_tokens[batch].sum())
         absent = int(counts[Precision.OFFLOADED] + counts[Precision.EVICTED])
@@ -128,14 +106,16 @@ class Planner:
             draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
             num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self._enabled(placement),
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0)
+        plan.kv_copy_bytes, plan.kv_requant_values, plan.kv_recompute_tokens = (
+            self.retierer.pending.take())
         self.decode_steps += 1
         return plan, emitted
 
     # -- speculation -------------------------------------------------------------------------
-    def _draft_len(self) -> int:
+    def _draft_len(self, batch_size: int) -> int:
         obs = SpecObservation(self.acceptance, tuple(self.acceptance_history), self.last_k,
                               self.last_all_accepted, self.draft_token_s, self.verify_s,
-                              self.max_draft_len)
+                              self.max_draft_len, batch_size, self.steps_since_draft)
         k = self.speculation.decide(obs).draft_len
         if not 0 <= k <= self.max_draft_len:
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r}: draft length "
@@ -148,6 +128,7 @@ class Planner:
     def _emitted(self, b: int, k: int, rng: np.random.Generator) -> np.ndarray:
         """Per sequence: 1 + the accepted prefix of k drafts, each accepted with prob. alpha."""
         self.last_k = k
+        self.steps_since_draft = 0 if k else self.steps_since_draft + 1
         if k == 0:
             ones = self._ones.get(b)
             if ones is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policies import DeviceLoad, SchedulingObservation
+from sim.attention import AttentionModel
 from sim.config import Scenario
 from sim.cost_model import CoefficientModel, RooflineModel
 from sim.engine import Engine
@@ -17,6 +18,8 @@ from sim.kv_store import PagedKVStore, block_bytes
 from sim.metrics import run_metrics
 from sim.model_spec import ModelSpec, resolve_model
 from sim.planner import Planner
+from sim.quality import penalties, quality_metrics
+from sim.retier import Retierer
 from sim.sim_executor import CostModelExecutor
 from sim.workload import Requests, make_requests
 
@@ -132,10 +135,12 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     else:
         cm = RooflineModel(hw, model, draft, scn.speculation.draft_device)
     executor = CostModelExecutor(hw, cm)
+    retierer = Retierer(scn.policies.tiering, AttentionModel(scn.attention, scn.seed),
+                        penalties(scn.quality), model.kv_values_per_token * eng.block_tokens)
     planner = Planner(scn.policies, model, draft, alpha=scn.speculation.alpha,
                       draft_device=scn.speculation.draft_device, max_draft_len=eng.max_draft_len,
                       tiering_interval_steps=eng.tiering_interval_steps,
-                      device_kinds={d.name: d.kind for d in hw.devices})
+                      device_kinds={d.name: d.kind for d in hw.devices}, retierer=retierer)
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, seed=scn.seed,
@@ -143,6 +148,8 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     state = engine.run()
     metrics = run_metrics(state, requests.output_tokens, planner.spec_proposed,
                           planner.spec_accepted, engine.buffers.stats)
+    metrics["quality"] = quality_metrics(retierer.quality_samples, scn.quality.base_ppl)
+    metrics["kv_moves"] = dict(sorted(retierer.moves.items()))
     if cost_model == "coefficient":
         metrics["note"] = ("coefficient model: the paper's projection method (baseline rate x "
                            "stated coefficients), not physics")

@@ -1,0 +1,65 @@
+"""A synthetic attention model for the simulator: how much of each decode step's attention every
+KV block of a request receives, so that tiering policies have attention mass, access counts and
+relevance to observe without a real model.  Real executors report measured values instead.
+
+share of block b (of n) ∝ sink·[b = 0] + exp(-(n - 1 - b) / recency_blocks) + heavy·h_b, where h_b
+is a per-block "heavy hitter" weight drawn log-normal (median 1) from a stream seeded by (seed,
+request): attention sinks (Xiao et al. 2023), recency, and a few heavy hitters (Zhang et al. 2023).
+Relevance (a stand-in for the cosine of a block's mean key to recent queries) is (h - 1) / (h + 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.config import AttentionConfig
+
+
+class AttentionModel:
+    """Per request, accumulates attention mass and access counts of its blocks between re-tiering
+    passes (``advance``); all arrays are indexed by block."""
+
+    def __init__(self, cfg: AttentionConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self._heavy: dict[int, np.ndarray] = {}
+        self.mass: dict[int, np.ndarray] = {}
+        self.access: dict[int, np.ndarray] = {}
+
+    def heavy(self, rid: int, n: int) -> np.ndarray:
+        h = self._heavy.get(rid)
+        if h is None or len(h) < n:
+            rng = np.random.default_rng([self.seed, rid])
+            h = self._heavy[rid] = rng.lognormal(0.0, self.cfg.heavy_sigma, size=max(n, 256))
+        return h[:n]
+
+    def shares(self, rid: int, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros(0)
+        distance = np.arange(n - 1, -1, -1, dtype=np.float64)
+        raw = np.exp(-distance / self.cfg.recency_blocks) + self.cfg.heavy * self.heavy(rid, n)
+        raw[0] += self.cfg.sink
+        return raw / raw.sum()
+
+    def relevance(self, rid: int, n: int) -> np.ndarray:
+        h = self.heavy(rid, n)
+        return (h - 1.0) / (h + 1.0)
+
+    def advance(self, rid: int, resident: np.ndarray, steps: int) -> np.ndarray:
+        """Credit ``steps`` decode steps of attention to a request's resident blocks (the boolean
+        mask); returns the current shares (over resident blocks)."""
+        n = len(resident)
+        shares = self.shares(rid, n) * resident
+        total = shares.sum()
+        if total > 0:
+            shares = shares / total
+        for store, add in ((self.mass, shares * steps), (self.access, resident * steps)):
+            old = store.get(rid)
+            grown = np.zeros(n)
+            if old is not None:
+                grown[:len(old)] = old[:n]
+            store[rid] = grown + add
+        return shares
+
+    def forget(self, rid: int) -> None:
+        for store in (self._heavy, self.mass, self.access):
+            store.pop(rid, None)
