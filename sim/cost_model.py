@@ -35,6 +35,18 @@ class RooflineModel:
                  draft_device: str | None = None):
         self.hw, self.model, self.draft, self.draft_device = hw, model, draft, draft_device
 
+    def op_seconds(self, op: str, device: str, num_tokens: int, attended_pairs: float,
+                   kv_read_bytes: float) -> float:
+        """Alone time of one op group on one device (for the scheduling policy's estimates):
+        ``prefill`` (a whole forward pass), ``decode_attention`` or ``decode_ffn``."""
+        spec = self.model
+        attn = attention_work(spec, num_tokens, attended_pairs, kv_read_bytes, 0)
+        rows = num_tokens if op != "prefill" else 1
+        rest = ffn_work(spec, num_tokens) + head_work(spec, rows)
+        work = attn + rest if op == "prefill" else attn if op == "decode_attention" else rest
+        seg = self._segment(device, op, work, handoff=True)
+        return seg.variable_s + seg.fixed_s
+
     def _segment(self, device: str, op: str, work: Work, handoff: bool) -> Segment:
         d = self.hw.device(device)
         bus = self.hw.bus(d.memory)

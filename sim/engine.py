@@ -39,6 +39,9 @@ class Engine:
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
         self.devices = {d.name: DeviceLock(self.env) for d in executor.devices()}
         self.kinds = {d.name: d.kind for d in executor.devices()}
+        self.handoff = {d.name: d.handoff_s for d in executor.devices()}
+        self.busy_until = {d.name: 0.0 for d in executor.devices()}  # predicted, for scheduling
+        self._estimates: dict[tuple[str, str], float] = {}
         self.buffers = BufferPool(planner.buffers)
         self.waiting: deque[int] = deque()
         self.num_prefilling = 0
@@ -148,6 +151,7 @@ class Engine:
                 self.num_prefilling += len(batch)
                 plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
                                                  self.buffers)
+                self._expect(("prefill", placement.prefill))
                 result = yield from self.executor.execute(self.env, plan)
                 self.num_prefilling -= len(batch)
                 self._record(plan, result)
@@ -175,6 +179,8 @@ class Engine:
                 draft_device = self.planner.draft_device or placement.decode_ffn
                 if self.devices[draft_device] not in locks:
                     locks += yield from self._acquire((draft_device,))
+            self._expect(("decode_attention", placement.decode_attention),
+                         ("decode_ffn", placement.decode_ffn))
             result = yield from self.executor.execute(self.env, plan)
             self._release(locks)
             self._record(plan, result)
@@ -217,9 +223,14 @@ class Engine:
         busy = self.state.device_busy_s
         now = max(self.env.now, 1e-12)
         loads = tuple(DeviceLoad(name, self.kinds[name], len(lock.waiters), busy.get(name, 0.0),
-                                 min(busy.get(name, 0.0) / now, 1.0))
+                                 min(busy.get(name, 0.0) / now, 1.0),
+                                 max(self.busy_until[name] - self.env.now, 0.0),
+                                 self.handoff[name])
                       for name, lock in self.devices.items())
-        obs = SchedulingObservation(loads, len(self.waiting), len(self.running))
+        head = int(self.requests.prompt_tokens[self.waiting[0]]) if self.waiting else 0
+        estimates = self.planner.op_estimates(self.store, self.running, head, list(self.devices))
+        self._estimates = {(e.op, e.device): e.seconds for e in estimates}
+        obs = SchedulingObservation(loads, len(self.waiting), len(self.running), estimates)
         placement = self.planner.scheduling.decide(obs)
         for device in placement.devices:
             if device not in self.devices:
@@ -229,6 +240,12 @@ class Engine:
         if not getattr(self.planner.scheduling, "observes_load", True):
             self._fixed_placement = placement
         return placement
+
+    def _expect(self, *ops: tuple[str, str]) -> None:
+        """Record when each device should be free again (the estimates the policy saw)."""
+        for op, device in ops:
+            seconds = self._estimates.get((op, device), 0.0)
+            self.busy_until[device] = max(self.busy_until[device], self.env.now) + seconds
 
     def _acquire(self, devices: tuple[str, ...]):
         """Take every named device's lock, waiting in FIFO order for busy ones.  Only the decode

@@ -65,6 +65,7 @@ class DeviceInfo:
     kind: str
     memory_bytes: float  # capacity of the memory it reads from
     memory_bus: str
+    handoff_s: float = 0.0  # latency of handing work into the device
 
 
 class Executor(Protocol):

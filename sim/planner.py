@@ -9,11 +9,13 @@ from collections import deque
 import numpy as np
 
 from policies import (
+    OpEstimate,
     Placement,
     Precision,
     SpecObservation,
 )
 from sim.buffer_pool import BufferPool
+from sim.cost_model import RooflineModel
 from sim.errors import InfeasibleDecision
 from sim.executor import StepPlan, StepResult
 from sim.kv_store import PagedKVStore
@@ -30,7 +32,7 @@ class Planner:
     def __init__(self, policies, model: ModelSpec, draft: ModelSpec | None, *,
                  alpha: float, draft_device: str | None, max_draft_len: int,
                  tiering_interval_steps: int, device_kinds: dict[str, str],
-                 retierer: Retierer):
+                 retierer: Retierer, estimator: RooflineModel | None = None):
         self.tiering, self.buffers = policies.tiering, policies.buffers
         self.speculation, self.scheduling = policies.speculation, policies.scheduling
         self.model, self.draft, self.alpha, self.draft_device = model, draft, alpha, draft_device
@@ -39,6 +41,7 @@ class Planner:
         self.techniques = frozenset(f for f, base in BASELINE_KIND.items()
                                     if f != "scheduling" and getattr(policies, f).kind != base)
         self.retierer = retierer
+        self.estimator = estimator
         self.decode_steps = 0
         self.acceptance = 0.0
         self.acceptance_history: deque[float] = deque(maxlen=HISTORY_LEN)
@@ -63,6 +66,25 @@ class Planner:
 
     def forget(self, rid: int) -> None:
         self.retierer.forget(rid)
+
+    # -- scheduling estimates ----------------------------------------------------------------
+    def op_estimates(self, store: PagedKVStore, running: list[int], head_prompt: int,
+                     devices: list[str]) -> tuple[OpEstimate, ...]:
+        """Predicted alone time of the next step's ops on every device (roofline)."""
+        if self.estimator is None:
+            return ()
+        b = len(running)
+        tokens = float(store.req_tokens[running].sum()) if b else 0.0
+        kv = float(store.req_counts[running].sum(axis=0) @ store.device_block_bytes) if b else 0.0
+        prompt = max(head_prompt, 1)
+        out = []
+        for device in devices:
+            out.append(OpEstimate("prefill", device, self.estimator.op_seconds(
+                "prefill", device, prompt, prompt * (prompt + 1) / 2, 0.0)))
+            for op in ("decode_attention", "decode_ffn"):
+                out.append(OpEstimate(op, device, self.estimator.op_seconds(
+                    op, device, max(b, 1), tokens, kv)))
+        return tuple(out)
 
     # -- plans -------------------------------------------------------------------------------
     def _enabled(self, placement: Placement) -> frozenset[str]:

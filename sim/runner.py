@@ -140,7 +140,8 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     planner = Planner(scn.policies, model, draft, alpha=scn.speculation.alpha,
                       draft_device=scn.speculation.draft_device, max_draft_len=eng.max_draft_len,
                       tiering_interval_steps=eng.tiering_interval_steps,
-                      device_kinds={d.name: d.kind for d in hw.devices}, retierer=retierer)
+                      device_kinds={d.name: d.kind for d in hw.devices}, retierer=retierer,
+                      estimator=RooflineModel(hw, model))
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, seed=scn.seed,

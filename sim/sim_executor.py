@@ -30,7 +30,8 @@ class CostModelExecutor:
                         if sum(d.memory == m.name for d in hw.devices) > 1}
 
     def devices(self) -> tuple[DeviceInfo, ...]:
-        return tuple(DeviceInfo(d.name, d.kind, self.hw.bus(d.memory).capacity_bytes, d.memory)
+        return tuple(DeviceInfo(d.name, d.kind, self.hw.bus(d.memory).capacity_bytes, d.memory,
+                                d.command_latency_s)
                      for d in self.hw.devices)
 
     def _bus(self, env: simpy.Environment, name: str) -> SharedBus:
