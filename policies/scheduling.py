@@ -16,7 +16,8 @@ class DeviceLoad:
     busy_s: float  # total busy time so far
     busy_frac: float  # busy time / elapsed time, in [0, 1]
     busy_until_s: float = 0.0  # seconds until the device finishes the work it holds (0 = idle)
-    handoff_s: float = 0.0  # latency of handing work into this device
+    handoff_s: float = 0.0  # per step: latency of handing a decode step's op into this device
+    #                         (one handoff per layer when attention and FFN are split)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,9 @@ class Engine:
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
         self.devices = {d.name: DeviceLock(self.env) for d in executor.devices()}
         self.kinds = {d.name: d.kind for d in executor.devices()}
-        self.handoff = {d.name: d.handoff_s for d in executor.devices()}
+        # splitting a decode step's ops across devices hands work over once per layer
+        layers = planner.model.num_layers
+        self.handoff = {d.name: d.handoff_s * layers for d in executor.devices()}
         self.busy_until = {d.name: 0.0 for d in executor.devices()}  # predicted, for scheduling
         self._estimates: dict[tuple[str, str], float] = {}
         self.buffers = BufferPool(planner.buffers)

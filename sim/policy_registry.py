@@ -17,12 +17,18 @@ from policies import (
     StaticPlacement,
     UniformTiering,
 )
+from policies.scheduling_policies import (
+    AmdHybridScheduling,
+    LeastFinishTimeScheduling,
+    PaperScheduling,
+)
 
 FAMILIES: dict[str, tuple[type, ...]] = {
     "tiering": (Fp16Tiering, UniformTiering),
     "buffers": (ExactBuffers, PreallocatedBuffers),
     "speculation": (NoSpeculation, FixedSpeculation),
-    "scheduling": (SinglePlacement, StaticPlacement),
+    "scheduling": (SinglePlacement, StaticPlacement, PaperScheduling, AmdHybridScheduling,
+                   LeastFinishTimeScheduling),
 }
 
 # The family's plain baseline: a technique counts as "enabled" (coefficient model) when the

@@ -31,6 +31,7 @@ class RunOutput:
     metrics: dict
     state: RunState
     requests: Requests
+    store: PagedKVStore | None = None
 
 
 def _near(value: str, base_dir: Path) -> str:
@@ -154,4 +155,4 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     if cost_model == "coefficient":
         metrics["note"] = ("coefficient model: the paper's projection method (baseline rate x "
                            "stated coefficients), not physics")
-    return RunOutput(variant, cost_model, metrics, state, requests)
+    return RunOutput(variant, cost_model, metrics, state, requests, store)

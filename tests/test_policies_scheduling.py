@@ -32,14 +32,23 @@ NAMES = ("cpu", "igpu", "npu", "dgpu", "npu2")
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=200)
 
 
-def dev(name: str, kind: str, busy_frac: float = 0.0, busy_until_s: float = 0.0,
-        handoff_s: float = 0.0) -> DeviceLoad:
-    return DeviceLoad(name, kind, queue_len=0, busy_s=0.0, busy_frac=busy_frac,
-                      busy_until_s=busy_until_s, handoff_s=handoff_s)
+def dev(
+    name: str, kind: str, busy_frac: float = 0.0, busy_until_s: float = 0.0, handoff_s: float = 0.0
+) -> DeviceLoad:
+    return DeviceLoad(
+        name,
+        kind,
+        queue_len=0,
+        busy_s=0.0,
+        busy_frac=busy_frac,
+        busy_until_s=busy_until_s,
+        handoff_s=handoff_s,
+    )
 
 
-def obs_of(*devices: DeviceLoad, estimates: dict[tuple[str, str], float] | None = None
-           ) -> SchedulingObservation:
+def obs_of(
+    *devices: DeviceLoad, estimates: dict[tuple[str, str], float] | None = None
+) -> SchedulingObservation:
     est = tuple(OpEstimate(op, d, s) for (op, d), s in (estimates or {}).items())
     return SchedulingObservation(devices, num_waiting=1, num_running=1, estimates=est)
 
@@ -78,9 +87,12 @@ def observations(draw, devices: tuple[DeviceLoad, ...] | None = None) -> Schedul
     coverage = draw(st.sampled_from(("all", "some")))
     chosen = pairs if coverage == "all" else draw(st.lists(st.sampled_from(pairs), unique=True))
     estimates = tuple(OpEstimate(op, name, draw(_seconds)) for op, name in chosen)
-    return SchedulingObservation(devices, num_waiting=draw(st.integers(0, 64)),
-                                 num_running=draw(st.integers(0, 64)),
-                                 estimates=draw(st.permutations(estimates)))
+    return SchedulingObservation(
+        devices,
+        num_waiting=draw(st.integers(0, 64)),
+        num_running=draw(st.integers(0, 64)),
+        estimates=draw(st.permutations(estimates)),
+    )
 
 
 @st.composite
@@ -90,13 +102,15 @@ def policies_for(draw, obs: SchedulingObservation):
     names = [d.device for d in obs.devices]
     pick = st.sampled_from(names)
     anywhere = st.sampled_from(NAMES + ("missing",))
-    return draw(st.one_of(
-        st.builds(SinglePlacement, pick),
-        st.builds(StaticPlacement, pick, pick, pick),
-        st.builds(PaperScheduling, anywhere, anywhere, st.floats(0.0, 1.5)),
-        st.builds(AmdHybridScheduling, anywhere, anywhere),
-        st.just(LeastFinishTimeScheduling()),
-    ))
+    return draw(
+        st.one_of(
+            st.builds(SinglePlacement, pick),
+            st.builds(StaticPlacement, pick, pick, pick),
+            st.builds(PaperScheduling, anywhere, anywhere, st.floats(0.0, 1.5)),
+            st.builds(AmdHybridScheduling, anywhere, anywhere),
+            st.just(LeastFinishTimeScheduling()),
+        )
+    )
 
 
 @st.composite
@@ -133,24 +147,32 @@ def test_a_policy_that_does_not_observe_load_ignores_it(case, data):
     obs, policy = case
     if policy.observes_load:
         return
-    reloaded = tuple(dataclasses.replace(d, busy_frac=data.draw(st.floats(0.0, 1.0)),
-                                         busy_until_s=data.draw(_seconds)) for d in obs.devices)
+    reloaded = tuple(
+        dataclasses.replace(
+            d, busy_frac=data.draw(st.floats(0.0, 1.0)), busy_until_s=data.draw(_seconds)
+        )
+        for d in obs.devices
+    )
     other = data.draw(observations(devices=reloaded))
     assert policy.decide(other) == policy.decide(obs)
 
 
-@pytest.mark.parametrize("policy", [PaperScheduling(), AmdHybridScheduling(),
-                                    LeastFinishTimeScheduling()])
+@pytest.mark.parametrize(
+    "policy", [PaperScheduling(), AmdHybridScheduling(), LeastFinishTimeScheduling()]
+)
 def test_an_observation_without_devices_is_refused(policy):
     with pytest.raises(ValueError, match="at least one device"):
         policy.decide(SchedulingObservation((), num_waiting=0, num_running=0))
 
 
-@pytest.mark.parametrize(("cls", "kind", "params", "observes_load"), [
-    (PaperScheduling, "paper", {"gpu", "npu", "imbalance"}, True),
-    (AmdHybridScheduling, "amd-hybrid", {"gpu", "npu"}, False),
-    (LeastFinishTimeScheduling, "least-finish-time", set(), True),
-])
+@pytest.mark.parametrize(
+    ("cls", "kind", "params", "observes_load"),
+    [
+        (PaperScheduling, "paper", {"gpu", "npu", "imbalance"}, True),
+        (AmdHybridScheduling, "amd-hybrid", {"gpu", "npu"}, False),
+        (LeastFinishTimeScheduling, "least-finish-time", set(), True),
+    ],
+)
 def test_kind_parameters_and_load_flag(cls, kind, params, observes_load):
     # the config registry builds policies from their dataclass fields: observes_load is none
     assert {f.name for f in dataclasses.fields(cls)} == params | {"kind"}
@@ -161,19 +183,22 @@ def test_kind_parameters_and_load_flag(cls, kind, params, observes_load):
 
 
 # -- the paper's pipeline ------------------------------------------------------------------------
-@pytest.mark.parametrize(("gpu_frac", "npu_frac", "imbalance", "expected"), [
-    (0.25, 0.25, 0.25, ("igpu", "igpu", "npu")),  # balanced: the paper's mapping
-    (0.0, 0.25, 0.25, ("igpu", "igpu", "npu")),  # NPU busier by exactly the threshold: stays
-    (0.0, 0.5, 0.25, ("igpu", "igpu", "igpu")),  # NPU busier by more: FFN to the GPU
-    (0.25, 0.0, 0.25, ("igpu", "igpu", "npu")),  # GPU busier by exactly the threshold: stays
-    (0.5, 0.0, 0.25, ("npu", "igpu", "npu")),  # GPU busier by more: prefill to the NPU
-    (0.5, 0.25, 0.25, ("igpu", "igpu", "npu")),
-    (0.5, 0.25 - 2**-20, 0.25, ("npu", "igpu", "npu")),  # just past the threshold
-    (0.25 - 2**-20, 0.5, 0.25, ("igpu", "igpu", "igpu")),
-    (1.0, 0.0, 1.0, ("igpu", "igpu", "npu")),  # imbalance 1 never moves
-    (0.5, 0.5, 0.0, ("igpu", "igpu", "npu")),  # imbalance 0: equal load still stays
-    (0.5, 0.5 + 2**-20, 0.0, ("igpu", "igpu", "igpu")),
-])
+@pytest.mark.parametrize(
+    ("gpu_frac", "npu_frac", "imbalance", "expected"),
+    [
+        (0.25, 0.25, 0.25, ("igpu", "igpu", "npu")),  # balanced: the paper's mapping
+        (0.0, 0.25, 0.25, ("igpu", "igpu", "npu")),  # NPU busier by exactly the threshold: stays
+        (0.0, 0.5, 0.25, ("igpu", "igpu", "igpu")),  # NPU busier by more: FFN to the GPU
+        (0.25, 0.0, 0.25, ("igpu", "igpu", "npu")),  # GPU busier by exactly the threshold: stays
+        (0.5, 0.0, 0.25, ("npu", "igpu", "npu")),  # GPU busier by more: prefill to the NPU
+        (0.5, 0.25, 0.25, ("igpu", "igpu", "npu")),
+        (0.5, 0.25 - 2**-20, 0.25, ("npu", "igpu", "npu")),  # just past the threshold
+        (0.25 - 2**-20, 0.5, 0.25, ("igpu", "igpu", "igpu")),
+        (1.0, 0.0, 1.0, ("igpu", "igpu", "npu")),  # imbalance 1 never moves
+        (0.5, 0.5, 0.0, ("igpu", "igpu", "npu")),  # imbalance 0: equal load still stays
+        (0.5, 0.5 + 2**-20, 0.0, ("igpu", "igpu", "igpu")),
+    ],
+)
 def test_paper_rebalances_exactly_past_its_threshold(gpu_frac, npu_frac, imbalance, expected):
     policy = PaperScheduling(imbalance=imbalance)
     assert policy.decide(hx370(gpu_frac, npu_frac)) == Placement(*expected)
@@ -185,16 +210,19 @@ def test_paper_default_threshold_is_0_3():
     assert PaperScheduling().decide(hx370(0.375, 0.0)) == Placement("npu", "igpu", "npu")
 
 
-@pytest.mark.parametrize(("devices", "expected"), [
-    # configured names missing: the first device of the wanted kind
-    ((dev("cpu", "cpu"), dev("gpu0", "gpu"), dev("xdna", "npu")), ("gpu0", "gpu0", "xdna")),
-    # no NPU at all: its work stays on the GPU, not the first-listed CPU
-    ((dev("cpu", "cpu"), dev("h200", "gpu")), ("h200", "h200", "h200")),
-    # neither kind: the first device
-    ((dev("cpu0", "cpu"), dev("cpu1", "cpu")), ("cpu0", "cpu0", "cpu0")),
-    # a configured name wins over an earlier device of the same kind
-    ((dev("npu2", "npu"), dev("igpu", "gpu"), dev("npu", "npu")), ("igpu", "igpu", "npu")),
-])
+@pytest.mark.parametrize(
+    ("devices", "expected"),
+    [
+        # configured names missing: the first device of the wanted kind
+        ((dev("cpu", "cpu"), dev("gpu0", "gpu"), dev("xdna", "npu")), ("gpu0", "gpu0", "xdna")),
+        # no NPU at all: its work stays on the GPU, not the first-listed CPU
+        ((dev("cpu", "cpu"), dev("h200", "gpu")), ("h200", "h200", "h200")),
+        # neither kind: the first device
+        ((dev("cpu0", "cpu"), dev("cpu1", "cpu")), ("cpu0", "cpu0", "cpu0")),
+        # a configured name wins over an earlier device of the same kind
+        ((dev("npu2", "npu"), dev("igpu", "gpu"), dev("npu", "npu")), ("igpu", "igpu", "npu")),
+    ],
+)
 def test_paper_falls_back_to_devices_that_exist(devices, expected):
     assert PaperScheduling().decide(obs_of(*devices)) == Placement(*expected)
 
@@ -208,7 +236,8 @@ def test_paper_refuses_a_bad_imbalance(imbalance):
 @SETTINGS
 @given(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 def test_paper_moves_one_way_at_most_and_more_load_never_moves_work_back(
-        gpu_frac, npu_frac, gap, extra_frac):
+    gpu_frac, npu_frac, gap, extra_frac
+):
     policy = PaperScheduling(imbalance=gap)
     placement = policy.decide(hx370(gpu_frac, npu_frac))
     assert placement.decode_attention == "igpu"
@@ -228,7 +257,8 @@ def test_amd_hybrid_prefills_on_the_npu_and_decodes_on_the_gpu():
     devices = (dev("xdna", "npu"), dev("gpu0", "gpu"))
     assert amd.decide(obs_of(*devices)) == Placement("xdna", "gpu0", "gpu0")
     assert AmdHybridScheduling().decide(obs_of(dev("h200", "gpu"))) == Placement(
-        "h200", "h200", "h200")
+        "h200", "h200", "h200"
+    )
 
 
 @SETTINGS
@@ -246,51 +276,98 @@ def test_amd_hybrid_prefills_on_the_npu_whenever_there_is_one(obs):
 IGPU, NPU, CPU = "igpu", "npu", "cpu"
 
 
-@pytest.mark.parametrize(("devices", "estimates", "expected"), [
-    # idle devices: the fastest for each op
-    ((dev(CPU, "cpu"), dev(IGPU, "gpu"), dev(NPU, "npu")),
-     {("prefill", CPU): 4.0, ("prefill", IGPU): 1.0, ("prefill", NPU): 0.5,
-      ("decode_attention", IGPU): 0.25, ("decode_attention", NPU): 0.5,
-      ("decode_ffn", IGPU): 0.5, ("decode_ffn", NPU): 0.25},
-     (NPU, IGPU, NPU)),
-    # the NPU is faster at prefill but busy for 1 s: 1 + 0.5 > 0 + 1.25
-    ((dev(IGPU, "gpu"), dev(NPU, "npu", busy_until_s=1.0)),
-     {("prefill", IGPU): 1.25, ("prefill", NPU): 0.5},
-     (IGPU, IGPU, IGPU)),
-    # a tie (1 + 0.5 = 0 + 1.5) goes to the device listed first, either way round
-    ((dev(IGPU, "gpu"), dev(NPU, "npu", busy_until_s=1.0)),
-     {("prefill", IGPU): 1.5, ("prefill", NPU): 0.5}, (IGPU, IGPU, IGPU)),
-    ((dev(NPU, "npu", busy_until_s=1.0), dev(IGPU, "gpu")),
-     {("prefill", IGPU): 1.5, ("prefill", NPU): 0.5}, (NPU, NPU, NPU)),
-    # the FFN pays the NPU's handoff: 0.25 + 0.125 > 0.3125 on the GPU
-    ((dev(IGPU, "gpu"), dev(NPU, "npu", handoff_s=0.125)),
-     {("decode_attention", IGPU): 0.25, ("decode_ffn", IGPU): 0.3125,
-      ("decode_ffn", NPU): 0.25},
-     (IGPU, IGPU, IGPU)),
-    # a cheap handoff is worth it: 0.25 + 0.03125 < 0.3125
-    ((dev(IGPU, "gpu"), dev(NPU, "npu", handoff_s=0.03125)),
-     {("decode_attention", IGPU): 0.25, ("decode_ffn", IGPU): 0.3125,
-      ("decode_ffn", NPU): 0.25},
-     (IGPU, IGPU, NPU)),
-    # the attention's device is busy for 2 s, so the FFN waits for it anywhere: the idle NPU's
-    # 2 + 0.25 loses to staying on the GPU at 2 + 0.1875
-    ((dev(IGPU, "gpu", busy_until_s=2.0), dev(NPU, "npu")),
-     {("decode_attention", IGPU): 0.5, ("decode_attention", NPU): 4.0,
-      ("decode_ffn", IGPU): 0.1875, ("decode_ffn", NPU): 0.25},
-     (IGPU, IGPU, IGPU)),
-    # devices without an estimate are skipped: the CPU is free and listed first
-    ((dev(CPU, "cpu"), dev(IGPU, "gpu", busy_until_s=8.0)),
-     {("prefill", IGPU): 1.0, ("decode_attention", IGPU): 1.0, ("decode_ffn", IGPU): 1.0},
-     (IGPU, IGPU, IGPU)),
-    # no estimate for an op: prefill and attention to the first device, FFN to the attention's
-    ((dev(CPU, "cpu"), dev(IGPU, "gpu"), dev(NPU, "npu")),
-     {("decode_attention", NPU): 1.0},
-     (CPU, NPU, NPU)),
-    ((dev(CPU, "cpu"), dev(IGPU, "gpu")), {}, (CPU, CPU, CPU)),
-    # a non-finite estimate counts as none
-    ((dev(IGPU, "gpu"), dev(NPU, "npu")),
-     {("prefill", IGPU): float("inf"), ("prefill", NPU): 8.0}, (NPU, IGPU, IGPU)),
-])
+@pytest.mark.parametrize(
+    ("devices", "estimates", "expected"),
+    [
+        # idle devices: the fastest for each op
+        (
+            (dev(CPU, "cpu"), dev(IGPU, "gpu"), dev(NPU, "npu")),
+            {
+                ("prefill", CPU): 4.0,
+                ("prefill", IGPU): 1.0,
+                ("prefill", NPU): 0.5,
+                ("decode_attention", IGPU): 0.25,
+                ("decode_attention", NPU): 0.5,
+                ("decode_ffn", IGPU): 0.5,
+                ("decode_ffn", NPU): 0.25,
+            },
+            (NPU, IGPU, NPU),
+        ),
+        # the NPU is faster at prefill but busy for 1 s: 1 + 0.5 > 0 + 1.25
+        (
+            (dev(IGPU, "gpu"), dev(NPU, "npu", busy_until_s=1.0)),
+            {("prefill", IGPU): 1.25, ("prefill", NPU): 0.5},
+            (IGPU, IGPU, IGPU),
+        ),
+        # a tie (1 + 0.5 = 0 + 1.5) goes to the device listed first, either way round
+        (
+            (dev(IGPU, "gpu"), dev(NPU, "npu", busy_until_s=1.0)),
+            {("prefill", IGPU): 1.5, ("prefill", NPU): 0.5},
+            (IGPU, IGPU, IGPU),
+        ),
+        (
+            (dev(NPU, "npu", busy_until_s=1.0), dev(IGPU, "gpu")),
+            {("prefill", IGPU): 1.5, ("prefill", NPU): 0.5},
+            (NPU, NPU, NPU),
+        ),
+        # the FFN pays the NPU's handoff: 0.25 + 0.125 > 0.3125 on the GPU
+        (
+            (dev(IGPU, "gpu"), dev(NPU, "npu", handoff_s=0.125)),
+            {
+                ("decode_attention", IGPU): 0.25,
+                ("decode_ffn", IGPU): 0.3125,
+                ("decode_ffn", NPU): 0.25,
+            },
+            (IGPU, IGPU, IGPU),
+        ),
+        # a cheap handoff is worth it: 0.25 + 0.03125 < 0.3125
+        (
+            (dev(IGPU, "gpu"), dev(NPU, "npu", handoff_s=0.03125)),
+            {
+                ("decode_attention", IGPU): 0.25,
+                ("decode_ffn", IGPU): 0.3125,
+                ("decode_ffn", NPU): 0.25,
+            },
+            (IGPU, IGPU, NPU),
+        ),
+        # the attention's device is busy for 2 s, so the FFN waits for it anywhere: the idle NPU's
+        # 2 + 0.25 loses to staying on the GPU at 2 + 0.1875
+        (
+            (dev(IGPU, "gpu", busy_until_s=2.0), dev(NPU, "npu")),
+            {
+                ("decode_attention", IGPU): 0.5,
+                ("decode_attention", NPU): 4.0,
+                ("decode_ffn", IGPU): 0.1875,
+                ("decode_ffn", NPU): 0.25,
+            },
+            (IGPU, IGPU, IGPU),
+        ),
+        # devices without an estimate are skipped: the CPU is free and listed first
+        (
+            (dev(CPU, "cpu"), dev(IGPU, "gpu", busy_until_s=8.0)),
+            {("prefill", IGPU): 1.0, ("decode_attention", IGPU): 1.0, ("decode_ffn", IGPU): 1.0},
+            (IGPU, IGPU, IGPU),
+        ),
+        # no estimate for an op: prefill and attention to the first device, FFN to the attention's
+        (
+            (dev(CPU, "cpu"), dev(IGPU, "gpu"), dev(NPU, "npu")),
+            {("decode_attention", NPU): 1.0},
+            (CPU, NPU, NPU),
+        ),
+        ((dev(CPU, "cpu"), dev(IGPU, "gpu")), {}, (CPU, CPU, CPU)),
+        # a non-finite estimate counts as none
+        (
+            (dev(IGPU, "gpu"), dev(NPU, "npu")),
+            {("prefill", IGPU): float("inf"), ("prefill", NPU): 8.0},
+            (NPU, IGPU, IGPU),
+        ),
+        (
+            (dev(IGPU, "gpu"), dev(NPU, "npu")),
+            {("prefill", NPU): float("inf"), ("decode_attention", NPU): float("nan")},
+            (IGPU, IGPU, IGPU),
+        ),
+    ],
+)
 def test_least_finish_time_hand_built(devices, estimates, expected):
     placement = LeastFinishTimeScheduling().decide(obs_of(*devices, estimates=estimates))
     assert placement == Placement(*expected)
@@ -298,8 +375,11 @@ def test_least_finish_time_hand_built(devices, estimates, expected):
 
 def _minimal_finishers(obs: SchedulingObservation, op: str, ready) -> list[str]:
     """Brute force: every device whose finish is the least of all (not the policy's loop)."""
-    finish = {d.device: ready(d) + obs.estimate(op, d.device) for d in obs.devices
-              if obs.estimate(op, d.device) is not None}
+    finish = {
+        d.device: ready(d) + obs.estimate(op, d.device)
+        for d in obs.devices
+        if obs.estimate(op, d.device) is not None
+    }
     return [name for name, s in finish.items() if s == min(finish.values())]
 
 
@@ -313,7 +393,8 @@ def test_least_finish_time_picks_a_minimal_finish_and_the_first_on_a_tie(obs):
 
     def ffn_ready(d):
         return max(attention.busy_until_s, d.busy_until_s) + (
-            0.0 if d is attention else d.handoff_s)
+            0.0 if d is attention else d.handoff_s
+        )
 
     for op, chosen, ready, default in [
         ("prefill", placement.prefill, lambda d: d.busy_until_s, names[0]),
@@ -324,5 +405,8 @@ def test_least_finish_time_picks_a_minimal_finish_and_the_first_on_a_tie(obs):
         assert chosen == (best[0] if best else default), op
         if best:  # no device finishes strictly earlier than the chosen one
             chosen_s = ready(by_name[chosen]) + obs.estimate(op, chosen)
-            assert all(ready(d) + s >= chosen_s for d in obs.devices
-                       if (s := obs.estimate(op, d.device)) is not None)
+            assert all(
+                ready(d) + s >= chosen_s
+                for d in obs.devices
+                if (s := obs.estimate(op, d.device)) is not None
+            )
