@@ -159,12 +159,17 @@ class Planner:
             return ones
         accept = rng.random((b, k)) < self.alpha
         accepted = np.argmin(np.hstack([accept, np.zeros((b, 1), dtype=bool)]), axis=1)
-        frac = float(accepted.sum()) / (b * k)
-        self.spec_proposed += b * k
-        self.spec_accepted += int(accepted.sum())
-        self.acceptance = (1 - EWMA_WEIGHT) * self.acceptance + EWMA_WEIGHT * frac
+        # Per-token acceptance: accepted / (accepted + rejections), the estimate of alpha for a
+        # geometric run cut at k (accepted / proposed would understate it for k > 1).
+        num_accepted = int(accepted.sum())
+        num_rejected = int((accepted < k).sum())
+        self.spec_proposed += num_accepted + num_rejected
+        self.spec_accepted += num_accepted
+        frac = num_accepted / (num_accepted + num_rejected) if num_accepted + num_rejected else 1.0
+        self.acceptance = frac if not self.acceptance_history else (
+            (1 - EWMA_WEIGHT) * self.acceptance + EWMA_WEIGHT * frac)
         self.acceptance_history.append(frac)
-        self.last_all_accepted = bool((accepted == k).all())
+        self.last_all_accepted = bool(num_rejected == 0)
         return accepted + 1
 
     def observe(self, plan: StepPlan, result: StepResult) -> None:

@@ -17,16 +17,23 @@ from policies import (
     StaticPlacement,
     UniformTiering,
 )
+from policies.buffer_sizing import AdaptiveBuffers, Pow2Buffers
 from policies.scheduling_policies import (
     AmdHybridScheduling,
     LeastFinishTimeScheduling,
     PaperScheduling,
 )
+from policies.speculation_control import (
+    DynamicSpeculation,
+    GoodputSpeculation,
+    HfHeuristicSpeculation,
+)
 
 FAMILIES: dict[str, tuple[type, ...]] = {
     "tiering": (Fp16Tiering, UniformTiering),
-    "buffers": (ExactBuffers, PreallocatedBuffers),
-    "speculation": (NoSpeculation, FixedSpeculation),
+    "buffers": (ExactBuffers, PreallocatedBuffers, AdaptiveBuffers, Pow2Buffers),
+    "speculation": (NoSpeculation, FixedSpeculation, HfHeuristicSpeculation, GoodputSpeculation,
+                    DynamicSpeculation),
     "scheduling": (SinglePlacement, StaticPlacement, PaperScheduling, AmdHybridScheduling,
                    LeastFinishTimeScheduling),
 }

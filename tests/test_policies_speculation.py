@@ -1,0 +1,377 @@
+"""Speculation policies: hand-computed draft lengths (HF heuristic schedule, Leviathan goodput,
+dynamic on/off with probing), Hypothesis properties every speculation policy must keep
+(feasible k, threshold in range, determinism, monotonicity of goodput in acceptance), and a
+closed-loop run of ``dynamic`` against a stand-in for the planner's acceptance bookkeeping.
+
+Goodput tables are computed by hand in the comments: E(k) = 1 + a + ... + a^k tokens a verify
+pass, rate(k) = E(k) / (k * draft_token_s + verify_s)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import typing
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.speculation import FixedSpeculation, NoSpeculation, SpecDecision, SpecObservation
+from policies.speculation_control import (
+    DynamicSpeculation,
+    GoodputSpeculation,
+    HfHeuristicSpeculation,
+)
+
+SETTINGS = settings(derandomize=True, deadline=None, max_examples=200)
+
+POLICIES = (
+    NoSpeculation(),
+    FixedSpeculation(),
+    FixedSpeculation(k=20),
+    HfHeuristicSpeculation(),
+    HfHeuristicSpeculation(initial_k=1),
+    GoodputSpeculation(),
+    GoodputSpeculation(max_k=16, initial_k=0),
+    DynamicSpeculation(),
+    DynamicSpeculation(initial_k=0, max_k=12, min_gain=1.0, probe_every=1, window=1),
+)
+NEW_CLASSES = (HfHeuristicSpeculation, GoodputSpeculation, DynamicSpeculation)
+
+
+def obs_of(
+    acceptance: float = 0.0,
+    history: tuple[float, ...] = (),
+    last_k: int = 0,
+    all_accepted: bool = False,
+    draft_s: float = 0.1,
+    verify_s: float = 1.0,
+    max_k: int = 8,
+    steps_since_draft: int = 0,
+) -> SpecObservation:
+    return SpecObservation(
+        acceptance,
+        history,
+        last_k,
+        all_accepted,
+        draft_s,
+        verify_s,
+        max_k,
+        steps_since_draft=steps_since_draft,
+    )
+
+
+# -- strategies ----------------------------------------------------------------------------------
+fracs = st.floats(0.0, 1.0)
+costs = st.one_of(st.just(0.0), st.floats(1e-6, 1e3))  # 0 = not yet measured
+known_costs = st.floats(1e-6, 1e3)
+
+
+@st.composite
+def spec_observations(draw, acceptance=fracs, draft_s=costs, verify_s=costs):
+    return SpecObservation(
+        acceptance=draw(acceptance),
+        acceptance_history=tuple(draw(st.lists(fracs, max_size=32))),
+        last_draft_len=draw(st.integers(0, 20)),
+        last_all_accepted=draw(st.booleans()),
+        draft_token_s=draw(draft_s),
+        verify_s=draw(verify_s),
+        max_draft_len=draw(st.integers(0, 16)),
+        batch_size=draw(st.integers(1, 256)),
+        steps_since_draft=draw(st.integers(0, 200)),
+    )
+
+
+# -- every policy ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: repr(p))
+@SETTINGS
+@given(obs=spec_observations())
+def test_decision_is_feasible(policy, obs):
+    d = policy.decide(obs)
+    assert isinstance(d, SpecDecision)
+    assert isinstance(d.draft_len, int) and 0 <= d.draft_len <= obs.max_draft_len
+    assert 0.0 <= d.threshold <= 0.9
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: repr(p))
+@SETTINGS
+@given(obs=spec_observations())
+def test_decision_is_deterministic(policy, obs):
+    twin = dataclasses.replace(policy)  # an equal, separate instance
+    copy = dataclasses.replace(obs, acceptance_history=tuple(list(obs.acceptance_history)))
+    assert policy.decide(obs) == policy.decide(obs) == twin.decide(copy)
+
+
+@pytest.mark.parametrize("cls", NEW_CLASSES)
+def test_policy_is_a_frozen_slotted_dataclass_with_a_kind(cls):
+    policy = cls()
+    assert not hasattr(policy, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.kind = "other"
+    hints = typing.get_type_hints(cls)
+    assert typing.get_args(hints["kind"]) == (policy.kind,)
+
+
+@pytest.mark.parametrize(
+    ("cls", "params"),
+    [
+        (HfHeuristicSpeculation, {"initial_k": -1}),
+        (GoodputSpeculation, {"max_k": -1}),
+        (DynamicSpeculation, {"min_gain": 0.9}),
+        (DynamicSpeculation, {"probe_every": 0}),
+        (DynamicSpeculation, {"window": 0}),
+    ],
+)
+def test_bad_parameters_are_refused(cls, params):
+    with pytest.raises(ValueError):
+        cls(**params)
+
+
+# -- hf-heuristic ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("last_k", "all_accepted", "max_k", "expected"),
+    [
+        (0, False, 8, 5),  # first step: initial_k
+        (0, True, 8, 5),
+        (0, False, 3, 3),  # initial_k clamped to the engine's limit
+        (5, True, 8, 7),  # +2 after a fully accepted draft
+        (7, True, 8, 8),  # 9, clamped
+        (3, True, 4, 4),  # 5, clamped
+        (5, False, 8, 4),  # -1 otherwise
+        (2, False, 8, 1),
+        (1, False, 8, 1),  # never below 1
+        (6, False, 4, 4),  # 5, clamped
+        (1, True, 8, 3),
+        (4, True, 0, 0),  # the engine allows no drafts
+        (0, False, 0, 0),
+    ],
+)
+def test_hf_heuristic_schedule(last_k, all_accepted, max_k, expected):
+    obs = obs_of(last_k=last_k, all_accepted=all_accepted, max_k=max_k)
+    assert HfHeuristicSpeculation().decide(obs) == SpecDecision(expected)
+
+
+def test_hf_heuristic_initial_k_is_a_parameter():
+    assert HfHeuristicSpeculation(initial_k=2).decide(obs_of()).draft_len == 2
+
+
+@SETTINGS
+@given(obs=spec_observations())
+def test_hf_heuristic_never_switches_off_and_moves_by_its_steps(obs):
+    k = HfHeuristicSpeculation().decide(obs).draft_len
+    if obs.max_draft_len == 0:
+        assert k == 0
+        return
+    assert k >= 1
+    last = obs.last_draft_len
+    if last and obs.last_all_accepted:
+        assert min(last, obs.max_draft_len) <= k <= last + 2  # grows, unless clamped
+    elif last:
+        assert k <= max(last - 1, 1)
+
+
+# -- goodput -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("acceptance", "draft_s", "verify_s", "max_k", "expected"),
+    [
+        # a = 0.8, c = 0.1: E = 1, 1.8, 2.44, 2.952, 3.3616, 3.68928, 3.951424, 4.1611392, ...
+        # rate = 1, 1.636, 2.033, 2.271, 2.401, 2.4595, 2.4696, 2.4477  -> k = 6
+        (0.8, 0.1, 1.0, 8, 6),
+        (0.8, 0.1, 1.0, 4, 4),  # the rate still climbs at the engine's limit
+        # a = 0.3, c = 0.1: E = 1, 1.3, 1.39, 1.417; rate = 1, 1.1818, 1.1583, 1.09 -> k = 1
+        (0.3, 0.1, 1.0, 8, 1),
+        # a = 0.6, verify 2, draft 0.5: E = 1, 1.6, 1.96, 2.176; cost = 2, 2.5, 3, 3.5
+        # rate = 0.5, 0.64, 0.6533, 0.6217 -> k = 2
+        (0.6, 0.5, 2.0, 8, 2),
+        # a = 0.5, c = 0.5: E = 1, 1.5, 1.75; rate = 1, 1.5 / 1.5 = 1, 0.875 -> tie, k = 0
+        (0.5, 0.5, 1.0, 8, 0),
+        # a = 1: rate = (k + 1) / (1 + 0.1 k) grows with k: 9 / 1.8 = 5 at k = 8 -> k = max_k
+        (1.0, 0.1, 1.0, 16, 8),
+        # a = 0.05, c = 0.1: rate(1) = 1.05 / 1.1 = 0.955 < 1 -> k = 0
+        (0.05, 0.1, 1.0, 8, 0),
+        (0.0, 0.001, 1.0, 8, 0),  # nothing accepted: any draft cost loses
+        (0.9, 0.0, 1.0, 8, 4),  # draft cost not yet measured: initial_k
+        (0.9, 0.1, 0.0, 8, 4),  # verify cost not yet measured: initial_k
+        (0.9, 0.1, 0.0, 2, 2),  # initial_k clamped
+    ],
+)
+def test_goodput_hand_computed(acceptance, draft_s, verify_s, max_k, expected):
+    obs = obs_of(acceptance, draft_s=draft_s, verify_s=verify_s, max_k=max_k)
+    assert GoodputSpeculation().decide(obs) == SpecDecision(expected)
+
+
+@SETTINGS
+@given(obs=spec_observations(), other=fracs)
+def test_goodput_is_monotone_in_acceptance(obs, other):
+    low, high = sorted((obs.acceptance, other))
+    policy = GoodputSpeculation(max_k=16)
+    k_low = policy.decide(dataclasses.replace(obs, acceptance=low)).draft_len
+    k_high = policy.decide(dataclasses.replace(obs, acceptance=high)).draft_len
+    assert k_low <= k_high
+
+
+@SETTINGS
+@given(obs=spec_observations(acceptance=st.just(0.0), draft_s=known_costs, verify_s=known_costs))
+def test_goodput_never_drafts_what_is_never_accepted(obs):
+    assert GoodputSpeculation().decide(obs).draft_len == 0
+
+
+@SETTINGS
+@given(
+    obs=spec_observations(acceptance=st.floats(0.0, 0.99), verify_s=known_costs),
+    ratio=st.floats(1.0, 100.0),
+)
+def test_goodput_never_drafts_when_a_draft_token_costs_a_verify_pass(obs, ratio):
+    # E(k) < k + 1 for a < 1, and the step costs at least (k + 1) verify passes
+    obs = dataclasses.replace(obs, draft_token_s=obs.verify_s * ratio)
+    assert GoodputSpeculation().decide(obs).draft_len == 0
+
+
+# -- dynamic -------------------------------------------------------------------------------------
+LOW, HIGH = (0.05,) * 16, (0.8,) * 16
+
+
+@pytest.mark.parametrize("last_k", [0, 1, 4])
+@pytest.mark.parametrize("history", [(), LOW])
+def test_dynamic_is_off_at_low_acceptance(last_k, history):
+    # a = 0.05, c = 0.1: best is k = 0 (rate(1) = 1.05 / 1.1 < 1); threshold 0.9 * 0.95
+    d = DynamicSpeculation().decide(obs_of(0.05, history, last_k, steps_since_draft=63))
+    assert d.draft_len == 0
+    assert d.threshold == pytest.approx(0.855)
+
+
+def test_dynamic_probes_with_one_token_while_off():
+    obs = obs_of(0.05, LOW, steps_since_draft=64)
+    assert DynamicSpeculation().decide(obs) == SpecDecision(1, 0.0)
+    assert DynamicSpeculation(probe_every=100).decide(obs).draft_len == 0
+
+
+def test_dynamic_stays_on_at_high_acceptance():
+    # a = 0.8, c = 0.1: k = 6 as in the goodput table (speedup 2.47); threshold 0.9 * 0.2
+    d = DynamicSpeculation().decide(obs_of(0.8, HIGH, last_k=6))
+    assert d.draft_len == 6
+    assert d.threshold == pytest.approx(0.18)
+
+
+@pytest.mark.parametrize(
+    ("min_gain", "expected"),
+    [
+        # a = 0.2, c = 0.1: speedup(1) = 1.2 / 1.1 = 1.0909, speedup(2) = 1.24 / 1.2 = 1.0333
+        (1.05, 1),
+        (1.09, 1),
+        (1.1, 0),  # best predicted gain below the margin: off
+    ],
+)
+@pytest.mark.parametrize(("draft_s", "verify_s"), [(0.1, 1.0), (0.5, 5.0)])  # c = 0.1 both
+def test_dynamic_margin(min_gain, expected, draft_s, verify_s):
+    obs = obs_of(0.2, (0.2,) * 16, last_k=1, draft_s=draft_s, verify_s=verify_s)
+    assert DynamicSpeculation(min_gain=min_gain).decide(obs).draft_len == expected
+
+
+@pytest.mark.parametrize(
+    ("acceptance", "history", "estimate"),
+    [
+        (0.5, (), 0.5),  # no history: the EWMA
+        (0.16, (0.8,), 0.8),  # warm-up (EWMA started at 0): the history mean
+        (0.05, (0.5,) * 16, 0.5),  # the higher of the EWMA and the recent mean
+        (0.5, (0.05,) * 16, 0.5),
+        (0.3, (0.0,) * 16 + (0.5,) * 16, 0.5),  # only the last window counts
+    ],
+)
+def test_dynamic_estimate(acceptance, history, estimate):
+    assert DynamicSpeculation().estimate(obs_of(acceptance, history)) == pytest.approx(estimate)
+
+
+def test_dynamic_learns_the_costs_first():
+    assert DynamicSpeculation().decide(obs_of(0.0, draft_s=0.0)).draft_len == 4
+    assert DynamicSpeculation().decide(obs_of(0.0, verify_s=0.0, max_k=2)).draft_len == 2
+
+
+@SETTINGS
+@given(
+    obs=spec_observations(
+        acceptance=st.floats(0.0, 0.04), draft_s=known_costs, verify_s=known_costs
+    ),
+    history=st.lists(st.floats(0.0, 0.04)),
+)
+def test_dynamic_is_off_when_no_draft_length_can_pay(obs, history):
+    # a < 1 - 1 / 1.05 = 0.0476 bounds every E(k) by 1 / (1 - a) < 1.05: no k reaches min_gain
+    obs = dataclasses.replace(obs, acceptance_history=tuple(history))
+    d = DynamicSpeculation().decide(obs)
+    assert d.draft_len == (1 if obs.steps_since_draft >= 64 and obs.max_draft_len else 0)
+
+
+@SETTINGS
+@given(obs=spec_observations(acceptance=st.floats(0.0, 0.99), verify_s=known_costs))
+def test_dynamic_is_off_when_a_draft_token_costs_a_verify_pass(obs):
+    obs = dataclasses.replace(
+        obs, acceptance_history=(), draft_token_s=obs.verify_s, steps_since_draft=0
+    )
+    assert DynamicSpeculation().decide(obs).draft_len == 0
+
+
+@SETTINGS
+@given(obs=spec_observations(), other=fracs)
+def test_dynamic_threshold_falls_as_acceptance_rises(obs, other):
+    low, high = sorted((obs.acceptance, other))
+    policy = DynamicSpeculation()
+    on = dataclasses.replace(obs, acceptance_history=(), steps_since_draft=0)
+    t_low = policy.decide(dataclasses.replace(on, acceptance=low)).threshold
+    t_high = policy.decide(dataclasses.replace(on, acceptance=high)).threshold
+    assert 0.0 <= t_high <= t_low <= 0.9
+
+
+# -- dynamic in a closed loop ----------------------------------------------------------------------
+def run_loop(policy, alpha_at, draft_s: float = 0.1, steps: int = 3000, seed: int = 0):
+    """Tokens per unit time and the fraction of steps that drafted, for batch 1 and a verify pass
+    costing 1.  The acceptance bookkeeping mirrors sim/planner.py: an EWMA (weight 0.2, starting
+    at 0) and a 32-long history of per-step accepted / proposed, both updated only by steps that
+    draft; each draft token is accepted with probability alpha if all before it were."""
+    rng = random.Random(seed)
+    ewma, history = 0.0, deque(maxlen=32)
+    last_k, all_accepted, since = 0, False, 0
+    tokens = elapsed = 0.0
+    drafted = 0
+    for step in range(steps):
+        obs = SpecObservation(
+            ewma, tuple(history), last_k, all_accepted, draft_s, 1.0, 8, steps_since_draft=since
+        )
+        k = policy.decide(obs).draft_len
+        last_k, since = k, (0 if k else since + 1)
+        accepted = 0
+        while accepted < k and rng.random() < alpha_at(step):
+            accepted += 1
+        if k:
+            drafted += 1
+            ewma = 0.8 * ewma + 0.2 * accepted / k
+            history.append(accepted / k)
+            all_accepted = accepted == k
+        tokens += 1 + accepted
+        elapsed += 1.0 + k * draft_s
+    return tokens / elapsed, drafted / steps
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dynamic_closed_loop_low_acceptance_is_nearly_off(seed):
+    rate, drafted = run_loop(DynamicSpeculation(), lambda _: 0.05, seed=seed)
+    assert drafted < 0.04  # probes (1 in 65 steps) and little else
+    assert rate > 0.99  # "off" makes 1 token per unit time
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dynamic_closed_loop_high_acceptance_stays_on(seed):
+    rate, drafted = run_loop(DynamicSpeculation(), lambda _: 0.8, seed=seed)
+    assert drafted > 0.95
+    assert rate > 2.0  # the best fixed k makes about 2.47
+
+
+def test_dynamic_closed_loop_notices_recovery():
+    def alpha_at(step):
+        return 0.05 if step < 1500 else 0.8
+
+    rate_before, drafted_before = run_loop(DynamicSpeculation(), alpha_at, steps=1500)
+    rate_all, drafted_all = run_loop(DynamicSpeculation(), alpha_at, steps=3000)
+    assert drafted_before < 0.04
+    # the last 1500 steps draft in nearly all of them: within a few probes of the change
+    assert (drafted_all * 3000 - drafted_before * 1500) / 1500 > 0.85
