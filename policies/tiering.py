@@ -17,7 +17,7 @@ class BlockInfo:
     precision: Precision
     age_steps: int  # decode steps since the block was filled
     attention_mass: float  # attention the block received, summed over steps (each step sums to 1)
-    access_count: int  # decode steps that read the block
+    access_count: int  # decode steps in which the block drew more than a uniform share of attention
     relevance: float = 0.0  # semantic relevance (cosine of mean key to recent queries), [-1, 1]
     position_from_end: int = 0  # 0 = the request's newest block
     attention_share: float = 0.0  # share of the latest step's attention, in [0, 1]

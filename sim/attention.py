@@ -6,6 +6,8 @@ share of block b (of n) ∝ sink·[b = 0] + exp(-(n - 1 - b) / recency_blocks) +
 is a per-block "heavy hitter" weight drawn log-normal (median 1) from a stream seeded by (seed,
 request): attention sinks (Xiao et al. 2023), recency, and a few heavy hitters (Zhang et al. 2023).
 Relevance (a stand-in for the cosine of a block's mean key to recent queries) is (h - 1) / (h + 1).
+An access is counted for a block in each step where it draws more than a uniform share of the
+attention (counting every read would make every resident block equally "frequent").
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class AttentionModel:
         total = shares.sum()
         if total > 0:
             shares = shares / total
-        for store, add in ((self.mass, shares * steps), (self.access, resident * steps)):
+        # an access = a step in which the block drew more than a uniform share of attention
+        accessed = shares > 1.0 / max(int(resident.sum()), 1)
+        for store, add in ((self.mass, shares * steps), (self.access, accessed * steps)):
             old = store.get(rid)
             grown = np.zeros(n)
             if old is not None:

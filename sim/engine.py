@@ -199,11 +199,13 @@ class Engine:
         emitted = np.minimum(emitted, left)
         self.state.generated[batch] += emitted
         self.store.append_tokens_many(batch, emitted, self.planner.new_block_precision)
-        self.state.observe_kv(self.store)
         is_done = self.state.generated[batch] >= self.requests.output_tokens[batch]
         done = batch[is_done]
         if joining:
             self.running.extend(batch[~is_done].tolist())
+            if self.planner.tiering.observes_blocks:  # tier the new prompt blocks at once
+                self.planner.retier(self.store, self.running)
+        self.state.observe_kv(self.store)
         if len(done):
             done_set = set(done.tolist())
             if not joining:

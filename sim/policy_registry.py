@@ -28,9 +28,12 @@ from policies.speculation_control import (
     GoodputSpeculation,
     HfHeuristicSpeculation,
 )
+from policies.tiering_baselines import H2OTiering, KiviTiering, MiKVTiering, StreamingTiering
+from policies.tiering_paper import ProgressiveTiering
 
 FAMILIES: dict[str, tuple[type, ...]] = {
-    "tiering": (Fp16Tiering, UniformTiering),
+    "tiering": (Fp16Tiering, UniformTiering, ProgressiveTiering, KiviTiering, StreamingTiering,
+                H2OTiering, MiKVTiering),
     "buffers": (ExactBuffers, PreallocatedBuffers, AdaptiveBuffers, Pow2Buffers),
     "speculation": (NoSpeculation, FixedSpeculation, HfHeuristicSpeculation, GoodputSpeculation,
                     DynamicSpeculation),
