@@ -38,8 +38,11 @@ class Planner:
         self.model, self.draft, self.alpha, self.draft_device = model, draft, alpha, draft_device
         self.max_draft_len, self.interval = max_draft_len, tiering_interval_steps
         self.device_kinds = device_kinds
-        self.techniques = frozenset(f for f, base in BASELINE_KIND.items()
-                                    if f != "scheduling" and getattr(policies, f).kind != base)
+        # The coefficient model's "enabled techniques": a family whose policy is not its plain
+        # baseline; the GPU-NPU pipeline ("npu") is any scheduling policy but "single".
+        self.techniques = frozenset(
+            ("npu" if f == "scheduling" else f) for f, base in BASELINE_KIND.items()
+            if getattr(policies, f).kind != base)
         self.retierer = retierer
         self.estimator = estimator
         self.decode_steps = 0
@@ -88,8 +91,6 @@ class Planner:
 
     # -- plans -------------------------------------------------------------------------------
     def _enabled(self, placement: Placement) -> frozenset[str]:
-        if any(self.device_kinds[d] == "npu" for d in placement.devices):
-            return self.techniques | {"npu"}
         return self.techniques
 
     def _buffers(self, pool: BufferPool, num_tokens: int, num_rows: int) -> tuple[int, int]:
