@@ -18,6 +18,7 @@ class BufferStats:
     num_allocs: int = 0
     alloc_bytes: int = 0
     num_reuses: int = 0
+    copy_bytes: int = 0  # contents moved into a reallocated buffer
     used_bytes_sum: int = 0  # requested bytes, summed over steps
     reserved_bytes_sum: int = 0  # bytes held for those requests, summed over steps
 
@@ -37,17 +38,22 @@ class BufferPool:
         self.pool: list[int] = []
         self.stats = BufferStats()
 
-    def request(self, name: str, requested: int) -> tuple[int, int]:
-        """Returns (allocations made, bytes allocated) for this request."""
+    def request(self, name: str, requested: int, preserve_bytes: int = 0) -> tuple[int, int, int]:
+        """Returns (allocations made, bytes allocated, bytes copied) for this request.
+        ``preserve_bytes``: the buffer's live contents, copied when it moves to a new buffer."""
         history = self.history.setdefault(name, deque(maxlen=HISTORY_LEN))
         current = self.held.get(name, 0)
         obs = BufferObservation(name, requested, current, tuple(history), tuple(self.pool))
         decision: BufferDecision = self.policy.decide(obs)
         history.append(requested)
-        allocs = self._apply(name, requested, current, decision)
+        held_before = self.held.get(name)
+        allocs, alloc_bytes = self._apply(name, requested, current, decision)
+        moved = self.held.get(name) != held_before or allocs > 0
+        copied = min(preserve_bytes, current) if moved and current else 0
+        self.stats.copy_bytes += copied
         self.stats.used_bytes_sum += requested
         self.stats.reserved_bytes_sum += self.held[name]
-        return allocs
+        return allocs, alloc_bytes, copied
 
     def _apply(self, name: str, requested: int, current: int,
                d: BufferDecision) -> tuple[int, int]:

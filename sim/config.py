@@ -104,6 +104,9 @@ class EngineConfig(_Frozen):
     kv_quant_group: int = Field(default=64, ge=1)  # values per INT8/INT4/INT2 scale group
     tiering_interval_steps: int = Field(default=32, ge=1)
     max_draft_len: int = Field(default=8, ge=0)
+    # the batch's KV also kept in one contiguous buffer that the buffer policy sizes, its contents
+    # copied on every reallocation (HF's concatenating cache, ORT without IOBinding)
+    contiguous_kv: bool = False
 
 
 class SpeculationSetup(_Frozen):
@@ -112,6 +115,9 @@ class SpeculationSetup(_Frozen):
 
     alpha: float = Field(default=0.6, ge=0, le=1)
     draft_device: str | None = None
+    # a recorded acceptance trace replaces alpha: a text file of 0/1 outcomes, one per draft
+    # token in proposal order (whitespace or comma separated), replayed cyclically
+    acceptance_trace: str | None = None
 
 
 class Coefficient(_Frozen):

@@ -78,7 +78,9 @@ class RooflineModel:
         if plan.num_allocs:
             d = self.hw.device(out[-1].device)
             alloc_s = plan.num_allocs * d.alloc_latency_s + plan.alloc_bytes / d.alloc_bytes_per_s
-            out.append(Segment(d.name, "alloc", 0.0, 0.0, alloc_s))
+            copy = self._segment(d.name, "alloc", Work(0.0, 2.0 * plan.buffer_copy_bytes, 0),
+                                 handoff=False)  # read + write of the moved contents
+            out.append(Segment(d.name, "alloc", copy.bytes, copy.variable_s, alloc_s))
         return out
 
     def _retier_segment(self, plan: StepPlan) -> Segment:

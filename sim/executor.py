@@ -45,6 +45,7 @@ class StepPlan:
     draft_kv_read_bytes: float = 0.0
     num_allocs: int = 0  # buffer allocations this step (from the buffer policy)
     alloc_bytes: int = 0
+    buffer_copy_bytes: int = 0  # live contents moved into reallocated buffers
     enabled: frozenset[str] = frozenset()  # techniques switched on (for the coefficient model)
     tokens_per_seq: float = 1.0  # mean tokens each sequence emits this step (coefficient model)
     kv_copy_bytes: int = 0  # KV moved to or from the host tier by the last re-tiering pass

@@ -57,6 +57,7 @@ def run_metrics(state: RunState, output_tokens: np.ndarray, spec_proposed: int,
         "buffers": {"num_allocs": buffer_stats.num_allocs,
                     "alloc_bytes": buffer_stats.alloc_bytes,
                     "num_reuses": buffer_stats.num_reuses,
+                    "copy_bytes": buffer_stats.copy_bytes,
                     "efficiency_frac": _f(buffer_stats.efficiency_frac)},
         "engine": {"num_prefill_steps": steps["prefill"], "num_decode_steps": steps["decode"],
                    "mean_decode_batch": _f(state.batch_tokens_sum["decode"] / steps["decode"])

@@ -32,7 +32,8 @@ class Planner:
     def __init__(self, policies, model: ModelSpec, draft: ModelSpec | None, *,
                  alpha: float, draft_device: str | None, max_draft_len: int,
                  tiering_interval_steps: int, device_kinds: dict[str, str],
-                 retierer: Retierer, estimator: RooflineModel | None = None):
+                 retierer: Retierer, estimator: RooflineModel | None = None,
+                 contiguous_kv: bool = False, acceptance_trace: np.ndarray | None = None):
         self.tiering, self.buffers = policies.tiering, policies.buffers
         self.speculation, self.scheduling = policies.speculation, policies.scheduling
         self.model, self.draft, self.alpha, self.draft_device = model, draft, alpha, draft_device
@@ -45,6 +46,8 @@ class Planner:
             if getattr(policies, f).kind != base)
         self.retierer = retierer
         self.estimator = estimator
+        self.contiguous_kv = contiguous_kv
+        self.acceptance_trace, self._trace_pos = acceptance_trace, 0
         self.decode_steps = 0
         self.acceptance = 0.0
         self.acceptance_history: deque[float] = deque(maxlen=HISTORY_LEN)
@@ -93,16 +96,23 @@ class Planner:
     def _enabled(self, placement: Placement) -> frozenset[str]:
         return self.techniques
 
-    def _buffers(self, pool: BufferPool, num_tokens: int, num_rows: int) -> tuple[int, int]:
-        a1, b1 = pool.request("logits", num_rows * self.model.vocab * 4)
-        a2, b2 = pool.request("hidden", num_tokens * self.model.hidden * 2)
-        return a1 + a2, b1 + b2
+    def _buffers(self, pool: BufferPool, num_tokens: int, num_rows: int,
+                 kv_bytes: int = 0, kv_new_bytes: int = 0) -> tuple[int, int, int]:
+        """Step buffers through the buffer policy: (allocations, bytes allocated, bytes copied).
+        With ``contiguous_kv`` the batch's KV also lives in one growing buffer whose contents
+        move on every reallocation (HF's concatenating cache, ORT outputs without IOBinding)."""
+        a1, b1, _ = pool.request("logits", num_rows * self.model.vocab * 4)
+        a2, b2, _ = pool.request("hidden", num_tokens * self.model.hidden * 2)
+        if not (self.contiguous_kv and kv_bytes):
+            return a1 + a2, b1 + b2, 0
+        a3, b3, copied = pool.request("kv_cache", kv_bytes + kv_new_bytes, kv_bytes)
+        return a1 + a2 + a3, b1 + b2 + b3, copied
 
     def prefill_plan(self, batch: list[int], requests: Requests, store: PagedKVStore,
                      placement: Placement, pool: BufferPool) -> StepPlan:
         prompts = requests.prompt_tokens[batch].astype(np.float64)
         num_tokens = int(prompts.sum())
-        allocs, alloc_bytes = self._buffers(pool, num_tokens, len(batch))
+        allocs, alloc_bytes, _ = self._buffers(pool, num_tokens, len(batch))
         # K/V of the prompt are written once; attention reads them from on-chip tiles
         return StepPlan("prefill", tuple(batch), num_tokens, len(batch),
                         float((prompts * (prompts + 1) / 2).sum()), 0.0, 0.0, placement,
@@ -120,15 +130,19 @@ class Planner:
         resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
         quantized = int(counts[Precision.INT8] + counts[Precision.INT4] + counts[Precision.INT2])
         emitted = self._emitted(b, k, rng)
-        allocs, alloc_bytes = self._buffers(pool, b * (k + 1), b * (k + 1))
+        kv_read = float(counts @ store.device_block_bytes)
+        allocs, alloc_bytes, copied = self._buffers(
+            pool, b * (k + 1), b * (k + 1), int(kv_read),
+            b * (k + 1) * self.model.kv_values_per_token * 2)
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
         plan = StepPlan(
             "decode", batch, b * (k + 1), b * (k + 1),
-            resident_tokens * (k + 1), float(counts @ store.device_block_bytes),
+            resident_tokens * (k + 1), kv_read,
             float(quantized * store.block_tokens * self.model.kv_values_per_token), placement,
             draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
             num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self._enabled(placement),
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0)
+        plan.buffer_copy_bytes = copied
         plan.kv_copy_bytes, plan.kv_requant_values, plan.kv_recompute_tokens = (
             self.retierer.pending.take())
         self.decode_steps += 1
@@ -158,7 +172,12 @@ class Planner:
                 ones = self._ones[b] = np.ones(b, dtype=np.int64)
                 ones.flags.writeable = False
             return ones
-        accept = rng.random((b, k)) < self.alpha
+        if self.acceptance_trace is not None:
+            idx = (self._trace_pos + np.arange(b * k)) % len(self.acceptance_trace)
+            self._trace_pos = int((self._trace_pos + b * k) % len(self.acceptance_trace))
+            accept = self.acceptance_trace[idx].reshape(b, k)
+        else:
+            accept = rng.random((b, k)) < self.alpha
         accepted = np.argmin(np.hstack([accept, np.zeros((b, 1), dtype=bool)]), axis=1)
         # Per-token acceptance: accepted / (accepted + rejections), the estimate of alpha for a
         # geometric run cut at k (accepted / proposed would understate it for k > 1).

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from policies import DeviceLoad, SchedulingObservation
 from sim.attention import AttentionModel
 from sim.config import Scenario
@@ -107,6 +109,23 @@ def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
     return budget, host
 
 
+def _acceptance_trace(scn: Scenario, base_dir: Path) -> np.ndarray | None:
+    """The recorded per-token acceptance outcomes (0/1) the scenario names, if any."""
+    name = scn.speculation.acceptance_trace
+    if name is None:
+        return None
+    path = Path(_near(name, base_dir))
+    try:
+        raw = path.read_text().replace(",", " ").split()
+    except OSError as err:
+        raise UserError(f"cannot read acceptance trace ({err.strerror})", file=str(path),
+                        field="speculation.acceptance_trace") from None
+    if not raw or any(x not in ("0", "1") for x in raw):
+        raise UserError("expected 0/1 outcomes, one per draft token", file=str(path),
+                        field="speculation.acceptance_trace")
+    return np.array([x == "1" for x in raw])
+
+
 def check_scenario(scn: Scenario, base_dir: Path) -> None:
     """Everything ``run_scenario`` would reject, without running: models, hardware, devices,
     the KV budget and the workload file.  Raises ``UserError``."""
@@ -115,6 +134,7 @@ def check_scenario(scn: Scenario, base_dir: Path) -> None:
     _check_devices(scn, hw)
     _kv_budgets(scn, hw, model, draft)
     make_requests(scn.workload, scn.seed, base_dir)
+    _acceptance_trace(scn, base_dir)
 
 
 def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
@@ -142,7 +162,8 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
                       draft_device=scn.speculation.draft_device, max_draft_len=eng.max_draft_len,
                       tiering_interval_steps=eng.tiering_interval_steps,
                       device_kinds={d.name: d.kind for d in hw.devices}, retierer=retierer,
-                      estimator=RooflineModel(hw, model))
+                      estimator=RooflineModel(hw, model), contiguous_kv=eng.contiguous_kv,
+                      acceptance_trace=_acceptance_trace(scn, base_dir))
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, seed=scn.seed,
