@@ -25,6 +25,7 @@ class RunState:
         self.num_steps = {"prefill": 0, "decode": 0}
         self.batch_tokens_sum = {"prefill": 0, "decode": 0}
         self.batch_size_max = 0
+        self.alloc_s = 0.0  # time spent allocating (and copying into) buffers
         self.spec_proposed = 0
         self.spec_accepted = 0
         self.kv_peak_bytes = 0
@@ -51,6 +52,9 @@ class RunState:
         busy = self.device_busy_s
         for device, seconds in result.device_busy_s.items():
             busy[device] = busy.get(device, 0.0) + seconds
+        for _device, op, seconds in result.segments:
+            if op == "alloc":
+                self.alloc_s += seconds
         if self.record_trace:
             ids = tuple(int(i) for i in plan.request_ids)
             t = now - result.elapsed_s

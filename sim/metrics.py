@@ -58,6 +58,7 @@ def run_metrics(state: RunState, output_tokens: np.ndarray, spec_proposed: int,
                     "alloc_bytes": buffer_stats.alloc_bytes,
                     "num_reuses": buffer_stats.num_reuses,
                     "copy_bytes": buffer_stats.copy_bytes,
+                    "alloc_s": _f(state.alloc_s),
                     "efficiency_frac": _f(buffer_stats.efficiency_frac)},
         "engine": {"num_prefill_steps": steps["prefill"], "num_decode_steps": steps["decode"],
                    "mean_decode_batch": _f(state.batch_tokens_sum["decode"] / steps["decode"])
