@@ -101,7 +101,7 @@ class EngineConfig(_Frozen):
     kv_budget_bytes: float | None = Field(default=None, gt=0)  # default: kv_memory_frac below
     kv_memory_frac: float = Field(default=0.9, gt=0, le=1)  # of device memory left after weights
     host_budget_bytes: float | None = Field(default=None, ge=0)  # offload tier; default: 50 %
-    kv_quant_group: int = Field(default=64, ge=1)  # values per INT8/INT4/INT2 scale group
+    kv_quant_group: int = Field(default=64, ge=8)  # values per INT8/INT4/INT2 scale group
     tiering_interval_steps: int = Field(default=32, ge=1)
     max_draft_len: int = Field(default=8, ge=0)
     # the batch's KV also kept in one contiguous buffer that the buffer policy sizes, its contents
