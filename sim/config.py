@@ -33,8 +33,9 @@ class Fixed(_Frozen):
     value: int = Field(ge=1)
 
 
-class Uniform(_Frozen):
-    kind: Literal["uniform"] = "uniform"
+class _Bounded(_Frozen):
+    """A length distribution on [low, high]."""
+
     low: int = Field(ge=1)
     high: int = Field(ge=1)
 
@@ -45,20 +46,16 @@ class Uniform(_Frozen):
         return self
 
 
-class LogNormal(_Frozen):
+class Uniform(_Bounded):
+    kind: Literal["uniform"] = "uniform"
+
+
+class LogNormal(_Bounded):
     """Log-normal around ``median`` (sigma of the log), clipped to [low, high]."""
 
     kind: Literal["lognormal"] = "lognormal"
     median: float = Field(gt=0)
     sigma: float = Field(ge=0)
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.high < self.low:
-            raise ValueError("high must be >= low")
-        return self
 
 
 Length = Annotated[Union[Fixed, Uniform, LogNormal], Field(discriminator="kind")]
