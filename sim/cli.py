@@ -32,11 +32,11 @@ def _scenario_path(name: str) -> Path:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 150)
     out.print("[bold]scenarios[/bold]")
     for name in scenarios.names():
         desc = read_yaml(_scenario_path(name)).get("description", "")
-        out.print(f"  {name:<16} {desc}")
+        out.print(f"  {name:<22} {desc}", markup=False)
     out.print("[bold]policies[/bold]")
     for family, classes in FAMILIES.items():
         out.print(f"  {family:<12} {', '.join(kind_of(c) for c in classes)}")
