@@ -93,9 +93,6 @@ class Planner:
         return tuple(out)
 
     # -- plans -------------------------------------------------------------------------------
-    def _enabled(self, placement: Placement) -> frozenset[str]:
-        return self.techniques
-
     def _buffers(self, pool: BufferPool, num_tokens: int, num_rows: int,
                  kv_bytes: int = 0, kv_new_bytes: int = 0) -> tuple[int, int, int]:
         """Step buffers through the buffer policy: (allocations, bytes allocated, bytes copied).
@@ -117,7 +114,7 @@ class Planner:
         return StepPlan("prefill", tuple(batch), num_tokens, len(batch),
                         float((prompts * (prompts + 1) / 2).sum()), 0.0, 0.0, placement,
                         num_allocs=allocs, alloc_bytes=alloc_bytes,
-                        enabled=self._enabled(placement))
+                        enabled=self.techniques)
 
     def decode_plan(self, batch: np.ndarray, store: PagedKVStore, placement: Placement,
                     pool: BufferPool, rng: np.random.Generator) -> tuple[StepPlan, np.ndarray]:
@@ -140,7 +137,7 @@ class Planner:
             resident_tokens * (k + 1), kv_read,
             float(quantized * store.block_tokens * self.model.kv_values_per_token), placement,
             draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
-            num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self._enabled(placement),
+            num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self.techniques,
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0)
         plan.buffer_copy_bytes = copied
         plan.kv_copy_bytes, plan.kv_requant_values, plan.kv_recompute_tokens = (

@@ -75,7 +75,7 @@ def _profile(scn: Scenario, base_dir: Path) -> HardwareProfile:
 
 def _check_devices(scn: Scenario, hw: HardwareProfile) -> None:
     names = set(hw.device_names)
-    for field in ("device", "prefill", "decode_attention", "decode_ffn"):
+    for field in ("device", "prefill", "decode_attention", "decode_ffn", "gpu", "npu"):
         value = getattr(scn.policies.scheduling, field, None)
         if value is not None and value not in names:
             raise UserError(f"unknown device {value!r} on {hw.name} "

@@ -1,0 +1,301 @@
+"""Our own decoder-only transformers in torch (Llama/Mistral family and GPT-2), so that the K/V
+layout is ours, plus the prefill -> decode_one_token -> generate_greedy ladder.
+
+Shapes: B batch, T new tokens, S cached + new tokens, E hidden, H query heads, K KV heads,
+D head dim, F FFN hidden, V vocabulary.  Linear weights are [out, in] (HF's GPT-2 Conv1D weights
+are [in, out] and are transposed when loaded, see ``adapters.hf_loader``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapters.kv_cache import ContiguousKVCache, KVCache
+from sim.errors import UserError
+
+Arch = Literal["llama", "gpt2"]
+_LLAMA_TYPES = ("llama", "mistral")
+_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """What our implementation needs from a Hugging Face ``config.json``."""
+
+    arch: Arch
+    num_layers: int
+    hidden: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_hidden: int
+    vocab: int
+    tied_embeddings: bool
+    norm_eps: float
+    max_positions: int
+    rope_theta: float = 10000.0  # llama only
+    attention_bias: bool = False  # llama: bias on q/k/v/o; GPT-2 always has biases
+    mlp_bias: bool = False
+    gelu_approximate: Literal["tanh", "none"] = "tanh"  # GPT-2 only
+    sliding_window: int | None = None  # mistral; we refuse contexts longer than it
+
+    @property
+    def qkv_out(self) -> int:
+        return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+
+
+def config_from_hf(cfg: dict[str, Any], file: str | None = None) -> ModelConfig:
+    """Parse a ``config.json`` dict; unsupported options are a ``UserError`` naming the field."""
+    kind = cfg.get("model_type")
+    try:
+        if kind == "gpt2":
+            return _gpt2_config(cfg, file)
+        if kind in _LLAMA_TYPES:
+            return _llama_config(cfg, file)
+    except KeyError as err:
+        raise UserError(f"missing key {err.args[0]!r}", file=file) from None
+    raise UserError(f"unsupported model_type {kind!r} (supported: gpt2, "
+                    f"{', '.join(_LLAMA_TYPES)})", file=file, field="model_type")
+
+
+def _gpt2_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in (*_GELU_TANH, "gelu"):
+        raise UserError(f"unsupported activation {act!r}", file=file, field="activation_function")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if cfg.get(flag):
+            raise UserError("not supported", file=file, field=flag)
+    hidden, heads = cfg["n_embd"], cfg["n_head"]
+    return ModelConfig(
+        "gpt2", cfg["n_layer"], hidden, heads, heads, hidden // heads,
+        cfg.get("n_inner") or 4 * hidden, cfg["vocab_size"],
+        bool(cfg.get("tie_word_embeddings", True)), cfg.get("layer_norm_epsilon", 1e-5),
+        cfg.get("n_positions", 1024), mlp_bias=True,
+        gelu_approximate="none" if act == "gelu" else "tanh")
+
+
+def _llama_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise UserError(f"unsupported activation {cfg['hidden_act']!r}", file=file,
+                        field="hidden_act")
+    # transformers >= 5 nests RoPE options in rope_parameters; older files use rope_theta and
+    # rope_scaling at the top level.
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        field = "rope_parameters" if "rope_parameters" in cfg else "rope_scaling"
+        raise UserError(f"RoPE type {rope_type!r} is not supported yet", file=file, field=field)
+    heads = cfg["num_attention_heads"]
+    return ModelConfig(
+        "llama", cfg["num_hidden_layers"], cfg["hidden_size"], heads,
+        cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        cfg["intermediate_size"], cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)),
+        cfg.get("rms_norm_eps", 1e-6), cfg.get("max_position_embeddings", 4096),
+        rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+        attention_bias=bool(cfg.get("attention_bias", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)), sliding_window=cfg.get("sliding_window"))
+
+
+# -- building blocks ------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * w, computed in fp32 (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, D] for rotary embeddings (Su et al. 2021), half-split layout as in HF Llama:
+    angle(p, i) = p * theta^(-2i/D) for i < D/2, repeated for the second half."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float()
+                               / head_dim)  # [D/2]
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, D/2], radians
+    emb = torch.cat((angles, angles), dim=-1)  # [T, D]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D] rotated pairwise (i, i + D/2) by the angles in cos/sin [T, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        bias = cfg.arch == "gpt2" or cfg.attention_bias
+        self.wqkv = nn.Linear(cfg.hidden, cfg.qkv_out, bias=bias)  # [q | k | v] rows
+        self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor, ctx: _StepContext) -> torch.Tensor:
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([cfg.num_heads * cfg.head_dim,
+                                      cfg.num_kv_heads * cfg.head_dim,
+                                      cfg.num_kv_heads * cfg.head_dim], dim=-1)
+        q = q.view(B, T, cfg.num_heads, cfg.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, K, T, D]
+        v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, K, T, D]
+        if ctx.cos is not None:
+            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            ctx.cache.write(self.layer, ctx.positions, k, v)
+            k, v = ctx.cache.read(self.layer, ctx.num_kv_tokens)  # [B, K, S, D]
+        group = cfg.num_heads // cfg.num_kv_heads  # query heads per KV head (GQA)
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [B, H, S, D]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # scale 1/sqrt(D)
+        return self.wo(y.transpose(1, 2).reshape(B, T, cfg.num_heads * cfg.head_dim))
+
+
+class FeedForward(nn.Module):
+    """Llama: w2(silu(w1 x) * w3 x) (SwiGLU, Shazeer 2020).  GPT-2: w2(gelu(w1 x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.w1 = nn.Linear(cfg.hidden, cfg.ffn_hidden, bias=cfg.mlp_bias)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.hidden, bias=cfg.mlp_bias)
+        self.w3 = nn.Linear(cfg.hidden, cfg.ffn_hidden, bias=cfg.mlp_bias) \
+            if cfg.arch == "llama" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w3 is not None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x), approximate=self.cfg.gelu_approximate))
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "gpt2":
+        return nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps)
+    return RMSNorm(cfg.hidden, cfg.norm_eps)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then h + ffn(norm(h))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm, self.attn = _norm(cfg), Attention(cfg, layer)
+        self.ffn_norm, self.ffn = _norm(cfg), FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, ctx: _StepContext) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), ctx)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+@dataclass(frozen=True, slots=True)
+class _StepContext:
+    """What every layer of one forward shares: positions, RoPE angles, mask, cache."""
+
+    positions: torch.Tensor  # [T] int64, absolute token positions of the new tokens
+    num_kv_tokens: int  # S: tokens attended over (cached + new)
+    mask: torch.Tensor  # [T, S] bool, True where a query may attend to a key (causal)
+    cos: torch.Tensor | None  # [T, D], llama only
+    sin: torch.Tensor | None
+    cache: KVCache | None
+
+
+class Transformer(nn.Module):
+    """Token embedding (+ learned positions for GPT-2), L blocks, final norm, LM head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.pos_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden) \
+            if cfg.arch == "gpt2" else None
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = _norm(cfg)
+        self.output = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        if cfg.tied_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V] in the model's dtype.  ``positions`` [T] default
+        to 0..T-1.  With a cache, the new K/V are written at ``positions`` and attention runs over
+        positions 0..max(positions); without one, over the new tokens only."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        ctx = self._context(positions, cache)
+        x = self.tok_embeddings(input_ids)  # [B, T, E]
+        if self.pos_embeddings is not None:
+            x = x + self.pos_embeddings(positions)
+        for block in self.layers:
+            x = block(x, ctx)
+        return self.output(self.norm(x))  # [B, T, V]
+
+    def _context(self, positions: torch.Tensor, cache: KVCache | None) -> _StepContext:
+        cfg = self.cfg
+        last = int(positions.max())  # one device sync per forward, not per layer
+        num_kv_tokens = last + 1 if cache is not None else positions.numel()
+        limit = cfg.sliding_window if cfg.arch == "llama" else cfg.max_positions
+        if limit is not None and last >= limit:
+            raise ValueError(f"position {last} is beyond this model's limit of {limit}")
+        key_positions = positions if cache is None else torch.arange(
+            num_kv_tokens, device=positions.device)
+        mask = key_positions[None, :] <= positions[:, None]  # [T, S]
+        cos = sin = None
+        if cfg.arch == "llama":
+            dtype = self.tok_embeddings.weight.dtype
+            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype)
+        return _StepContext(positions, num_kv_tokens, mask, cos, sin, cache)
+
+    def new_cache(self, batch: int, max_tokens: int) -> ContiguousKVCache:
+        w = self.tok_embeddings.weight
+        return ContiguousKVCache.empty(
+            num_layers=self.cfg.num_layers, batch=batch, num_kv_heads=self.cfg.num_kv_heads,
+            head_dim=self.cfg.head_dim, max_tokens=max_tokens, dtype=w.dtype, device=w.device)
+
+
+# -- the generation ladder (gpt-fast style) --------------------------------------------------------
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> token ids [B, 1] (argmax)."""
+    return logits.argmax(dim=-1, keepdim=True)
+
+
+@torch.inference_mode()
+def prefill(model: Transformer, input_ids: torch.Tensor, cache: KVCache,
+            start: int = 0) -> torch.Tensor:
+    """Run the prompt [B, T] at positions start..start+T-1, filling the cache; -> last logits
+    [B, V]."""
+    T = input_ids.shape[1]
+    positions = torch.arange(start, start + T, device=input_ids.device)
+    return model(input_ids, cache, positions)[:, -1]
+
+
+@torch.inference_mode()
+def decode_one_token(model: Transformer, token: torch.Tensor, cache: KVCache,
+                     position: int) -> torch.Tensor:
+    """One token [B, 1] at ``position`` -> logits [B, V]."""
+    positions = torch.tensor([position], device=token.device)
+    return model(token, cache, positions)[:, -1]
+
+
+@torch.inference_mode()
+def generate_greedy(model: Transformer, prompt: torch.Tensor, num_new_tokens: int,
+                    cache: KVCache | None = None) -> torch.Tensor:
+    """prompt [B, T] -> [B, T + num_new_tokens], argmax decoding, no stop token."""
+    T = prompt.shape[1]
+    if cache is None:
+        cache = model.new_cache(prompt.shape[0], T + num_new_tokens)
+    tokens = [prompt]
+    if num_new_tokens > 0:
+        tokens.append(greedy(prefill(model, prompt, cache)))
+    for i in range(1, num_new_tokens):
+        tokens.append(greedy(decode_one_token(model, tokens[-1], cache, T + i - 1)))
+    return torch.cat(tokens, dim=1)
