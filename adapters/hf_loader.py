@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from adapters.torch_model import ModelConfig, Transformer, config_from_hf
 from sim.errors import UserError
@@ -127,8 +128,6 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 def weight_files(model_dir: Path) -> tuple[dict[str, Path], str]:
     """Map each tensor name to its safetensors file; also the file to name in errors."""
-    from safetensors import safe_open
-
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -160,8 +159,6 @@ def load_hf_dir(model_dir: str | Path, *, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu") -> Transformer:
     """Our ``Transformer`` for a local HF directory; a ``UserError`` naming the file if anything
     is missing or malformed."""
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     cfg = config_from_hf(read_config(model_dir), file=str(model_dir / "config.json"))
     where, source = weight_files(model_dir)
