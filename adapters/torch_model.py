@@ -17,6 +17,7 @@ from torch import nn
 
 from adapters.kv_cache import ContiguousKVCache, KVCache
 from sim.errors import UserError
+from sim.model_spec import spec_from_hf_dict
 
 Arch = Literal["llama", "gpt2"]
 _LLAMA_TYPES = ("llama", "mistral")
@@ -70,13 +71,11 @@ def _gpt2_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if cfg.get(flag):
             raise UserError("not supported", file=file, field=flag)
-    hidden, heads = cfg["n_embd"], cfg["n_head"]
+    s = spec_from_hf_dict(cfg, "gpt2")
     return ModelConfig(
-        "gpt2", cfg["n_layer"], hidden, heads, heads, hidden // heads,
-        cfg.get("n_inner") or 4 * hidden, cfg["vocab_size"],
-        bool(cfg.get("tie_word_embeddings", True)), cfg.get("layer_norm_epsilon", 1e-5),
-        cfg.get("n_positions", 1024), mlp_bias=True,
-        gelu_approximate="none" if act == "gelu" else "tanh")
+        "gpt2", s.num_layers, s.hidden, s.num_heads, s.num_kv_heads, s.head_dim, s.ffn_hidden,
+        s.vocab, s.tied_embeddings, cfg.get("layer_norm_epsilon", 1e-5), s.max_context_tokens,
+        mlp_bias=True, gelu_approximate="none" if act == "gelu" else "tanh")
 
 
 def _llama_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
@@ -90,12 +89,10 @@ def _llama_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
     if rope_type != "default":
         field = "rope_parameters" if "rope_parameters" in cfg else "rope_scaling"
         raise UserError(f"RoPE type {rope_type!r} is not supported yet", file=file, field=field)
-    heads = cfg["num_attention_heads"]
+    s = spec_from_hf_dict(cfg, "llama")
     return ModelConfig(
-        "llama", cfg["num_hidden_layers"], cfg["hidden_size"], heads,
-        cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        cfg["intermediate_size"], cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)),
-        cfg.get("rms_norm_eps", 1e-6), cfg.get("max_position_embeddings", 4096),
+        "llama", s.num_layers, s.hidden, s.num_heads, s.num_kv_heads, s.head_dim, s.ffn_hidden,
+        s.vocab, s.tied_embeddings, cfg.get("rms_norm_eps", 1e-6), s.max_context_tokens,
         rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
         attention_bias=bool(cfg.get("attention_bias", False)),
         mlp_bias=bool(cfg.get("mlp_bias", False)), sliding_window=cfg.get("sliding_window"))

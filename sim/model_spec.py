@@ -87,21 +87,26 @@ def from_hf_config(path: Path) -> ModelSpec:
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read model config ({err})", file=str(path)) from None
     try:
-        if cfg.get("model_type") == "gpt2":
-            hidden = cfg["n_embd"]
-            return ModelSpec(Path(path).parent.name or "gpt2", cfg["n_layer"], hidden,
-                             cfg["n_head"], cfg["n_head"], hidden // cfg["n_head"],
-                             cfg.get("n_inner") or 4 * hidden, cfg["vocab_size"], True, False,
-                             cfg.get("n_positions", 1024))
-        heads = cfg["num_attention_heads"]
-        return ModelSpec(
-            Path(path).parent.name or cfg.get("model_type", "model"), cfg["num_hidden_layers"],
-            cfg["hidden_size"], heads, cfg.get("num_key_value_heads") or heads,
-            cfg.get("head_dim") or cfg["hidden_size"] // heads, cfg["intermediate_size"],
-            cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)), True,
-            cfg.get("max_position_embeddings", 4096))
+        return spec_from_hf_dict(cfg, Path(path).parent.name or cfg.get("model_type", "model"))
     except KeyError as err:
         raise UserError(f"missing key {err.args[0]!r}", file=str(path)) from None
+
+
+def spec_from_hf_dict(cfg: dict, name: str) -> ModelSpec:
+    """The shape in a ``config.json`` dict, GPT-2 or Llama-style (Llama, Mistral, Qwen2); the one
+    parser both the simulator and the torch adapter use.  Raises ``KeyError`` for a missing key."""
+    if cfg.get("model_type") == "gpt2":
+        hidden, heads = cfg["n_embd"], cfg["n_head"]
+        return ModelSpec(name, cfg["n_layer"], hidden, heads, heads, hidden // heads,
+                         cfg.get("n_inner") or 4 * hidden, cfg["vocab_size"],
+                         bool(cfg.get("tie_word_embeddings", True)), False,
+                         cfg.get("n_positions", 1024))
+    heads = cfg["num_attention_heads"]
+    return ModelSpec(
+        name, cfg["num_hidden_layers"], cfg["hidden_size"], heads,
+        cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        cfg["intermediate_size"], cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)),
+        True, cfg.get("max_position_embeddings", 4096))
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
