@@ -115,11 +115,11 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, D] for rotary embeddings (Su et al. 2021), half-split layout as in HF Llama:
+    """cos, sin [(B,) T, D] for rotary embeddings (Su et al. 2021), half-split layout as in HF Llama:
     angle(p, i) = p * theta^(-2i/D) for i < D/2, repeated for the second half."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float()
                                / head_dim)  # [D/2]
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, D/2], radians
+    angles = positions.float()[..., None] * inv_freq  # [(B,) T, D/2], radians
     emb = torch.cat((angles, angles), dim=-1)  # [T, D]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -198,9 +198,9 @@ class Block(nn.Module):
 class _StepContext:
     """What every layer of one forward shares: positions, RoPE angles, mask, cache."""
 
-    positions: torch.Tensor  # [T] int64, absolute token positions of the new tokens
+    positions: torch.Tensor  # [T] or [B, T] int64, absolute token positions of the new tokens
     num_kv_tokens: int  # S: tokens attended over (cached + new)
-    mask: torch.Tensor  # [T, S] bool, True where a query may attend to a key (causal)
+    mask: torch.Tensor  # [T, S] or [B, 1, T, S] bool, True where a query may attend to a key
     cos: torch.Tensor | None  # [T, D], llama only
     sin: torch.Tensor | None
     cache: KVCache | None
@@ -222,34 +222,48 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, V] in the model's dtype.  ``positions`` [T] default
-        to 0..T-1.  With a cache, the new K/V are written at ``positions`` and attention runs over
-        positions 0..max(positions); without one, over the new tokens only."""
+                positions: torch.Tensor | None = None,
+                num_layers: int | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V] in the model's dtype.  ``positions`` [T] (shared
+        by the batch) or [B, T] (per sequence) default to 0..T-1.  With a cache, the new K/V are
+        written at ``positions`` and attention runs over what the cache returns (for a plain
+        cache: positions 0..max(positions)); without one, over the new tokens only.
+        ``num_layers``: run only the first n blocks, then the final norm and head (layer-skip
+        self-drafting)."""
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         ctx = self._context(positions, cache)
         x = self.tok_embeddings(input_ids)  # [B, T, E]
         if self.pos_embeddings is not None:
             x = x + self.pos_embeddings(positions)
-        for block in self.layers:
+        for block in self.layers[:num_layers]:
             x = block(x, ctx)
         return self.output(self.norm(x))  # [B, T, V]
 
     def _context(self, positions: torch.Tensor, cache: KVCache | None) -> _StepContext:
+        """A cache with an ``attention_mask()`` method (the paged cache) supplies its own mask
+        and key count; otherwise keys are positions 0..max(positions) with a causal mask."""
         cfg = self.cfg
         last = int(positions.max())  # one device sync per forward, not per layer
-        num_kv_tokens = last + 1 if cache is not None else positions.numel()
         limit = cfg.sliding_window if cfg.arch == "llama" else cfg.max_positions
         if limit is not None and last >= limit:
             raise ValueError(f"position {last} is beyond this model's limit of {limit}")
-        key_positions = positions if cache is None else torch.arange(
-            num_kv_tokens, device=positions.device)
-        mask = key_positions[None, :] <= positions[:, None]  # [T, S]
+        own_mask = getattr(cache, "attention_mask", None)
+        if own_mask is not None:
+            mask, num_kv_tokens = own_mask()  # [B, 1, T, S]
+        else:
+            num_kv_tokens = last + 1 if cache is not None else positions.shape[-1]
+            key_positions = positions if cache is None else torch.arange(
+                num_kv_tokens, device=positions.device)
+            mask = key_positions[..., None, :] <= positions[..., :, None]  # [(B,) T, S]
+            if mask.dim() == 3:
+                mask = mask[:, None]  # [B, 1, T, S]
         cos = sin = None
         if cfg.arch == "llama":
             dtype = self.tok_embeddings.weight.dtype
             cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype)
+            if cos.dim() == 3:  # per-sequence positions: [B, 1, T, D] broadcasts over heads
+                cos, sin = cos[:, None], sin[:, None]
         return _StepContext(positions, num_kv_tokens, mask, cos, sin, cache)
 
     def new_cache(self, batch: int, max_tokens: int) -> ContiguousKVCache:
