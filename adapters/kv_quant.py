@@ -84,7 +84,7 @@ def unpack(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return ((data.unsqueeze(1) >> shifts) & mask).reshape(-1)[:n]         # [n]
 
 
-def _grouped(x: torch.Tensor, group: int) -> torch.Tensor:
+def grouped(x: torch.Tensor, group: int) -> torch.Tensor:
     """[A, B, L] -> [A, B, ceil(L / group), group]; a short last group is padded by repeating its
     last value, which changes neither its min nor its max."""
     pad = -x.shape[-1] % group
@@ -108,7 +108,7 @@ def quantize(x: torch.Tensor, bits: int, scheme: Scheme = "kivi", group: int = 3
     xf = x.detach().float()
     layout = xf.transpose(1, 2) if per_channel else xf    # [H, D, T] or [H, T, D]; groups on last
     length = layout.shape[-1]
-    g = _grouped(layout, group)                           # [A, B, G, group]
+    g = grouped(layout, group)                           # [A, B, G, group]
     lo, hi = g.amin(dim=-1), g.amax(dim=-1)               # [A, B, G]
     qmax = (1 << bits) - 1
     zeros = lo.half()                                     # what is stored is what we quantize with
@@ -126,7 +126,7 @@ def dequantize(q: QuantizedBlock) -> torch.Tensor:
     h, t, d = q.shape
     a, b, length = (h, d, t) if q.per_channel else (h, t, d)
     codes = unpack(q.data, q.bits, a * b * length).reshape(a, b, length)
-    g = _grouped(codes.float(), q.group)                                        # [A, B, G, group]
+    g = grouped(codes.float(), q.group)                                        # [A, B, G, group]
     x = g * q.scales.float().unsqueeze(-1) + q.zeros.float().unsqueeze(-1)
     x = x.reshape(a, b, -1)[..., :length]
     return (x.transpose(1, 2) if q.per_channel else x).contiguous().to(q.dtype)
