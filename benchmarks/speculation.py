@@ -1,0 +1,152 @@
+"""Real speculative decoding on SmolLM2-135M (fp32, batch 1, greedy): measured acceptance, decode
+tok/s and speedup over no speculation, for every draft source under a fixed k and the adaptive
+policies (``dynamic``, ``goodput``), side by side in one run, medians of a few repeats.
+
+    python benchmarks/speculation.py [--repeats 3] [--new-tokens 96] [--prompt-tokens 300]
+
+Draft sources: ``ngram`` (prompt lookup), ``layer-skip`` (the target's first n layers + its norm
+and head; SmolLM2 was not trained for early exit), ``model-int8`` (the same GGUF weights with every
+linear layer dynamically quantized to int8 by ``torch.ao.quantization.quantize_dynamic``: no
+smaller trained model is available offline, so the "draft model" is a cheaper copy of the target,
+not a smaller one) and, on request, ``model-bf16`` (the same weights in bfloat16).  A truncated copy
+of the target (its first n layers) computes exactly what ``layer-skip`` computes, so it is not
+listed twice.
+
+Decode tok/s = (new tokens - 1) / (draft + verify seconds): the prefill (identical for all rows;
+for ``model-*`` it includes the draft model's own prefill, shown separately) is left out.  Every
+configuration's output is checked against ``off`` (greedy: they must be equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from adapters.drafting import DraftSource, LayerSkipDraft, ModelDraft, NgramDraft
+from adapters.gguf_loader import find_smollm2_gguf, read_gguf
+from adapters.hf_loader import model_from_state_dict
+from adapters.spec_decode import SpecResult, speculative_generate
+from adapters.text import play_text
+from adapters.tokenizer import tokenizer_from_gguf
+from adapters.torch_model import Transformer
+from policies.speculation import FixedSpeculation, NoSpeculation, SpeculationPolicy
+from policies.speculation_control import DynamicSpeculation, GoodputSpeculation
+
+
+def int8_copy(model: Transformer) -> Transformer:
+    """The model with every ``nn.Linear`` (LM head included) dynamically quantized to int8."""
+    import copy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def make_sources(model: Transformer, config: dict, state: dict, names: list[str],
+                 skip_layers: int) -> dict[str, Callable[[], DraftSource]]:
+    """Factories (fresh state per run) of the requested draft sources."""
+    out: dict[str, Callable[[], DraftSource]] = {}
+    for name in names:
+        if name == "ngram":
+            out[name] = lambda: NgramDraft(max_ngram=3)
+        elif name == "layer-skip":
+            out[f"layer-skip-{skip_layers}"] = lambda: LayerSkipDraft(model, skip_layers)
+        elif name == "model-int8":
+            q = int8_copy(model)
+            out[name] = lambda q=q: ModelDraft(q)
+        elif name == "model-bf16":
+            b = model_from_state_dict(config, state, dtype=torch.bfloat16)
+            out[name] = lambda b=b: ModelDraft(b)
+        else:
+            raise SystemExit(f"unknown source {name!r}")
+    return out
+
+
+def make_policies(names: list[str], k: int) -> dict[str, SpeculationPolicy]:
+    table: dict[str, SpeculationPolicy] = {
+        "fixed": FixedSpeculation(k=k), "dynamic": DynamicSpeculation(),
+        "goodput": GoodputSpeculation()}
+    return {(f"fixed k={k}" if n == "fixed" else n): table[n] for n in names}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--prompt-tokens", type=int, default=300)
+    ap.add_argument("--play", default="hamlet")
+    ap.add_argument("--offset", type=int, default=20000, help="character offset in the play")
+    ap.add_argument("--sources", default="ngram,layer-skip,model-int8")
+    ap.add_argument("--policies", default="fixed,dynamic,goodput")
+    ap.add_argument("--k", type=int, default=4, help="k of the fixed policy")
+    ap.add_argument("--max-draft-len", type=int, default=8)
+    ap.add_argument("--skip-layers", type=int, default=8, help="layers kept by layer-skip")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: a second thread on a loaded 2-core machine makes "
+                         "multi-token forwards 10-100x slower)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    path = find_smollm2_gguf()
+    config, state = read_gguf(path)
+    model = model_from_state_dict(config, state)
+    tok = tokenizer_from_gguf(path)
+    prompt = [tok.bos_id, *tok.encode(play_text(args.play)[args.offset:])[: args.prompt_tokens - 1]]
+    sources = make_sources(model, config, state, args.sources.split(","), args.skip_layers)
+    policies = make_policies(args.policies.split(","), args.k)
+    print(f"SmolLM2-135M fp32, CPU, {args.threads} thread(s), batch 1, greedy; prompt: "
+          f"{len(prompt)} tokens of {args.play} from character {args.offset}; "
+          f"{args.new_tokens} new tokens; max_draft_len {args.max_draft_len}; "
+          f"{args.repeats} repeats, medians")
+
+    def run(draft: DraftSource | None, policy: SpeculationPolicy) -> SpecResult:
+        return speculative_generate(model, prompt, args.new_tokens, draft, policy=policy,
+                                    max_draft_len=args.max_draft_len)
+
+    run(None, NoSpeculation())  # warm-up (allocator, first-call overheads)
+    configs = [("none", "off", None, NoSpeculation())]
+    configs += [(s, p, factory, pol) for s, factory in sources.items()
+                for p, pol in policies.items()]
+    rows: dict[tuple[str, str], list[tuple[SpecResult, float]]] = {
+        (s, p): [] for s, p, _, _ in configs}
+    reference: list[int] | None = None
+    for rep in range(args.repeats):
+        off_tok_s = 0.0
+        for s, p, factory, pol in configs:  # interleaved: every repeat sees the same noise
+            t0 = time.perf_counter()
+            res = run(factory() if factory else None, pol)
+            wall = time.perf_counter() - t0
+            if s == "none":
+                off_tok_s = res.stats.decode_tok_s
+                reference = reference or res.tokens
+            rows[(s, p)].append((res, wall))
+            st = res.stats
+            print(f"  repeat {rep + 1}: {s:14s} {p:10s} acceptance {st.acceptance_rate:.2f} "
+                  f"{st.decode_tok_s:6.2f} tok/s ({st.decode_tok_s / off_tok_s:.2f}x) "
+                  f"same output: {res.tokens == reference}", flush=True)
+
+    print()
+    print("| draft source | policy | acceptance | tokens / step | mean k | decode tok/s "
+          "| speedup vs off | prefill s | output == off |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    off_runs = rows[("none", "off")]
+    for (s, p), runs in rows.items():
+        st = [r.stats for r, _ in runs]
+        med = statistics.median
+        speed = med(a.decode_tok_s / b.stats.decode_tok_s for a, (b, _) in zip(st, off_runs))
+        same = all(r.tokens == reference for r, _ in runs)
+        print(f"| {s} | {p} | {med(x.acceptance_rate for x in st):.2f} "
+              f"| {med((x.emitted - 1) / x.steps for x in st):.2f} "
+              f"| {med(statistics.fmean(x.draft_lens) for x in st):.2f} "
+              f"| {med(x.decode_tok_s for x in st):.2f} | {speed:.2f}x "
+              f"| {med(x.prefill_s for x in st):.2f} | {'yes' if same else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
