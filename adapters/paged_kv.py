@@ -84,19 +84,26 @@ class PagedKV:
 
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, block_tokens: int,
                  group: int = 64, dtype: torch.dtype = torch.float16,
-                 device: torch.device | str = "cpu", grow: Grow | None = None):
+                 device: torch.device | str = "cpu", grow: Grow | None = None,
+                 reuse: Callable[[int], torch.Tensor | None] | None = None):
         self.L, self.K, self.D = num_layers, num_kv_heads, head_dim
         self.bt, self.group, self.dtype = block_tokens, group, dtype
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
         self.grow = grow or (lambda rid, need, cap: max(need, 2 * cap))
+        self.reuse = reuse or (lambda capacity: None)  # a released arena of that capacity
         self.requests: dict[int, _Request] = {}
         self.num_allocs = 0
+        self.num_reuses = 0
         self.alloc_bytes = 0
         self.copy_bytes = 0
 
     # -- requests ------------------------------------------------------------------------------
     def _alloc(self, capacity: int) -> torch.Tensor:
+        reused = self.reuse(capacity)
+        if reused is not None:
+            self.num_reuses += 1
+            return reused
         shape = (self.L, 2, self.K, capacity, self.D)
         t = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.num_allocs += 1

@@ -79,6 +79,11 @@ class BufferPool:
         self.stats.alloc_bytes += d.alloc_bytes
         return 1, d.alloc_bytes
 
+    def release(self, name: str) -> None:
+        """The buffer held under ``name`` is no longer needed: it goes to the pool."""
+        self._release(self.held.pop(name, 0))
+        self.history.pop(name, None)
+
     def _release(self, size: int) -> None:
         if size:
             self.pool.append(size)

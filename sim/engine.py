@@ -53,6 +53,9 @@ class Engine:
         self._wake_decode = self.env.event()
         self._fixed_placement: Placement | None = None
         self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
+        self._release_request = getattr(executor, "release", None)
+        self._kv_measured = getattr(executor, "reports_kv_bytes", False)
+        planner.measured_acceptance = getattr(executor, "measures_acceptance", False)
         planner.retier(store, [])  # the precision new blocks are written at, from the start
 
     # -- arrivals ----------------------------------------------------------------------------
@@ -185,12 +188,18 @@ class Engine:
                          ("decode_ffn", placement.decode_ffn))
             result = yield from self.executor.execute(self.env, plan)
             self._release(locks)
+            if result.emitted is not None:  # measured acceptance replaces the drawn one
+                emitted = result.emitted
+                if plan.draft_len:
+                    self.planner.record_acceptance(result.proposed, emitted - 1)
             self._record(plan, result)
             self._advance(batch, emitted)
 
     def _record(self, plan: StepPlan, result) -> None:
         self.planner.observe(plan, result)
         self.state.record_step(plan, result, self.env.now)
+        if result.kv_bytes_by_precision is not None:
+            self.state.observe_kv_bytes(result.kv_bytes_by_precision, result.kv_fp16_equiv_bytes)
 
     def _advance(self, batch: np.ndarray, emitted: np.ndarray, joining: bool = False) -> None:
         """Credit emitted tokens (capped at each request's output length); retire the done.
@@ -205,13 +214,16 @@ class Engine:
             self.running.extend(batch[~is_done].tolist())
             if self.planner.tiering.observes_blocks:  # tier the new prompt blocks at once
                 self.planner.retier(self.store, self.running)
-        self.state.observe_kv(self.store)
+        if not self._kv_measured:
+            self.state.observe_kv(self.store)
         if len(done):
             done_set = set(done.tolist())
             if not joining:
                 self.running = [r for r in self.running if r not in done_set]
             for rid in done.tolist():
                 self.store.free(rid)
+                if self._release_request is not None:
+                    self._release_request(rid)
                 self.planner.forget(rid)
                 self.state.complete(rid, self.env.now)
                 self._on_done()

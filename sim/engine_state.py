@@ -68,6 +68,14 @@ class RunState:
             self.kv_bytes_by_precision_at_peak = store.bytes_by_precision()
         self.kv_fp16_equiv_peak_bytes = max(self.kv_fp16_equiv_peak_bytes, store.fp16_equiv_bytes)
 
+    def observe_kv_bytes(self, by_precision: dict[str, int], fp16_equiv: int) -> None:
+        """True bytes reported by a real executor (offloaded host copies are not device KV)."""
+        device = sum(v for k, v in by_precision.items() if k not in ("offloaded", "evicted"))
+        if device > self.kv_peak_bytes:
+            self.kv_peak_bytes = device
+            self.kv_bytes_by_precision_at_peak = dict(by_precision)
+        self.kv_fp16_equiv_peak_bytes = max(self.kv_fp16_equiv_peak_bytes, fp16_equiv)
+
     def finish(self, now: float, store: PagedKVStore) -> None:
         self.end_s = now
         for rid in np.nonzero(self.status == PENDING)[0].tolist():

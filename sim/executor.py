@@ -55,9 +55,18 @@ class StepPlan:
 
 @dataclass(slots=True)
 class StepResult:
+    """What a step took.  A real executor also reports what only it knows: ``emitted`` tokens
+    per sequence (1 + accepted drafts; the engine then uses these instead of drawing
+    acceptance), ``proposed`` draft tokens per sequence, and the true KV bytes of its tensors
+    after the step (``kv_bytes_by_precision``, ``kv_fp16_equiv_bytes``)."""
+
     elapsed_s: float
     device_busy_s: dict[str, float] = field(default_factory=dict)
     segments: list[tuple[str, str, float]] = field(default_factory=list)  # (device, op, seconds)
+    emitted: np.ndarray | None = None
+    proposed: np.ndarray | None = None
+    kv_bytes_by_precision: dict[str, int] | None = None
+    kv_fp16_equiv_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +81,13 @@ class DeviceInfo:
 class Executor(Protocol):
     """Contract: ``execute`` is a SimPy generator that takes the step's time on ``env`` (by
     yielding events) and returns its ``StepResult``; it never mutates the plan or engine state.
-    ``devices`` lists what placements may name."""
+    ``devices`` lists what placements may name.
+
+    Optional, for real executors: ``measures_acceptance = True`` (its results carry
+    ``emitted``), ``reports_kv_bytes = True`` (its results carry true KV bytes), and
+    ``release(request_id)``, called once when a request ends, to free what it holds.  A real
+    executor reads the KV precision of each block from the engine's store when it runs a step
+    (the tiering decisions), so moving blocks needs no call of its own."""
 
     name: str
 

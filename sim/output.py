@@ -49,8 +49,9 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def print_table(scenario: str, runs: list[RunOutput], console: Console) -> None:
-    table = Table(title=f"infer-os simulate {scenario}", title_justify="left")
+def print_table(scenario: str, runs: list[RunOutput], console: Console,
+                command: str = "simulate") -> None:
+    table = Table(title=f"infer-os {command} {scenario}", title_justify="left")
     for col in ("variant", "cost model", "tok/s", "speedup", "decode tok/s/seq", "TTFT p50 ms",
                 "TPOT p50 ms", "KV peak", "KV saved", "done/failed"):
         table.add_column(col, justify="left" if col in ("variant", "cost model") else "right")

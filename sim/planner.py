@@ -56,6 +56,8 @@ class Planner:
         self.draft_token_s = self.verify_s = 0.0
         self.spec_proposed = self.spec_accepted = 0
         self._ones: dict[int, np.ndarray] = {}
+        self.measured_acceptance = False  # set by the engine for an executor that measures it
+        self.draft_source = "model"  # "ngram" drafts by prompt lookup: no draft model, no cost
 
     # -- tiering -----------------------------------------------------------------------------
     @property
@@ -132,11 +134,13 @@ class Planner:
             pool, b * (k + 1), b * (k + 1), int(kv_read),
             b * (k + 1) * self.model.kv_values_per_token * 2)
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
+
         plan = StepPlan(
             "decode", batch, b * (k + 1), b * (k + 1),
             resident_tokens * (k + 1), kv_read,
             float(quantized * store.block_tokens * self.model.kv_values_per_token), placement,
-            draft_len=k, draft_attended_pairs=tokens if k else 0.0, draft_kv_read_bytes=draft_kv,
+            draft_len=k, draft_attended_pairs=tokens if k and self.draft else 0.0,
+            draft_kv_read_bytes=draft_kv,
             num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self.techniques,
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0)
         plan.buffer_copy_bytes = copied
@@ -154,16 +158,17 @@ class Planner:
         if not 0 <= k <= self.max_draft_len:
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r}: draft length "
                                      f"{k} outside [0, {self.max_draft_len}]")
-        if k and self.draft is None:
+        if k and self.draft is None and self.draft_source != "ngram":
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r} drafts "
                                      "tokens but the scenario names no model.draft")
         return k
 
     def _emitted(self, b: int, k: int, rng: np.random.Generator) -> np.ndarray:
-        """Per sequence: 1 + the accepted prefix of k drafts, each accepted with prob. alpha."""
+        """Per sequence: 1 + the accepted prefix of k drafts, each accepted with prob. alpha.
+        With a measuring executor the draw is skipped (its result replaces these ones)."""
         self.last_k = k
         self.steps_since_draft = 0 if k else self.steps_since_draft + 1
-        if k == 0:
+        if k == 0 or self.measured_acceptance:
             ones = self._ones.get(b)
             if ones is None:
                 ones = self._ones[b] = np.ones(b, dtype=np.int64)
@@ -176,10 +181,19 @@ class Planner:
         else:
             accept = rng.random((b, k)) < self.alpha
         accepted = np.argmin(np.hstack([accept, np.zeros((b, 1), dtype=bool)]), axis=1)
+        self.record_acceptance(np.full(b, k), accepted)
+        return accepted + 1
+
+    def record_acceptance(self, proposed: np.ndarray, accepted: np.ndarray) -> None:
+        """Update the acceptance statistics from one step's outcome per sequence: ``proposed``
+        draft tokens, of which the first ``accepted`` were kept.  A step that proposed nothing
+        (prompt lookup found no match) says nothing about acceptance."""
+        if not int(np.sum(proposed)):
+            return
         # Per-token acceptance: accepted / (accepted + rejections), the estimate of alpha for a
         # geometric run cut at k (accepted / proposed would understate it for k > 1).
         num_accepted = int(accepted.sum())
-        num_rejected = int((accepted < k).sum())
+        num_rejected = int((accepted < proposed).sum())
         self.spec_proposed += num_accepted + num_rejected
         self.spec_accepted += num_accepted
         frac = num_accepted / (num_accepted + num_rejected) if num_accepted + num_rejected else 1.0
@@ -187,7 +201,6 @@ class Planner:
             (1 - EWMA_WEIGHT) * self.acceptance + EWMA_WEIGHT * frac)
         self.acceptance_history.append(frac)
         self.last_all_accepted = bool(num_rejected == 0)
-        return accepted + 1
 
     def observe(self, plan: StepPlan, result: StepResult) -> None:
         """Update the step-cost EWMAs the speculation policy sees."""

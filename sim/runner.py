@@ -3,18 +3,21 @@ planner, executor and engine; returns the metrics and what ``--out`` writes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from policies import DeviceLoad, SchedulingObservation
 from sim.attention import AttentionModel
+from sim.buffer_pool import BufferPool
 from sim.config import Scenario
 from sim.cost_model import CoefficientModel, RooflineModel
 from sim.engine import Engine
 from sim.engine_state import RunState
 from sim.errors import UserError
+from sim.executor import load_backend
 from sim.hardware import HardwareProfile, load_profile
 from sim.kv_store import PagedKVStore, block_bytes
 from sim.metrics import run_metrics
@@ -34,6 +37,7 @@ class RunOutput:
     state: RunState
     requests: Requests
     store: PagedKVStore | None = None
+    executor: object | None = None  # a real executor, for inspection (its tokens)
 
 
 def _near(value: str, base_dir: Path) -> str:
@@ -51,6 +55,15 @@ def _models(scn: Scenario, base_dir: Path) -> tuple[ModelSpec, ModelSpec | None]
     except UserError as err:
         raise UserError(err.message, field="model.spec") from None
     draft = None
+    setup = scn.speculation
+    if setup.draft_source == "layer-skip":
+        n = setup.draft_layers
+        if n is None or n >= model.num_layers:
+            raise UserError(f"layer-skip drafting needs 1 <= draft_layers < {model.num_layers}",
+                            field="speculation.draft_layers")
+        return model, replace(model, name=f"{model.name}[:{n}]", num_layers=n)
+    if setup.draft_source == "ngram":
+        return model, None
     if scn.model.draft:
         try:
             draft = resolve_model(_near(scn.model.draft, base_dir)).with_weight_bits(
@@ -59,7 +72,8 @@ def _models(scn: Scenario, base_dir: Path) -> tuple[ModelSpec, ModelSpec | None]
             raise UserError(err.message, field="model.draft") from None
     if scn.policies.speculation.kind != "off" and draft is None:
         raise UserError(f"speculation policy {scn.policies.speculation.kind!r} needs a draft "
-                        "model", field="model.draft")
+                        "model (or speculation.draft_source: layer-skip or ngram)",
+                        field="model.draft")
     return model, draft
 
 
@@ -95,7 +109,8 @@ def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
                                        for d in hw.devices), 0, 0)
     placement = scn.policies.scheduling.decide(idle)  # the initial placement sizes the budget
     bus = hw.bus(hw.device(placement.decode_attention).memory)
-    weights = model.weight_bytes + (draft.weight_bytes if draft else 0.0)
+    shared = scn.speculation.draft_source == "layer-skip"  # the draft is the target's layers
+    weights = model.weight_bytes + (draft.weight_bytes if draft and not shared else 0.0)
     budget = eng.kv_budget_bytes
     if budget is None:
         budget = bus.capacity_bytes * eng.kv_memory_frac - weights
@@ -137,9 +152,11 @@ def check_scenario(scn: Scenario, base_dir: Path) -> None:
     _acceptance_trace(scn, base_dir)
 
 
-def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
-                 record_trace: bool = False, on_done=None) -> RunOutput:
-    """One run.  ``on_done`` (optional) is called once per request that ends."""
+def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: Path,
+                 record_trace: bool = False, on_done=None, backend: str = "sim") -> RunOutput:
+    """One run: simulated under ``cost_model`` (backend ``sim``), or measured on a real
+    backend (``cost_model`` None).  ``on_done`` (optional) is called once per request that
+    ends."""
     model, draft = _models(scn, base_dir)
     hw = _profile(scn, base_dir)
     _check_devices(scn, hw)
@@ -149,13 +166,18 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
     store = PagedKVStore(eng.block_tokens,
                          block_bytes(model.kv_values_per_token, eng.block_tokens,
                                      eng.kv_quant_group), budget, host, len(requests))
-    cm: CoefficientModel | RooflineModel
-    if cost_model == "coefficient":
-        assert scn.coefficient is not None  # the scenario validator requires it
-        cm = CoefficientModel(scn.coefficient)
+    pool = None
+    if backend == "sim":
+        cm: CoefficientModel | RooflineModel
+        if cost_model == "coefficient":
+            assert scn.coefficient is not None  # the scenario validator requires it
+            cm = CoefficientModel(scn.coefficient)
+        else:
+            cm = RooflineModel(hw, model, draft, scn.speculation.draft_device)
+        executor = CostModelExecutor(hw, cm)
     else:
-        cm = RooflineModel(hw, model, draft, scn.speculation.draft_device)
-    executor = CostModelExecutor(hw, cm)
+        pool = BufferPool(scn.policies.buffers)  # real KV arena allocations
+        executor = load_backend(backend)(scn, hw, requests, store, base_dir, pool)
     retierer = Retierer(scn.policies.tiering, AttentionModel(scn.attention, scn.seed),
                         penalties(scn.quality), model.kv_values_per_token * eng.block_tokens)
     planner = Planner(scn.policies, model, draft, alpha=scn.speculation.alpha,
@@ -164,16 +186,29 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str, base_dir: Path,
                       device_kinds={d.name: d.kind for d in hw.devices}, retierer=retierer,
                       estimator=RooflineModel(hw, model), contiguous_kv=eng.contiguous_kv,
                       acceptance_trace=_acceptance_trace(scn, base_dir))
+    planner.draft_source = scn.speculation.draft_source
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, seed=scn.seed,
                     record_trace=record_trace, on_done=on_done)
+    wall0 = time.perf_counter()
     state = engine.run()
+    wall_s = time.perf_counter() - wall0
     metrics = run_metrics(state, requests.output_tokens, planner.spec_proposed,
-                          planner.spec_accepted, engine.buffers.stats)
+                          planner.spec_accepted, (pool or engine.buffers).stats)
     metrics["quality"] = quality_metrics(retierer.quality_samples, scn.quality.base_ppl)
     metrics["kv_moves"] = dict(sorted(retierer.moves.items()))
     if cost_model == "coefficient":
         metrics["note"] = ("coefficient model: the paper's projection method (baseline rate x "
                            "stated coefficients), not physics")
-    return RunOutput(variant, cost_model, metrics, state, requests, store)
+    if backend != "sim":
+        steps_s = getattr(executor, "steps_s", 0.0)
+        metrics["measured"] = {
+            "device": getattr(executor, "device_label", backend),
+            "wall_s": round(wall_s, 6),
+            "steps_s": round(steps_s, 6),
+            # the engine's own time between measured steps: policies, planning, bookkeeping
+            "engine_overhead_s": round(max(wall_s - steps_s, 0.0), 6),
+        }
+    return RunOutput(variant, cost_model, metrics, state, requests, store,
+                     executor if backend != "sim" else None)

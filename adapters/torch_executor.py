@@ -1,0 +1,313 @@
+"""The torch executor: runs the engine's steps for real on our transformer and the paged KV store.
+
+It implements the engine's executor protocol (``sim.executor``): ``execute`` does the step's work
+on the device, synchronises the device, reads ``time.perf_counter`` and advances the SimPy clock
+by the measured time (the run is trace-driven).  What it reads from the engine: the request ids of
+the step, the draft length the speculation policy chose, and the KV precision of every block from
+the engine's store (the tiering policy's decisions), which it applies to its real tensors before
+the step (the time to do so is the step's ``retier`` segment).  What it reports: measured times
+per segment (``retier``, ``prefill``, ``draft``, ``decode``/``verify``), the tokens each sequence
+emitted (1 + accepted drafts, measured), and the true bytes of its KV tensors by precision.
+
+Choices (recorded here, see also the README):
+- Prefill runs one request at a time within a step (no padding waste); decode and verify run the
+  whole batch in one forward, padded to the longest context with a per-row mask.
+- Decoding is greedy and ignores EOS: every request emits exactly its scenario output length, as
+  the simulator assumes (ARCHITECTURE.md section 8).
+- KV arenas grow through the scenario's buffer policy (``sim.buffer_pool.BufferPool`` deciding
+  real allocations; a released arena is reused when the policy takes a buffer from its pool).
+- The tiering policy still observes the simulator's synthetic attention statistics (the engine's
+  attention model), not attention weights measured in the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+import torch
+
+from adapters.paged_kv import PagedKV, PagedStep
+from adapters.torch_model import Transformer, prefill
+from policies import Precision
+from sim.buffer_pool import BufferPool
+from sim.config import Scenario
+from sim.errors import BackendUnavailable, UserError
+from sim.executor import DeviceInfo, StepPlan, StepResult
+from sim.hardware import HardwareProfile
+from sim.kv_store import PagedKVStore
+from sim.workload import Requests
+
+FREE_ARENAS = 8  # released KV arenas kept for reuse
+
+
+class TorchExecutor:
+    name = "torch"
+    measures_acceptance = True
+    reports_kv_bytes = True
+
+    def __init__(self, model: Transformer, prompts: list[list[int]], store: PagedKVStore,
+                 device_info: DeviceInfo, *, kv_dtype: torch.dtype, group: int,
+                 buffers: BufferPool, drafter: Any = None, device_label: str = "cpu"):
+        self.model, self.prompts, self.store = model, prompts, store
+        self.info, self.device_label = device_info, device_label
+        w = model.tok_embeddings.weight
+        self.device, self.dtype = w.device, w.dtype
+        cfg = model.cfg
+        self.pool = buffers
+        self.kv = PagedKV(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
+                          head_dim=cfg.head_dim, block_tokens=store.block_tokens, group=group,
+                          dtype=kv_dtype, device=self.device, grow=self._grow,
+                          reuse=self._reuse_arena)
+        self._token_bytes = self.kv._token_bytes()
+        self._free: deque[torch.Tensor] = deque(maxlen=FREE_ARENAS)
+        self.drafter = drafter
+        self.tokens: dict[int, list[int]] = {}
+        self.finished: dict[int, list[int]] = {}  # prompt + output ids of ended requests
+        self._actual: dict[int, np.ndarray] = {}  # per request: precision applied per block
+        self.steps_s = 0.0  # sum of measured step times
+
+    # -- protocol ------------------------------------------------------------------------------
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        return (self.info,)
+
+    def execute(self, env: simpy.Environment,
+                plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]:
+        rids = [int(r) for r in plan.request_ids]
+        segments: list[tuple[str, str, float]] = []
+        t0 = self._now()
+        emitted = proposed = None
+        with torch.inference_mode():
+            if plan.phase == "prefill":
+                for rid in rids:
+                    self._prefill(rid)
+                t1 = self._now()
+                segments.append((self.info.name, "prefill", t1 - t0))
+                self._apply_tiers(rids)  # new blocks at the precision they were admitted at
+                segments.append((self.info.name, "retier", self._now() - t1))
+            else:
+                self._apply_tiers(rids)
+                t1 = self._now()
+                if t1 > t0:
+                    segments.append((self.info.name, "retier", t1 - t0))
+                emitted, proposed = self._decode(rids, plan.draft_len, segments, t1)
+        elapsed = self._now() - t0
+        self.steps_s += elapsed
+        yield env.timeout(elapsed)
+        return StepResult(elapsed, {self.info.name: elapsed}, segments, emitted, proposed,
+                          self.kv.bytes_by_precision(), self.kv.fp16_equiv_bytes())
+
+    def release(self, rid: int) -> None:
+        if rid in self.kv:
+            self._free.append(self.kv.requests[rid].arena)
+            self.kv.free(rid)
+        name = f"kv{rid}"
+        self.pool.release(name)
+        if rid in self.tokens:
+            self.finished[rid] = self.tokens.pop(rid)
+        self._actual.pop(rid, None)
+        if self.drafter is not None:
+            self.drafter.forget(rid)
+
+    # -- steps -----------------------------------------------------------------------------
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _positions(self, rids: list[int], num_new: int) -> torch.Tensor:
+        start = torch.tensor([self.kv.num_tokens(r) for r in rids], device=self.device)
+        return start[:, None] + torch.arange(num_new, device=self.device)[None, :]  # [B, T]
+
+    def _prefill(self, rid: int) -> None:
+        prompt = self.prompts[rid]
+        self.kv.add(rid, capacity_tokens=len(prompt) + 1)
+        ids = torch.tensor([prompt], device=self.device)
+        step = PagedStep(self.kv, [rid], len(prompt), self.dtype)
+        logits = self.model(ids, step, self._positions([rid], len(prompt)))
+        step.commit()
+        self.tokens[rid] = [*prompt, int(logits[0, -1].argmax())]
+        self._actual[rid] = np.zeros(0, dtype=np.uint8)
+        if self.drafter is not None:
+            self.drafter.prefill(rid, self.tokens[rid])
+
+    def _decode(self, rids: list[int], k: int, segments: list, t0: float
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        name = self.info.name
+        drafts: list[list[int]] = []
+        if k:
+            for rid in rids:
+                d, _ = self.drafter.propose(rid, self.tokens[rid], k)
+                drafts.append(list(d)[:k])
+            t1 = self._now()
+            segments.append((name, "draft", t1 - t0))
+            t0 = t1
+        T = k + 1 if k else 1
+        rows = [[self.tokens[rid][-1], *d, *[0] * (T - 1 - len(d))]
+                for rid, d in zip(rids, drafts or [[]] * len(rids))]
+        ids = torch.tensor(rows, device=self.device)  # [B, T]
+        step = PagedStep(self.kv, rids, T, self.dtype)
+        logits = self.model(ids, step, self._positions(rids, T))
+        target = logits.argmax(dim=-1).tolist()  # [B, T]: greedy
+        kept, emitted = [], []
+        for b, rid in enumerate(rids):
+            d = drafts[b] if k else []
+            a = 0
+            while a < len(d) and d[a] == target[b][a]:
+                a += 1
+            if k:  # the draft source saw tokens + d; only tokens + d[:a] survived
+                self.drafter.rollback(rid, len(self.tokens[rid]) + a)
+            self.tokens[rid].extend([*d[:a], target[b][a]])
+            kept.append(1 + a)  # the fed token and the accepted drafts keep their K/V
+            emitted.append(1 + a)
+        step.commit(kept)
+        segments.append((name, "verify" if k else "decode", self._now() - t0))
+        proposed = np.array([len(d) for d in drafts], dtype=np.int64) if k else None
+        return np.array(emitted, dtype=np.int64), proposed
+
+    # -- tiers -----------------------------------------------------------------------------
+    def _apply_tiers(self, rids: list[int]) -> None:
+        """Make each block's real precision what the engine's store says (full blocks only)."""
+        for rid in rids:
+            desired = np.frombuffer(bytes(self.store.blocks_raw(rid)), dtype=np.uint8)
+            full = self.kv.num_tokens(rid) // self.kv.bt
+            actual = self._actual[rid]
+            if len(actual) < full:
+                actual = self._actual[rid] = np.concatenate(
+                    [actual, np.zeros(full - len(actual), dtype=np.uint8)])
+            n = min(full, len(desired))
+            for i in np.flatnonzero(desired[:n] != actual[:n]).tolist():
+                if self.kv.set_precision(rid, i, Precision(int(desired[i])), self._recompute):
+                    actual[i] = desired[i]
+
+    def _recompute(self, rid: int, block: int) -> torch.Tensor:
+        """K/V of one evicted block, recomputed exactly: the prefix up to its end, forwarded
+        through a scratch cache.  -> [L, 2, K, bt, D]."""
+        bt = self.kv.bt
+        end = (block + 1) * bt
+        cache = self.model.new_cache(1, end)
+        prefill(self.model, torch.tensor([self.tokens[rid][:end]], device=self.device), cache)
+        s = slice(block * bt, end)
+        return torch.stack([cache.k[:, 0, :, s], cache.v[:, 0, :, s]], dim=1)
+
+    # -- KV arenas through the buffer policy ------------------------------------------------
+    def _grow(self, rid: int, need_tokens: int, cap_tokens: int) -> int:
+        tb = self._token_bytes
+        live = self.kv.arena_tokens(rid) * tb if rid in self.kv else 0
+        self.pool.request(f"kv{rid}", need_tokens * tb, live)
+        return max(self.pool.held[f"kv{rid}"] // tb, need_tokens)
+
+    def _reuse_arena(self, capacity: int) -> torch.Tensor | None:
+        """A released arena of exactly this capacity (the buffer policy reused its size)."""
+        for i, t in enumerate(self._free):
+            if t.shape[3] == capacity:
+                del self._free[i]
+                return t
+        return None
+
+
+# -- building one from a scenario ------------------------------------------------------------------
+def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedKVStore,
+           base_dir: Path, buffers: BufferPool) -> TorchExecutor:
+    """The executor for one run of ``scn``: model, prompts, drafter, device."""
+    from adapters.loading import describe_device, resolve_device, resolve_dtype
+
+    be = scn.backend
+    device = resolve_device(be.device)
+    if be.threads:
+        torch.set_num_threads(be.threads)
+    spec = scn.model.spec
+    if spec not in ("smollm2-135m",) and not Path(spec).exists() and (base_dir / spec).exists():
+        spec = str(base_dir / spec)
+    loaded = _load(spec, scn.workload.prompt_text, be.dtype, be.device)
+    model, tokenizer = loaded
+    prompts = make_prompts(scn, requests, tokenizer, model.cfg.vocab)
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    named = [d for d in hw.devices if d.kind == kind]
+    if not named:
+        raise UserError(f"hardware profile {hw.name} has no {kind} device to run on",
+                        field="hardware")
+    d = named[0]
+    info = DeviceInfo(d.name, d.kind, hw.bus(d.memory).capacity_bytes, d.memory, 0.0)
+    kv_dtype = resolve_dtype(be.kv_dtype)
+    drafter = make_drafter(scn, model, base_dir, be.dtype, be.device)
+    return TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,
+                         group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
+                         device_label=describe_device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(spec: str, prompt_text: str, dtype: str, device: str):
+    """(model, tokenizer or None), loaded once per process: the variants of a scenario share
+    the weights (a run never modifies them)."""
+    from adapters.hf_loader import load_hf_dir
+    from adapters.loading import load_model, resolve_device, resolve_dtype
+
+    path = Path(spec)
+    if path.name == "config.json":
+        path = path.parent
+    if prompt_text == "random" and path.is_dir():  # no tokenizer needed
+        return load_hf_dir(path, dtype=resolve_dtype(dtype), device=resolve_device(device)), None
+    try:
+        loaded = load_model(str(path) if path.exists() else spec, dtype=dtype, device=device)
+    except UserError as err:
+        raise UserError(err.message, file=err.file, field="model.spec") from None
+    return loaded.model, loaded.tokenizer
+
+
+def make_prompts(scn: Scenario, requests: Requests, tokenizer, vocab: int) -> list[list[int]]:
+    """Each request's prompt token ids, exactly ``prompt_tokens[i]`` long and seeded: a slice of
+    Shakespeare at a seeded offset, or random ids."""
+    rng = np.random.default_rng(np.random.SeedSequence(scn.seed).spawn(5)[4])
+    lengths = requests.prompt_tokens.tolist()
+    if scn.workload.prompt_text == "random" or tokenizer is None:
+        if scn.workload.prompt_text != "random":
+            raise UserError("the model has no tokenizer: use workload.prompt_text: random",
+                            field="workload.prompt_text")
+        return [rng.integers(0, vocab, n).tolist() for n in lengths]
+    corpus = _corpus(tokenizer, 4 * max(lengths) + 100_000)
+    if len(corpus) <= max(lengths):
+        raise BackendUnavailable(f"not enough text for a {max(lengths)}-token prompt")
+    starts = rng.integers(0, len(corpus) - max(lengths), len(lengths))
+    return [corpus[s:s + n] for s, n in zip(starts.tolist(), lengths)]
+
+
+_CORPORA: dict[int, list[int]] = {}
+
+
+def _corpus(tokenizer, min_tokens: int) -> list[int]:
+    """Shakespeare's plays, in name order, tokenized until ``min_tokens`` (cached per tokenizer)."""
+    from adapters.text import play_names, play_text
+
+    corpus = _CORPORA.setdefault(id(tokenizer), [])
+    if len(corpus) < min_tokens:
+        corpus.clear()
+        for play in play_names():
+            corpus.extend(tokenizer.encode(play_text(play)))
+            if len(corpus) >= min_tokens:
+                break
+    return corpus
+
+
+def make_drafter(scn: Scenario, model: Transformer, base_dir: Path, dtype: str, device: str):
+    """The draft source the scenario names, when its speculation policy can draft."""
+    if scn.policies.speculation.kind == "off":
+        return None
+    from adapters import drafting
+
+    setup = scn.speculation
+    if setup.draft_source == "ngram":
+        return drafting.NgramDraft(max_ngram=setup.ngram)
+    if setup.draft_source == "layer-skip":
+        return drafting.LayerSkipDraft(model, setup.draft_layers)
+    spec = scn.model.draft
+    if spec and not Path(spec).exists() and (base_dir / spec).exists():
+        spec = str(base_dir / spec)
+    draft, _ = _load(spec, "random", dtype, device)
+    return drafting.ModelDraft(draft)

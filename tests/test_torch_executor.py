@@ -1,0 +1,152 @@
+"""The torch executor under the engine (``infer-os measure``) on tiny random models: every request
+completes with its forced length, greedy output equals plain greedy decoding whatever the batch,
+the tiering and the draft source; measured KV bytes follow the tiers; errors are one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from adapters.hf_loader import load_hf_dir  # noqa: E402
+from adapters.torch_model import generate_greedy  # noqa: E402
+from sim.cli import main  # noqa: E402
+from sim.config import resolve_runs  # noqa: E402
+from sim.runner import run_scenario  # noqa: E402
+
+LLAMA = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=128, vocab_size=256, initializer_range=0.2, bos_token_id=0,
+             eos_token_id=None, pad_token_id=None, max_position_embeddings=512)
+
+
+def _write_model(path: Path, seed: int, layers: int = 4) -> Path:
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(**{**LLAMA, "num_hidden_layers": layers})
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return _write_model(root / "target", 0), _write_model(root / "draft", 1, layers=2)
+
+
+def _scenario(tmp_path: Path, target: Path, **extra) -> Path:
+    doc = {
+        "name": "tiny-measure", "seed": 3,
+        "model": {"spec": str(target)},
+        "hardware": "cpu-2core-avx512",
+        "workload": {"arrival": {"kind": "closed", "concurrency": 3}, "num_requests": 5,
+                     "prompt_tokens": {"kind": "uniform", "low": 20, "high": 70},
+                     "output_tokens": {"kind": "uniform", "low": 10, "high": 30},
+                     "prompt_text": "random"},
+        "engine": {"max_batch": 3, "block_tokens": 16, "kv_quant_group": 16,
+                   "tiering_interval_steps": 2, "max_draft_len": 3},
+        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float32"},
+        "policies": {"tiering": {"kind": "fp16"}, "buffers": {"kind": "adaptive"},
+                     "speculation": {"kind": "off"},
+                     "scheduling": {"kind": "single", "device": "cpu"}},
+    }
+    for dotted, value in extra.items():
+        node = doc
+        *head, last = dotted.split("__")
+        for key in head:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "scn.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _measure(path: Path):
+    [(variant, scn)] = resolve_runs(path, [])
+    return run_scenario(scn, variant, None, path.parent, backend="torch")
+
+
+def _reference(target: Path, out) -> dict[int, list[int]]:
+    """Each request's prompt + output by plain greedy decoding, one request at a time."""
+    model = load_hf_dir(target)
+    ex = out.executor
+    ref = {}
+    for rid, prompt in enumerate(ex.prompts):
+        n = int(out.requests.output_tokens[rid])
+        ref[rid] = generate_greedy(model, torch.tensor([prompt]), n)[0].tolist()
+    return ref
+
+
+def _outputs(out) -> dict[int, list[int]]:
+    ex = out.executor
+    return {rid: ex.finished[rid][:len(ex.prompts[rid]) + int(out.requests.output_tokens[rid])]
+            for rid in range(len(ex.prompts))}
+
+
+def test_batched_greedy_run_equals_greedy_decoding(models, tmp_path):
+    out = _measure(_scenario(tmp_path, models[0]))
+    m = out.metrics
+    assert m["num_completed"] == 5 and m["num_failed"] == 0
+    assert m["output_tokens"] == int(out.requests.output_tokens.sum())
+    assert m["engine"]["max_batch"] >= 2  # continuous batching really batched
+    assert m["measured"]["device"] == "cpu" and m["measured"]["steps_s"] > 0
+    assert _outputs(out) == _reference(models[0], out)
+    assert m["kv_bytes_by_precision"]["fp16"] == m["kv_peak_bytes"] > 0
+
+
+@pytest.mark.parametrize("source", ["ngram", "layer-skip", "model"])
+def test_speculation_keeps_greedy_output_for_every_draft_source(models, tmp_path, source):
+    extra = {"policies__speculation": {"kind": "fixed", "k": 3},
+             "speculation__draft_source": source, "speculation__draft_layers": 2}
+    if source == "model":
+        extra["model__draft"] = str(models[1])
+    out = _measure(_scenario(tmp_path, models[0], **extra))
+    assert out.metrics["num_completed"] == 5
+    assert _outputs(out) == _reference(models[0], out)
+    rate = out.metrics["spec_acceptance_rate"]
+    assert rate is not None and 0 <= rate <= 1
+
+
+def test_tiers_change_the_true_bytes(models, tmp_path):
+    base = _measure(_scenario(tmp_path, models[0])).metrics
+    int4 = _measure(_scenario(tmp_path, models[0],
+                              policies__tiering={"kind": "uniform", "precision": "int4"})).metrics
+    assert int4["kv_bytes_by_precision"]["int4"] > 0
+    assert int4["kv_peak_bytes"] < 0.6 * base["kv_peak_bytes"]
+    assert int4["num_completed"] == 5
+
+
+def test_measure_json_contract(models, tmp_path, capsys):
+    path = _scenario(tmp_path, models[0])
+    assert main(["measure", str(path), "--backend", "torch", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "torch" and doc["runs"][0]["cost_model"] is None
+    metrics = doc["runs"][0]["metrics"]
+    for key in ("throughput_tok_s", "ttft_s", "tpot_s", "kv_peak_bytes",
+                "kv_fp16_equiv_peak_bytes", "measured"):
+        assert key in metrics
+
+
+@pytest.mark.parametrize("backend, code", [("nope", 2), ("sim", 2)])
+def test_bad_backend_is_one_line(models, tmp_path, capsys, backend, code):
+    assert main(["measure", str(_scenario(tmp_path, models[0])), "--backend", backend]) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("infer-os: error:") and "\n" not in err and "--backend" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_exits_3(models, tmp_path, capsys):
+    path = _scenario(tmp_path, models[0])
+    assert main(["measure", str(path), "--backend", "torch", "--set", "backend.device=cuda"]) == 3
+    assert "cuda" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA (or ROCm) GPU")
+def test_cuda_run_equals_greedy_decoding(models, tmp_path):
+    path = _scenario(tmp_path, models[0], backend__device="cuda")
+    out = _measure(path)
+    assert out.metrics["measured"]["device"].startswith("cuda")
+    assert _outputs(out) == _reference(models[0], out)
