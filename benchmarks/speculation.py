@@ -12,9 +12,15 @@ not a smaller one) and, on request, ``model-bf16`` (the same weights in bfloat16
 of the target (its first n layers) computes exactly what ``layer-skip`` computes, so it is not
 listed twice.
 
-Decode tok/s = (new tokens - 1) / (draft + verify seconds): the prefill (identical for all rows;
-for ``model-*`` it includes the draft model's own prefill, shown separately) is left out.  Every
-configuration's output is checked against ``off`` (greedy: they must be equal).
+Decode tok/s = (new tokens - 1) / (draft + verify seconds): the prefill (identical for all rows
+but ``model-*``, where it includes the draft model's own prefill, shown separately) is left out;
+"speedup vs off" is the median over repeats of the ratio to that repeat's ``off`` run;
+"best / best" the fastest run over the fastest ``off`` run (less sensitive to other processes on a
+shared machine); the end-to-end speedup is the median ratio of whole-call wall times, prefill
+included.  Policies with a ``-marginal`` suffix observe step costs with the extra verify time of a
+drafting step charged to its guesses (``SpecTracker(costs="marginal")``); the others exactly as
+``sim.planner`` does.
+Every configuration's output is checked against ``off`` (greedy: they must be equal).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -68,11 +75,22 @@ def make_sources(model: Transformer, config: dict, state: dict, names: list[str]
     return out
 
 
-def make_policies(names: list[str], k: int) -> dict[str, SpeculationPolicy]:
+Costs = Literal["planner", "marginal"]
+
+
+def make_policies(names: list[str], k: int) -> dict[str, tuple[SpeculationPolicy, Costs]]:
+    """Policies by label, each with the cost attribution of its observations
+    (``adapters.spec_decode.SpecTracker``): a ``-marginal`` suffix charges the extra verify time
+    of a drafting step to its guesses; the plain names observe costs as ``sim.planner`` does."""
     table: dict[str, SpeculationPolicy] = {
         "fixed": FixedSpeculation(k=k), "dynamic": DynamicSpeculation(),
         "goodput": GoodputSpeculation()}
-    return {(f"fixed k={k}" if n == "fixed" else n): table[n] for n in names}
+    out: dict[str, tuple[SpeculationPolicy, Costs]] = {}
+    for n in names:
+        base, _, suffix = n.partition("-")
+        label = f"fixed k={k}" if n == "fixed" else n
+        out[label] = (table[base], "marginal" if suffix == "marginal" else "planner")
+    return out
 
 
 def main() -> None:
@@ -83,7 +101,7 @@ def main() -> None:
     ap.add_argument("--play", default="hamlet")
     ap.add_argument("--offset", type=int, default=20000, help="character offset in the play")
     ap.add_argument("--sources", default="ngram,layer-skip,model-int8")
-    ap.add_argument("--policies", default="fixed,dynamic,goodput")
+    ap.add_argument("--policies", default="fixed,dynamic,goodput,dynamic-marginal")
     ap.add_argument("--k", type=int, default=4, help="k of the fixed policy")
     ap.add_argument("--max-draft-len", type=int, default=8)
     ap.add_argument("--skip-layers", type=int, default=8, help="layers kept by layer-skip")
@@ -105,12 +123,13 @@ def main() -> None:
           f"{args.new_tokens} new tokens; max_draft_len {args.max_draft_len}; "
           f"{args.repeats} repeats, medians")
 
-    def run(draft: DraftSource | None, policy: SpeculationPolicy) -> SpecResult:
-        return speculative_generate(model, prompt, args.new_tokens, draft, policy=policy,
-                                    max_draft_len=args.max_draft_len)
+    def run(draft: DraftSource | None, policy: tuple[SpeculationPolicy, Costs]) -> SpecResult:
+        return speculative_generate(model, prompt, args.new_tokens, draft, policy=policy[0],
+                                    costs=policy[1], max_draft_len=args.max_draft_len)
 
-    run(None, NoSpeculation())  # warm-up (allocator, first-call overheads)
-    configs = [("none", "off", None, NoSpeculation())]
+    off = (NoSpeculation(), "planner")
+    run(None, off)  # warm-up (allocator, first-call overheads)
+    configs = [("none", "off", None, off)]
     configs += [(s, p, factory, pol) for s, factory in sources.items()
                 for p, pol in policies.items()]
     rows: dict[tuple[str, str], list[tuple[SpecResult, float]]] = {
@@ -133,18 +152,20 @@ def main() -> None:
 
     print()
     print("| draft source | policy | acceptance | tokens / step | mean k | decode tok/s "
-          "| speedup vs off | prefill s | output == off |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| speedup vs off | best / best | end-to-end speedup | prefill s | output == off |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     off_runs = rows[("none", "off")]
     for (s, p), runs in rows.items():
         st = [r.stats for r, _ in runs]
         med = statistics.median
         speed = med(a.decode_tok_s / b.stats.decode_tok_s for a, (b, _) in zip(st, off_runs))
+        best = max(x.decode_tok_s for x in st) / max(r.stats.decode_tok_s for r, _ in off_runs)
+        e2e = med(w_off / w for (_, w), (_, w_off) in zip(runs, off_runs))
         same = all(r.tokens == reference for r, _ in runs)
         print(f"| {s} | {p} | {med(x.acceptance_rate for x in st):.2f} "
               f"| {med((x.emitted - 1) / x.steps for x in st):.2f} "
               f"| {med(statistics.fmean(x.draft_lens) for x in st):.2f} "
-              f"| {med(x.decode_tok_s for x in st):.2f} | {speed:.2f}x "
+              f"| {med(x.decode_tok_s for x in st):.2f} | {speed:.2f}x | {best:.2f}x | {e2e:.2f}x "
               f"| {med(x.prefill_s for x in st):.2f} | {'yes' if same else 'NO'} |")
 
 
