@@ -15,7 +15,7 @@ import scenarios
 from sim import output
 from sim.config import read_yaml, resolve_runs
 from sim.errors import BackendUnavailable, InfeasibleDecision, UserError
-from sim.executor import backend_names
+from sim.executor import backend_names, load_backend
 from sim.hardware import bundled_profiles
 from sim.model_spec import PRESETS
 from sim.policy_registry import FAMILIES, kind_of
@@ -50,14 +50,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 class _Progress:
     """A progress bar on stderr that appears only once a run has lasted a moment."""
 
-    def __init__(self, total_requests: int):
+    def __init__(self, total_requests: int, label: str = "simulating"):
         self.total, self.done, self.t0 = total_requests, 0, time.monotonic()
+        self.label = label
         self.bar: Progress | None = None
 
     def __call__(self, n: int = 1) -> None:
         self.done += n
         if self.bar is None and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
-            self.bar = Progress(TextColumn("simulating"), BarColumn(),
+            self.bar = Progress(TextColumn(self.label), BarColumn(),
                                 TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
                                 console=Console(stderr=True), transient=True)
             self.bar.start()
@@ -71,8 +72,28 @@ class _Progress:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    return _run(args, "sim")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    backend = args.backend
+    if backend == "sim":
+        raise UserError("backend 'sim' predicts, it does not measure: use `infer-os simulate`",
+                        field="--backend")
+    load_backend(backend)  # an unknown backend is exit 2 before anything runs
+    return _run(args, backend)
+
+
+def _run(args: argparse.Namespace, backend: str) -> int:
     path = _scenario_path(args.scenario)
     runs_cfg = resolve_runs(path, args.set or [])
+    if args.variant:
+        known = [v for v, _ in runs_cfg]
+        for v in args.variant:
+            if v not in known:
+                raise UserError(f"unknown variant {v!r} (variants: {', '.join(known)})",
+                                file=str(path), field="--variant")
+        runs_cfg = [(v, s) for v, s in runs_cfg if v in args.variant]
     name = runs_cfg[0][1].name
     for variant, scn in runs_cfg:  # reject bad input before anything runs
         try:
@@ -82,21 +103,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 raise
             where = "" if variant == "default" else f"variants.{variant} -> "
             raise UserError(e.message, file=str(path), field=where + (e.field or "")) from None
-    jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
-    progress = _Progress(sum(s.workload.num_requests for _, s, _ in jobs))
+    if backend == "sim":
+        jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
+    else:  # measured once per variant: cost models predict, they are not measured
+        jobs = [(v, s, None) for v, s in runs_cfg]
+    progress = _Progress(sum(s.workload.num_requests for _, s, _ in jobs),
+                         "simulating" if backend == "sim" else f"measuring ({backend})")
     runs = []
     try:
         for variant, scn, cm in jobs:
             runs.append(run_scenario(scn, variant, cm, path.parent,
-                                     record_trace=args.out is not None, on_done=progress))
+                                     record_trace=args.out is not None, on_done=progress,
+                                     backend=backend))
     finally:
         progress.close()
     output.add_speedups(runs)
-    doc = output.document(name, "sim", runs)
+    doc = output.document(name, backend, runs)
     if args.json:
         sys.stdout.write(output.dumps(doc) + "\n")
     else:
-        output.print_table(name, runs, Console(width=None if sys.stdout.isatty() else 150))
+        output.print_table(name, runs, Console(width=None if sys.stdout.isatty() else 150),
+                           "simulate" if backend == "sim" else f"measure --backend {backend}")
+        if backend != "sim":
+            devices = sorted({r.metrics["measured"]["device"] for r in runs})
+            Console(stderr=True).print(f"measured on {', '.join(devices)}", markup=False)
     if args.out:
         output.write_out(Path(args.out), doc, runs)
         if not args.json:
@@ -114,9 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a dotted key (value parsed as YAML); repeatable")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="run only this variant (repeatable; default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("measure", help="run a scenario for real on a backend (e.g. torch)")
+    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p.add_argument("--backend", required=True, help="an installed backend (infer-os list)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a dotted key (value parsed as YAML); repeatable")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="run only this variant (repeatable; default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
+    p.set_defaults(func=cmd_measure)
     for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
         ep.load()(sub)
     return parser

