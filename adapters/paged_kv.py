@@ -211,6 +211,19 @@ class PagedKV:
             vs.append(dv)
         return torch.cat([*ks, k], dim=1), torch.cat([*vs, v], dim=1)
 
+    def key_blocks(self, rid: int, extra: int = 0) -> torch.Tensor:
+        """The block index of every key ``layer_kv(rid, layer, extra)`` returns, in its order
+        (int64 [S], on the CPU); the ``extra`` new tokens belong to the blocks at their
+        positions."""
+        r = self.requests[rid]
+        bt = self.bt
+        parts = [torch.tensor(seg.blocks).repeat_interleave(bt) for seg in r.segments.values()]
+        parts.append(torch.tensor(r.fp_blocks, dtype=torch.int64).repeat_interleave(bt))
+        tail = r.num_tokens - self._full_blocks(r) * bt  # stored tokens of the partial block
+        first = self._full_blocks(r) * bt
+        parts.append(torch.arange(first, first + tail + extra) // bt)
+        return torch.cat(parts)
+
     def resident_tokens(self, rid: int) -> int:
         r = self.requests[rid]
         return self._fp_tokens(r) + sum(len(s.blocks) for s in r.segments.values()) * self.bt
@@ -386,8 +399,10 @@ class PagedStep:
     over each request's resident tokens plus the new ones (causal among the new ones), padded to
     the longest row.  ``commit()`` accounts the new tokens once the forward is done."""
 
+    observe_attention = None  # set to a method when attention is measured
+
     def __init__(self, kv: PagedKV, rids: list[int], num_new: int,
-                 compute_dtype: torch.dtype):
+                 compute_dtype: torch.dtype, measure_attention: bool = False):
         self.kv, self.rids, self.T, self.dtype = kv, list(rids), num_new, compute_dtype
         for rid in self.rids:
             kv.reserve(rid, num_new)
@@ -404,8 +419,33 @@ class PagedStep:
             rel = keys[None, None, :] - past  # key index relative to the first new token
             self._mask = ((rel < 0) | ((rel >= 0) & (rel <= query)))[:, None]  # [B,1,T,S]
 
+        self._probs: torch.Tensor | None = None  # [B, S]: attention summed over layers
+        if measure_attention:
+            self.observe_attention = self._observe
+
     def attention_mask(self) -> tuple[torch.Tensor | None, int]:
         return self._mask, self.S
+
+    def _observe(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                 mask: torch.Tensor | None) -> None:
+        """Attention probabilities of this layer (q [B, K, G*T, D] against k [B, K, S, D], the
+        model's mask), averaged over heads and query rows, added to the step's sum."""
+        scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).mean(dim=(1, 2))  # [B, S]
+        self._probs = probs if self._probs is None else self._probs + probs
+
+    def block_shares(self, num_layers: int) -> list[torch.Tensor]:
+        """Per row: the share of the step's attention each block drew (float64 [n_blocks],
+        summing to 1 over the row's resident blocks), from the measured probabilities."""
+        assert self._probs is not None, "no attention was measured in this step"
+        probs = (self._probs / num_layers).double().cpu()
+        out = []
+        for b, rid in enumerate(self.rids):
+            blocks = self.kv.key_blocks(rid, extra=self.T)
+            out.append(torch.bincount(blocks, weights=probs[b, :len(blocks)]))
+        return out
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> None:

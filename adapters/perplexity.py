@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from adapters.paged_kv import PagedKV, PagedStep
 from adapters.torch_model import Transformer
 from policies import Precision
-from sim.attention import AttentionModel
+from sim.attention import AttentionModel, MeasuredAttention
 from sim.config import AttentionConfig, QualityConfig
 from sim.kv_store import PagedKVStore, block_bytes
 from sim.quality import penalties
@@ -46,7 +46,7 @@ class TieredPerplexity:
 def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int = 64,
                group: int = 64, chunk: int = 128, eval_from: int = 512,
                kv_dtype: torch.dtype = torch.float16, budget_frac: float = 1.0,
-               seed: int = 0) -> TieredPerplexity:
+               seed: int = 0, measured_attention: bool = True) -> TieredPerplexity:
     """Score ``ids[eval_from + 1:]`` (each token predicted from all before it) under
     ``policy``'s tiering decisions, re-taken after every chunk."""
     cfg = model.cfg
@@ -60,8 +60,10 @@ def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int 
     sizes = block_bytes(values_per_token, block_tokens, group)
     fp16_window = -(-len(ids) // block_tokens) * sizes[Precision.FP16]
     store = PagedKVStore(block_tokens, sizes, budget_frac * fp16_window, 4 * fp16_window, 1)
-    retierer = Retierer(policy, AttentionModel(AttentionConfig(), seed),
-                        penalties(QualityConfig()), values_per_token * block_tokens)
+    attention = MeasuredAttention() if measured_attention else AttentionModel(
+        AttentionConfig(), seed)
+    retierer = Retierer(policy, attention, penalties(QualityConfig()),
+                        values_per_token * block_tokens)
     retierer.retier(store, [], 0)
     nll, scored = 0.0, 0
     for start in range(0, len(ids) - 1, chunk):
@@ -69,9 +71,11 @@ def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int 
         if start == 0:
             store.admit(0, len(x), len(ids), retierer.new_block_precision)
         _apply(kv, store, model, ids)
-        step = PagedStep(kv, [0], len(x), dtype)
+        step = PagedStep(kv, [0], len(x), dtype, measure_attention=measured_attention)
         positions = torch.arange(start, start + len(x), device=dev)[None]
         logits = model(torch.tensor([x], device=dev), step, positions)[0]  # [T, V]
+        if measured_attention:
+            attention.record(0, step.block_shares(cfg.num_layers)[0].numpy())
         step.commit()
         targets = torch.tensor(ids[start + 1:start + 1 + len(x)], device=dev)
         losses = F.cross_entropy(logits[:len(targets)].float(), targets, reduction="none")

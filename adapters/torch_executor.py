@@ -16,8 +16,10 @@ Choices (recorded here, see also the README):
   the simulator assumes (ARCHITECTURE.md section 8).
 - KV arenas grow through the scenario's buffer policy (``sim.buffer_pool.BufferPool`` deciding
   real allocations; a released arena is reused when the policy takes a buffer from its pool).
-- The tiering policy still observes the simulator's synthetic attention statistics (the engine's
-  attention model), not attention weights measured in the model.
+- A tiering policy that observes blocks sees attention measured in the model
+  (``sim.attention.MeasuredAttention``): each step, the attention probabilities of its query
+  tokens averaged over layers and heads, summed per block (one extra q.K product per layer, paid
+  only for such policies).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from adapters.paged_kv import PagedKV, PagedStep
 from adapters.torch_model import Transformer, prefill
 from policies import Precision
+from sim.attention import MeasuredAttention
 from sim.buffer_pool import BufferPool
 from sim.config import Scenario
 from sim.errors import BackendUnavailable, UserError
@@ -54,7 +57,8 @@ class TorchExecutor:
 
     def __init__(self, model: Transformer, prompts: list[list[int]], store: PagedKVStore,
                  device_info: DeviceInfo, *, kv_dtype: torch.dtype, group: int,
-                 buffers: BufferPool, drafter: Any = None, device_label: str = "cpu"):
+                 buffers: BufferPool, drafter: Any = None, device_label: str = "cpu",
+                 measure_attention: bool = False):
         self.model, self.prompts, self.store = model, prompts, store
         self.info, self.device_label = device_info, device_label
         w = model.tok_embeddings.weight
@@ -72,6 +76,8 @@ class TorchExecutor:
         self.finished: dict[int, list[int]] = {}  # prompt + output ids of ended requests
         self._actual: dict[int, np.ndarray] = {}  # per request: precision applied per block
         self.steps_s = 0.0  # sum of measured step times
+        # what the tiering policy observes: attention measured in the model, per block
+        self.attention = MeasuredAttention() if measure_attention else None
 
     # -- protocol ------------------------------------------------------------------------------
     def devices(self) -> tuple[DeviceInfo, ...]:
@@ -129,8 +135,9 @@ class TorchExecutor:
         prompt = self.prompts[rid]
         self.kv.add(rid, capacity_tokens=len(prompt) + 1)
         ids = torch.tensor([prompt], device=self.device)
-        step = PagedStep(self.kv, [rid], len(prompt), self.dtype)
+        step = self._step([rid], len(prompt))
         logits = self.model(ids, step, self._positions([rid], len(prompt)))
+        self._record_attention(step)
         step.commit()
         self.tokens[rid] = [*prompt, int(logits[0, -1].argmax())]
         self._actual[rid] = np.zeros(0, dtype=np.uint8)
@@ -152,8 +159,9 @@ class TorchExecutor:
         rows = [[self.tokens[rid][-1], *d, *[0] * (T - 1 - len(d))]
                 for rid, d in zip(rids, drafts or [[]] * len(rids))]
         ids = torch.tensor(rows, device=self.device)  # [B, T]
-        step = PagedStep(self.kv, rids, T, self.dtype)
+        step = self._step(rids, T)
         logits = self.model(ids, step, self._positions(rids, T))
+        self._record_attention(step)
         target = logits.argmax(dim=-1).tolist()  # [B, T]: greedy
         kept, emitted = [], []
         for b, rid in enumerate(rids):
@@ -170,6 +178,16 @@ class TorchExecutor:
         segments.append((name, "verify" if k else "decode", self._now() - t0))
         proposed = np.array([len(d) for d in drafts], dtype=np.int64) if k else None
         return np.array(emitted, dtype=np.int64), proposed
+
+    def _step(self, rids: list[int], num_new: int) -> PagedStep:
+        return PagedStep(self.kv, rids, num_new, self.dtype,
+                         measure_attention=self.attention is not None)
+
+    def _record_attention(self, step: PagedStep) -> None:
+        if self.attention is None:
+            return
+        for rid, shares in zip(step.rids, step.block_shares(self.model.cfg.num_layers)):
+            self.attention.record(rid, shares.numpy())
 
     # -- tiers -----------------------------------------------------------------------------
     def _apply_tiers(self, rids: list[int]) -> None:
@@ -239,7 +257,8 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     drafter = make_drafter(scn, model, base_dir, be.dtype, be.device)
     return TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,
                          group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
-                         device_label=describe_device(device))
+                         device_label=describe_device(device),
+                         measure_attention=scn.policies.tiering.observes_blocks)
 
 
 @functools.lru_cache(maxsize=4)

@@ -177,6 +177,9 @@ class Attention(nn.Module):
         # of KV head j become G * T query rows ([B, K, G * T, D]); ctx.mask is repeated to match.
         group = H // K
         q = q.reshape(B, K, group * T, D)
+        observe = getattr(ctx.cache, "observe_attention", None)
+        if observe is not None:  # a cache that measures attention (the paged cache) sees q, k
+            observe(self.layer, q, k, ctx.mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # scale 1/sqrt(D)
         return self.wo(y.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
 

@@ -2,12 +2,13 @@
 tiering policy, measured through the real paged KV store (adapters.perplexity).
 
     python benchmarks/perplexity_tiering.py [--windows 2] [--play the-tempest] [--budget-frac 1.0]
-        [--progressive-budgets 0.75,1.25,1.5,2.0]
+        [--progressive-budgets 1.25,1.5,2.0] [--only-progressive]
 
 Prints a markdown table: PPL, delta-PPL and quality = 100 x PPL_fp16 / PPL_policy, KV memory saved
 at the end of the window, and the moves each policy made.  Deterministic (no timing involved).
 The device budget (reserved up front for the whole window, as the engine does) is what drives
-``progressive``: its rules fire on memory pressure, so it is also run at other budgets.
+``progressive``: its rules fire on memory pressure, so it is also run at other budgets (below
+1 x the window cannot be admitted with FP16 new blocks, as in the engine).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--budget-frac", type=float, default=1.0)
-    ap.add_argument("--progressive-budgets", default="0.75,1.25,1.5,2.0",
+    ap.add_argument("--only-progressive", action="store_true",
+                    help="fp16 and the progressive budget rows only")
+    ap.add_argument("--progressive-budgets", default="1.25,1.5,2.0",
                     help="extra progressive rows at these device budgets (x FP16 window)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: a shared machine oversubscribed by 2+ threads per "
@@ -64,7 +67,8 @@ def main() -> None:
           file=sys.stderr)
     rows = []
     base = None
-    jobs = [(name, spec, args.budget_frac) for name, spec in POLICIES]
+    jobs = [(name, spec, args.budget_frac) for name, spec in POLICIES
+            if not args.only_progressive or spec["kind"] == "fp16"]
     jobs += [(f"progressive, budget {float(b):g} x FP16", {"kind": "progressive"}, float(b))
              for b in args.progressive_budgets.split(",") if b]
     for name, spec, budget in jobs:

@@ -1,6 +1,7 @@
 """A synthetic attention model for the simulator: how much of each decode step's attention every
 KV block of a request receives, so that tiering policies have attention mass, access counts and
-relevance to observe without a real model.  Real executors report measured values instead.
+relevance to observe without a real model.  Real executors feed ``MeasuredAttention`` (below)
+instead.
 
 share of block b (of n) ∝ sink·[b = 0] + exp(-(n - 1 - b) / recency_blocks) + heavy·h_b, where h_b
 is a per-block "heavy hitter" weight drawn log-normal (median 1) from a stream seeded by (seed,
@@ -66,4 +67,65 @@ class AttentionModel:
 
     def forget(self, rid: int) -> None:
         for store in (self._heavy, self.mass, self.access):
+            store.pop(rid, None)
+
+
+class MeasuredAttention:
+    """The same interface as ``AttentionModel``, fed by a real executor with the attention each
+    block drew in each step (``record``), so that tiering policies observe the model itself.
+
+    Per block: ``mass`` sums the measured shares over the recorded steps; ``access`` counts the
+    steps in which the block drew more than a uniform share; ``shares`` are the latest measured
+    shares, a block that is absent now (offloaded, evicted) keeping the share it had when last
+    resident (what it would draw if restored, for the quality estimate); relevance is
+    (r - 1) / (r + 1) with r = the latest share over a uniform share (0 for an average block),
+    the synthetic model's form with the measured share in place of the heavy-hitter weight.
+    """
+
+    def __init__(self) -> None:
+        self.mass: dict[int, np.ndarray] = {}
+        self.access: dict[int, np.ndarray] = {}
+        self._last: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _grown(store: dict[int, np.ndarray], rid: int, n: int) -> np.ndarray:
+        old = store.get(rid)
+        if old is not None and len(old) >= n:
+            return old
+        grown = np.zeros(n)
+        if old is not None:
+            grown[:len(old)] = old
+        store[rid] = grown
+        return grown
+
+    def record(self, rid: int, shares: np.ndarray) -> None:
+        """One step's measured shares over a request's blocks (0 for absent blocks)."""
+        n = len(shares)
+        present = shares > 0
+        last = self._grown(self._last, rid, n)
+        last[:n][present] = shares[present]
+        self._grown(self.mass, rid, n)[:n] += shares
+        resident = max(int(present.sum()), 1)
+        self._grown(self.access, rid, n)[:n] += shares > 1.0 / resident
+
+    def shares(self, rid: int, n: int) -> np.ndarray:
+        last = self._grown(self._last, rid, n)[:n]
+        total = last.sum()
+        return last / total if total > 0 else np.full(n, 1.0 / max(n, 1))
+
+    def relevance(self, rid: int, n: int) -> np.ndarray:
+        r = self.shares(rid, n) * max(n, 1)
+        return (r - 1.0) / (r + 1.0)
+
+    def advance(self, rid: int, resident: np.ndarray, steps: int) -> np.ndarray:
+        """The latest shares over the resident blocks (measurements accrue in ``record``)."""
+        n = len(resident)
+        self._grown(self.mass, rid, n)
+        self._grown(self.access, rid, n)
+        shares = self.shares(rid, n) * resident
+        total = shares.sum()
+        return shares / total if total > 0 else shares
+
+    def forget(self, rid: int) -> None:
+        for store in (self.mass, self.access, self._last):
             store.pop(rid, None)

@@ -178,7 +178,8 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
     else:
         pool = BufferPool(scn.policies.buffers)  # real KV arena allocations
         executor = load_backend(backend)(scn, hw, requests, store, base_dir, pool)
-    retierer = Retierer(scn.policies.tiering, AttentionModel(scn.attention, scn.seed),
+    attention = getattr(executor, "attention", None) or AttentionModel(scn.attention, scn.seed)
+    retierer = Retierer(scn.policies.tiering, attention,
                         penalties(scn.quality), model.kv_values_per_token * eng.block_tokens)
     planner = Planner(scn.policies, model, draft, alpha=scn.speculation.alpha,
                       draft_device=scn.speculation.draft_device, max_draft_len=eng.max_draft_len,

@@ -167,3 +167,41 @@ def test_growth_goes_through_the_grow_policy_and_counts_copies(model):
         _forward(model, kv, [0], ids[:, t:t + 1])
     assert kv.num_allocs == 1 + 4 and asked[0] == (8, 0)
     assert kv.copy_bytes > 0
+
+
+def test_measured_block_shares_follow_the_blocks_whatever_their_tier(model):
+    """Shares are mapped back to block indices: quantizing block 0 moves its keys to the front
+    of the attended order (segments first), yet each block keeps (nearly) its share."""
+    ids = _ids(58)
+    shares = []
+    for prec in (Precision.FP16, Precision.INT8):
+        kv = _store()
+        kv.add(0)
+        _forward(model, kv, [0], ids[:, :56])
+        kv.set_precision(0, 1, prec)  # the middle block moves to the INT8 segment
+        step = PagedStep(kv, [0], 2, torch.float32, measure_attention=True)
+        positions = torch.tensor([[56, 57]])
+        with torch.inference_mode():
+            model(ids[:, 56:], step, positions)
+        got = step.block_shares(CFG.num_layers)[0]
+        assert len(got) == 4 and abs(float(got.sum()) - 1) < 1e-6
+        shares.append(got)
+    assert (shares[0] - shares[1]).abs().max() < 0.01
+    assert shares[0].max() - shares[0].min() > 0.02  # not uniform: the test can tell blocks apart
+
+
+def test_measured_attention_keeps_the_share_of_an_absent_block():
+    import numpy as np
+
+    from sim.attention import MeasuredAttention
+
+    att = MeasuredAttention()
+    att.record(7, np.array([0.5, 0.2, 0.3]))
+    att.record(7, np.array([0.0, 0.6, 0.4]))  # block 0 offloaded: drew nothing
+    assert np.allclose(att.mass[7], [0.5, 0.8, 0.7])
+    assert np.allclose(att.access[7], [1, 1, 0])  # above a uniform share: 1/3, then 1/2
+    assert np.allclose(att.shares(7, 3), np.array([0.5, 0.6, 0.4]) / 1.5)
+    resident = np.array([False, True, True])
+    assert np.allclose(att.advance(7, resident, 4), [0, 0.6, 0.4])
+    rel = att.relevance(7, 3)  # shares x 3 = [1, 1.2, 0.8]
+    assert abs(rel[0]) < 1e-9 and rel[1] > 0 > rel[2]
