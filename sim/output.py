@@ -123,6 +123,6 @@ def write_out(out_dir: Path, doc: dict, runs: list[RunOutput]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(dumps(doc) + "\n")
     for r in runs:
-        stem = f"{r.variant}.{r.cost_model}".replace("/", "_")
+        stem = f"{r.variant}.{r.cost_model or 'measured'}".replace("/", "_")
         write_requests_csv(r, out_dir / f"requests.{stem}.csv")
         (out_dir / f"trace.{stem}.json").write_text(json.dumps(chrome_trace(r)))
