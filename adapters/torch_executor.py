@@ -15,7 +15,9 @@ Choices (recorded here, see also the README):
 - Decoding is greedy and ignores EOS: every request emits exactly its scenario output length, as
   the simulator assumes (ARCHITECTURE.md section 8).
 - KV arenas grow through the scenario's buffer policy (``sim.buffer_pool.BufferPool`` deciding
-  real allocations; a released arena is reused when the policy takes a buffer from its pool).
+  real allocations; a released arena is reused when the policy takes a buffer from its pool), and
+  the logits of every step are written into a step buffer the same policy sizes and reuses
+  (``adapters.tensor_pool``).
 - A tiering policy that observes blocks sees attention measured in the model
   (``sim.attention.MeasuredAttention``): each step, the attention probabilities of its query
   tokens averaged over layers and heads, summed per block (one extra q.K product per layer, paid
@@ -36,6 +38,7 @@ import simpy
 import torch
 
 from adapters.paged_kv import PagedKV, PagedStep
+from adapters.tensor_pool import TensorPool
 from adapters.torch_model import Transformer, prefill
 from policies import Precision
 from sim.attention import MeasuredAttention
@@ -65,6 +68,7 @@ class TorchExecutor:
         self.device, self.dtype = w.device, w.dtype
         cfg = model.cfg
         self.pool = buffers
+        self.step_buffers = TensorPool(buffers, self.device)  # the logits buffer, for real
         self.kv = PagedKV(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
                           head_dim=cfg.head_dim, block_tokens=store.block_tokens, group=group,
                           dtype=kv_dtype, device=self.device, grow=self._grow,
@@ -136,9 +140,10 @@ class TorchExecutor:
         self.kv.add(rid, capacity_tokens=len(prompt) + 1)
         ids = torch.tensor([prompt], device=self.device)
         step = self._step([rid], len(prompt))
-        logits = self.model(ids, step, self._positions([rid], len(prompt)))
+        hidden = self.model.hidden_states(ids, step, self._positions([rid], len(prompt)))
         self._record_attention(step)
         step.commit()
+        logits = self._logits(hidden[:, -1:])  # the head on the last prompt token only
         self.tokens[rid] = [*prompt, int(logits[0, -1].argmax())]
         self._actual[rid] = np.zeros(0, dtype=np.uint8)
         if self.drafter is not None:
@@ -160,7 +165,7 @@ class TorchExecutor:
                 for rid, d in zip(rids, drafts or [[]] * len(rids))]
         ids = torch.tensor(rows, device=self.device)  # [B, T]
         step = self._step(rids, T)
-        logits = self.model(ids, step, self._positions(rids, T))
+        logits = self._logits(self.model.hidden_states(ids, step, self._positions(rids, T)))
         self._record_attention(step)
         target = logits.argmax(dim=-1).tolist()  # [B, T]: greedy
         kept, emitted = [], []
@@ -178,6 +183,15 @@ class TorchExecutor:
         segments.append((name, "verify" if k else "decode", self._now() - t0))
         proposed = np.array([len(d) for d in drafts], dtype=np.int64) if k else None
         return np.array(emitted, dtype=np.int64), proposed
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, E] -> logits [B, T, V], written into the step's "logits" buffer (sized
+        and reused by the buffer policy)."""
+        B, T, E = hidden.shape
+        head = self.model.output.weight  # [V, E]
+        out = self.step_buffers.get("logits", (B * T, head.shape[0]), hidden.dtype)
+        torch.matmul(self.model.norm(hidden).reshape(B * T, E), head.t(), out=out)
+        return out.view(B, T, -1)
 
     def _step(self, rids: list[int], num_new: int) -> PagedStep:
         return PagedStep(self.kv, rids, num_new, self.dtype,
