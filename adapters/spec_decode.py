@@ -38,7 +38,7 @@ from policies.speculation import (
     SpeculationPolicy,
 )
 from sim.errors import InfeasibleDecision
-from sim.planner import EWMA_WEIGHT, HISTORY_LEN
+from sim.planner import EWMA_WEIGHT, HISTORY_LEN, ewma
 
 
 # -- acceptance -----------------------------------------------------------------------------------
@@ -97,18 +97,21 @@ class SpecTracker:
     """The statistics a speculation policy sees, kept exactly as ``sim.planner.Planner`` keeps
     them: acceptance EWMA (weight ``EWMA_WEIGHT``, the first sample taken as is) and the last
     ``HISTORY_LEN`` per-step acceptances, each accepted / (accepted + rejections) (at most one
-    rejection per sequence and step); step-cost EWMAs: verify = step time minus draft time (every
-    step), draft cost per proposed token (steps that drafted).  Seconds throughout.
+    rejection per sequence and step); step-cost EWMAs (``Planner.observe``): verify = step time
+    minus draft time, every step (``verify_s``) and plain (k = 0) steps only
+    (``plain_verify_s``, the observation's ``verify_s`` once measured); draft cost per proposed
+    token (``draft_token_s``) and, once a plain step has been measured, the verify time of a
+    drafting step beyond ``plain_verify_s`` per proposed token (``verify_token_s``: the verify
+    pass's growth with k, ~44 ms per token for SmolLM2-135M on one CPU thread).  Seconds.
 
     "k used" is the number of guesses actually proposed, which can be below the decided k (an
     n-gram source that finds nothing, a confidence threshold, the end of the output).
 
-    ``costs="marginal"`` (not the planner's way; an option for targets whose verify pass gets
-    slower with k, such as a CPU): ``verify_s`` is the EWMA of plain (k = 0) steps only, and each
-    drafting step's extra verify time over it is charged to its guesses, so ``draft_token_s`` =
-    EWMA of (draft seconds + verify seconds - plain-step EWMA) / k.  The policies' cost model,
-    k * draft_token_s + verify_s, is then exact for a verify time linear in k.  Until a plain step
-    has been measured it behaves as ``"planner"``."""
+    ``costs="marginal"``: for policies that ignore ``verify_token_s``, the same extra verify time
+    folded into the draft cost instead: ``draft_token_s`` = EWMA of (draft seconds + verify seconds
+    - plain-step EWMA) / k and ``verify_token_s`` reported as 0 (the step cost the policies model,
+    k * draft_token_s + verify_s, is the same).  Until a plain step has been measured it behaves
+    as ``"planner"``."""
 
     acceptance: float = 0.0
     history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_LEN))
@@ -118,38 +121,39 @@ class SpecTracker:
     draft_token_s: float = 0.0
     verify_s: float = 0.0
     costs: Literal["planner", "marginal"] = "planner"
-    plain_verify_s: float = 0.0  # EWMA of plain steps' verify seconds ("marginal" only)
+    plain_verify_s: float = 0.0  # EWMA of plain steps' verify seconds
+    verify_token_s: float = 0.0  # EWMA of drafting steps' extra verify seconds per guess
+    verify_token_known: bool = False
 
     def observation(self, max_draft_len: int, batch_size: int = 1) -> SpecObservation:
         verify_s = self.plain_verify_s if self.plain_verify_s > 0 else self.verify_s
+        verify_token_s = 0.0 if self.costs == "marginal" else self.verify_token_s
         return SpecObservation(self.acceptance, tuple(self.history), self.last_k,
                                self.last_all_accepted, self.draft_token_s, verify_s,
-                               max_draft_len, batch_size, self.steps_since_draft)
+                               max_draft_len, batch_size, self.steps_since_draft, verify_token_s)
 
     def record(self, k: int, accepted: int, draft_s: float, verify_s: float) -> None:
         """One decode step of one sequence: ``k`` guesses proposed, ``accepted`` kept."""
         self.last_k = k
         self.steps_since_draft = 0 if k else self.steps_since_draft + 1
-        if k:
-            rejected = int(accepted < k)
-            frac = accepted / (accepted + rejected) if accepted + rejected else 1.0
-            self.acceptance = frac if not self.history else (
-                (1 - EWMA_WEIGHT) * self.acceptance + EWMA_WEIGHT * frac)
-            self.history.append(frac)
-            self.last_all_accepted = rejected == 0
-            per_token = draft_s / k
-            if self.costs == "marginal" and self.plain_verify_s > 0:
-                per_token = (draft_s + max(verify_s - self.plain_verify_s, 0.0)) / k
-            self.draft_token_s = per_token if self.draft_token_s == 0 else (
-                (1 - EWMA_WEIGHT) * self.draft_token_s + EWMA_WEIGHT * per_token)
-        self.verify_s = _ewma(self.verify_s, verify_s)
-        if self.costs == "marginal" and not k:
-            self.plain_verify_s = _ewma(self.plain_verify_s, verify_s)
-
-
-def _ewma(old: float, new: float) -> float:
-    """The planner's step-cost EWMA: 0 means no sample yet."""
-    return new if old == 0 else (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * new
+        self.verify_s = ewma(self.verify_s, verify_s)
+        if not k:
+            self.plain_verify_s = ewma(self.plain_verify_s, verify_s)
+            return
+        rejected = int(accepted < k)
+        frac = accepted / (accepted + rejected) if accepted + rejected else 1.0
+        self.acceptance = frac if not self.history else (
+            (1 - EWMA_WEIGHT) * self.acceptance + EWMA_WEIGHT * frac)
+        self.history.append(frac)
+        self.last_all_accepted = rejected == 0
+        extra = max(verify_s - self.plain_verify_s, 0.0) / k if self.plain_verify_s > 0 else None
+        per_token = draft_s / k
+        if self.costs == "marginal" and extra is not None:
+            per_token += extra
+        self.draft_token_s = ewma(self.draft_token_s, per_token)
+        if extra is not None:
+            self.verify_token_s = ewma(self.verify_token_s, extra, self.verify_token_known)
+            self.verify_token_known = True
 
 
 # -- measured counts ------------------------------------------------------------------------------

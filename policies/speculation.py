@@ -15,10 +15,13 @@ class SpecObservation:
     last_draft_len: int  # k used in the previous step (0 = no speculation)
     last_all_accepted: bool  # every draft token of the previous step was accepted
     draft_token_s: float  # cost of one draft token (predicted or measured; 0 = not yet known)
-    verify_s: float  # cost of one target verify pass (0 = not yet known)
+    verify_s: float  # cost of a target pass over the last token alone, k = 0 (0 = not yet known)
     max_draft_len: int  # the engine's hard limit on k
     batch_size: int = 1  # sequences in the step being planned
     steps_since_draft: int = 0  # decode steps since the last one that drafted (probing)
+    # Extra cost of the verify pass per draft token it verifies: a pass over k drafts costs
+    # verify_s + k * verify_token_s.  0 = flat in k (a memory-bound target) or not yet measured.
+    verify_token_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

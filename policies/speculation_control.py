@@ -10,17 +10,27 @@ Three policies of the speculation family (``SpeculationPolicy`` in ``policies.sp
   threshold that tightens as acceptance falls.
 
 The maths (Leviathan et al. 2023, eq. 1 and sec. 3.4), with a = per-token acceptance, k = draft
-tokens, c = draft-token cost / verify-pass cost:
+tokens, v0 = ``verify_s`` (a target pass over the last token alone), d = ``draft_token_s`` and
+v1 = ``verify_token_s`` (the verify pass's extra cost per draft token it checks):
 
     E(k)       = 1 + a + a^2 + ... + a^k = (1 - a^(k+1)) / (1 - a)   tokens per verify pass
-    rate(k)    = E(k) / (k * draft_token_s + verify_s)               tokens per second
-    speedup(k) = rate(k) / rate(0) = E(k) / (k * c + 1)
+    cost(k)    = v0 + k * (d + v1)                                   seconds per step
+    rate(k)    = E(k) / cost(k)                                      tokens per second
+    speedup(k) = rate(k) / rate(0) = E(k) / (1 + k * c),   c = (d + v1) / v0
+
+A memory-bound target (a GPU at batch 1) verifies k + 1 positions for about the price of one
+(v1 ~ 0, Leviathan et al.'s model); a compute-bound one does not (SmolLM2-135M on one CPU thread:
+1, 2, 5, 9 positions in 76, 120, 215, 262 ms, v1 ~ 44 ms per token at k = 1).  Taking v1 = 0 there
+makes every draft look ~0.6 of a step cheaper than it is.  The linear model measured at small k
+overstates v1 at large k on such a CPU (the marginal cost falls to ~23 ms per token at k = 8), so it
+errs towards shorter drafts, the cheap side.
 
 E(k) is summed term by term, which is finite at a = 1 (E = k + 1) and needs no clamp.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,20 +51,27 @@ def expected_tokens(acceptance: float, k: int) -> float:
 
 
 def best_draft_len(
-    acceptance: float, draft_token_s: float, verify_s: float, limit: int
+    acceptance: float, draft_token_s: float, verify_s: float, limit: int,
+    verify_token_s: float = 0.0,
 ) -> tuple[int, float]:
     """The k in [0, limit] with the most expected tokens per second, and its predicted speedup
-    over k = 0.  Ties go to the smaller k.  Needs ``verify_s`` > 0 and ``draft_token_s`` >= 0."""
+    over k = 0.  Ties go to the smaller k.  Needs ``verify_s`` > 0 and ``draft_token_s``,
+    ``verify_token_s`` >= 0 (a step with k drafts costs verify_s + k * (draft_token_s +
+    verify_token_s))."""
     best_k, best_rate = 0, 1.0 / verify_s
+    per_draft = draft_token_s + verify_token_s
     for k in range(1, limit + 1):
-        rate = expected_tokens(acceptance, k) / (k * draft_token_s + verify_s)
+        rate = expected_tokens(acceptance, k) / (k * per_draft + verify_s)
         if rate > best_rate:  # strictly: a tie keeps the smaller k
             best_k, best_rate = k, rate
     return best_k, best_rate * verify_s
 
 
 def _costs_known(obs: SpecObservation) -> bool:
-    return obs.verify_s > 0 and obs.draft_token_s > 0
+    """A plain pass and a drafting step have been measured.  A free draft (prompt lookup) with a
+    flat verify pass reports both per-draft costs as 0: its acceptance history says it drafted."""
+    return obs.verify_s > 0 and (
+        obs.draft_token_s > 0 or obs.verify_token_s > 0 or bool(obs.acceptance_history))
 
 
 def _check_non_negative(**params: int) -> None:
@@ -92,9 +109,10 @@ class HfHeuristicSpeculation:
 @dataclass(frozen=True, slots=True)
 class GoodputSpeculation:
     """The draft length in [0, min(max_k, obs.max_draft_len)] with the most expected tokens per
-    second (Leviathan et al. 2023), taking ``obs.acceptance`` as the per-token acceptance and the
-    verify pass as costing ``obs.verify_s`` whatever k is.  While either cost is still unknown
-    (reported as 0) it proposes ``initial_k`` so the engine can measure them.
+    second (Leviathan et al. 2023), taking ``obs.acceptance`` as the per-token acceptance and a
+    step with k drafts as costing ``verify_s + k * (draft_token_s + verify_token_s)``.  While the
+    costs are still unknown (reported as 0) it proposes ``initial_k`` so the engine can measure
+    them.
 
     Contract: with everything else equal, a higher acceptance never gives a shorter draft
     (E(k+1)/E(k) grows with a, so the rate is log-supermodular in (k, a)); acceptance 0 with a
@@ -111,7 +129,8 @@ class GoodputSpeculation:
         limit = max(0, min(self.max_k, obs.max_draft_len))
         if not _costs_known(obs):
             return SpecDecision(draft_len=min(self.initial_k, limit))
-        k, _ = best_draft_len(obs.acceptance, obs.draft_token_s, obs.verify_s, limit)
+        k, _ = best_draft_len(obs.acceptance, obs.draft_token_s, obs.verify_s, limit,
+                              obs.verify_token_s)
         return SpecDecision(draft_len=k)
 
 
@@ -120,36 +139,55 @@ class DynamicSpeculation:
     """The source paper's "dynamic acceptance control" (sec. 3.4), made concrete.
 
     The paper gives no algorithm and measured 1-12 % acceptance with no useful speedup, so the
-    controller's first duty is to notice that and stop drafting.  Choices:
+    controller's first duty is to notice that and stop drafting, cheaply: when drafting cannot pay
+    it should cost well under a few percent against never drafting.  Choices:
 
     1. Acceptance estimate: the mean of the last ``window`` per-step acceptances while the history
        is shorter than ``window`` (the engine's EWMA starts at 0 and understates a fresh
        acceptance); after that the higher of the EWMA and that recent mean.  Both are noisy
        estimates of one rate, and the costs of error are lopsided: a false "off" forgoes the
-       speedup for up to ``probe_every`` steps, a late "off" wastes a fraction of a step per
-       step.  So drafting stops only when both agree there is no gain.  (In the tests'
-       closed-loop stand-in for the planner, batch 1, acceptance 0.3-0.8: the EWMA alone made
-       84-91 % of the best fixed k's throughput, this rule 87-97 %.)
-    2. Draft length: the goodput-optimal k (as ``goodput``) for that estimate, up to ``max_k``.
-    3. Off switch: if even that k's predicted speedup over plain decoding is below ``min_gain``,
+       speedup until the next probe, a late "off" wastes a fraction of a step per step.  So
+       drafting stops only when both agree there is no gain.  (In the tests' closed-loop stand-in
+       for the planner, batch 1, acceptance 0.3-0.8: the EWMA alone made 84-91 % of the best
+       fixed k's throughput, this rule 87-97 %.)  Acceptance is not stationary (greedy text falls
+       into a loop that prompt lookup predicts perfectly), and after a pause the history is
+       stale, so a current run of s fully accepted drafting steps raises the estimate to at least
+       (s + 1) / (s + 2) (Laplace's rule of succession over the run).
+    2. Costs: a step with k drafts costs ``verify_s + k * (draft_token_s + verify_token_s)``
+       (module docstring): the verify pass's growth with k is charged to the drafts.
+    3. Draft length: the goodput-optimal k (as ``goodput``) for that estimate and those costs, up
+       to ``max_k``, and never more than twice the previous step's k (at least ``initial_k``;
+       the on/off choice below looks at all k):
+       the estimate after a few lucky steps is optimistic, and a long draft costs the most when it
+       is wrong, so k grows 1, 2, 4, 8 while acceptance stays good; shrinking is immediate.
+    4. Off switch: if even that k's predicted speedup over plain decoding is below ``min_gain``,
        k = 0.  Once acceptance drops so far, the engine's acceptance statistics stop moving
-       (nothing is drafted), so while off the policy probes with k = 1 whenever
-       ``obs.steps_since_draft`` >= ``probe_every``; each probe feeds the EWMA and the history, and
-       drafting resumes once they predict a gain again.  A probe costs one draft token per
-       sequence every ``probe_every`` steps (0.16 % of a step at c = 0.1, probe_every = 64).
-    4. Threshold (the draft confidence below which drafting stops early):
+       (nothing is drafted), so while off the policy probes with k = 1 every ``probe interval``
+       steps; each probe feeds the EWMA and the history, and drafting resumes once they predict a
+       gain again; while the steps since the last rejection were all fully accepted, drafting
+       continues whenever a fully accepted step would pay (the evidence since then fits a = 1).
+       A probe costs at most c = (draft_token_s + verify_token_s) / verify_s of a
+       plain step (its guess rejected), so the interval is the larger of ``probe_every`` and
+       c / ``probe_budget``: probing costs at most ``probe_budget`` (1 %) of the plain rate,
+       whatever the draft and the target cost (c ~ 0.1 on a GPU: every 64 steps, 0.16 %; c ~ 1.2
+       for an int8 copy of SmolLM2 on a CPU: every 120 steps).
+    5. Threshold (the draft confidence below which drafting stops early):
        ``MAX_THRESHOLD * (1 - estimate)``, in [0, 0.9]: conservative when acceptance is low,
-       permissive when high (about HF's default 0.4 at acceptance 0.55).  Probes use 0 so that
-       they always measure one token.
-    5. Costs unknown (0): propose ``initial_k`` (clamped) to learn them, as ``goodput`` does.
+       permissive when high (about HF's default 0.4 at acceptance 0.55).  Probes, and the
+       exploring drafts of choice 6, use 0 (measure, do not guess).
+    6. Costs unknown (0), exploration priced like a probe: before anything is measured, a plain
+       step (k = 0: exactly what "off" does, it measures ``verify_s``); then ``initial_k`` = 1
+       draft, the cheapest step that measures the draft's cost, the verify pass's growth and an
+       acceptance.  A bad draft source thus costs one one-token draft, then probes.
     """
 
     kind: Literal["dynamic"] = "dynamic"
-    initial_k: int = 4
+    initial_k: int = 1
     max_k: int = 8
     min_gain: float = 1.05  # predicted speedup over k = 0 needed to keep drafting
-    probe_every: int = 64  # steps without drafting between two probes
+    probe_every: int = 64  # least steps without drafting between two probes
     window: int = 16  # recent per-step acceptances looked at
+    probe_budget: float = 0.01  # most probing may cost, as a fraction of the plain rate
 
     def __post_init__(self) -> None:
         _check_non_negative(initial_k=self.initial_k, max_k=self.max_k)
@@ -157,6 +195,8 @@ class DynamicSpeculation:
             raise ValueError("probe_every and window must be >= 1")
         if not self.min_gain >= 1.0:
             raise ValueError(f"min_gain must be >= 1, got {self.min_gain}")
+        if not self.probe_budget > 0:
+            raise ValueError(f"probe_budget must be > 0, got {self.probe_budget}")
 
     def estimate(self, obs: SpecObservation) -> float:
         """Per-token acceptance the decision is based on, in [0, 1] (choice 1 above)."""
@@ -167,7 +207,31 @@ class DynamicSpeculation:
             a = sum(recent) / len(recent)
         else:
             a = max(obs.acceptance, sum(recent) / len(recent))
+        streak = self.streak(obs)
+        if streak:  # rule of succession over the current run of fully accepted steps
+            a = max(a, (streak + 1) / (streak + 2))
         return min(max(a, 0.0), 1.0)
+
+    @staticmethod
+    def streak(obs: SpecObservation) -> int:
+        """Drafting steps, most recent first, whose every guess was accepted (0 unless the last
+        step drafted and all its guesses were kept)."""
+        n = 0
+        if obs.last_draft_len > 0 and obs.last_all_accepted:
+            for frac in reversed(obs.acceptance_history):
+                if frac < 1.0:
+                    break
+                n += 1
+        return n
+
+    def probe_interval(self, obs: SpecObservation) -> int:
+        """Steps without drafting before a probe (choice 4 above)."""
+        if obs.verify_s <= 0:
+            return self.probe_every
+        c = (obs.draft_token_s + obs.verify_token_s) / obs.verify_s
+        if not c < 1e9:  # inf or nan from a degenerate observation
+            return 1 << 30
+        return max(self.probe_every, math.ceil(c / self.probe_budget))
 
     def decide(self, obs: SpecObservation) -> SpecDecision:
         limit = max(0, min(self.max_k, obs.max_draft_len))
@@ -175,13 +239,21 @@ class DynamicSpeculation:
         threshold = MAX_THRESHOLD * (1.0 - a)
         if limit == 0:
             return SpecDecision(draft_len=0, threshold=threshold)
-        if _costs_known(obs):
-            k, speedup = best_draft_len(a, obs.draft_token_s, obs.verify_s, limit)
-            k = k if speedup >= self.min_gain else 0
-        else:
-            k = min(self.initial_k, limit)
-        if k > 0:
+        if obs.verify_s <= 0:  # nothing measured: a plain step measures the plain pass
+            return SpecDecision(draft_len=0, threshold=threshold)
+        if not _costs_known(obs):  # explore: measure, do not cut the draft
+            return SpecDecision(draft_len=min(self.initial_k, limit), threshold=0.0)
+        costs = (obs.draft_token_s, obs.verify_s)
+        k, speedup = best_draft_len(a, *costs, limit, obs.verify_token_s)
+        on = k > 0 and speedup >= self.min_gain
+        if not on and self.streak(obs):  # evidence since the last rejection fits a = 1
+            on = best_draft_len(1.0, *costs, limit, obs.verify_token_s)[1] >= self.min_gain
+            k = max(k, 1)
+        if on:
+            cap = max(self.initial_k, 2 * obs.last_draft_len, 1)
+            if k > cap:
+                k = max(1, best_draft_len(a, *costs, cap, obs.verify_token_s)[0])
             return SpecDecision(draft_len=k, threshold=threshold)
-        if obs.steps_since_draft >= self.probe_every:
+        if obs.steps_since_draft >= self.probe_interval(obs):
             return SpecDecision(draft_len=1, threshold=0.0)
         return SpecDecision(draft_len=0, threshold=threshold)

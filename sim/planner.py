@@ -54,6 +54,8 @@ class Planner:
         self.last_k, self.last_all_accepted = 0, False
         self.steps_since_draft = 0
         self.draft_token_s = self.verify_s = 0.0
+        self.plain_verify_s = self.verify_token_s = 0.0
+        self.verify_token_known = False  # verify_token_s can be 0 once measured (flat verify)
         self.spec_proposed = self.spec_accepted = 0
         self._ones: dict[int, np.ndarray] = {}
         self.measured_acceptance = False  # set by the engine for an executor that measures it
@@ -151,9 +153,11 @@ class Planner:
 
     # -- speculation -------------------------------------------------------------------------
     def _draft_len(self, batch_size: int) -> int:
+        verify_s = self.plain_verify_s if self.plain_verify_s > 0 else self.verify_s
         obs = SpecObservation(self.acceptance, tuple(self.acceptance_history), self.last_k,
-                              self.last_all_accepted, self.draft_token_s, self.verify_s,
-                              self.max_draft_len, batch_size, self.steps_since_draft)
+                              self.last_all_accepted, self.draft_token_s, verify_s,
+                              self.max_draft_len, batch_size, self.steps_since_draft,
+                              self.verify_token_s)
         k = self.speculation.decide(obs).draft_len
         if not 0 <= k <= self.max_draft_len:
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r}: draft length "
@@ -203,14 +207,34 @@ class Planner:
         self.last_all_accepted = bool(num_rejected == 0)
 
     def observe(self, plan: StepPlan, result: StepResult) -> None:
-        """Update the step-cost EWMAs the speculation policy sees."""
+        """Update the step-cost EWMAs the speculation policy sees (seconds; verify = step time
+        minus draft time): ``verify_s``, every decode step; ``plain_verify_s``, steps that verified
+        no draft (reported as the observation's ``verify_s`` once measured, ``verify_s`` before);
+        ``draft_token_s``, draft seconds per draft token; ``verify_token_s``, a drafting step's
+        verify seconds beyond ``plain_verify_s`` per draft token (0 until a plain step has been
+        measured; a negative sample, noise, counts as 0).  Draft tokens per sequence are the
+        measured ones where the executor reports them (prompt lookup may find fewer than k)."""
         if plan.phase != "decode":
             return
         draft_s = sum(s for _, op, s in result.segments if op == "draft")
         verify = result.elapsed_s - draft_s
-        self.verify_s = verify if self.verify_s == 0 else (
-            (1 - EWMA_WEIGHT) * self.verify_s + EWMA_WEIGHT * verify)
-        if plan.draft_len:
-            per_token = draft_s / plan.draft_len
-            self.draft_token_s = per_token if self.draft_token_s == 0 else (
-                (1 - EWMA_WEIGHT) * self.draft_token_s + EWMA_WEIGHT * per_token)
+        self.verify_s = ewma(self.verify_s, verify)
+        k = float(plan.draft_len)
+        if plan.draft_len and result.proposed is not None:
+            k = float(np.mean(result.proposed))
+        if k == 0:
+            self.plain_verify_s = ewma(self.plain_verify_s, verify)
+            return
+        self.draft_token_s = ewma(self.draft_token_s, draft_s / k)
+        if self.plain_verify_s > 0:
+            extra = max(verify - self.plain_verify_s, 0.0) / k
+            self.verify_token_s = ewma(self.verify_token_s, extra, self.verify_token_known)
+            self.verify_token_known = True
+
+
+def ewma(old: float, new: float, known: bool | None = None) -> float:
+    """The planner's EWMA, the first sample taken as is; ``known`` says whether ``old`` holds a
+    sample (default: ``old`` != 0, for quantities that are never 0 once measured)."""
+    if not (old != 0 if known is None else known):
+        return new
+    return (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * new

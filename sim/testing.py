@@ -92,7 +92,8 @@ def spec_observations(draw) -> SpecObservation:
     max_k = draw(st.integers(0, 16))
     return SpecObservation(draw(_fractions), history, draw(st.integers(0, max_k)),
                            draw(st.booleans()), draw(_seconds), draw(_seconds), max_k,
-                           draw(st.integers(1, 64)), draw(st.integers(0, 1000)))
+                           draw(st.integers(1, 64)), draw(st.integers(0, 1000)),
+                           draw(_seconds))
 
 
 DEVICE_NAMES = ("cpu", "gpu", "igpu", "npu")

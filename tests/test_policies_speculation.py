@@ -4,7 +4,7 @@ dynamic on/off with probing), Hypothesis properties every speculation policy mus
 closed-loop run of ``dynamic`` against a stand-in for the planner's acceptance bookkeeping.
 
 Goodput tables are computed by hand in the comments: E(k) = 1 + a + ... + a^k tokens a verify
-pass, rate(k) = E(k) / (k * draft_token_s + verify_s)."""
+pass, rate(k) = E(k) / (k * (draft_token_s + verify_token_s) + verify_s)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def obs_of(
     verify_s: float = 1.0,
     max_k: int = 8,
     steps_since_draft: int = 0,
+    verify_token_s: float = 0.0,
 ) -> SpecObservation:
     return SpecObservation(
         acceptance,
@@ -59,6 +60,7 @@ def obs_of(
         verify_s,
         max_k,
         steps_since_draft=steps_since_draft,
+        verify_token_s=verify_token_s,
     )
 
 
@@ -80,6 +82,7 @@ def spec_observations(draw, acceptance=fracs, draft_s=costs, verify_s=costs):
         max_draft_len=draw(st.integers(0, 16)),
         batch_size=draw(st.integers(1, 256)),
         steps_since_draft=draw(st.integers(0, 200)),
+        verify_token_s=draw(costs),
     )
 
 
@@ -284,8 +287,81 @@ def test_dynamic_estimate(acceptance, history, estimate):
 
 
 def test_dynamic_learns_the_costs_first():
-    assert DynamicSpeculation().decide(obs_of(0.0, draft_s=0.0)).draft_len == 4
-    assert DynamicSpeculation().decide(obs_of(0.0, verify_s=0.0, max_k=2)).draft_len == 2
+    # nothing measured: a plain step (measures verify_s); then one guess, no threshold
+    assert DynamicSpeculation().decide(obs_of(0.0, draft_s=0.0, verify_s=0.0)).draft_len == 0
+    assert DynamicSpeculation().decide(obs_of(0.0, draft_s=0.0)) == SpecDecision(1, 0.0)
+    assert DynamicSpeculation(initial_k=4).decide(obs_of(0.0, draft_s=0.0, max_k=2)).draft_len == 2
+    # a free draft (prompt lookup, flat verify): its history says the costs were measured
+    assert DynamicSpeculation().decide(obs_of(1.0, (1.0,), last_k=1, draft_s=0.0)).draft_len == 2
+
+
+@pytest.mark.parametrize(
+    ("verify_token_s", "expected"),
+    [
+        # a = 0.8, d = 0.1: with a flat verify pass k = 6 (speedup 2.47, as in the goodput table)
+        (0.0, 6),
+        # v1 = 0.3 (c = 0.4): speedup(1) = 1.8 / 1.4 = 1.286, (2) = 2.44 / 1.8 = 1.356,
+        # (3) = 2.952 / 2.2 = 1.342
+        (0.3, 2),
+        # v1 = 0.9 (c = 1.0): speedup(k) = E(k) / (1 + k) < 1 for every k: off
+        (0.9, 0),
+    ],
+)
+def test_dynamic_charges_the_verify_growth_to_the_drafts(verify_token_s, expected):
+    obs = obs_of(0.8, HIGH, last_k=8, verify_token_s=verify_token_s)
+    assert DynamicSpeculation().decide(obs).draft_len == expected
+
+
+@pytest.mark.parametrize(("last_k", "expected"), [(0, 1), (1, 2), (2, 4), (3, 6), (6, 6)])
+def test_dynamic_grows_k_by_doubling(last_k, expected):
+    # a = 0.8, c = 0.1: the best k is 6; k grows at most to twice the last one
+    assert DynamicSpeculation().decide(obs_of(0.8, HIGH, last_k=last_k)).draft_len == expected
+
+
+@pytest.mark.parametrize(
+    ("history", "all_accepted", "expected"),
+    [
+        # c = (0.001 + 0.044) / 0.076 = 0.59 (prompt lookup, SmolLM2 on a CPU); a = 0.5:
+        # speedup(1) = 1.5 / 1.59 < 1: off
+        ((0.0, 1.0), False, 0),
+        # the same history, the last step fully accepted: the run fits a = 1 (2 / 1.59 = 1.26
+        # >= 1.05), estimate max(0.5, 2 / 3): k = 1 (1.667 / 1.59 = 1.05 is its best)
+        ((0.0, 1.0), True, 1),
+        # a run of 4: estimate 5 / 6, speedup(1) = 1.151, (2) = 1.157, (3) = 1.119: k = 2
+        ((0.0, 1.0, 1.0, 1.0, 1.0), True, 2),
+    ],
+)
+def test_dynamic_keeps_drafting_while_every_guess_is_accepted(history, all_accepted, expected):
+    obs = obs_of(0.0, history, last_k=1, all_accepted=all_accepted, draft_s=0.001,
+                 verify_s=0.076, verify_token_s=0.044)
+    assert DynamicSpeculation().decide(obs).draft_len == expected
+
+
+def test_dynamic_streak_never_revives_a_draft_that_cannot_pay():
+    # c = 1.2 (an int8 copy on a CPU): even a = 1 gives (k + 1) / (1 + 1.2 k) < 1
+    obs = obs_of(0.0, (1.0,) * 8, last_k=1, all_accepted=True, draft_s=0.6, verify_token_s=0.6)
+    assert DynamicSpeculation().decide(obs).draft_len == 0
+
+
+def test_dynamic_shrinks_at_once():
+    assert DynamicSpeculation().decide(obs_of(0.2, (0.2,) * 16, last_k=8)).draft_len == 1
+
+
+@pytest.mark.parametrize(
+    ("draft_s", "verify_token_s", "interval"),
+    [
+        (0.1, 0.0, 64),  # c = 0.1: 0.1 / 0.01 = 10 steps < probe_every
+        (0.6, 0.6, 120),  # c = 1.2 (an int8 copy of SmolLM2 on a CPU): 120 steps, 1 % overhead
+        (1.0, 0.0, 100),  # a draft token costing a plain step: every 100 steps
+    ],
+)
+def test_dynamic_probe_interval_bounds_the_probing_cost(draft_s, verify_token_s, interval):
+    policy = DynamicSpeculation()
+    obs = obs_of(0.0, LOW, draft_s=draft_s, verify_token_s=verify_token_s)
+    assert policy.probe_interval(obs) == interval
+    assert policy.decide(dataclasses.replace(obs, steps_since_draft=interval - 1)).draft_len == 0
+    assert policy.decide(dataclasses.replace(obs, steps_since_draft=interval)) == SpecDecision(
+        1, 0.0)
 
 
 @SETTINGS
@@ -298,8 +374,10 @@ def test_dynamic_learns_the_costs_first():
 def test_dynamic_is_off_when_no_draft_length_can_pay(obs, history):
     # a < 1 - 1 / 1.05 = 0.0476 bounds every E(k) by 1 / (1 - a) < 1.05: no k reaches min_gain
     obs = dataclasses.replace(obs, acceptance_history=tuple(history))
-    d = DynamicSpeculation().decide(obs)
-    assert d.draft_len == (1 if obs.steps_since_draft >= 64 and obs.max_draft_len else 0)
+    policy = DynamicSpeculation()
+    d = policy.decide(obs)
+    probe = obs.steps_since_draft >= policy.probe_interval(obs) and obs.max_draft_len
+    assert d.draft_len == (1 if probe else 0)
 
 
 @SETTINGS
