@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sim.errors import UserError
+from sim.errors import BackendUnavailable, UserError
 
 DEFAULT_MAX_NEW_TOKENS = 64
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -129,8 +129,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("empty prompt", field="--prompt")
     prompt_ids = parse_prompt_ids(args.prompt_ids) if args.prompt_ids is not None else None
 
-    from adapters.decoding import Sampling, generate
-    from adapters.loading import describe_device, load_model, resolve_device, resolve_dtype
+    try:
+        from adapters.decoding import Sampling, generate
+        from adapters.loading import describe_device, load_model, resolve_device, resolve_dtype
+    except ImportError as err:  # installed without the torch extra
+        raise BackendUnavailable(f"generate needs the Python package {err.name or err}, which is "
+                                 "not installed here (pip install 'infer-os[torch]')") from None
 
     device = resolve_device(args.device)  # a missing GPU fails before loading
     dtype = resolve_dtype(args.dtype)

@@ -16,7 +16,7 @@ import numpy as np
 import simpy
 
 from policies import Placement
-from sim.errors import UserError
+from sim.errors import BackendUnavailable, UserError
 
 
 @dataclass(slots=True)
@@ -105,6 +105,11 @@ def load_backend(name: str):
     """The factory registered under ``name`` in the ``infer_os.backends`` entry-point group."""
     for ep in entry_points(group="infer_os.backends"):
         if ep.name == name:
-            return ep.load()
+            try:
+                return ep.load()
+            except ImportError as err:  # installed without its extra (e.g. no torch)
+                raise BackendUnavailable(
+                    f"backend {name!r} needs the Python package {err.name or err}, which is not "
+                    f"installed here (pip install 'infer-os[{name}]')") from None
     raise UserError(f"unknown backend {name!r} (installed: {', '.join(backend_names()) or 'none'})",
                     field="--backend")

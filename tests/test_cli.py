@@ -220,3 +220,24 @@ def test_out_writes_results_request_csvs_and_chrome_traces(tmp_path):
         # one track per request, on the second process
         assert {e["tid"] for e in events if e["ph"] == "X" and e["pid"] == 2} == \
             set(range(num_requests))
+
+
+def test_a_backend_whose_package_is_missing_exits_3(monkeypatch, capsys):
+    """`measure --backend torch` where torch is not installed: exit 3 naming the package."""
+    import importlib.metadata as md
+
+    from sim import executor
+    from sim.cli import main
+
+    class Broken:
+        name = "torch"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(executor, "entry_points",
+                        lambda group: [Broken()] if group == "infer_os.backends" else
+                        md.entry_points(group=group))
+    assert main(["measure", "quickstart", "--backend", "torch"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "infer-os[torch]" in err and "\n" not in err
