@@ -84,6 +84,63 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return _run(args, backend)
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Simulate and measure every variant on identical requests; report the errors."""
+    from sim.validate import compare
+
+    backend = args.backend
+    if backend == "sim":
+        raise UserError("validate compares the simulator with a real backend",
+                        field="--backend")
+    load_backend(backend)
+    path, name, runs_cfg = _resolve(args)
+    progress = _Progress(2 * sum(s.workload.num_requests for _, s in runs_cfg),
+                         f"validating ({backend})")
+    out = []
+    try:
+        for variant, scn in runs_cfg:
+            cost_model = args.cost_model or scn.cost_models[0]
+            predicted = run_scenario(scn, variant, cost_model, path.parent, on_done=progress)
+            measured = run_scenario(scn, variant, None, path.parent, on_done=progress,
+                                    backend=backend)
+            out.append({"variant": variant, "cost_model": cost_model,
+                        **compare(predicted, measured)})
+    finally:
+        progress.close()
+    doc = {"scenario": name, "backend": backend, "runs": out}
+    if args.json:
+        sys.stdout.write(output.dumps(doc) + "\n")
+    else:
+        output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "validation.json").write_text(output.dumps(doc) + "\n")
+    return 0
+
+
+def _resolve(args: argparse.Namespace):
+    """The scenario path, its name and its (variant, scenario) runs, checked before anything
+    runs; ``--variant`` selects some."""
+    path = _scenario_path(args.scenario)
+    runs_cfg = resolve_runs(path, args.set or [])
+    if args.variant:
+        known = [v for v, _ in runs_cfg]
+        for v in args.variant:
+            if v not in known:
+                raise UserError(f"unknown variant {v!r} (variants: {', '.join(known)})",
+                                file=str(path), field="--variant")
+        runs_cfg = [(v, s) for v, s in runs_cfg if v in args.variant]
+    for variant, scn in runs_cfg:  # reject bad input before anything runs
+        try:
+            check_scenario(scn, path.parent)
+        except UserError as e:
+            if e.file:
+                raise
+            where = "" if variant == "default" else f"variants.{variant} -> "
+            raise UserError(e.message, file=str(path), field=where + (e.field or "")) from None
+    return path, runs_cfg[0][1].name, runs_cfg
+
+
 def _run(args: argparse.Namespace, backend: str) -> int:
     path = _scenario_path(args.scenario)
     runs_cfg = resolve_runs(path, args.set or [])
@@ -159,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
     p.set_defaults(func=cmd_measure)
+    p = sub.add_parser("validate", help="simulate and measure on identical requests: the errors")
+    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p.add_argument("--backend", required=True, help="a real backend (infer-os list)")
+    p.add_argument("--cost-model", choices=["roofline", "coefficient"], default=None,
+                   help="the prediction's cost model (default: the scenario's first)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a dotted key (value parsed as YAML); repeatable")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="run only this variant (repeatable; default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", metavar="DIR", help="write validation.json")
+    p.set_defaults(func=cmd_validate)
     for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
         ep.load()(sub)
     return parser

@@ -126,3 +126,28 @@ def write_out(out_dir: Path, doc: dict, runs: list[RunOutput]) -> None:
         stem = f"{r.variant}.{r.cost_model or 'measured'}".replace("/", "_")
         write_requests_csv(r, out_dir / f"requests.{stem}.csv")
         (out_dir / f"trace.{stem}.json").write_text(json.dumps(chrome_trace(r)))
+
+
+def print_validation(doc: dict, console: Console) -> None:
+    """Predicted, measured and signed relative error of the main metrics, per variant."""
+    table = Table(title=f"infer-os validate {doc['scenario']} --backend {doc['backend']}",
+                  title_justify="left")
+    for col in ("variant", "metric", "predicted", "measured", "error"):
+        table.add_column(col, justify="left" if col in ("variant", "metric") else "right")
+    for run in doc["runs"]:
+        for name in ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50",
+                     "kv_peak_bytes"):
+            p, m = _dotted(run["predicted"], name), _dotted(run["measured"], name)
+            err = run["relative_error"].get(name)
+            table.add_row(f"{run['variant']} ({run['cost_model']})", name, _num(p, ".4g"),
+                          _num(m, ".4g"), "-" if err is None else f"{err:+.1%}")
+    console.print(table)
+    console.print("error = (predicted - measured) / measured; per-request percentiles and both "
+                  "runs' engine state are in --json", style="dim")
+
+
+def _dotted(metrics: dict, name: str):
+    node = metrics
+    for part in name.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

@@ -167,3 +167,22 @@ def test_smollm2_scenario_runs_one_variant_for_real(capsys):
     m = run["metrics"]
     assert run["variant"] == "int4-kv" and m["num_completed"] == 2 and m["output_tokens"] == 8
     assert m["kv_bytes_by_precision"]["int4"] > 0
+
+
+def test_validate_compares_prediction_and_measurement_on_identical_requests(models, tmp_path,
+                                                                            capsys):
+    path = _scenario(tmp_path, models[0])
+    out = tmp_path / "out"
+    assert main(["validate", str(path), "--backend", "torch", "--json", "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [run] = doc["runs"]
+    assert run["cost_model"] == "roofline" and doc["backend"] == "torch"
+    p, m, err = run["predicted"], run["measured"], run["relative_error"]
+    assert p["num_completed"] == m["num_completed"] == 5
+    assert p["output_tokens"] == m["output_tokens"]  # identical requests, forced lengths
+    for name in ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "kv_peak_bytes"):
+        assert isinstance(err[name], float)
+    # signed: positive when the simulator over-predicts
+    assert (err["throughput_tok_s"] > 0) == (p["throughput_tok_s"] > m["throughput_tok_s"])
+    assert set(run["per_request"]) == {"ttft_s", "e2e_s"}
+    assert "measured" in run["engine_state"] and (out / "validation.json").exists()

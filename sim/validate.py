@@ -1,0 +1,60 @@
+"""Prediction against measurement (ARCHITECTURE.md sections 7 and 8): the same scenario variant,
+simulated under a cost model and measured on a real backend with identical requests (same seed,
+same prompt and output lengths, output lengths forced), compared metric by metric and request by
+request.
+
+Signed relative error = (predicted - measured) / measured: positive means the simulator
+over-predicts.  ``None`` where either side is missing or the measurement is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.engine_state import COMPLETED
+from sim.metrics import summary
+from sim.runner import RunOutput
+
+# the dotted metrics compared (ARCHITECTURE.md section 7)
+COMPARED = ("throughput_tok_s", "makespan_s", "decode_tok_s", "ttft_s.p50", "ttft_s.p90",
+            "tpot_s.p50", "tpot_s.p90", "e2e_s.p50", "e2e_s.p90", "kv_peak_bytes",
+            "kv_fp16_equiv_peak_bytes", "spec_acceptance_rate")
+
+
+def _get(metrics: dict, dotted: str):
+    node = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (int, float)) else None
+
+
+def relative_error(predicted: float | None, measured: float | None) -> float | None:
+    if predicted is None or measured is None or measured == 0:
+        return None
+    return float(f"{(predicted - measured) / measured:.12g}")
+
+
+def compare(predicted: RunOutput, measured: RunOutput) -> dict:
+    """``{"predicted", "measured", "relative_error", "per_request", "engine"}`` for one
+    variant.  ``per_request``: percentiles of the signed relative error of each request's TTFT
+    and end-to-end time (requests completed in both runs)."""
+    pm, mm = predicted.metrics, measured.metrics
+    errors = {name: relative_error(_get(pm, name), _get(mm, name)) for name in COMPARED}
+    ps, ms = predicted.state, measured.state
+    both = (ps.status == COMPLETED) & (ms.status == COMPLETED)
+    per_request = {}
+    for name, p_end, m_end in (("ttft_s", ps.first_token_s, ms.first_token_s),
+                               ("e2e_s", ps.finish_s, ms.finish_s)):
+        p = (p_end - ps.arrival_s)[both]
+        m = (m_end - ms.arrival_s)[both]
+        ok = m > 0
+        per_request[name] = summary((p[ok] - m[ok]) / m[ok]) | {
+            "max_abs": float(f"{np.abs((p[ok] - m[ok]) / m[ok]).max():.12g}") if ok.any()
+            else None}
+    engine = {side: {"engine": run.metrics["engine"],
+                     "kv_bytes_by_precision": run.metrics["kv_bytes_by_precision"]}
+              for side, run in (("predicted", predicted), ("measured", measured))}
+    return {"predicted": pm, "measured": mm, "relative_error": errors,
+            "per_request": per_request, "engine_state": engine}
