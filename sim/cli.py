@@ -142,24 +142,7 @@ def _resolve(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, backend: str) -> int:
-    path = _scenario_path(args.scenario)
-    runs_cfg = resolve_runs(path, args.set or [])
-    if args.variant:
-        known = [v for v, _ in runs_cfg]
-        for v in args.variant:
-            if v not in known:
-                raise UserError(f"unknown variant {v!r} (variants: {', '.join(known)})",
-                                file=str(path), field="--variant")
-        runs_cfg = [(v, s) for v, s in runs_cfg if v in args.variant]
-    name = runs_cfg[0][1].name
-    for variant, scn in runs_cfg:  # reject bad input before anything runs
-        try:
-            check_scenario(scn, path.parent)
-        except UserError as e:
-            if e.file:
-                raise
-            where = "" if variant == "default" else f"variants.{variant} -> "
-            raise UserError(e.message, file=str(path), field=where + (e.field or "")) from None
+    path, name, runs_cfg = _resolve(args)
     if backend == "sim":
         jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
     else:  # measured once per variant: cost models predict, they are not measured
