@@ -180,40 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="scenarios, policies, backends, hardware profiles, models")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("simulate", help="run a scenario through the cost-model simulator")
-    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a dotted key (value parsed as YAML); repeatable")
-    p.add_argument("--variant", action="append", metavar="NAME",
-                   help="run only this variant (repeatable; default: all)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
-    p.set_defaults(func=cmd_simulate)
-    p = sub.add_parser("measure", help="run a scenario for real on a backend (e.g. torch)")
-    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p = _scenario_command(sub, "simulate", "run a scenario through the cost-model simulator",
+                          "write JSON, per-request CSVs and Chrome traces", cmd_simulate)
+    p = _scenario_command(sub, "measure", "run a scenario for real on a backend (e.g. torch)",
+                          "write JSON, per-request CSVs and Chrome traces", cmd_measure)
     p.add_argument("--backend", required=True, help="an installed backend (infer-os list)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a dotted key (value parsed as YAML); repeatable")
-    p.add_argument("--variant", action="append", metavar="NAME",
-                   help="run only this variant (repeatable; default: all)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--out", metavar="DIR", help="write JSON, per-request CSVs and Chrome traces")
-    p.set_defaults(func=cmd_measure)
-    p = sub.add_parser("validate", help="simulate and measure on identical requests: the errors")
-    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p = _scenario_command(sub, "validate", "simulate and measure on identical requests: the "
+                          "errors", "write validation.json", cmd_validate)
     p.add_argument("--backend", required=True, help="a real backend (infer-os list)")
     p.add_argument("--cost-model", choices=["roofline", "coefficient"], default=None,
                    help="the prediction's cost model (default: the scenario's first)")
+    for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
+        ep.load()(sub)
+    return parser
+
+
+def _scenario_command(sub, name: str, help_text: str, out_help: str, func):
+    """A subcommand over a scenario's variants: SCENARIO, --set, --variant, --json, --out."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a dotted key (value parsed as YAML); repeatable")
     p.add_argument("--variant", action="append", metavar="NAME",
                    help="run only this variant (repeatable; default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--out", metavar="DIR", help="write validation.json")
-    p.set_defaults(func=cmd_validate)
-    for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
-        ep.load()(sub)
-    return parser
+    p.add_argument("--out", metavar="DIR", help=out_help)
+    p.set_defaults(func=func)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
