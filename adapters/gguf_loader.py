@@ -150,7 +150,8 @@ def _dequantize(tensor: gguf.ReaderTensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(array).to(dtype)
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
+              reader: gguf.GGUFReader | None = None
               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(config, state_dict)`` of a llama GGUF file, with HF names and HF's Q/K row order.
 
@@ -158,9 +159,10 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32
     ``lm_head.weight`` is the same tensor object as ``model.embed_tokens.weight``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError("GGUF file not found", file=str(path))
-    reader = gguf.GGUFReader(path)
+    if reader is None:  # parsing the metadata takes seconds: callers may share one reader
+        if not path.is_file():
+            raise UserError("GGUF file not found", file=str(path))
+        reader = gguf.GGUFReader(path)
     config = config_from_gguf(reader)
     heads = {"attn_q.weight": config["num_attention_heads"],
              "attn_k.weight": config["num_key_value_heads"]}

@@ -11,11 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import torch
 
 from adapters.gguf_loader import find_smollm2_gguf, read_gguf
 from adapters.hf_loader import load_hf_dir, model_from_state_dict, read_config
-from adapters.tokenizer import TextTokenizer, tokenizer_from_dir, tokenizer_from_gguf
+from adapters.tokenizer import (
+    TextTokenizer,
+    tokenizer_from_dir,
+    tokenizer_from_reader,
+)
 from adapters.torch_model import Transformer
 from sim.errors import BackendUnavailable, UserError
 from sim.model_spec import PRESETS
@@ -97,9 +102,10 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32",
     elif not path.exists():
         raise _unknown(name_or_path)
     if path.is_file() and path.suffix == ".gguf":
-        config, state = read_gguf(path)  # fp32, cast once on the device below
+        reader = gguf.GGUFReader(path)  # parsed once for the weights and the tokenizer
+        config, state = read_gguf(path, reader=reader)  # fp32, cast once on the device below
         model = model_from_state_dict(config, state, dtype=torch_dtype, device=torch_device)
-        return LoadedModel(model, tokenizer_from_gguf(path), config, str(path))
+        return LoadedModel(model, tokenizer_from_reader(reader), config, str(path))
     if path.is_dir():
         model = load_hf_dir(path, dtype=torch_dtype, device=torch_device)
         return LoadedModel(model, tokenizer_from_dir(path), read_config(path), str(path))
