@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adapters.paged_kv import PagedKV, PagedStep
+from adapters.paged_kv import PagedKV
+from adapters.paged_step import PagedStep
 from adapters.torch_model import Transformer
 from policies import Precision
 from sim.attention import AttentionModel, MeasuredAttention

@@ -37,7 +37,8 @@ import numpy as np
 import simpy
 import torch
 
-from adapters.paged_kv import PagedKV, PagedStep
+from adapters.paged_kv import PagedKV
+from adapters.paged_step import PagedStep
 from adapters.tensor_pool import TensorPool
 from adapters.torch_model import Transformer, prefill
 from policies import Precision

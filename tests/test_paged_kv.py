@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adapters.paged_kv import PagedKV, PagedStep  # noqa: E402
+from adapters.paged_kv import PagedKV  # noqa: E402
+from adapters.paged_step import PagedStep  # noqa: E402
 from adapters.torch_model import ModelConfig, Transformer, prefill  # noqa: E402
 from policies import Precision  # noqa: E402
 from sim.kv_store import block_bytes  # noqa: E402
@@ -129,9 +130,10 @@ def test_true_bytes_match_the_simulators_block_bytes_and_int4_saves_70_percent(m
                  dtype=torch.float16)
     kv.add(0)
     step = PagedStep(kv, [0], 64, torch.float32)
-    for layer in range(2):
-        x = torch.randn(1, 2, 64, 64)
-        step.write(layer, None, x, x)
+    with torch.inference_mode():  # as in a forward
+        for layer in range(2):
+            x = torch.randn(1, 2, 64, 64)
+            step.write(layer, None, x, x)
     step.commit()
     expected = block_bytes(2 * 2 * 2 * 64, 64, 64)  # values per token: L * (K + V) * H_kv * D
     assert kv.bytes_by_precision()["fp16"] == expected[Precision.FP16]
