@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 
 from adapters.drafting import LayerSkipDraft, ModelDraft, NgramDraft  # noqa: E402
 from adapters.spec_decode import (  # noqa: E402
-    SpecTracker,
     accept_greedy,
     accept_sampled,
     speculative_generate,
@@ -328,70 +327,6 @@ def test_sampling_is_deterministic_per_seed(target, prompt):
     c = speculative_generate(target, prompt, 20, draft, policy=3, temperature=0.8, seed=12)
     assert a.tokens == b.tokens and len(a.tokens) == 20
     assert a.tokens != c.tokens
-
-
-# -- the statistics the policy sees ---------------------------------------------------------------
-def test_tracker_keeps_the_planners_statistics():
-    t = SpecTracker()
-    t.record(4, 4, draft_s=0.4, verify_s=1.0)  # all kept: fraction 1
-    assert (t.acceptance, t.last_all_accepted, t.draft_token_s, t.verify_s) == (1.0, True, 0.1,
-                                                                                1.0)
-    t.record(4, 1, draft_s=0.8, verify_s=2.0)  # 1 kept, 1 rejection: fraction 1/2
-    assert t.acceptance == pytest.approx(0.8 * 1.0 + 0.2 * 0.5)
-    assert t.draft_token_s == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
-    assert t.verify_s == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)
-    assert list(t.history) == [1.0, 0.5] and not t.last_all_accepted
-    t.record(0, 0, draft_s=0.0, verify_s=1.0)  # a plain step: only the verify EWMA moves
-    assert t.steps_since_draft == 1 and t.last_k == 0 and list(t.history) == [1.0, 0.5]
-    obs = t.observation(max_draft_len=6)
-    assert (obs.max_draft_len, obs.batch_size, obs.steps_since_draft) == (6, 1, 1)
-
-
-def test_tracker_measures_the_verify_growth_per_guess():
-    t = SpecTracker()
-    t.record(0, 0, draft_s=0.0, verify_s=0.5)  # a plain step: the plain pass
-    assert t.observation(4).verify_s == 0.5 and t.observation(4).verify_token_s == 0.0
-    t.record(2, 1, draft_s=0.2, verify_s=0.9)  # (0.9 - 0.5) / 2 = 0.2 extra verify per guess
-    obs = t.observation(4)
-    assert (obs.verify_s, obs.draft_token_s, obs.verify_token_s) == pytest.approx((0.5, 0.1, 0.2))
-    t.record(1, 1, draft_s=0.1, verify_s=0.5)  # flat: a measured 0, averaged in
-    assert t.observation(4).verify_token_s == pytest.approx(0.8 * 0.2)
-    t.record(0, 0, draft_s=0.0, verify_s=0.6)
-    assert t.observation(4).verify_s == pytest.approx(0.8 * 0.5 + 0.2 * 0.6)
-    assert t.verify_s == pytest.approx(0.8 * (0.8 * (0.8 * 0.5 + 0.2 * 0.9) + 0.2 * 0.5) + 0.12)
-
-
-def test_tracker_and_planner_keep_the_same_cost_statistics():
-    from types import SimpleNamespace
-
-    from sim.planner import Planner
-
-    planner = Planner.__new__(Planner)  # only the cost statistics are exercised
-    planner.draft_token_s = planner.verify_s = 0.0
-    planner.plain_verify_s = planner.verify_token_s = 0.0
-    planner.verify_token_known = False
-    tracker = SpecTracker()
-    steps = [(0, 0.0, 0.5), (3, 0.3, 1.1), (1, 0.1, 0.7), (0, 0.0, 0.6), (2, 0.25, 0.8)]
-    for k, draft_s, verify_s in steps:
-        segments = [("cpu", "draft", draft_s), ("cpu", "verify" if k else "decode", verify_s)]
-        planner.observe(SimpleNamespace(phase="decode", draft_len=k),
-                        SimpleNamespace(segments=segments, elapsed_s=draft_s + verify_s,
-                                        proposed=None))
-        tracker.record(k, 0, draft_s, verify_s)
-        for name in ("verify_s", "plain_verify_s", "draft_token_s", "verify_token_s"):
-            assert getattr(planner, name) == pytest.approx(getattr(tracker, name)), name
-
-
-def test_marginal_costs_charge_the_extra_verify_time_to_the_guesses():
-    t = SpecTracker(costs="marginal")
-    t.record(4, 4, draft_s=0.4, verify_s=1.0)  # no plain step yet: as the planner
-    assert (t.draft_token_s, t.verify_s) == (0.1, 1.0)
-    t.record(0, 0, draft_s=0.0, verify_s=0.5)  # a plain step: 0.5 s
-    assert t.observation(4).verify_s == 0.5
-    t.record(2, 1, draft_s=0.2, verify_s=0.9)  # (0.2 + 0.9 - 0.5) / 2 = 0.3 per guess
-    assert t.draft_token_s == pytest.approx(0.8 * 0.1 + 0.2 * 0.3)
-    assert t.observation(4).verify_s == 0.5
-    assert t.observation(4).verify_token_s == 0.0  # folded into draft_token_s
 
 
 def test_marginal_costs_start_with_a_plain_step_and_keep_greedy_output(target, prompt,
