@@ -96,15 +96,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path, name, runs_cfg = _resolve(args)
     progress = _Progress(2 * sum(s.workload.num_requests for _, s in runs_cfg),
                          f"validating ({backend})")
-    out = []
+    out, run_outputs = [], []
+    trace = args.out is not None
     try:
         for variant, scn in runs_cfg:
             cost_model = args.cost_model or scn.cost_models[0]
-            predicted = run_scenario(scn, variant, cost_model, path.parent, on_done=progress)
-            measured = run_scenario(scn, variant, None, path.parent, on_done=progress,
-                                    backend=backend)
+            predicted = run_scenario(scn, variant, cost_model, path.parent, record_trace=trace,
+                                     on_done=progress)
+            measured = run_scenario(scn, variant, None, path.parent, record_trace=trace,
+                                    on_done=progress, backend=backend)
             out.append({"variant": variant, "cost_model": cost_model,
                         **compare(predicted, measured)})
+            run_outputs += [predicted, measured]
     finally:
         progress.close()
     doc = {"scenario": name, "backend": backend, "runs": out}
@@ -115,6 +118,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "validation.json").write_text(output.dumps(doc) + "\n")
+        output.write_run_files(Path(args.out), run_outputs)  # both sides, for `report`
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write DIR/report.html (plots from a ``--out`` folder) and print its path."""
+    from sim.report import write_report
+
+    print(write_report(Path(args.dir)))
     return 0
 
 
@@ -170,8 +182,8 @@ def _run(args: argparse.Namespace, backend: str) -> int:
     if args.out:
         output.write_out(Path(args.out), doc, runs)
         if not args.json:
-            Console(stderr=True).print(f"wrote results, per-request CSVs and Chrome traces to "
-                                       f"{args.out}")
+            Console(stderr=True).print(f"wrote results, per-request CSVs, Chrome traces and KV "
+                                       f"timelines to {args.out} (`infer-os report` draws them)")
     return 0
 
 
@@ -186,10 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "write JSON, per-request CSVs and Chrome traces", cmd_measure)
     p.add_argument("--backend", required=True, help="an installed backend (infer-os list)")
     p = _scenario_command(sub, "validate", "simulate and measure on identical requests: the "
-                          "errors", "write validation.json", cmd_validate)
+                          "errors", "write validation.json and both runs' CSVs, traces and KV "
+                          "timelines", cmd_validate)
     p.add_argument("--backend", required=True, help="a real backend (infer-os list)")
     p.add_argument("--cost-model", choices=["roofline", "coefficient"], default=None,
                    help="the prediction's cost model (default: the scenario's first)")
+    p = sub.add_parser("report", help="an HTML page with plots from a results folder")
+    p.add_argument("dir", metavar="DIR",
+                   help="a folder written by simulate|measure|validate|sweep --out")
+    p.set_defaults(func=cmd_report)
     for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
         ep.load()(sub)
     return parser

@@ -199,7 +199,8 @@ class Engine:
         self.planner.observe(plan, result)
         self.state.record_step(plan, result, self.env.now)
         if result.kv_bytes_by_precision is not None:
-            self.state.observe_kv_bytes(result.kv_bytes_by_precision, result.kv_fp16_equiv_bytes)
+            self.state.observe_kv_bytes(result.kv_bytes_by_precision,
+                                        result.kv_fp16_equiv_bytes, self.env.now)
 
     def _advance(self, batch: np.ndarray, emitted: np.ndarray, joining: bool = False) -> None:
         """Credit emitted tokens (capped at each request's output length); retire the done.
@@ -215,7 +216,7 @@ class Engine:
             if self.planner.tiering.observes_blocks:  # tier the new prompt blocks at once
                 self.planner.retier(self.store, self.running)
         if not self._kv_measured:
-            self.state.observe_kv(self.store)
+            self.state.observe_kv(self.store, self.env.now)
         if len(done):
             done_set = set(done.tolist())
             if not joining:

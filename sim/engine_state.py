@@ -34,6 +34,8 @@ class RunState:
         self.end_s = 0.0
         self.record_trace = record_trace
         self.trace: list[tuple[str, str, float, float, tuple[int, ...]]] = []
+        # with the trace: KV bytes by precision after every step, on the engine clock
+        self.kv_timeline: list[tuple[float, dict[str, int]]] = []
 
     def fail(self, rid: int, now: float, reason: str) -> None:
         self.status[rid] = FAILED
@@ -62,19 +64,31 @@ class RunState:
                 self.trace.append((device, op, t, seconds, ids))
                 t += seconds
 
-    def observe_kv(self, store: PagedKVStore) -> None:
+    def observe_kv(self, store: PagedKVStore, now: float) -> None:
         if store.device_used_bytes > self.kv_peak_bytes:
             self.kv_peak_bytes = store.device_used_bytes
             self.kv_bytes_by_precision_at_peak = store.bytes_by_precision()
         self.kv_fp16_equiv_peak_bytes = max(self.kv_fp16_equiv_peak_bytes, store.fp16_equiv_bytes)
+        if self.record_trace:  # off the hot path of untraced runs: one test per step
+            self._timeline(now, store.bytes_by_precision())
 
-    def observe_kv_bytes(self, by_precision: dict[str, int], fp16_equiv: int) -> None:
+    def observe_kv_bytes(self, by_precision: dict[str, int], fp16_equiv: int,
+                         now: float) -> None:
         """True bytes reported by a real executor (offloaded host copies are not device KV)."""
         device = sum(v for k, v in by_precision.items() if k not in ("offloaded", "evicted"))
         if device > self.kv_peak_bytes:
             self.kv_peak_bytes = device
             self.kv_bytes_by_precision_at_peak = dict(by_precision)
         self.kv_fp16_equiv_peak_bytes = max(self.kv_fp16_equiv_peak_bytes, fp16_equiv)
+        if self.record_trace:
+            self._timeline(now, dict(by_precision))
+
+    def _timeline(self, now: float, by_precision: dict[str, int]) -> None:
+        """One point per instant: a second observation at the same time replaces the first."""
+        if self.kv_timeline and self.kv_timeline[-1][0] == now:
+            self.kv_timeline[-1] = (now, by_precision)
+        else:
+            self.kv_timeline.append((now, by_precision))
 
     def finish(self, now: float, store: PagedKVStore) -> None:
         self.end_s = now

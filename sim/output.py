@@ -1,5 +1,6 @@
-"""What a run leaves behind: the JSON document, the readable table, the per-request CSV and the
-Chrome-trace timeline (open in chrome://tracing or https://ui.perfetto.dev)."""
+"""What a run leaves behind: the JSON document, the readable table, the per-request CSV, the
+Chrome-trace timeline (open in chrome://tracing or https://ui.perfetto.dev) and the KV-by-precision
+timeline (``infer-os report DIR`` draws them)."""
 
 from __future__ import annotations
 
@@ -119,13 +120,38 @@ def chrome_trace(run: RunOutput) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
+def write_kv_csv(run: RunOutput, path: Path) -> None:
+    """KV bytes by precision after every step (recorded with the trace): ``time_s`` on the
+    engine clock, then one column per precision ("backup": FP16 host copies of re-quantized
+    blocks; "offloaded": host tier)."""
+    timeline = run.state.kv_timeline
+    names = list(dict.fromkeys(k for _, by in timeline for k in by))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time_s", *names])
+        for t, by in timeline:
+            w.writerow([f"{t:.9g}", *(int(by.get(k, 0)) for k in names)])
+
+
+def run_stem(run: RunOutput) -> str:
+    """``{variant}.{cost model}`` of a simulated run, ``{variant}.measured`` of a measured one."""
+    return f"{run.variant}.{run.cost_model or 'measured'}".replace("/", "_")
+
+
+def write_run_files(out_dir: Path, runs: list[RunOutput]) -> None:
+    """Per run: ``requests.{stem}.csv``, ``trace.{stem}.json`` and ``kv.{stem}.csv``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        stem = run_stem(r)
+        write_requests_csv(r, out_dir / f"requests.{stem}.csv")
+        (out_dir / f"trace.{stem}.json").write_text(json.dumps(chrome_trace(r)))
+        write_kv_csv(r, out_dir / f"kv.{stem}.csv")
+
+
 def write_out(out_dir: Path, doc: dict, runs: list[RunOutput]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(dumps(doc) + "\n")
-    for r in runs:
-        stem = f"{r.variant}.{r.cost_model or 'measured'}".replace("/", "_")
-        write_requests_csv(r, out_dir / f"requests.{stem}.csv")
-        (out_dir / f"trace.{stem}.json").write_text(json.dumps(chrome_trace(r)))
+    write_run_files(out_dir, runs)
 
 
 def print_validation(doc: dict, console: Console) -> None:

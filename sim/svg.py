@@ -93,8 +93,14 @@ class _Frame:
 
     def __init__(self, width: int, height: int, x_ticks: list[float] | None,
                  y_ticks: list[float], *, title: str, legend: dict[str, str],
-                 left: float = 64, bottom: float = 44):
+                 left: float = 64, bottom: float = 44,
+                 x_domain: tuple[float, float] | None = None):
         self.width, self.height = width, height
+        # the x range drawn: the outer ticks, or exactly the data's (time axes) with the ticks
+        # that fall inside it
+        self.x_domain = x_domain or ((x_ticks[0], x_ticks[-1]) if x_ticks else (0.0, 1.0))
+        if x_domain and x_ticks:
+            x_ticks = [t for t in x_ticks if x_domain[0] - 1e-9 <= t <= x_domain[1] + 1e-9]
         self.parts: list[str] = []
         rows = self._legend_rows(legend, width - left - 16)
         top = 12 + (18 if title else 0) + 16 * len(rows)
@@ -126,7 +132,7 @@ class _Frame:
         return rows
 
     def sx(self, x: float) -> float:
-        lo, hi = self.x_ticks[0], self.x_ticks[-1]  # type: ignore[index]
+        lo, hi = self.x_domain
         return round(self.x0 + (x - lo) / (hi - lo) * (self.x1 - self.x0), 2)
 
     def sy(self, y: float) -> float:
@@ -158,6 +164,13 @@ class _Frame:
                 + "".join(self.parts) + "</svg>")
 
 
+def _padded(lo: float, hi: float, frac: float = 0.06) -> tuple[float, float]:
+    """The range widened by ``frac`` on each side that has data (0 stays 0): no mark sits on
+    the frame."""
+    pad = (hi - lo) * frac
+    return (lo - pad if lo != 0 else lo), (hi + pad if hi != 0 else hi)
+
+
 def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
@@ -170,10 +183,11 @@ def scatter(series: Sequence[Series], *, x_label: str, y_label: str, title: str 
     xs = _finite(x for s in series for x in s.xs) or [0.0]
     ys = _finite(y for s in series for y in s.ys) or [0.0]
     if diagonal:
-        ticks = nice_ticks(min(0.0, *xs, *ys), max(*xs, *ys))
+        ticks = nice_ticks(*_padded(min(0.0, *xs, *ys), max(*xs, *ys)))
         x_ticks = y_ticks = ticks
     else:
-        x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+        x_ticks = nice_ticks(*_padded(min(xs), max(xs)))
+        y_ticks = nice_ticks(*_padded(min(ys), max(ys)))
     colors = color_map([s.name for s in series])
     f = _Frame(width, height, x_ticks, y_ticks, title=title, legend=colors)
     f.axes(x_label, y_label)
@@ -212,7 +226,8 @@ def lines(series: Sequence[Series], *, x_label: str, y_label: str, title: str = 
     ys = _finite(y for t in tops for y in t) or [0.0]
     colors = color_map([s.name for s in series])
     f = _Frame(width, height, nice_ticks(min(xs), max(xs)), nice_ticks(min(0.0, *ys), max(ys)),
-               title=title, legend=colors)
+               title=title, legend=colors,
+               x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
     f.axes(x_label, y_label)
     below = [0.0] * len(base)
     for s, top in zip(series, tops):
@@ -248,12 +263,13 @@ def bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float |
     """Grouped bars: one group per category, one bar per series within it (``None``: no bar,
     "n/a" written).  Negative values hang below the zero line; values are written on the bars."""
     vals = _finite(v for _, vs in series for v in vs) or [0.0]
-    y_ticks = nice_ticks(min(0.0, *vals), max(0.0, *vals))
+    y_ticks = nice_ticks(*_padded(min(0.0, *vals), max(0.0, *vals), 0.1))
     colors = color_map([name for name, _ in series])
     f = _Frame(width, height, None, y_ticks, title=title, legend=colors)
     f.axes("", y_label)
     group_w = (f.x1 - f.x0) / max(len(categories), 1)
-    bar_w = group_w * 0.8 / max(len(series), 1)
+    bar_w = min(group_w * 0.8 / max(len(series), 1), 60.0)
+    inset = (group_w - bar_w * len(series)) / 2  # the group's bars centred under its label
     zero = f.sy(0.0)
     for g, cat in enumerate(categories):
         gx = f.x0 + g * group_w
@@ -261,7 +277,7 @@ def bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float |
                        f'text-anchor="middle">{escape(cat)}</text>')
         for k, (name, values) in enumerate(series):
             v = values[g] if g < len(values) else None
-            x = round(gx + group_w * 0.1 + k * bar_w, 2)
+            x = round(gx + inset + k * bar_w, 2)
             if v is None or not math.isfinite(v):
                 f.parts.append(f'<text x="{x + bar_w / 2:.2f}" y="{zero - 3}" font-size="9" '
                                f'text-anchor="middle" fill="#888">n/a</text>')
@@ -326,7 +342,7 @@ def gantt(spans: Sequence[Span], *, x_label: str, title: str = "",
     legend_h = 16 * len(_Frame._legend_rows(used, width - left - 16))
     height = int(12 + (18 if title else 0) + legend_h + 6 + lane_h * len(lanes) + 44)
     f = _Frame(width, height, nice_ticks(0.0, end or 1.0), [0.0, float(len(lanes))],
-               title=title, legend=used, left=left)
+               title=title, legend=used, left=left, x_domain=(0.0, end or 1.0))
     f.y_ticks = [0.0, float(len(lanes))]
     for i, name in enumerate(lanes):
         y = f.sy(len(lanes) - i - 0.5)
