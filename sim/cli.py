@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import scenarios
-from sim import output
+from sim import output, sweep_cli
 from sim.config import read_yaml, resolve_runs
 from sim.errors import BackendUnavailable, InfeasibleDecision, UserError
 from sim.executor import backend_names, load_backend
@@ -41,6 +41,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     out.print("[bold]policies[/bold]")
     for family, classes in FAMILIES.items():
         out.print(f"  {family:<12} {', '.join(kind_of(c) for c in classes)}")
+    out.print("[bold]sweeps[/bold]")
+    for name in sweep_cli.sweep_names():
+        desc = read_yaml(sweep_cli.locate(name)).get("description", "")
+        out.print(f"  {name:<22} {desc}", markup=False)
     out.print(f"[bold]backends[/bold]\n  {', '.join(backend_names())}")
     out.print(f"[bold]hardware profiles[/bold]\n  {', '.join(bundled_profiles())}")
     out.print(f"[bold]models[/bold]\n  {', '.join(PRESETS)}")
@@ -207,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR",
                    help="a folder written by simulate|measure|validate|sweep --out")
     p.set_defaults(func=cmd_report)
+    sweep_cli.add_parser(sub)
     for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
         ep.load()(sub)
     return parser
