@@ -13,6 +13,7 @@ SHOWN = (("throughput_tok_s", "throughput", "tok/s", 1.0),
          ("tpot_s.p50", "TPOT p50", "ms", 1e3),
          ("e2e_s.p50", "E2E p50", "ms", 1e3),
          ("kv_peak_bytes", "KV peak", "MB", 1e-6))
+CLIP_PCT = 200.0  # the error axis stops here
 SIGN_NOTE = ("Signed relative error = (predicted - measured) / measured: positive means the "
              "simulator over-predicts (for throughput: predicts faster than measured; for a "
              "latency: predicts slower), negative means it under-predicts.")
@@ -36,7 +37,7 @@ def validation_page(out_dir: Path, doc: dict) -> str:
     body = ["<h2>Predicted against measured</h2>", report.note(SIGN_NOTE), error_table(runs),
             "<h3>Per metric</h3>", report.note(SCATTER_NOTE),
             '<div class="grid">' + "".join(metric_scatter(runs, m) for m in SHOWN) + "</div>",
-            "<h3>Signed relative error</h3>", report.figure(error_bars(runs), SIGN_NOTE),
+            "<h3>Signed relative error</h3>", error_bars(runs),
             "<h2>Per-request errors</h2>", report.note(PER_REQUEST_NOTE),
             percentile_table(runs)]
     body += [per_request(out_dir, r) for r in runs]
@@ -62,10 +63,26 @@ def _sides(run: dict) -> list[tuple[str, str]]:
             (f"{v}.measured", "measured")]
 
 
+def _unit(runs: list[dict], metric: tuple[str, str, str, float]) -> tuple[float, str]:
+    """The metric's display unit: bytes in kB, MB or GB by the measured size."""
+    name, _, unit, factor = metric
+    if unit == "MB":  # a tiny model's KV is kilobytes
+        return report.bytes_unit(max(dotted(r["measured"], name) or 0 for r in runs))
+    return factor, unit
+
+
+def _is_wide(values: list[float]) -> bool:
+    """Positive values spanning more than 30x: drawn on log axes."""
+    pos = [v for v in values if v > 0]
+    return bool(pos) and max(pos) > 30 * min(pos)
+
+
 def error_table(runs: list[dict]) -> str:
     rows = []
     for r in runs:
-        for name, title, unit, factor in SHOWN:
+        for metric in SHOWN:
+            name, title = metric[:2]
+            factor, unit = _unit(runs, metric)
             p, m = dotted(r["predicted"], name), dotted(r["measured"], name)
             err = r["relative_error"].get(name)
             rows.append([r["variant"], title, _scaled(p, factor, unit), _scaled(m, factor, unit),
@@ -78,9 +95,8 @@ def _scaled(x: float | None, factor: float, unit: str) -> str:
 
 
 def metric_scatter(runs: list[dict], metric: tuple[str, str, str, float]) -> str:
-    name, title, unit, factor = metric
-    if unit == "MB":  # a tiny model's KV is kilobytes
-        factor, unit = report.bytes_unit(max(dotted(r["measured"], name) or 0 for r in runs))
+    name, title = metric[:2]
+    factor, unit = _unit(runs, metric)
     series = []
     for r in runs:
         p, m = dotted(r["predicted"], name), dotted(r["measured"], name)
@@ -89,19 +105,26 @@ def metric_scatter(runs: list[dict], metric: tuple[str, str, str, float]) -> str
             tip = (f"{r['variant']}: predicted {p * factor:.4g} {unit}, measured "
                    f"{m * factor:.4g} {unit}" + ("" if err is None else f", error {err:+.1%}"))
             series.append(svg.Series(r["variant"], [m * factor], [p * factor], [tip]))
+    log = _is_wide([v for s in series for v in (*s.xs, *s.ys)])
     return report.figure(svg.scatter(series, x_label=f"measured ({unit})",
-                                     y_label=f"predicted ({unit})", title=title, diagonal=True,
+                                     y_label=f"predicted ({unit})", diagonal=True, log=log,
+                                     title=title + (" (log axes)" if log else ""),
                                      width=310, height=300))
 
 
 def error_bars(runs: list[dict]) -> str:
+    """The figure: a bar per variant and metric (cut beyond ``CLIP_PCT``, said in the caption)."""
     series = []
     for r in runs:
         errs = [r["relative_error"].get(name) for name, *_ in SHOWN]
         series.append((r["variant"], [None if e is None else e * 100 for e in errs]))
-    return svg.bars([title for _, title, *_ in SHOWN], series,
-                    y_label="(predicted - measured) / measured (%)", value_fmt="{:+.1f}%",
-                    title="Signed relative error by metric and variant")
+    is_cut = any(abs(v) > CLIP_PCT for _, vs in series for v in vs if v is not None)
+    chart = svg.bars([title for _, title, *_ in SHOWN], series, y_label="signed error (%)",
+                     value_fmt="{:+.1f}%", clip=(-100.0, CLIP_PCT) if is_cut else None,
+                     title="Signed relative error by metric and variant")
+    return report.figure(chart, SIGN_NOTE + (f"  The axis stops at +{CLIP_PCT:.0f}%: a bar "
+                                             "beyond is cut (a white break) and keeps its value "
+                                             "written." if is_cut else ""))
 
 
 def percentile_table(runs: list[dict]) -> str:
@@ -148,10 +171,12 @@ def per_request(out_dir: Path, run: dict) -> str:
             tips.append(f"request {rid}: predicted {ys[-1]:.4g} ms, measured {xs[-1]:.4g} ms")
     points = svg.Series("requests", xs, ys, tips)
     hist = svg.histogram(list(errors.items()), x_label="(predicted - measured) / measured (%)",
-                         title=f"Per-request error, {len(pairs)} requests",
+                         title=f"{run['variant']}: per-request error, {len(pairs)} requests",
                          bins=min(20, max(5, len(pairs))), width=560)
+    log = _is_wide(xs + ys)
+    title = f"{run['variant']}: per-request E2E" + (" (log axes)" if log else "")
     scatter = svg.scatter([points], x_label="measured E2E (ms)", y_label="predicted E2E (ms)",
-                          title="Per-request end-to-end time", diagonal=True, width=360)
+                          title=title, diagonal=True, log=log, width=360)
     return head + '<div class="grid">' + report.figure(hist) + report.figure(scatter) + "</div>"
 
 

@@ -88,14 +88,29 @@ def color_map(keys: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Powers of ten covering [lo, hi] (both > 0), with 2 and 5 between them over at most two
+    decades; the first tick <= lo, the last >= hi."""
+    a, b = math.floor(math.log10(lo) + 1e-9), math.ceil(math.log10(hi) - 1e-9)
+    b = max(b, a + 1)
+    mults = (1, 2, 5) if b - a <= 2 else (1,)
+    ticks = [float(f"{m * 10.0 ** k:.12g}") for k in range(a, b) for m in mults] + [10.0 ** b]
+    first = max(i for i, t in enumerate(ticks) if t <= lo * (1 + 1e-9))
+    last = min(i for i, t in enumerate(ticks) if t >= hi * (1 - 1e-9))
+    return ticks[first:last + 1]
+
+
 class _Frame:
-    """A plot area with linear x and y scales, axes, a title and a legend; collects elements."""
+    """A plot area with linear (or log10) x and y scales, axes, a title and a legend; collects
+    elements."""
 
     def __init__(self, width: int, height: int, x_ticks: list[float] | None,
                  y_ticks: list[float], *, title: str, legend: dict[str, str],
                  left: float = 64, bottom: float = 44,
-                 x_domain: tuple[float, float] | None = None):
-        self.width, self.height = width, height
+                 x_domain: tuple[float, float] | None = None, log: bool = False):
+        self.width, self.height, self.log = width, height, log
+        # room for the longest y tick label and the rotated y-axis label
+        left = max(left, 28 + CHAR_W * max((len(fmt_num(t)) for t in y_ticks), default=1))
         # the x range drawn: the outer ticks, or exactly the data's (time axes) with the ticks
         # that fall inside it
         self.x_domain = x_domain or ((x_ticks[0], x_ticks[-1]) if x_ticks else (0.0, 1.0))
@@ -104,7 +119,7 @@ class _Frame:
         self.parts: list[str] = []
         rows = self._legend_rows(legend, width - left - 16)
         top = 12 + (18 if title else 0) + 16 * len(rows)
-        self.x0, self.x1, self.y0, self.y1 = left, width - 16, height - bottom, top + 6
+        self.x0, self.x1, self.y0, self.y1 = left, width - 28, height - bottom, top + 6
         self.x_ticks, self.y_ticks = x_ticks, y_ticks
         if title:
             self.parts.append(f'<text x="{left}" y="18" font-weight="bold">{escape(title)}</text>')
@@ -131,13 +146,17 @@ class _Frame:
             used += w
         return rows
 
+    def _frac(self, v: float, lo: float, hi: float) -> float:
+        if self.log:
+            v, lo, hi = math.log10(v), math.log10(lo), math.log10(hi)
+        return (v - lo) / (hi - lo)
+
     def sx(self, x: float) -> float:
-        lo, hi = self.x_domain
-        return round(self.x0 + (x - lo) / (hi - lo) * (self.x1 - self.x0), 2)
+        return round(self.x0 + self._frac(x, *self.x_domain) * (self.x1 - self.x0), 2)
 
     def sy(self, y: float) -> float:
-        lo, hi = self.y_ticks[0], self.y_ticks[-1]
-        return round(self.y0 - (y - lo) / (hi - lo) * (self.y0 - self.y1), 2)
+        frac = self._frac(y, self.y_ticks[0], self.y_ticks[-1])
+        return round(self.y0 - frac * (self.y0 - self.y1), 2)
 
     def axes(self, x_label: str, y_label: str) -> None:
         p = self.parts
@@ -176,29 +195,36 @@ def _finite(values) -> list[float]:
 
 
 def scatter(series: Sequence[Series], *, x_label: str, y_label: str, title: str = "",
-            diagonal: bool = False, connect: bool = False, width: int = 420,
+            diagonal: bool = False, connect: bool = False, log: bool = False, width: int = 420,
             height: int = 340) -> str:
-    """Points per series.  ``diagonal``: both axes share one range from 0 and the y = x line is
-    drawn (points above it have y > x).  ``connect``: join each series' points in x order."""
-    xs = _finite(x for s in series for x in s.xs) or [0.0]
-    ys = _finite(y for s in series for y in s.ys) or [0.0]
-    if diagonal:
+    """Points per series.  ``diagonal``: both axes share one range (from 0 unless ``log``) and
+    the y = x line is drawn (points above it have y > x).  ``connect``: join each series' points
+    in x order.  ``log``: log10 axes (points <= 0 are left out)."""
+    keep = (lambda v: v > 0) if log else (lambda v: True)
+    xs = [x for x in _finite(x for s in series for x in s.xs) if keep(x)] or [1.0]
+    ys = [y for y in _finite(y for s in series for y in s.ys) if keep(y)] or [1.0]
+    if log:
+        ticks = log_ticks(min(*xs, *ys), max(*xs, *ys)) if diagonal else []
+        x_ticks = ticks or log_ticks(min(xs), max(xs))
+        y_ticks = ticks or log_ticks(min(ys), max(ys))
+    elif diagonal:
         ticks = nice_ticks(*_padded(min(0.0, *xs, *ys), max(*xs, *ys)))
         x_ticks = y_ticks = ticks
     else:
         x_ticks = nice_ticks(*_padded(min(xs), max(xs)))
         y_ticks = nice_ticks(*_padded(min(ys), max(ys)))
     colors = color_map([s.name for s in series])
-    f = _Frame(width, height, x_ticks, y_ticks, title=title, legend=colors)
+    f = _Frame(width, height, x_ticks, y_ticks, title=title, legend=colors, log=log)
     f.axes(x_label, y_label)
     if diagonal:
-        a, b = ticks[0], ticks[-1]
+        a, b = x_ticks[0], x_ticks[-1]
         f.parts.append(f'<line class="identity" x1="{f.sx(a)}" y1="{f.sy(a)}" x2="{f.sx(b)}" '
                        f'y2="{f.sy(b)}" stroke="#999" stroke-dasharray="4 3">'
                        "<title>y = x (perfect prediction)</title></line>")
     for s in series:
         pts = [(x, y, i) for i, (x, y) in enumerate(zip(s.xs, s.ys))
-               if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+               if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
+               and keep(x) and keep(y)]
         if connect and len(pts) > 1:
             d = " ".join(f"{f.sx(x)},{f.sy(y)}" for x, y, _ in sorted(pts))
             f.parts.append(f'<polyline points="{d}" fill="none" stroke="{colors[s.name]}"/>')
@@ -258,11 +284,15 @@ def _path(f: _Frame, xs: list[float], ys: list[float], step: bool, reverse: bool
 
 
 def bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *,
-         y_label: str, title: str = "", value_fmt: str = "{:.3g}", width: int = 640,
-         height: int = 300) -> str:
+         y_label: str, title: str = "", value_fmt: str = "{:.3g}",
+         clip: tuple[float, float] | None = None, width: int = 640, height: int = 300) -> str:
     """Grouped bars: one group per category, one bar per series within it (``None``: no bar,
-    "n/a" written).  Negative values hang below the zero line; values are written on the bars."""
+    "n/a" written).  Negative values hang below the zero line; values are written on the bars.
+    ``clip`` (lo, hi): the axis stops there; a bar beyond is cut (a white break near its end)
+    and keeps its true value written on it."""
     vals = _finite(v for _, vs in series for v in vs) or [0.0]
+    if clip:
+        vals = [min(max(v, clip[0]), clip[1]) for v in vals]
     y_ticks = nice_ticks(*_padded(min(0.0, *vals), max(0.0, *vals), 0.1))
     colors = color_map([name for name, _ in series])
     f = _Frame(width, height, None, y_ticks, title=title, legend=colors)
@@ -282,16 +312,31 @@ def bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float |
                 f.parts.append(f'<text x="{x + bar_w / 2:.2f}" y="{zero - 3}" font-size="9" '
                                f'text-anchor="middle" fill="#888">n/a</text>')
                 continue
-            y = f.sy(v)
+            shown = min(max(v, clip[0]), clip[1]) if clip else v
+            y = f.sy(shown)
             text = value_fmt.format(v)
             f.parts.append(f'<rect class="bar" x="{x}" y="{min(y, zero)}" width="{bar_w:.2f}" '
                            f'height="{abs(zero - y):.2f}" fill="{colors[name]}" '
                            f'data-series="{escape(name)}" data-category="{escape(cat)}" '
                            f'data-value="{v:.6g}"><title>{escape(f"{name}, {cat}: {text}")}'
                            "</title></rect>")
-            ty = y - 3 if v >= 0 else y + 11
-            f.parts.append(f'<text x="{x + bar_w / 2:.2f}" y="{ty}" font-size="10" '
-                           f'text-anchor="middle">{escape(text)}</text>')
+            if shown != v:  # cut: a break across the bar, 8 px from its end
+                by = y + 8 if v > 0 else y - 8
+                f.parts.append(f'<line x1="{x - 1}" x2="{x + bar_w + 1:.2f}" y1="{by + 2}" '
+                               f'y2="{by - 2}" stroke="white" stroke-width="3"/>')
+            cx = round(x + bar_w / 2, 2)
+            if len(text) * 6 <= bar_w + 4:
+                ty = y - 3 if v >= 0 else y + 11
+                f.parts.append(f'<text x="{cx}" y="{ty}" font-size="10" '
+                               f'text-anchor="middle">{escape(text)}</text>')
+            else:  # wider than its bar: written along it, inside when it is long enough
+                inside = abs(zero - y) >= len(text) * 6 + 16
+                up = (v >= 0) != inside  # the text runs up from its anchor
+                ty = y + (16 if inside else -3) * (1 if v >= 0 else -1)
+                fill = ' fill="white"' if inside else ""
+                f.parts.append(f'<text transform="translate({cx + 3},{ty}) rotate(-90)" '
+                               f'font-size="10" text-anchor="{"start" if up else "end"}"{fill}>'
+                               f"{escape(text)}</text>")
     f.parts.append(f'<line x1="{f.x0}" x2="{f.x1}" y1="{zero}" y2="{zero}" stroke="#555"/>')
     return f.svg("bars")
 
@@ -312,7 +357,7 @@ def histogram(series: Sequence[tuple[str, Sequence[float]]], *, x_label: str, ti
         counts.append(c)
     colors = color_map([name for name, _ in series])
     f = _Frame(width, height, nice_ticks(lo, hi),
-               nice_ticks(0, max((max(c) for c in counts), default=1) or 1), title=title,
+               nice_ticks(0, max([4, *(max(c) for c in counts)])), title=title,  # whole counts
                legend=colors)
     f.axes(x_label, "requests")
     for (name, _), c in zip(series, counts):

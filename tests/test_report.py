@@ -42,7 +42,7 @@ def _charts(root: ET.Element, css_class: str) -> dict[str, ET.Element]:
     for el in root.iter(f"{SVG}svg"):
         if el.get("class") == css_class:
             title = next(t.text for t in el.iter(f"{SVG}text") if t.get("font-weight"))
-            out[title] = el
+            out[title.removesuffix(" (log axes)")] = el
     return out
 
 
@@ -209,17 +209,21 @@ def test_validation_page_plots_predicted_against_measured(val_dir):
 def test_validation_page_shows_per_request_errors_timelines_and_kv(val_dir):
     root = _page(val_dir)
     hists = _charts(root, "histogram")
-    assert set(hists) == {"Per-request error, 4 requests"}  # one per variant, same title
-    for chart in root.iter(f"{SVG}svg"):
-        if chart.get("class") == "histogram":
-            counts: dict[str, int] = {}
-            for b in _marks(chart, "rect", "bin"):
-                counts[b.get("data-series")] = counts.get(b.get("data-series"), 0) + int(
-                    b.get("data-count"))
-            assert counts == {"TTFT": 4, "E2E": 4}
-    e2e = [c for c in root.iter(f"{SVG}svg") if c.get("class") == "scatter"
-           and "Per-request end-to-end time" in "".join(c.itertext())]
-    assert [len(_marks(c, "circle", "point")) for c in e2e] == [4, 4]
+    assert set(hists) == {"fp16: per-request error, 4 requests",
+                          "int8: per-request error, 4 requests"}
+    for chart in hists.values():  # every request paired by id, once per time
+        counts: dict[str, int] = {}
+        for b in _marks(chart, "rect", "bin"):
+            counts[b.get("data-series")] = counts.get(b.get("data-series"), 0) + int(
+                b.get("data-count"))
+        assert counts == {"TTFT": 4, "E2E": 4}
+    scatters = _charts(root, "scatter")
+    for variant in ("fp16", "int8"):
+        measured = {r["request_id"]: r["e2e_s"]
+                    for r in _csv(val_dir / f"requests.{variant}.measured.csv")}
+        points = _marks(scatters[f"{variant}: per-request E2E"], "circle", "point")
+        assert sorted(float(p.get("data-x")) for p in points) == pytest.approx(
+            sorted(float(v) * 1e3 for v in measured.values()), rel=1e-5)
     gantts = _charts(root, "gantt")
     assert set(gantts) == {f"{v} {s}" for v in ("fp16", "int8")
                            for s in ("predicted (roofline)", "measured")}
