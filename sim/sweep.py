@@ -126,18 +126,19 @@ class SweepFile(_Frozen):
                 data = {**data, "baseline": {k: _number(v) for k, v in data["baseline"].items()}}
         return data
 
-    @model_validator(mode="after")
-    def _check_axes(self):
+    def check(self, path: Path) -> None:
+        """What the field types cannot say, each error naming its axis."""
         for key, axis in self.axes.items():
             if isinstance(axis, list) and not axis:
-                raise ValueError(f"axis {key!r} has no values")
+                raise UserError("the axis has no values", file=str(path), field=f"axes.{key}")
             if isinstance(axis, RangeAxis) and self.samples is None and axis.grid() is None:
-                raise ValueError(f"axis {key!r}: a grid needs step or num (a continuous range "
-                                 "is for random sampling: samples: N)")
+                raise UserError("a grid needs step or num (a continuous range is for random "
+                                "sampling: samples: N)", file=str(path), field=f"axes.{key}")
+            if key in SPECIAL_AXES and not isinstance(axis, list):
+                raise UserError("expected a list", file=str(path), field=f"axes.{key}")
         for key in self.baseline or {}:
             if key not in self.axes:
-                raise ValueError(f"baseline names {key!r}, which is not an axis")
-        return self
+                raise UserError("not an axis", file=str(path), field=f"baseline.{key}")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -192,16 +193,26 @@ def load_sweep(path: Path) -> Sweep:
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as err:
-        e = err.errors()[0]
-        field = ".".join(str(x) for x in e["loc"] if x not in ("list[any]", "RangeAxis"))
-        raise UserError(e["msg"].removeprefix("Value error, "), file=str(path),
-                        field=field or None) from None
+        raise _invalid(err, path) from None
+    spec.check(path)
     base_path = _base_path(spec.base, path)
     base = read_yaml(base_path)
     context = json.dumps([base, spec.variant, spec.overrides], sort_keys=True, default=str)
     digest = hashlib.sha256(context.encode()).hexdigest()[:16]
     points = _resolve(spec, path, base, base_path, digest)
     return Sweep(path, spec, base_path, digest, points)
+
+
+def _invalid(err: ValidationError, path: Path) -> UserError:
+    """The first error, named by its field; an axis is a list or a range, so for a mapping
+    the range's error is the one to show."""
+    errors = err.errors()
+    e = next((x for x in errors if "list[any]" not in x["loc"]), errors[0])
+    loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-after", "list["))]
+    msg = e["msg"].removeprefix("Value error, ")
+    if len(loc) == 2 and loc[0] == "axes" and e["type"] == "model_type":
+        msg = "expected a list of values or a range {low, high, step or num}"
+    return UserError(msg, file=str(path), field=".".join(loc) or None)
 
 
 def _base_path(name: str, sweep_path: Path) -> Path:

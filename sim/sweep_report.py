@@ -77,8 +77,10 @@ def _header(manifest: dict, table: list[dict]) -> str:
              ("sampling", manifest.get("sampling", "")),
              ("points", f"{len(table)} of {manifest.get('num_points')} "
                         f"({manifest.get('num_ok')} ok, {manifest.get('num_failed')} failed)"),
-             ("last run", f"{manifest.get('num_run')} points in {manifest.get('wall_s')} s on "
-                          f"{manifest.get('executor')} ({manifest.get('state')})")]
+             ("state", manifest.get("state", ""))]
+    for i, run in enumerate(manifest.get("runs", []), 1):
+        facts.append((f"run {i}", f"{run['num_run']} points in {run['wall_s']} s on "
+                                   f"{run['executor']} ({run['num_skipped']} already done)"))
     rows = "".join(f'<tr><th class="l">{svg.escape(k)}</th><td class="l">{svg.escape(v)}</td>'
                    "</tr>" for k, v in facts)
     return f"<table>{rows}</table>"
@@ -145,8 +147,8 @@ def _tip(row: dict, axes: list[str]) -> str:
 
 def _table(items: list[tuple[str, dict]], axes: list[str], first: str | None) -> str:
     head = ([first] if first else []) + axes + [h for _, h, _, _ in SHOWN]
-    cells = "".join(f'<th class="{"l" if i < len(head) - len(SHOWN) else ""}">'
-                    f"{svg.escape(h)}</th>" for i, h in enumerate(head))
+    cells = "".join(('<th class="l">' if i < len(head) - len(SHOWN) else "<th>")
+                    + f"{svg.escape(h)}</th>" for i, h in enumerate(head))
     lines = [f"<tr>{cells}</tr>"]
     for title, row in items:
         tds = ([f'<td class="l">{svg.escape(title)}</td>'] if first else [])

@@ -8,6 +8,7 @@ point lost to the executor itself (a worker that died) is not logged, so a rerun
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from sim.sweep_results import (
     PointLog,
     column_types,
     flat_metrics,
+    read_manifest,
     rows,
     write_manifest,
     write_table,
@@ -73,7 +75,13 @@ Outcome = tuple[Point, "dict | BaseException"]
 
 
 def _local(points: list[Point], fn: Callable, spec: ExecutorSpec) -> Iterator[Outcome]:
-    pool = ProcessPoolExecutor(max_workers=spec.workers)
+    # Workers forked from a fresh server that has imported the simulator: cheap to start and
+    # safe (forking this process would copy the progress bar's thread and its locks).
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    context = mp.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["sim.sweep_run"])
+    pool = ProcessPoolExecutor(max_workers=spec.workers, mp_context=context)
     try:
         futures = {pool.submit(fn, p): p for p in points}
         for future in as_completed(futures):
@@ -152,7 +160,8 @@ def run_sweep(sweep: Sweep, out_dir: Path, spec: ExecutorSpec,
     todo = [p for p in sweep.points if p.point_id not in done]
     result = SweepRun(sweep.spec.name, out_dir, spec.describe(), len(sweep.points),
                       num_skipped=len(sweep.points) - len(todo))
-    _manifest(sweep, result, "running", [])
+    earlier = read_manifest(out_dir).get("runs", [])  # the folder's previous runs
+    _manifest(sweep, result, "running", [], earlier)
     t0 = time.perf_counter()
     try:
         with closing(EXECUTORS[spec.kind](todo, fn, spec) if todo else _nothing()) as outcomes:
@@ -173,12 +182,16 @@ def run_sweep(sweep: Sweep, out_dir: Path, spec: ExecutorSpec,
         result.num_failed = sum(r["status"] == "failed" for r in table)
         result.files = write_table(out_dir, table) if table else []
         complete = len(table) == len(sweep.points)
-        _manifest(sweep, result, "complete" if complete else "incomplete", table)
+        _manifest(sweep, result, "complete" if complete else "incomplete", table, earlier)
     return result
 
 
-def _manifest(sweep: Sweep, result: SweepRun, state: str, table: list[dict]) -> None:
+def _manifest(sweep: Sweep, result: SweepRun, state: str, table: list[dict],
+              earlier: list[dict]) -> None:
     spec = sweep.spec
+    this_run = {"executor": result.executor, "num_run": result.num_run,
+                "num_skipped": result.num_skipped, "num_lost": len(result.lost),
+                "wall_s": round(result.wall_s, 3)}
     write_manifest(result.out_dir, {
         "sweep": spec.name, "description": spec.description, "state": state,
         "file": str(sweep.path), "definition": spec.model_dump(mode="json"),
@@ -190,4 +203,5 @@ def _manifest(sweep: Sweep, result: SweepRun, state: str, table: list[dict]) -> 
         "num_failed": result.num_failed, "num_lost": len(result.lost),
         "executor": result.executor, "wall_s": round(result.wall_s, 3),
         "num_run": result.num_run, "num_skipped": result.num_skipped,
-        "files": result.files, "column_types": column_types(table)})
+        "files": result.files, "column_types": column_types(table),
+        "runs": [*earlier, this_run]})

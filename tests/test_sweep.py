@@ -5,6 +5,7 @@ Pareto front and the report."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -112,6 +113,20 @@ def test_an_invalid_axis_value_names_the_sweep_file_and_the_axis(tmp_path, axes,
     assert err.value.file == str(path) and err.value.field == field
 
 
+@pytest.mark.parametrize("axes, extra, field", [
+    ({"engine.max_batch": {"low": 5, "high": 1, "step": 1}}, {}, "axes.engine.max_batch"),
+    ({"engine.max_batch": 4}, {}, "axes.engine.max_batch"),  # neither a list nor a range
+    ({"engine.max_batch": {"low": 1, "high": 4}}, {}, "axes.engine.max_batch"),  # no step
+    ({"engine.max_batch": [1, 2]}, {"baseline": {"engine.block_tokens": 8}},
+     "baseline.engine.block_tokens"),
+    ({"engine.max_batch": [1, 2]}, {"base": "no-such-scenario"}, "base"),
+])
+def test_a_bad_sweep_file_names_the_field(tmp_path, axes, extra, field):
+    with pytest.raises(UserError) as err:
+        load_sweep(write_sweep(tmp_path, axes, **extra))
+    assert err.value.field == field
+
+
 def test_a_bad_sweep_file_exits_2_naming_file_and_field(tmp_path):
     bad_value = write_sweep(tmp_path, {"engine.max_batch": [4, 0]}, name="bad-value")
     unknown_key = write_sweep(tmp_path, {"engine.max_batch": [4]}, name="unknown-key",
@@ -129,14 +144,20 @@ def test_a_bad_sweep_file_exits_2_naming_file_and_field(tmp_path):
 
 # -- running -----------------------------------------------------------------------------------
 
-def test_local_pool_and_dask_local_cluster_give_identical_results(tmp_path):
-    pytest.importorskip("dask.distributed")
+def test_local_pool_and_dask_give_identical_results(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
     sweep = load_sweep(write_sweep(tmp_path, small_axes()))
     local = run_sweep(sweep, tmp_path / "local", ExecutorSpec("local", num_workers=2))
     dask = run_sweep(sweep, tmp_path / "dask", ExecutorSpec("dask", num_workers=2))
-    assert local.num_ok == dask.num_ok == 8 and not local.lost and not dask.lost
-    assert "LocalCluster" in dask.executor
-    assert read_table(tmp_path / "local") == read_table(tmp_path / "dask")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                                  silence_logs=logging.ERROR) as cluster:  # a "remote" one
+        spec = ExecutorSpec.parse(f"dask={cluster.scheduler_address}")
+        remote = run_sweep(sweep, tmp_path / "remote", spec)
+    assert local.num_ok == dask.num_ok == remote.num_ok == 8
+    assert not (local.lost or dask.lost or remote.lost)
+    assert "LocalCluster" in dask.executor and cluster.scheduler_address in remote.executor
+    table = read_table(tmp_path / "local")
+    assert table == read_table(tmp_path / "dask") == read_table(tmp_path / "remote")
 
 
 def test_a_rerun_completes_only_the_missing_points(tmp_path):
