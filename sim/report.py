@@ -18,7 +18,7 @@ from pathlib import Path
 from sim import svg
 from sim.errors import UserError
 
-MAX_SPANS = 4000  # Gantt bars per chart; a longer run shows its beginning (and says so)
+MAX_SPANS = 1500  # Gantt bars per chart; a longer run shows its beginning (and says so)
 MAX_KV_POINTS = 1500  # KV timeline points per chart (the peak of each bucket is kept)
 DEVICE_PRECISIONS = ("fp16", "int8", "int4", "int2")  # device tier; the rest live on the host
 CSS = """
@@ -30,6 +30,7 @@ th,td{padding:.25em .7em;border-bottom:1px solid #e5e5e5;text-align:right}
 th:first-child,td:first-child,th.l,td.l{text-align:left}
 .note{color:#555;font-size:.9em;max-width:60em}.sub{color:#555;margin-top:0}
 .grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:.5em 0}svg{max-width:100%;height:auto}
+summary{cursor:pointer;font-weight:600;margin:.5em 0}
 """
 
 
@@ -96,10 +97,13 @@ def trace_spans(path: Path) -> list[svg.Span]:
 
 
 def kv_timeline(path: Path) -> tuple[list[float], dict[str, list[float]]]:
-    """Times (s) and bytes per precision, thinned to ``MAX_KV_POINTS`` rows by keeping the row
+    """Times (s) and bytes per precision: the rows where the bytes change (a step chart holds
+    the value in between) and the last, thinned to ``MAX_KV_POINTS`` rows by keeping the row
     with the most bytes in each bucket (peaks survive)."""
     rows = read_csv(path)
     names = [k for k in (rows[0] if rows else {}) if k != "time_s"]
+    rows = [r for i, r in enumerate(rows) if i in (0, len(rows) - 1)
+            or any(r[k] != rows[i - 1][k] for k in names)]
     step = max(1, math.ceil(len(rows) / MAX_KV_POINTS))
     kept = [max(rows[i:i + step], key=lambda r: sum(int(r[k]) for k in names))
             for i in range(0, len(rows), step)]
@@ -164,19 +168,24 @@ def figure(chart: str, caption: str = "") -> str:
     return f"<figure>{chart}{cap}</figure>"
 
 
-def timeline_chart(path: Path, title: str, x_max_s: float | None = None,
+def fold(summary: str, content: str, is_open: bool) -> str:
+    """A section the reader opens and closes (HTML ``details``: no script)."""
+    attr = ' open="open"' if is_open else ""
+    return f"<details{attr}><summary>{svg.escape(summary)}</summary>{content}</details>"
+
+
+def timeline_chart(spans: list[svg.Span], title: str, x_max_s: float | None = None,
                    colors: dict[str, str] | None = None) -> str:
     """The Gantt chart of one run's trace (its first ``MAX_SPANS`` ops if longer)."""
-    spans = trace_spans(path)
     shown = sorted(spans, key=lambda s: s.start)[:MAX_SPANS]
     end_s = x_max_s or max((s.start + s.duration for s in spans), default=1.0)
     if len(shown) < len(spans):
         end_s = max(s.start + s.duration for s in shown)
     factor, unit = time_unit(end_s)
-    scaled = [svg.Span(s.lane, s.start * factor, s.duration * factor, s.key,
-                       f"{s.note}, {unit}" if s.note else unit) for s in shown]
+    scaled = [svg.Span(s.lane, s.start * factor, s.duration * factor, s.key, s.note)
+              for s in shown]
     chart = svg.gantt(scaled, x_label=f"engine clock ({unit})", title=title, colors=colors,
-                      x_max=end_s * factor)
+                      x_max=end_s * factor, unit=unit)
     more = (f"Only the first {len(shown)} of {len(spans)} ops are drawn."
             if len(shown) < len(spans) else "")
     return figure(chart, more)
@@ -215,6 +224,7 @@ def run_files(out_dir: Path, stem: str) -> tuple[Path, Path, Path]:
 TIMELINE_NOTE = ("Each lane is a device; each bar is one op the engine ran on it (prefill, "
                  "decode, draft, verify, KV moves, buffer allocations), placed on the engine "
                  "clock; hover a bar for its duration and batch size.")
+FOLD_NOTE = "  Click a run's name to open or close its chart."
 KV_NOTE = ("KV-cache bytes held after every engine step, by precision: device tiers (fp16, "
            "int8, int4, int2) stacked, so the top edge is the device KV in use; offloaded blocks "
            "and FP16 backups of re-quantized blocks live in host memory and are drawn apart.")
@@ -238,14 +248,19 @@ def results_page(out_dir: Path, doc: dict) -> str:
             r["metrics"]["throughput_tok_s"]
     body.append(figure(svg.bars(variants, list(series.items()), y_label="throughput (tok/s)",
                                 title="Throughput by variant"), "Higher is better."))
-    colors = svg.color_map(sorted({s.key for r in runs
-                                   for s in _spans_or_empty(out_dir, _stem(r))}))
-    body += ["<h2>Device timelines</h2>", note(TIMELINE_NOTE)]
-    body += [_if_exists(run_files(out_dir, _stem(r))[0], lambda p, r=r: timeline_chart(
-        p, _label(r), colors=colors)) for r in runs]
-    body += ["<h2>KV memory over time</h2>", note(KV_NOTE)]
-    body += [_if_exists(run_files(out_dir, _stem(r))[1], lambda p, r=r: kv_chart(p, _label(r)))
-             for r in runs]
+    spans = {_stem(r): trace_spans(path) for r in runs
+             if (path := run_files(out_dir, _stem(r))[0]).exists()}
+    colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
+    body += ["<h2>Device timelines</h2>", note(TIMELINE_NOTE + FOLD_NOTE)]
+    for i, r in enumerate(runs):
+        chart = (timeline_chart(spans[_stem(r)], _label(r), colors=colors)
+                 if _stem(r) in spans else note(f"trace.{_stem(r)}.json is missing."))
+        body.append(fold(_label(r), chart, i < 2))
+    body += ["<h2>KV memory over time</h2>", note(KV_NOTE + FOLD_NOTE)]
+    for i, r in enumerate(runs):
+        path = run_files(out_dir, _stem(r))[1]
+        chart = kv_chart(path, _label(r)) if path.exists() else note(f"{path.name} is missing.")
+        body.append(fold(_label(r), chart, i < 2))
     return page(f"infer-os {command}: {doc.get('scenario', '?')}",
                 f"backend {backend}; {len(runs)} run(s); from {out_dir}", body)
 
@@ -272,10 +287,3 @@ def _label(run: dict) -> str:
     return f"{run['variant']} ({run['cost_model'] or 'measured'})"
 
 
-def _spans_or_empty(out_dir: Path, stem: str) -> list[svg.Span]:
-    path = run_files(out_dir, stem)[0]
-    return trace_spans(path) if path.exists() else []
-
-
-def _if_exists(path: Path, draw) -> str:
-    return draw(path) if path.exists() else note(f"{path.name} is missing: not drawn.")

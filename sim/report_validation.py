@@ -188,5 +188,5 @@ def timelines(out_dir: Path, run: dict) -> str:
     spans = {p: report.trace_spans(p) for p, _ in present}
     end_s = max((s.start + s.duration for ss in spans.values() for s in ss), default=1.0)
     colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
-    return "".join(report.timeline_chart(p, f"{run['variant']} {side}", end_s, colors)
+    return "".join(report.timeline_chart(spans[p], f"{run['variant']} {side}", end_s, colors)
                    for p, side in present)

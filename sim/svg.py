@@ -374,11 +374,12 @@ def histogram(series: Sequence[tuple[str, Sequence[float]]], *, x_label: str, ti
 
 
 def gantt(spans: Sequence[Span], *, x_label: str, title: str = "",
-          colors: dict[str, str] | None = None, x_max: float | None = None,
+          colors: dict[str, str] | None = None, x_max: float | None = None, unit: str = "",
           width: int = 900, lane_h: int = 22) -> str:
     """One lane per distinct ``lane`` (in order of appearance), one bar per span coloured by its
     ``key`` (``colors`` fixes the mapping, e.g. shared across charts); bars at least 0.5 px wide so
-    short ops stay visible.  ``x_max`` fixes the axis end (to compare charts)."""
+    short ops stay visible.  ``x_max`` fixes the axis end (to compare charts); ``unit`` names
+    the time unit in tooltips."""
     lanes = list(dict.fromkeys(s.lane for s in spans)) or [""]
     colors = colors or color_map([s.key for s in spans])
     used = {k: c for k, c in colors.items() if any(s.key == k for s in spans)}
@@ -403,10 +404,11 @@ def gantt(spans: Sequence[Span], *, x_label: str, title: str = "",
     for s in spans:
         top = f.sy(len(lanes) - index[s.lane]) + 3
         x, w = f.sx(s.start), max(f.sx(s.start + s.duration) - f.sx(s.start), 0.5)
-        tip = f"{s.key} on {s.lane}: {fmt_num(s.duration)} from {fmt_num(s.start)}"
+        u = f" {unit}" if unit else ""
+        tip = f"{s.key} on {s.lane}: {fmt_num(s.duration)}{u} from {fmt_num(s.start)}{u}"
         f.parts.append(f'<rect class="span" x="{x}" y="{top}" width="{w:.2f}" '
                        f'height="{lane_h - 6}" fill="{colors.get(s.key, "#888")}" '
                        f'data-lane="{escape(s.lane)}" data-key="{escape(s.key)}" '
                        f'data-start="{s.start:.6g}" data-duration="{s.duration:.6g}"><title>'
-                       f'{escape(tip + (", " + s.note if s.note else ""))}</title></rect>')
+                       f'{escape(tip + (f" ({s.note})" if s.note else ""))}</title></rect>')
     return f.svg("gantt")

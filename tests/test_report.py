@@ -129,7 +129,14 @@ def test_kv_timeline_is_recorded_after_every_step_and_plotted_by_precision(sim_d
     # units from the axis labels: engine clock (s), device KV (MB)
     labels = [t.text for t in chart.iter(f"{SVG}text")]
     assert "engine clock (s)" in labels and "device KV (MB)" in labels
-    assert points == [(f"{float(r['time_s']):.6g}", f"{int(r['int8']) / 1e6:.6g}") for r in rows]
+    # a step chart: the value drawn at each row's time (held from the last point) is the row's
+    rows_mb = [(f"{float(r['time_s']):.6g}", f"{int(r['int8']) / 1e6:.6g}") for r in rows]
+    plotted, held = dict(points), None
+    for t, value in rows_mb:
+        held = plotted.get(t, held)
+        assert held == value, t
+    assert points[0] == rows_mb[0] and points[-1] == rows_mb[-1]
+    assert len(points) < len(rows)  # a value that holds is drawn once
 
 
 # -- validate --out ---------------------------------------------------------------------------
