@@ -134,8 +134,8 @@ def percentile_table(runs: list[dict]) -> str:
             rows.append([r["variant"], name.removesuffix("_s").upper()]
                         + [("-" if stats.get(k) is None else f"{stats[k]:+.1%}")
                            for k in ("mean", "p50", "p90", "p99")]
-                        + [report.fmt(None if stats.get("max_abs") is None
-                                      else stats["max_abs"] * 100, ".1f") + " %"])
+                        + ["-" if stats.get("max_abs") is None
+                           else f"{stats['max_abs']:.1%}"])
     return report.table(["variant", "time", "mean", "p50", "p90", "p99", "max |error|"], rows)
 
 

@@ -241,6 +241,15 @@ def test_validation_page_shows_per_request_errors_timelines_and_kv(val_dir):
     assert {"int8 measured: device KV", "int8 predicted (roofline): device KV"} <= set(kv)
 
 
+def test_a_validation_json_alone_still_gets_its_tables_and_error_plots(val_dir, tmp_path):
+    (tmp_path / "validation.json").write_text((val_dir / "validation.json").read_text())
+    assert _report(tmp_path)[0] == 0
+    root = _page(tmp_path)
+    assert len(_charts(root, "scatter")) == 5 and len(_charts(root, "bars")) == 1
+    assert not _charts(root, "gantt") and not _charts(root, "histogram")
+    assert "No per-request CSVs in this folder" in "".join(root.itertext())
+
+
 # -- errors and dispatch ----------------------------------------------------------------------
 
 def test_a_folder_without_results_is_exit_2_naming_it(tmp_path, capsys):
