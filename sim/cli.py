@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import scenarios
 from sim import output, sweep_cli
+from sim.calibrated import load_calibration
 from sim.config import read_yaml, resolve_runs
 from sim.errors import BackendUnavailable, InfeasibleDecision, UserError
 from sim.executor import backend_names, load_backend
@@ -73,6 +74,7 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None  # drawn again if the work goes on
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -102,15 +104,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
                          f"validating ({backend})")
     out, run_outputs = [], []
     trace = args.out is not None
+    given = load_calibration(Path(args.profile)) if args.profile else None
     try:
         for variant, scn in runs_cfg:
-            cost_model = args.cost_model or scn.cost_models[0]
+            cost_model = args.cost_model or "calibrated"
+            profile = given
+            if cost_model == "calibrated" and profile is None:
+                profile = _calibrate_for(backend, scn, path.parent, progress)
             predicted = run_scenario(scn, variant, cost_model, path.parent, record_trace=trace,
-                                     on_done=progress)
+                                     on_done=progress, calibration=profile)
             measured = run_scenario(scn, variant, None, path.parent, record_trace=trace,
                                     on_done=progress, backend=backend)
             out.append({"variant": variant, "cost_model": cost_model,
-                        **compare(predicted, measured)})
+                        **compare(predicted, measured)}
+                       | ({"calibration": profile.machine} if cost_model == "calibrated"
+                          else {}))
             run_outputs += [predicted, measured]
     finally:
         progress.close()
@@ -132,6 +140,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     print(write_report(Path(args.dir)))
     return 0
+
+
+def _calibrate_for(backend: str, scn, base_dir: Path, progress: _Progress):
+    """The cached calibration profile of ``backend`` for this scenario's settings, measured
+    now if there is none (the ``infer_os.calibrators`` entry point of the backend)."""
+    for ep in entry_points(group="infer_os.calibrators"):
+        if ep.name == backend:
+            progress.close()  # the calibration draws its own progress bar
+            profile, _ = ep.load()(scn, base_dir)
+            return profile
+    raise UserError(f"backend {backend!r} has no calibrator: pass --profile FILE or "
+                    "--cost-model roofline", field="--backend")
 
 
 def _resolve(args: argparse.Namespace):
@@ -205,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "errors", "write validation.json and both runs' CSVs, traces and KV "
                           "timelines", cmd_validate)
     p.add_argument("--backend", required=True, help="a real backend (infer-os list)")
-    p.add_argument("--cost-model", choices=["roofline", "coefficient"], default=None,
-                   help="the prediction's cost model (default: the scenario's first)")
+    p.add_argument("--cost-model", choices=["calibrated", "roofline", "coefficient"],
+                   default=None, help="the prediction's cost model (default: calibrated)")
+    p.add_argument("--profile", metavar="PROFILE.yaml",
+                   help="calibration profile for the calibrated model (default: the cached one "
+                   "for this machine, calibrating first when there is none)")
     p = sub.add_parser("report", help="an HTML page with plots from a results folder")
     p.add_argument("dir", metavar="DIR",
                    help="a folder written by simulate|measure|validate|sweep --out")

@@ -218,7 +218,8 @@ class Scenario(_Frozen):
     seed: int = 0
     model: ModelConfig
     hardware: str
-    cost_models: tuple[Literal["roofline", "coefficient"], ...] = ("roofline",)
+    # "calibrated" needs a profile from `infer-os calibrate` (--profile)
+    cost_models: tuple[Literal["roofline", "coefficient", "calibrated"], ...] = ("roofline",)
     coefficient: CoefficientConfig | None = None
     workload: WorkloadConfig = WorkloadConfig()
     engine: EngineConfig = EngineConfig()

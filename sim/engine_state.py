@@ -65,6 +65,9 @@ class RunState:
                 t += seconds
 
     def observe_kv(self, store: PagedKVStore, now: float) -> None:
+        if store.tail_fp16:  # counted as an executor with FP16 tails does (sim.calibrated)
+            self.observe_kv_bytes(*store.token_bytes(), now)
+            return
         if store.device_used_bytes > self.kv_peak_bytes:
             self.kv_peak_bytes = store.device_used_bytes
             self.kv_bytes_by_precision_at_peak = store.bytes_by_precision()

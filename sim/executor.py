@@ -51,6 +51,11 @@ class StepPlan:
     kv_copy_bytes: int = 0  # KV moved to or from the host tier by the last re-tiering pass
     kv_requant_values: int = 0  # K/V values it re-quantized
     kv_recompute_tokens: int = 0  # tokens whose K/V it recomputes (restored, no copy kept)
+    # per row (for cost models that model padding or one forward per request): prefill, the
+    # prompt tokens; decode, the tokens stored before the step.  ``row_block_counts`` [rows,
+    # precisions]: each row's blocks by precision (decode only)
+    row_tokens: np.ndarray | None = None
+    row_block_counts: np.ndarray | None = None
 
 
 @dataclass(slots=True)

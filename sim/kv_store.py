@@ -85,6 +85,9 @@ class PagedKVStore:
         self._backups: dict[int, bytearray] = {}  # request id -> 1 where an FP16 copy is kept
         self.num_backups = 0
         self._future: dict[int, tuple[int, Precision]] = {}  # reserved blocks and their precision
+        # report memory as an executor that keeps each request's partial last block at FP16 and
+        # counts it by tokens (the torch executor's arenas) instead of by whole blocks
+        self.tail_fp16 = False
 
     # -- admission ---------------------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -265,6 +268,27 @@ class PagedKVStore:
         out = {p.name.lower(): int(self.counts[p] * per_block[p]) for p in Precision}
         out["backup"] = self.num_backups * int(self.device_block_bytes[Precision.FP16])
         return out
+
+    def token_bytes(self) -> tuple[dict[str, int], int]:
+        """``tail_fp16`` accounting, as an executor whose KV lags the tokens by one (the newest
+        token's K/V are written by the step that feeds it) and keeps each partial last block at
+        FP16, counted by tokens: bytes by precision, and the FP16 equivalent of the resident
+        tokens."""
+        out = self.bytes_by_precision()
+        del out["backup"]  # host copies, not device KV
+        per_block = self.device_block_bytes + self.host_block_bytes
+        bt = self.block_tokens
+        per_token = int(self.device_block_bytes[Precision.FP16]) // bt
+        resident = 0
+        for rid, blocks in self._blocks.items():
+            kv_tokens = max(int(self.req_tokens[rid]) - 1, 0)
+            counts = self.req_counts[rid]
+            resident += kv_tokens - int(counts[Precision.OFFLOADED]
+                                        + counts[Precision.EVICTED]) * bt
+            for p in blocks[kv_tokens // bt:]:  # blocks not yet full in the executor
+                out[Precision(p).name.lower()] -= int(per_block[p])
+            out["fp16"] += (kv_tokens % bt) * per_token
+        return out, max(resident, 0) * per_token
 
     def check_integrity(self) -> None:
         counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)

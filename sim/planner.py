@@ -118,14 +118,16 @@ class Planner:
         return StepPlan("prefill", tuple(batch), num_tokens, len(batch),
                         float((prompts * (prompts + 1) / 2).sum()), 0.0, 0.0, placement,
                         num_allocs=allocs, alloc_bytes=alloc_bytes,
-                        enabled=self.techniques)
+                        enabled=self.techniques, row_tokens=requests.prompt_tokens[batch],
+                        row_block_counts=store.req_counts[batch])
 
     def decode_plan(self, batch: np.ndarray, store: PagedKVStore, placement: Placement,
                     pool: BufferPool, rng: np.random.Generator) -> tuple[StepPlan, np.ndarray]:
         """The step's plan and the tokens each sequence will emit (1 + accepted draft tokens)."""
         b = len(batch)
         k = self._draft_len(b)
-        counts = store.req_counts[batch].sum(axis=0)
+        row_counts = store.req_counts[batch]
+        counts = row_counts.sum(axis=0)
         tokens = float(store.req_tokens[batch].sum())
         absent = int(counts[Precision.OFFLOADED] + counts[Precision.EVICTED])
         resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
@@ -144,7 +146,8 @@ class Planner:
             draft_len=k, draft_attended_pairs=tokens if k and self.draft else 0.0,
             draft_kv_read_bytes=draft_kv,
             num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self.techniques,
-            tokens_per_seq=int(emitted.sum()) / b if k else 1.0)
+            tokens_per_seq=int(emitted.sum()) / b if k else 1.0,
+            row_tokens=store.req_tokens[batch], row_block_counts=row_counts)
         plan.buffer_copy_bytes = copied
         plan.kv_copy_bytes, plan.kv_requant_values, plan.kv_recompute_tokens = (
             self.retierer.pending.take())

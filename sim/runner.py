@@ -12,6 +12,7 @@ import numpy as np
 from policies import DeviceLoad, SchedulingObservation
 from sim.attention import AttentionModel
 from sim.buffer_pool import BufferPool
+from sim.calibrated import CalibratedModel, CalibrationProfile
 from sim.config import Scenario
 from sim.cost_model import CoefficientModel, RooflineModel
 from sim.engine import Engine
@@ -141,6 +142,16 @@ def _acceptance_trace(scn: Scenario, base_dir: Path) -> np.ndarray | None:
     return np.array([x == "1" for x in raw])
 
 
+def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
+                calibration: CalibrationProfile | None) -> CalibratedModel:
+    if calibration is None:
+        raise UserError("the calibrated cost model needs a profile: pass --profile FILE "
+                        "(written by `infer-os calibrate`)", field="--profile")
+    return CalibratedModel(calibration, model, draft=draft,
+                           draft_layers=scn.speculation.draft_layers,
+                           draft_source=scn.speculation.draft_source)
+
+
 def check_scenario(scn: Scenario, base_dir: Path) -> None:
     """Everything ``run_scenario`` would reject, without running: models, hardware, devices,
     the KV budget and the workload file.  Raises ``UserError``."""
@@ -153,10 +164,12 @@ def check_scenario(scn: Scenario, base_dir: Path) -> None:
 
 
 def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: Path,
-                 record_trace: bool = False, on_done=None, backend: str = "sim") -> RunOutput:
+                 record_trace: bool = False, on_done=None, backend: str = "sim",
+                 calibration: CalibrationProfile | None = None) -> RunOutput:
     """One run: simulated under ``cost_model`` (backend ``sim``), or measured on a real
     backend (``cost_model`` None).  ``on_done`` (optional) is called once per request that
-    ends."""
+    ends.  The ``calibrated`` cost model needs ``calibration`` (a profile from ``infer-os
+    calibrate``)."""
     model, draft = _models(scn, base_dir)
     hw = _profile(scn, base_dir)
     _check_devices(scn, hw)
@@ -172,6 +185,9 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
         if cost_model == "coefficient":
             assert scn.coefficient is not None  # the scenario validator requires it
             cm = CoefficientModel(scn.coefficient)
+        elif cost_model == "calibrated":
+            cm = _calibrated(scn, model, draft, calibration)
+            store.tail_fp16 = cm.p.layout.kv_tail == "fp16-tokens"
         else:
             cm = RooflineModel(hw, model, draft, scn.speculation.draft_device)
         executor = CostModelExecutor(hw, cm)

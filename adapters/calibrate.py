@@ -1,0 +1,200 @@
+"""``infer-os calibrate --backend torch``: time the real executor on this machine and fit the
+``calibrated`` cost model's profile (``sim.calibrated``); also what ``validate`` calls when it is
+given no profile.  Profiles are cached per machine, backend, model and settings under
+``$INFER_OS_CACHE`` (default ``~/.cache/infer-os``)/calibration.
+
+This module imports torch only when a calibration runs (the CLI registers it without torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from sim.calibrated import CalibrationProfile, dump_calibration, load_calibration
+from sim.errors import UserError
+
+DEFAULT_BUDGET_S = 120.0
+BACKENDS = ("torch",)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("INFER_OS_CACHE") or Path.home() / ".cache" / "infer-os"
+    return Path(root) / "calibration"
+
+
+def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
+              kv_dtype: str = "float16", threads: int | None = None, block_tokens: int = 64,
+              group: int = 64, budget_s: float = DEFAULT_BUDGET_S,
+              progress: bool = True) -> CalibrationProfile:
+    """Time the torch executor for ``model`` (a preset, .gguf or HF directory) and fit."""
+    import numpy as np
+    import torch
+
+    from adapters import calibration_bench as bench
+    from adapters.loading import describe_device, resolve_device, resolve_dtype
+    from adapters.torch_executor import _load
+    from policies import Precision
+    from sim.calibration_fit import fit_with_holdout
+    from sim.model_spec import resolve_model
+
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    spec = resolve_model(model)
+    loaded, _ = _load(model, "random", dtype, device)
+    sb = bench.StepBench(loaded, spec, resolve_dtype(kv_dtype), block_tokens, group)
+    prims = bench.primitives(dev, resolve_dtype(dtype))
+    points = bench.grid(spec)
+    deadline = t_start + budget_s
+    with _Bar(len(points), progress) as bar, torch.inference_mode():
+        for i, point in enumerate(points):
+            if time.perf_counter() > deadline and i >= 24:
+                break  # the budget is spent; the broad points came first
+            if point[0] == "prefill":
+                sb.prefill(point[1])
+            else:
+                _, contexts, prec, batch, new_tokens, layers = point
+                sb.step(contexts, Precision(prec), batch, new_tokens, layers)
+            bar.advance()
+        sb.offload_copy()
+        ngram = sb.ngram_s_per_token()
+    m = sb.m
+    coef, stats = fit_with_holdout(np.array(m.features), np.array(m.seconds))
+    quant = {k: float(np.median(v)) for k, v in m.quantize_s_per_value.items()}
+    return CalibrationProfile(
+        backend="torch", device=describe_device(dev), machine=bench.machine_fingerprint(dev),
+        model=model, dtype=dtype, kv_dtype=kv_dtype, threads=torch.get_num_threads(),
+        block_tokens=block_tokens, kv_quant_group=group, primitives=prims,
+        coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
+        quantize_s_per_value=quant, copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
+        alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
+        draft_ngram_s_per_token=ngram, fit=stats,
+        seconds=time.perf_counter() - t_start)
+
+
+def cache_key(model: str, device: str, dtype: str, kv_dtype: str, threads: int | None,
+              block_tokens: int, group: int) -> str:
+    import torch
+
+    from adapters import calibration_bench as bench
+    from adapters.loading import resolve_device
+
+    n = threads or torch.get_num_threads()
+    text = "|".join(map(str, ("torch", bench.machine_fingerprint(resolve_device(device)), model,
+                              device, dtype, kv_dtype, n, block_tokens, group)))
+    name = Path(model).stem if Path(model).exists() else model
+    return f"torch-{name}-{dtype}-t{n}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def for_scenario(scn, base_dir: Path, progress: bool = True) -> tuple[CalibrationProfile, Path]:
+    """The cached profile for the scenario's model and backend settings, calibrating first if
+    there is none (``validate`` without ``--profile``)."""
+    be = scn.backend
+    model = scn.model.spec
+    if not Path(model).exists() and (base_dir / model).exists():
+        model = str(base_dir / model)
+    args = (model, be.device, be.dtype, be.kv_dtype, be.threads, scn.engine.block_tokens,
+            scn.engine.kv_quant_group)
+    path = cache_dir() / f"{cache_key(*args)}.yaml"
+    if path.exists():
+        return load_calibration(path), path
+    _info(f"calibrating the torch backend for {model} (cached in {path})")
+    profile = calibrate(model, device=be.device, dtype=be.dtype, kv_dtype=be.kv_dtype,
+                        threads=be.threads, block_tokens=scn.engine.block_tokens,
+                        group=scn.engine.kv_quant_group, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_calibration(profile))
+    return profile, path
+
+
+class _Bar:
+    """A progress bar on stderr (rich), quiet when ``enabled`` is false."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            self.bar = Progress(TextColumn("calibrating"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total} steps"),
+                                TimeElapsedColumn(), console=Console(stderr=True),
+                                transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=self.total)
+        return self
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _info(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``calibrate`` on the CLI's subparsers."""
+    p = subparsers.add_parser("calibrate", help="time the real executor on this machine and fit "
+                              "the calibrated cost model's profile")
+    p.add_argument("--backend", required=True, help=f"one of: {', '.join(BACKENDS)}")
+    p.add_argument("--model", default="smollm2-135m", metavar="NAME_OR_PATH",
+                   help="preset, .gguf file or HF directory (default: smollm2-135m)")
+    p.add_argument("--out", metavar="PROFILE.yaml", help="write the profile here (default: the "
+                   "per-machine cache; the path is printed)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--kv-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--block-tokens", type=int, default=64)
+    p.add_argument("--kv-quant-group", type=int, default=64)
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"time budget in seconds (default {DEFAULT_BUDGET_S:.0f})")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.backend not in BACKENDS:
+        raise UserError(f"cannot calibrate backend {args.backend!r} (calibrators: "
+                        f"{', '.join(BACKENDS)})", field="--backend")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("must be >= 1", field="--threads")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        from sim.errors import BackendUnavailable
+        raise BackendUnavailable("calibrating the torch backend needs the Python package "
+                                 "torch (pip install 'infer-os[torch]')") from None
+    from adapters.loading import resolve_device
+
+    resolve_device(args.device)  # exit 3 now when cuda is asked for and absent
+    settings = (args.model, args.device, args.dtype, args.kv_dtype, args.threads,
+                args.block_tokens, args.kv_quant_group)
+    profile = calibrate(args.model, device=args.device, dtype=args.dtype,
+                        kv_dtype=args.kv_dtype, threads=args.threads,
+                        block_tokens=args.block_tokens, group=args.kv_quant_group,
+                        budget_s=args.budget_s)
+    out = Path(args.out) if args.out else cache_dir() / f"{cache_key(*settings)}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_calibration(profile))
+    fit = profile.fit
+    _info(f"calibrated in {profile.seconds:.0f} s on {profile.device}: {fit.num_points} steps, "
+          f"|error| median {fit.median_abs_error:.1%}, max {fit.max_abs_error:.1%}"
+          + (f"; held out: median {fit.holdout_median_abs_error:.1%}, max "
+             f"{fit.holdout_max_abs_error:.1%}" if fit.holdout_median_abs_error is not None
+             else ""))
+    print(out)
+    return 0

@@ -1,0 +1,251 @@
+"""Microbenchmarks of the torch executor on this machine, fitted into a calibration profile
+(``sim.calibrated``).
+
+Everything timed runs the executor's own code: prefill through ``TorchExecutor._prefill``, decode
+through ``TorchExecutor._decode``, verify passes of k + 1 tokens and layer-skip passes through the
+same ``PagedStep`` and head, quantization through ``PagedKV.set_precision``.  Contexts are filled
+with random K/V (attention cost does not depend on the values).  Each grid point is timed a few
+times and its median kept; the features of each point come from the state it ran on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from adapters.drafting import NgramDraft
+from adapters.torch_executor import TorchExecutor
+from policies import Precision
+from policies.buffer_sizing import AdaptiveBuffers
+from sim.buffer_pool import BufferPool
+from sim.calibrated import FEATURES, forward_features
+from sim.executor import DeviceInfo
+from sim.model_spec import ModelSpec
+
+BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
+REPEATS = 4  # timed runs per grid point (the fastest kept)
+QUANTIZE_SAMPLES = 24  # quantizations timed per precision
+
+
+def machine_fingerprint(device: torch.device) -> str:
+    """CPU or GPU model, core count, torch version: a new machine means a new profile."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "-"
+    text = f"{cpu}|{os.cpu_count()} cores|{gpu}|torch {torch.__version__}"
+    return f"{text}|{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = REPEATS) -> float:
+    """Fastest wall seconds of ``fn`` over ``repeats`` runs (device synchronised around each):
+    on a shared machine the minimum is the least disturbed estimate of the work itself."""
+    out = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return min(out)
+
+
+def primitives(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Raw throughputs (informative; the fit uses whole steps): a matrix-vector product over a
+    64 MB matrix (memory bandwidth), a 512 x 1024 x 1024 matmul (FLOP/s), a tensor copy, the
+    dispatch of a tiny op, and an allocation."""
+    a = torch.randn(4096, 4096, dtype=dtype, device=device)
+    x = torch.randn(4096, 1, dtype=dtype, device=device)
+    gemv = timed(lambda: a @ x, device, 5)
+    m = torch.randn(512, 1024, dtype=dtype, device=device)
+    w = torch.randn(1024, 1024, dtype=dtype, device=device)
+    gemm = timed(lambda: m @ w, device, 5)
+    dst = torch.empty_like(a)
+    copy = timed(lambda: dst.copy_(a), device, 5)
+    tiny = torch.ones(8, device=device)
+    dispatch = timed(lambda: [tiny.add(1) for _ in range(100)], device, 5) / 100
+    alloc = timed(lambda: torch.empty(1 << 22, dtype=torch.uint8, device=device).fill_(0),
+                  device, 5)
+    nbytes = a.numel() * a.element_size()
+    return {"gemv_bytes_per_s": nbytes / gemv, "gemm_flops_per_s": 2 * 512 * 1024 * 1024 / gemm,
+            "copy_bytes_per_s": 2 * nbytes / copy, "dispatch_s": dispatch,
+            "alloc_4mib_s": alloc}
+
+
+@dataclass
+class Measurements:
+    features: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    quantize_s_per_value: dict[str, list[float]] = field(default_factory=dict)
+    copy_bytes_per_s: list[float] = field(default_factory=list)
+
+    def add(self, kind: str, features: np.ndarray, seconds: float) -> None:
+        self.kinds.append(kind)
+        self.features.append(features)
+        self.seconds.append(seconds)
+
+
+class StepBench:
+    """One executor (the real one) and helpers to put requests of a given context into it."""
+
+    def __init__(self, model, spec: ModelSpec, kv_dtype: torch.dtype, block_tokens: int,
+                 group: int, seed: int = 0):
+        self.model, self.spec = model, spec
+        w = model.tok_embeddings.weight
+        self.device, self.dtype = w.device, w.dtype
+        info = DeviceInfo("cpu" if self.device.type == "cpu" else "gpu", self.device.type, 0.0,
+                          "memory")
+        store = SimpleNamespace(block_tokens=block_tokens)  # tiers are set directly, not read
+        self.ex = TorchExecutor(model, [], store, info, kv_dtype=kv_dtype, group=group,
+                                buffers=BufferPool(AdaptiveBuffers()))
+        self.kv = self.ex.kv
+        self.bt = block_tokens
+        self.weight_b, self.kv_b = BYTES[self.dtype], BYTES[kv_dtype]
+        self.gen = torch.Generator().manual_seed(seed)
+        self.next_rid = 0
+        self.m = Measurements()
+        self._rows: dict[tuple, list[int]] = {}
+
+    def _ids(self, n: int) -> list[int]:
+        return torch.randint(self.model.cfg.vocab, (n,), generator=self.gen).tolist()
+
+    def fill(self, tokens: int, precision: Precision) -> int:
+        """A request holding ``tokens`` tokens of random K/V, its full blocks at ``precision``
+        (the quantization of each block is timed)."""
+        rid, self.next_rid = self.next_rid, self.next_rid + 1
+        self.kv.add(rid, capacity_tokens=tokens + 64)
+        self.kv.requests[rid].arena[:, :, :, :tokens].normal_(generator=self.gen)
+        self.kv.append(rid, tokens)
+        self.ex.tokens[rid] = self._ids(tokens)
+        if precision != Precision.FP16:
+            values = self.spec.kv_values_per_token * self.bt
+            name = precision.name.lower()
+            samples = self.m.quantize_s_per_value.setdefault(name, [])
+            for block in range(tokens // self.bt):
+                t0 = time.perf_counter()
+                self.kv.set_precision(rid, block, precision)
+                _sync(self.device)
+                if len(samples) < QUANTIZE_SAMPLES:
+                    samples.append((time.perf_counter() - t0) / values)
+        return rid
+
+    def release(self, rids: list[int]) -> None:
+        for rid in rids:
+            self.kv.free(rid)
+            self.ex.tokens.pop(rid, None)
+
+    def features(self, rids: list[int], new_tokens: int, layers: int) -> np.ndarray:
+        resident = np.array([self.kv.resident_tokens(r) for r in rids])
+        quantized = np.zeros((len(rids), 3))
+        for b, rid in enumerate(rids):
+            for prec, seg in self.kv.requests[rid].segments.items():
+                quantized[b, int(prec) - 1] += len(seg.blocks) * self.bt
+        return forward_features(self.spec, layers, new_tokens, resident, quantized,
+                                len(rids) * new_tokens, self.weight_b, self.kv_b, padded=True)
+
+    def prefill(self, tokens: int) -> None:
+        rid, self.next_rid = self.next_rid, self.next_rid + 1
+        feats = forward_features(self.spec, self.spec.num_layers, tokens, np.zeros(1),
+                                 np.zeros((1, 3)), 1, self.weight_b, self.kv_b, padded=True)
+        self.ex.prompts = {rid: self._ids(tokens)}
+
+        def run():
+            self.ex._prefill(rid)
+            self.kv.free(rid)
+
+        self.m.add("prefill", feats, timed(run, self.device, 3))
+
+    def rows(self, contexts: list[int], precision: Precision) -> list[int]:
+        """Requests of these contexts at this precision, filled once and reused by the points
+        that share them (each run adds a token or so to a row's context)."""
+        key = (tuple(contexts), int(precision))
+        if key not in self._rows:
+            self.release([r for rids in self._rows.values() for r in rids])
+            self._rows = {key: [self.fill(c, precision) for c in contexts]}
+        return self._rows[key]
+
+    def step(self, contexts: list[int], precision: Precision, batch: int, new_tokens: int = 1,
+             layers: int | None = None) -> None:
+        """Decode (one token per row, through ``_decode``) or a pass of ``new_tokens`` over the
+        first ``layers`` layers (verify, layer-skip) on the first ``batch`` rows of the given
+        contexts."""
+        rids = self.rows(contexts, precision)[:batch]
+        L = layers or self.spec.num_layers
+        if new_tokens == 1 and layers is None:
+            def run():
+                self.ex._decode(rids, 0, [], time.perf_counter())
+        else:
+            def run():
+                ids = torch.tensor([self._ids(new_tokens) for _ in rids], device=self.device)
+                st = self.ex._step(rids, new_tokens)
+                hidden = self.model.hidden_states(ids, st, self.ex._positions(rids, new_tokens),
+                                                  num_layers=layers)
+                self.ex._logits(hidden).argmax(dim=-1).tolist()
+                st.commit([1] * len(rids))
+        with torch.inference_mode():
+            run()  # warm-up (first touch of buffers)
+            feats = self.features(rids, new_tokens, L)
+            seconds = timed(run, self.device)
+        kind = "decode" if new_tokens == 1 and layers is None else (
+            "verify" if layers is None else "layer-skip")
+        self.m.add(kind, feats, seconds)
+
+    def offload_copy(self) -> None:
+        """Bytes per second of moving an FP16 block to the host tier and back."""
+        rid = self.fill(2 * self.bt, Precision.FP16)
+        nbytes = self.spec.kv_values_per_token * self.bt * self.kv_b
+        t = timed(lambda: (self.kv.set_precision(rid, 0, Precision.OFFLOADED),
+                           self.kv.set_precision(rid, 0, Precision.FP16)), self.device, 3)
+        self.m.copy_bytes_per_s.append(2 * nbytes / t)
+        self.release([rid])
+
+    def ngram_s_per_token(self) -> float:
+        tokens = self._ids(2000)
+        draft = NgramDraft()
+        return timed(lambda: draft.propose(0, tokens, 4), self.device, 5) / len(tokens)
+
+
+def grid(spec: ModelSpec) -> list[tuple]:
+    """The points to time, broad coverage first (a time budget may cut the tail): ``("prefill",
+    tokens)`` or ``("step", contexts, precision, batch, new_tokens, layers)``; consecutive
+    points share their rows."""
+    skip = max(spec.num_layers // 4, 1)
+    P = Precision
+    points: list[tuple] = [("prefill", n) for n in (16, 96, 384)]
+    for ctx in (32, 480, 160, 1200, 800):
+        for prec in (P.FP16, P.INT4, P.INT8):
+            rows = [ctx + 7 * b for b in range(4)]
+            points += [("step", rows, prec, B, 1, None) for B in (1, 2, 4)]
+            if ctx in (160, 800) and prec != P.INT8:
+                points += [("step", rows, prec, B, T, None) for T in (3, 5) for B in (1, 2)]
+            if ctx in (160, 800) and prec == P.FP16:
+                points += [("step", rows, prec, B, 1, skip) for B in (1, 2)]
+        if ctx == 160:
+            points += [("prefill", n) for n in (48, 768, 200)]
+    points += [("step", [64, 900], P.FP16, 2, 1, None),
+               ("step", [900, 64, 300], P.INT4, 3, 1, None),
+               ("step", [480, 1200], P.INT2, 1, 1, None),
+               ("step", [480, 1200], P.INT2, 2, 1, None), ("prefill", 1536)]
+    return points
+
+
+def coefficient_names() -> tuple[str, ...]:
+    return FEATURES
