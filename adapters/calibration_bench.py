@@ -226,25 +226,31 @@ class StepBench:
 def grid(spec: ModelSpec) -> list[tuple]:
     """The points to time, broad coverage first (a time budget may cut the tail): ``("prefill",
     tokens)`` or ``("step", contexts, precision, batch, new_tokens, layers)``; consecutive
-    points share their rows."""
+    points share their rows.  Contexts stay within the model's limit."""
+    cap = spec.max_context_tokens - 64  # room for the tokens the timed runs add
+
+    def fit(n: int) -> int:
+        return max(min(n, cap), 8)
+
     skip = max(spec.num_layers // 4, 1)
     P = Precision
-    points: list[tuple] = [("prefill", n) for n in (16, 96, 384)]
+    points: list[tuple] = [("prefill", fit(n)) for n in (16, 96, 384)]
     for ctx in (32, 480, 160, 1200, 800):
         for prec in (P.FP16, P.INT4, P.INT8):
-            rows = [ctx + 7 * b for b in range(4)]
+            rows = [fit(ctx + 7 * b) for b in range(4)]
             points += [("step", rows, prec, B, 1, None) for B in (1, 2, 4)]
             if ctx in (160, 800) and prec != P.INT8:
                 points += [("step", rows, prec, B, T, None) for T in (3, 5) for B in (1, 2)]
             if ctx in (160, 800) and prec == P.FP16:
                 points += [("step", rows, prec, B, 1, skip) for B in (1, 2)]
         if ctx == 160:
-            points += [("prefill", n) for n in (48, 768, 200)]
-    points += [("step", [64, 900], P.FP16, 2, 1, None),
-               ("step", [900, 64, 300], P.INT4, 3, 1, None),
-               ("step", [480, 1200], P.INT2, 1, 1, None),
-               ("step", [480, 1200], P.INT2, 2, 1, None), ("prefill", 1536)]
-    return points
+            points += [("prefill", fit(n)) for n in (48, 768, 200)]
+    points += [("step", [fit(64), fit(900)], P.FP16, 2, 1, None),
+               ("step", [fit(900), fit(64), fit(300)], P.INT4, 3, 1, None),
+               ("step", [fit(480), fit(1200)], P.INT2, 1, 1, None),
+               ("step", [fit(480), fit(1200)], P.INT2, 2, 1, None), ("prefill", fit(1536))]
+    unique = {repr(p): p for p in points}  # contexts clipped to the limit may repeat points
+    return list(unique.values())
 
 
 def coefficient_names() -> tuple[str, ...]:

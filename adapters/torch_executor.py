@@ -108,6 +108,11 @@ class TorchExecutor:
                 if t1 > t0:
                     segments.append((self.info.name, "retier", t1 - t0))
                 emitted, proposed = self._decode(rids, plan.draft_len, segments, t1)
+                t2 = self._now()
+                self._apply_tiers(rids)  # blocks that filled in this step, at once
+                t3 = self._now()
+                if t3 - t2 > 1e-4:
+                    segments.append((self.info.name, "retier", t3 - t2))
         elapsed = self._now() - t0
         self.steps_s += elapsed
         yield env.timeout(elapsed)

@@ -173,7 +173,8 @@ def test_validate_compares_prediction_and_measurement_on_identical_requests(mode
                                                                             capsys):
     path = _scenario(tmp_path, models[0])
     out = tmp_path / "out"
-    assert main(["validate", str(path), "--backend", "torch", "--json", "--out", str(out)]) == 0
+    assert main(["validate", str(path), "--backend", "torch", "--cost-model", "roofline",
+                 "--json", "--out", str(out)]) == 0
     doc = json.loads(capsys.readouterr().out)
     [run] = doc["runs"]
     assert run["cost_model"] == "roofline" and doc["backend"] == "torch"
