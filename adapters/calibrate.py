@@ -57,10 +57,10 @@ def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
             if time.perf_counter() > deadline and i >= 24:
                 break  # the budget is spent; the broad points came first
             if point[0] == "prefill":
-                sb.prefill(point[1])
+                sb.prefill(*point[1:])
             else:
-                _, contexts, prec, batch, new_tokens, layers = point
-                sb.step(contexts, Precision(prec), batch, new_tokens, layers)
+                _, contexts, prec, *rest = point
+                sb.step(contexts, Precision(prec), *rest)
             bar.advance()
         sb.offload_copy()
         ngram = sb.ngram_s_per_token()

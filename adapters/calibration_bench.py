@@ -25,6 +25,7 @@ from adapters.drafting import NgramDraft
 from adapters.torch_executor import TorchExecutor
 from policies import Precision
 from policies.buffer_sizing import AdaptiveBuffers
+from sim.attention import MeasuredAttention
 from sim.buffer_pool import BufferPool
 from sim.calibrated import FEATURES, forward_features
 from sim.executor import DeviceInfo
@@ -152,26 +153,36 @@ class StepBench:
             self.kv.free(rid)
             self.ex.tokens.pop(rid, None)
 
-    def features(self, rids: list[int], new_tokens: int, layers: int) -> np.ndarray:
+    def features(self, rids: list[int], new_tokens: int, layers: int,
+                 observed: bool = False) -> np.ndarray:
         resident = np.array([self.kv.resident_tokens(r) for r in rids])
         quantized = np.zeros((len(rids), 3))
         for b, rid in enumerate(rids):
             for prec, seg in self.kv.requests[rid].segments.items():
                 quantized[b, int(prec) - 1] += len(seg.blocks) * self.bt
         return forward_features(self.spec, layers, new_tokens, resident, quantized,
-                                len(rids) * new_tokens, self.weight_b, self.kv_b, padded=True)
+                                len(rids) * new_tokens, self.weight_b, self.kv_b, padded=True,
+                                observed=observed)
 
-    def prefill(self, tokens: int) -> None:
+    def observing(self, on: bool) -> None:
+        """Measure the attention each block draws in the following steps, as the executor does
+        for tiering policies that observe blocks."""
+        self.ex.attention = MeasuredAttention() if on else None
+
+    def prefill(self, tokens: int, observe: bool = False) -> None:
         rid, self.next_rid = self.next_rid, self.next_rid + 1
         feats = forward_features(self.spec, self.spec.num_layers, tokens, np.zeros(1),
-                                 np.zeros((1, 3)), 1, self.weight_b, self.kv_b, padded=True)
+                                 np.zeros((1, 3)), 1, self.weight_b, self.kv_b, padded=True,
+                                 observed=observe)
         self.ex.prompts = {rid: self._ids(tokens)}
+        self.observing(observe)
 
         def run():
             self.ex._prefill(rid)
             self.kv.free(rid)
 
         self.m.add("prefill", feats, timed(run, self.device, 3))
+        self.observing(False)
 
     def rows(self, contexts: list[int], precision: Precision) -> list[int]:
         """Requests of these contexts at this precision, filled once and reused by the points
@@ -183,7 +194,7 @@ class StepBench:
         return self._rows[key]
 
     def step(self, contexts: list[int], precision: Precision, batch: int, new_tokens: int = 1,
-             layers: int | None = None) -> None:
+             layers: int | None = None, observe: bool = False) -> None:
         """Decode (one token per row, through ``_decode``) or a pass of ``new_tokens`` over the
         first ``layers`` layers (verify, layer-skip) on the first ``batch`` rows of the given
         contexts."""
@@ -200,10 +211,12 @@ class StepBench:
                                                   num_layers=layers)
                 self.ex._logits(hidden).argmax(dim=-1).tolist()
                 st.commit([1] * len(rids))
+        self.observing(observe)
         with torch.inference_mode():
             run()  # warm-up (first touch of buffers)
-            feats = self.features(rids, new_tokens, L)
+            feats = self.features(rids, new_tokens, L, observe)
             seconds = timed(run, self.device)
+        self.observing(False)
         kind = "decode" if new_tokens == 1 and layers is None else (
             "verify" if layers is None else "layer-skip")
         self.m.add(kind, feats, seconds)
@@ -245,6 +258,9 @@ def grid(spec: ModelSpec) -> list[tuple]:
                 points += [("step", rows, prec, B, 1, skip) for B in (1, 2)]
         if ctx == 160:
             points += [("prefill", fit(n)) for n in (48, 768, 200)]
+    points += [("prefill", fit(n), True) for n in (96, 512)]
+    points += [("step", [fit(c), fit(c + 9)], P.FP16, B, 1, None, True)
+               for c in (300, 1000) for B in (1, 2)]
     points += [("step", [fit(64), fit(900)], P.FP16, 2, 1, None),
                ("step", [fit(900), fit(64), fit(300)], P.INT4, 3, 1, None),
                ("step", [fit(480), fit(1200)], P.INT2, 1, 1, None),

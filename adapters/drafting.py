@@ -117,7 +117,9 @@ class _CachedModelDraft:
         dev = self.model.tok_embeddings.weight.device
         x = torch.tensor([ids], device=dev)
         pos = torch.arange(start, start + len(ids), device=dev)
-        return self.model(x, cache, pos, num_layers=self.num_layers)[0, -1]
+        # the head on the last position only: a catch-up or prefill pass feeds many tokens
+        hidden = self.model.hidden_states(x, cache, pos, num_layers=self.num_layers)[:, -1:]
+        return self.model.output(self.model.norm(hidden))[0, -1]
 
     @torch.inference_mode()
     def prefill(self, rid: int, tokens: list[int]) -> None:

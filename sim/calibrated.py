@@ -2,6 +2,10 @@
 (roofline terms: weight bytes, matmul FLOPs, attention FLOPs, KV bytes, dequantized values) and of
 its overheads (per forward, per layer, per row and layer, per token and layer), with coefficients
 fitted from microbenchmarks of a real executor on this machine (``infer-os calibrate``).
+``gemm_layer`` is a per-layer step up when a forward has more than one query row: matrix-vector
+products (one row, the weights streamed once, a fast path on CPUs) become matrix-matrix ones, and
+attention needs a mask; measured on SmolLM2-135M / 2 vCPUs: 39 ms for one row, 62 ms for two
+rows, 76 ms for one row of three tokens.
 
 The terms are summed, not maxed as in ``roofline``: on the CPUs and eager executors we calibrate,
 the phases of one op (streaming weights, multiply-adds, Python dispatch) overlap little, and a sum
@@ -32,9 +36,10 @@ from sim.errors import UserError
 from sim.executor import StepPlan
 from sim.model_spec import ModelSpec
 
-FEATURES = ("forward", "layer", "row_layer", "token_layer", "weight_bytes", "matmul_flops",
+FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weight_bytes",
+            "matmul_flops",
             "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
-            "dequant_int2_values", "concat_bytes")
+            "dequant_int2_values", "concat_bytes", "observed_scores")
 QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
 
 
@@ -121,11 +126,13 @@ def dump_calibration(profile: CalibrationProfile) -> str:
 def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
                      row_resident: np.ndarray, row_quantized: np.ndarray, head_rows: int,
                      weight_bytes_per_param: float, kv_bytes_per_value: float,
-                     padded: bool) -> np.ndarray:
+                     padded: bool, observed: bool = False) -> np.ndarray:
     """Features of one forward pass over ``len(row_resident)`` rows, each feeding ``new_tokens``
     tokens and attending to its ``row_resident`` stored tokens plus the new ones.
     ``row_quantized`` [rows, 3]: stored tokens at INT8, INT4, INT2 (dequantized every layer);
-    ``num_layers`` may be below the spec's (a layer-skip draft)."""
+    ``num_layers`` may be below the spec's (a layer-skip draft).  ``observed``: the attention
+    each block draws is measured too (one more q.K product and softmax per layer, for tiering
+    policies that observe blocks)."""
     B, T, L = len(row_resident), new_tokens, num_layers
     S = row_resident.astype(np.float64) + T
     keys = B * float(S.max()) if (padded and B > 1) else float(S.sum())
@@ -134,13 +141,14 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
     quantized = row_quantized.astype(np.float64).sum(axis=0) * values_per_layer_token * L
     has_quant = row_quantized.sum(axis=1) > 0
     return np.array([
-        1.0, L, B * L, B * T * L,
+        1.0, L, L if B * T > 1 else 0.0, B * L, B * T * L,
         (L * per_layer_params + spec.head_params) * weight_bytes_per_param,
         2.0 * B * T * L * per_layer_params + 2.0 * head_rows * spec.head_params,
         4.0 * spec.num_heads * spec.head_dim * L * T * keys,
         keys * L * values_per_layer_token * kv_bytes_per_value,
         quantized[0], quantized[1], quantized[2],
         float(S[has_quant].sum()) * L * values_per_layer_token * kv_bytes_per_value,
+        spec.num_heads * T * keys * L if observed else 0.0,
     ])
 
 
@@ -173,10 +181,12 @@ class CalibratedModel:
     name = "calibrated"
 
     def __init__(self, profile: CalibrationProfile, model: ModelSpec,
-                 draft: ModelSpec | None = None, draft_layers: int | None = None,
-                 draft_source: str = "model"):
-        self.p, self.model = profile, model
-        self.draft, self.draft_layers, self.draft_source = draft, draft_layers, draft_source
+                 draft: ModelSpec | None = None, draft_source: str = "model",
+                 speculating: bool = False, observing: bool = False):
+        self.p, self.model, self.observing = profile, model, observing
+        # a draft model (or the target's first layers) runs only when speculation is on
+        self.draft = draft if speculating and draft_source != "ngram" else None
+        self.draft_source = draft_source
         self.coef = profile.coefficient_vector()
         bits = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
         self.weight_b = bits.get(profile.dtype, 4.0)
@@ -187,9 +197,9 @@ class CalibratedModel:
         self.bt = profile.block_tokens
 
     def forward_s(self, spec: ModelSpec, layers: int, new_tokens: int, resident: np.ndarray,
-                  quantized: np.ndarray, head_rows: int) -> float:
+                  quantized: np.ndarray, head_rows: int, observed: bool = False) -> float:
         f = forward_features(spec, layers, new_tokens, resident, quantized, head_rows,
-                             self.weight_b, self.kv_b, self.padded)
+                             self.weight_b, self.kv_b, self.padded, observed)
         return float(f @ self.coef)
 
     def segments(self, plan: StepPlan) -> list[Segment]:
@@ -201,7 +211,12 @@ class CalibratedModel:
                        else plan.placement.decode_attention)
         if plan.phase == "prefill":
             none = np.zeros((1, 3))
-            seconds = sum(self.forward_s(spec, L, int(p), np.zeros(1), none, 1) for p in tokens)
+            seconds = sum(self.forward_s(spec, L, int(p), np.zeros(1), none, 1, self.observing)
+                          for p in tokens)
+            if self.draft is not None:  # the draft fills its own cache
+                seconds += sum(self.forward_s(self.draft, self.draft.num_layers, int(p) - 1,
+                                              np.zeros(1), none, 1)
+                               for p in tokens if p > 1)
             out.append(Segment(self.device, "prefill", 0.0, 0.0, seconds))
             out.append(self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens))
             return out
@@ -210,7 +225,7 @@ class CalibratedModel:
         if k:
             out.append(Segment(self.device, "draft", 0.0, 0.0, self._draft_s(B, k, resident)))
         T = k + 1
-        seconds = self.forward_s(spec, L, T, resident, quantized, B * T)
+        seconds = self.forward_s(spec, L, T, resident, quantized, B * T, self.observing)
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
         after = tokens + (T if not k else round(plan.tokens_per_seq))
         fill = self._fill_segment(plan, tokens, tokens, after)
@@ -225,14 +240,16 @@ class CalibratedModel:
         return out
 
     def _draft_s(self, rows: int, k: int, resident: np.ndarray) -> float:
-        if self.draft_source == "ngram" or self.draft is None:
+        """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
+        proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row."""
+        if self.draft is None:
             return float(resident.sum()) * self.p.draft_ngram_s_per_token
-        layers = self.draft.num_layers  # a layer-skip draft: the first n layers
-        none = np.zeros((rows, 3))
-        # k sequential one-token passes per row (the drafts run row by row, unpadded)
-        per_row = [self.forward_s(self.draft, layers, 1, np.array([r]), none[:1], 1)
-                   for r in resident.tolist()]
-        return k * float(sum(per_row))
+        d, layers, none = self.draft, self.draft.num_layers, np.zeros((1, 3))
+        seconds = 0.0
+        for r in resident.tolist():
+            seconds += self.forward_s(d, layers, 2, np.array([r]), none, 1)
+            seconds += (k - 1) * self.forward_s(d, layers, 1, np.array([r + 2]), none, 1)
+        return seconds
 
     def _fill_segment(self, plan: StepPlan, tokens: np.ndarray, before: np.ndarray,
                       after: np.ndarray) -> Segment:

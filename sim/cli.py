@@ -179,7 +179,11 @@ def _resolve(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace, backend: str) -> int:
     path, name, runs_cfg = _resolve(args)
-    if backend == "sim":
+    profile_path = getattr(args, "profile", None)
+    profile = load_calibration(Path(profile_path)) if profile_path else None
+    if backend == "sim" and profile is not None:  # --profile: the calibrated model alone
+        jobs = [(v, s, "calibrated") for v, s in runs_cfg]
+    elif backend == "sim":
         jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
     else:  # measured once per variant: cost models predict, they are not measured
         jobs = [(v, s, None) for v, s in runs_cfg]
@@ -190,7 +194,7 @@ def _run(args: argparse.Namespace, backend: str) -> int:
         for variant, scn, cm in jobs:
             runs.append(run_scenario(scn, variant, cm, path.parent,
                                      record_trace=args.out is not None, on_done=progress,
-                                     backend=backend))
+                                     backend=backend, calibration=profile))
     finally:
         progress.close()
     output.add_speedups(runs)
@@ -218,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = _scenario_command(sub, "simulate", "run a scenario through the cost-model simulator",
                           "write JSON, per-request CSVs and Chrome traces", cmd_simulate)
+    p.add_argument("--profile", metavar="PROFILE.yaml", help="predict with the calibrated cost "
+                   "model of this profile (from `infer-os calibrate`) instead of the scenario's")
     p = _scenario_command(sub, "measure", "run a scenario for real on a backend (e.g. torch)",
                           "write JSON, per-request CSVs and Chrome traces", cmd_measure)
     p.add_argument("--backend", required=True, help="an installed backend (infer-os list)")

@@ -213,6 +213,9 @@ class Engine:
         done = batch[is_done]
         if joining:
             self.running.extend(batch[~is_done].tolist())
+            if self.store.tail_fp16 and not self._kv_measured:
+                # an executor that writes the prompt at FP16 holds it so until it is tiered
+                self.state.observe_kv(self.store, self.env.now)
             if self.planner.tiering.observes_blocks:  # tier the new prompt blocks at once
                 self.planner.retier(self.store, self.running)
         if not self._kv_measured:

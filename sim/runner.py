@@ -148,8 +148,9 @@ def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
         raise UserError("the calibrated cost model needs a profile: pass --profile FILE "
                         "(written by `infer-os calibrate`)", field="--profile")
     return CalibratedModel(calibration, model, draft=draft,
-                           draft_layers=scn.speculation.draft_layers,
-                           draft_source=scn.speculation.draft_source)
+                           draft_source=scn.speculation.draft_source,
+                           speculating=scn.policies.speculation.kind != "off",
+                           observing=scn.policies.tiering.observes_blocks)
 
 
 def check_scenario(scn: Scenario, base_dir: Path) -> None:

@@ -1,0 +1,90 @@
+"""The validation table: ``infer-os validate`` on the bundled ``validation-*`` scenarios (torch
+backend, calibrated cost model), one row per scenario variant, then the median and the worst
+|signed relative error| of each metric over all of them.
+
+    python benchmarks/validation.py [--profile PROFILE.yaml] [--scenario NAME]... [--json-dir DIR]
+    python benchmarks/validation.py --from-json DIR   # tabulate saved `validate --json` output
+
+Without ``--profile`` the cached calibration of this machine is used (made first if missing,
+about 2 minutes).  Run it alone on the machine: other processes disturb the measured runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+METRICS = ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50", "kv_peak_bytes")
+SCENARIOS = ("validation-short", "validation-long", "validation-batched", "validation-spec")
+
+
+def run_validate(scenario: str, profile: str | None) -> dict:
+    from sim.cli import main
+
+    argv = ["validate", scenario, "--backend", "torch", "--json"]
+    if profile:
+        argv += ["--profile", profile]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    if code != 0:
+        sys.exit(f"validate {scenario} exited {code}")
+    return json.loads(buf.getvalue())
+
+
+def table(docs: list[dict]) -> str:
+    head = "| scenario | variant | " + " | ".join(METRICS) + " | acceptance (sim / real) |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+    errors: dict[str, list[float]] = {m: [] for m in METRICS}
+    for doc in docs:
+        for run in doc["runs"]:
+            cells = []
+            for m in METRICS:
+                e = run["relative_error"].get(m)
+                if e is not None:
+                    errors[m].append(abs(e))
+                cells.append("-" if e is None else f"{e:+.1%}")
+            pa = run["predicted"].get("spec_acceptance_rate")
+            ma = run["measured"].get("spec_acceptance_rate")
+            acc = f"{pa:.2f} / {ma:.2f}" if pa and ma else "-"
+            lines.append(f"| {doc['scenario']} | {run['variant']} | " + " | ".join(cells)
+                         + f" | {acc} |")
+    med = [f"{statistics.median(v):.1%}" if v else "-" for v in errors.values()]
+    worst = [f"{max(v):.1%}" if v else "-" for v in errors.values()]
+    lines.append("| **median \\|error\\|** | | " + " | ".join(med) + " | |")
+    lines.append("| **worst \\|error\\|** | | " + " | ".join(worst) + " | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", help="calibration profile (default: this machine's cached one)")
+    ap.add_argument("--scenario", action="append", help="scenario (repeatable; default: the "
+                    "bundled validation-* ones)")
+    ap.add_argument("--json-dir", help="also save each scenario's validate JSON here")
+    ap.add_argument("--from-json", help="tabulate the *.json files of this folder instead")
+    args = ap.parse_args()
+    if args.from_json:
+        docs = [json.loads(p.read_text()) for p in sorted(Path(args.from_json).glob("*.json"))]
+    else:
+        docs = []
+        for scenario in args.scenario or SCENARIOS:
+            t0 = time.perf_counter()
+            docs.append(run_validate(scenario, args.profile))
+            print(f"{scenario}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            if args.json_dir:
+                out = Path(args.json_dir)
+                out.mkdir(parents=True, exist_ok=True)
+                name = Path(scenario).stem
+                (out / f"{name}.json").write_text(json.dumps(docs[-1], indent=2))
+    print(table(docs))
+
+
+if __name__ == "__main__":
+    main()
