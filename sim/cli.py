@@ -92,7 +92,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Simulate and measure every variant on identical requests; report the errors."""
-    from sim.validate import compare
+    from sim.validate import compare, conditioned_on
 
     backend = args.backend
     if backend == "sim":
@@ -111,12 +111,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             profile = given
             if cost_model == "calibrated" and profile is None:
                 profile = _calibrate_for(backend, scn, path.parent, progress)
-            predicted = run_scenario(scn, variant, cost_model, path.parent, record_trace=trace,
-                                     on_done=progress, calibration=profile)
             measured = run_scenario(scn, variant, None, path.parent, record_trace=trace,
                                     on_done=progress, backend=backend)
+            given_scn, conditioned = conditioned_on(scn, measured)
+            predicted = run_scenario(given_scn, variant, cost_model, path.parent,
+                                     record_trace=trace, on_done=progress, calibration=profile)
             out.append({"variant": variant, "cost_model": cost_model,
-                        **compare(predicted, measured)}
+                        **compare(predicted, measured), "conditioned_on": conditioned}
                        | ({"calibration": profile.machine} if cost_model == "calibrated"
                           else {}))
             run_outputs += [predicted, measured]

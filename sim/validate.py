@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.config import Scenario
 from sim.engine_state import COMPLETED
 from sim.metrics import summary
 from sim.runner import RunOutput
@@ -58,3 +59,19 @@ def compare(predicted: RunOutput, measured: RunOutput) -> dict:
               for side, run in (("predicted", predicted), ("measured", measured))}
     return {"predicted": pm, "measured": mm, "relative_error": errors,
             "per_request": per_request, "engine_state": engine}
+
+
+def conditioned_on(scn: Scenario, measured: RunOutput) -> tuple[Scenario, dict]:
+    """What the prediction takes from the measurement, not from the scenario: the per-token
+    acceptance of the drafts (a property of model, draft source and text that the simulator
+    does not predict), as accepted / (accepted + rejections) over the measured proposals.  The
+    simulator then draws acceptance with that probability; what validate checks is the time
+    and memory that follow from it.  Nothing is taken when speculation is off."""
+    ex = measured.executor
+    accepted = getattr(ex, "draft_accepted", 0)
+    rejections = getattr(ex, "draft_rejections", 0)
+    if scn.policies.speculation.kind == "off" or accepted + rejections == 0:
+        return scn, {}
+    alpha = float(f"{accepted / (accepted + rejections):.6g}")
+    setup = scn.speculation.model_copy(update={"alpha": alpha})
+    return scn.model_copy(update={"speculation": setup}), {"speculation.alpha": alpha}

@@ -124,3 +124,27 @@ def test_a_bad_profile_is_one_clear_error(tiny, tmp_path, capsys):
     assert main(["validate", path, "--backend", "torch", "--profile", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "Traceback" not in err
+
+
+def test_validate_takes_the_measured_acceptance_and_only_that(tiny, tmp_path, capsys):
+    profile = tmp_path / "p.yaml"
+    assert main(["calibrate", "--backend", "torch", "--model", str(tiny / "model"),
+                 "--threads", "1", "--block-tokens", "16", "--kv-quant-group", "16",
+                 "--budget-s", "4", "--out", str(profile)]) == 0
+    capsys.readouterr()
+    doc = yaml.safe_load(open(_scenario(tiny, {"kind": "fp16"})))
+    doc["variants"] = {"off": {},
+                       "spec": {"policies.speculation": {"kind": "fixed", "k": 2},
+                                "speculation.draft_source": "layer-skip",
+                                "speculation.draft_layers": 2, "speculation.alpha": 0.99}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path), "--backend", "torch", "--profile", str(profile),
+                 "--json"]) == 0
+    off, spec = json.loads(capsys.readouterr().out)["runs"]
+    assert off["conditioned_on"] == {}
+    alpha = spec["conditioned_on"]["speculation.alpha"]
+    assert 0.0 <= alpha < 0.99  # the scenario's 0.99 was replaced by what was measured
+    # with the measured acceptance the simulator emits as many tokens per verify pass
+    p, m = spec["predicted"], spec["measured"]
+    assert abs(p["spec_acceptance_rate"] - m["spec_acceptance_rate"]) < 0.25
