@@ -24,6 +24,7 @@ from sim.sweep import load_sweep
 from sim.sweep_run import ExecutorSpec, run_sweep
 
 SWEEP_DIR = Path(scenarios.__file__).parent / "sweeps"
+MAX_LOST_SHOWN = 5  # points lost to the executor, listed on stderr
 
 
 def sweep_names() -> list[str]:
@@ -86,8 +87,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"{result.num_failed} failed) on {result.executor}\n"
               f"results: {', '.join(str(out_dir / f) for f in result.files)}\n"
               f"report:  infer-os report {out_dir}")
-    for line in result.lost:
+    for line in result.lost[:MAX_LOST_SHOWN]:
         err.print(f"lost (rerun to retry): {line}", markup=False)
+    if len(result.lost) > MAX_LOST_SHOWN:
+        err.print(f"... and {len(result.lost) - MAX_LOST_SHOWN} more lost points", markup=False)
     return 1 if result.lost else 0
 
 

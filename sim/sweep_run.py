@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing
@@ -108,7 +109,8 @@ def _dask(points: list[Point], fn: Callable, spec: ExecutorSpec) -> Iterator[Out
                                dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
-        futures = client.map(fn, points, key=[f"point-{p.point_id}" for p in points])
+        run = uuid.uuid4().hex[:8]  # this run's keys: a shared cluster may hold a past run's
+        futures = client.map(fn, points, key=[f"sweep-{run}-{p.point_id}" for p in points])
         by_key = {f.key: p for f, p in zip(futures, points)}
         for future in as_completed(futures):
             yield by_key[future.key], future.exception() or future.result()
