@@ -173,8 +173,8 @@ def val_dir(tmp_path_factory) -> Path:
     (root / "scn.yaml").write_text(yaml.safe_dump(doc))
     out = root / "out"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["validate", str(root / "scn.yaml"), "--backend", "torch", "--out",
-                     str(out)]) == 0
+        assert main(["validate", str(root / "scn.yaml"), "--backend", "torch", "--cost-model",
+                     "roofline", "--out", str(out)]) == 0
     assert _report(out)[0] == 0
     return out
 
