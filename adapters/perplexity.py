@@ -11,6 +11,11 @@ The device budget is ``budget_frac`` x the FP16 bytes of the whole window, reser
 the engine does, so a policy that reacts to memory pressure (``progressive``) sees it from the
 first chunk.  Memory saved is measured at the end of the window: ``1 - device KV bytes / FP16
 bytes of every token of the window`` (an evicted or offloaded token counts as saved).
+
+Beside the measurement, each chunk's KV state is recorded as the simulator's quality model sees it
+(``quality_passes``: every block's measured attention share and precision, taken where the
+re-tiering pass after the chunk computes its quality signal, i.e. before its decisions, so it
+is the state the chunk was scored under), for ``sim.quality_fit`` to predict and fit from.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sim.attention import AttentionModel, MeasuredAttention
 from sim.config import AttentionConfig, QualityConfig
 from sim.kv_store import PagedKVStore, block_bytes
 from sim.quality import penalties
+from sim.quality_fit import QualityPass, QualityRun
 from sim.retier import Retierer
 
 
@@ -41,15 +47,19 @@ class TieredPerplexity:
     kv_saved_frac: float  # at the end of the window, against FP16 for every token
     kv_bytes_by_precision: dict[str, int]  # at the end of the window
     moves: dict[str, int]
+    quality_passes: tuple[QualityPass, ...] = ()  # one per chunk, as the quality model sees it
+    quality_samples: tuple[float, ...] = ()  # the Retierer's own delta-PPL signal, every pass
 
 
 @torch.inference_mode()
 def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int = 64,
                group: int = 64, chunk: int = 128, eval_from: int = 512,
                kv_dtype: torch.dtype = torch.float16, budget_frac: float = 1.0,
-               seed: int = 0, measured_attention: bool = True) -> TieredPerplexity:
+               seed: int = 0, measured_attention: bool = True,
+               quality: QualityConfig | None = None) -> TieredPerplexity:
     """Score ``ids[eval_from + 1:]`` (each token predicted from all before it) under
-    ``policy``'s tiering decisions, re-taken after every chunk."""
+    ``policy``'s tiering decisions, re-taken after every chunk.  ``quality`` gives the penalties
+    of the quality signal the policy observes (default: the placeholders)."""
     cfg = model.cfg
     dev = model.tok_embeddings.weight.device
     dtype = model.tok_embeddings.weight.dtype
@@ -63,10 +73,11 @@ def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int 
     store = PagedKVStore(block_tokens, sizes, budget_frac * fp16_window, 4 * fp16_window, 1)
     attention = MeasuredAttention() if measured_attention else AttentionModel(
         AttentionConfig(), seed)
-    retierer = Retierer(policy, attention, penalties(QualityConfig()),
+    retierer = Retierer(policy, attention, penalties(quality or QualityConfig()),
                         values_per_token * block_tokens)
     retierer.retier(store, [], 0)
     nll, scored = 0.0, 0
+    passes = []
     for start in range(0, len(ids) - 1, chunk):
         x = ids[start:start + chunk]
         if start == 0:
@@ -85,13 +96,26 @@ def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int 
         scored += max(len(targets) - first, 0)
         if start > 0:
             store.append_tokens(0, len(x), retierer.new_block_precision)
+        precs = np.frombuffer(bytes(store.blocks_raw(0)), dtype=np.uint8).copy()
+        passes.append(QualityPass(attention.shares(0, len(precs)).copy(), precs,
+                                  max(len(targets) - first, 0)))
         retierer.retier(store, [0], start + len(x))
     _apply(kv, store, model, ids)
     by_prec = kv.bytes_by_precision()
     device = kv.device_bytes()
     full = len(ids) * values_per_token * 2
     return TieredPerplexity(math.exp(nll / scored) if scored else float("nan"), nll, scored,
-                            1 - device / full, by_prec, dict(sorted(retierer.moves.items())))
+                            1 - device / full, by_prec, dict(sorted(retierer.moves.items())),
+                            tuple(passes), tuple(retierer.quality_samples))
+
+
+def quality_run(name: str, model: Transformer, windows: list[list[int]], policy,
+                **kw) -> QualityRun:
+    """``policy``'s perplexity over every window (``tiered_nll`` on each, keywords passed on),
+    with the attention mix its KV cache was scored under."""
+    runs = [tiered_nll(model, ids, policy, **kw) for ids in windows]
+    return QualityRun.of(name, sum(r.nll_sum for r in runs), sum(r.num_scored for r in runs),
+                         [p for r in runs for p in r.quality_passes])
 
 
 def _apply(kv: PagedKV, store: PagedKVStore, model: Transformer, ids: list[int]) -> None:

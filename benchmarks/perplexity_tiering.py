@@ -41,6 +41,12 @@ POLICIES = [
 ]
 
 
+def text_windows(ids: list[int], num_windows: int, context: int) -> list[list[int]]:
+    """``num_windows`` windows of ``context`` tokens spread evenly over ``ids``."""
+    stride = (len(ids) - context) // max(num_windows, 1)
+    return [ids[i * stride:i * stride + context] for i in range(num_windows)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--play", default="the-tempest")
@@ -59,8 +65,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     ids = loaded.tokenizer.encode(play_text(args.play))
-    stride = (len(ids) - args.context) // max(args.windows, 1)
-    windows = [ids[i * stride:i * stride + args.context] for i in range(args.windows)]
+    windows = text_windows(ids, args.windows, args.context)
     print(f"SmolLM2-135M fp32 on cpu, {args.play}: {len(ids)} tokens, {args.windows} windows of "
           f"{args.context}, scored from token 512, chunks of 128, KV blocks of 64 tokens, "
           f"INT groups of 64, FP tier FP16, device budget {args.budget_frac} x FP16 window",

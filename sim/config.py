@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from sim import quality_profile
 from sim.errors import UserError
 from sim.policy_registry import FAMILIES, by_kind, param_names
 
@@ -153,8 +154,11 @@ def _cited(value: float, source: str):
 
 
 class QualityConfig(_Frozen):
-    """The quality model (sim/quality.py): delta-PPL per precision, with sources."""
+    """The quality model (sim/quality.py): delta-PPL per precision, with sources.  ``profile``
+    names a fitted quality file (sim/quality_profile.py) whose values replace the placeholders
+    below; values the scenario gives itself still win."""
 
+    profile: str | None = None
     base_ppl: float = Field(default=12.34, gt=0)  # the paper's baseline PPL (appendix B.3)
     int8_delta_ppl: Coefficient = _cited(
         0.002, "llama.cpp q8_0 KV cache: delta-PPL ~ +0.002 (REFERENCE.md)")
@@ -165,6 +169,14 @@ class QualityConfig(_Frozen):
     missing_delta_ppl: Coefficient = _cited(
         3.0, "[A] per unit of attention mass evicted or offloaded; H2O/StreamingLLM lose little "
              "because the mass they drop is small")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_profile(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("profile"), str):
+            base_dir = (info.context or {}).get("base_dir")
+            return {**quality_profile.config_fields(data["profile"], base_dir), **data}
+        return data
 
 
 class CoefficientConfig(_Frozen):
@@ -263,12 +275,14 @@ def apply_override(data: dict, dotted: str, value: Any) -> None:
 
 def validate(data: dict, file: str, where: str = "") -> Scenario:
     try:
-        return Scenario.model_validate(data)
+        return Scenario.model_validate(data, context={"base_dir": Path(file).parent})
     except ValidationError as err:
         e = err.errors()[0]
         field = ".".join(str(x) for x in e["loc"] if x not in ("function-after",))
         msg = e["msg"].removeprefix("Value error, ")
         raise UserError(msg, file=file, field=(where + field) or None) from None
+    except UserError as err:  # from a file the scenario names (a quality profile)
+        raise UserError(err.message, file=file, field=where + (err.field or "")) from None
 
 
 def read_yaml(path: Path) -> dict:
