@@ -106,7 +106,7 @@ def _dask(points: list[Point], fn: Callable, spec: ExecutorSpec) -> Iterator[Out
                             field="--executor") from None
     else:
         cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         run = uuid.uuid4().hex[:8]  # this run's keys: a shared cluster may hold a past run's
@@ -156,7 +156,8 @@ def run_sweep(sweep: Sweep, out_dir: Path, spec: ExecutorSpec,
               on_point: Callable[[dict], None] | None = None,
               fn: Callable[[Point], dict] = run_point) -> SweepRun:
     """Run the points not yet in ``out_dir``; log each as it ends; write table and manifest.
-    ``on_point`` sees every record as it is logged (a progress bar)."""
+    ``on_point`` sees every record as it is logged (a progress bar).  Worker processes import
+    the caller's main module: a script calling this needs ``if __name__ == "__main__":``."""
     log = PointLog(out_dir)
     done = log.records()
     todo = [p for p in sweep.points if p.point_id not in done]
