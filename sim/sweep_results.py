@@ -172,9 +172,14 @@ def read_table(out_dir: Path) -> list[dict]:
         pass
     types = read_manifest(out_dir).get("column_types", {})
     with (out_dir / CSV_FILE).open(newline="") as f:
-        return [{c: None if v == "" else _cast(v == "True" if types.get(c) == "bool" else v,
-                                               types.get(c, "str"))
-                 for c, v in r.items()} for r in csv.DictReader(f)]
+        return [{c: _from_csv(v, types.get(c, "str")) for c, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+def _from_csv(text: str, kind: str):
+    if kind == "str":
+        return text  # an empty cell is an empty string (the error of an ok point)
+    return None if text == "" else _cast(text == "True" if kind == "bool" else text, kind)
 
 
 def read_manifest(out_dir: Path) -> dict:
