@@ -11,9 +11,8 @@ from sim.errors import UserError
 from sim.pareto import best, pareto_front
 from sim.sweep_results import MANIFEST_FILE, read_manifest, read_table
 
-# the three-way trade-off of KV tiering, and the latency one
+# the three-way trade-off of KV tiering
 TRADE_OFF = {"throughput_tok_s": "max", "kv_peak_bytes": "min", "quality_pct": "max"}
-LATENCY = {"ttft_p50_s": "min", "decode_tok_s": "max"}
 OBJECTIVES = (  # (title, column, sense)
     ("highest throughput", "throughput_tok_s", "max"),
     ("highest speedup vs baseline", "speedup_vs_baseline", "max"),
@@ -90,20 +89,22 @@ def _section(cost_model: str, rows: list[dict], axes: list[str]) -> str:
     if not rows:
         return f"<h2>cost model: {svg.escape(cost_model)}</h2><p>No point ran.</p>"
     front3 = pareto_front(rows, TRADE_OFF)
-    front2 = pareto_front(rows, LATENCY)
+    kv = ("kv_peak_bytes", 1e-6, "KV peak (MB)")
     charts = [
-        _chart(rows, axes, front3, ("kv_peak_bytes", 1e-6, "KV peak (MB)"),
-               ("throughput_tok_s", 1.0, "throughput (tok/s)"), "Throughput vs KV memory"),
-        _chart(rows, axes, front3, ("kv_peak_bytes", 1e-6, "KV peak (MB)"),
-               ("quality_pct", 1.0, "estimated quality (%)"), "Estimated quality vs KV memory"),
-        _chart(rows, axes, front2, ("ttft_p50_s", 1e3, "TTFT p50 (ms)"),
-               ("decode_tok_s", 1.0, "decode tok/s per sequence"), "TTFT vs decode speed"),
+        _chart(rows, axes, kv, ("throughput_tok_s", 1.0, "throughput (tok/s)"), "min", "max",
+               "Throughput vs KV memory", front3),
+        _chart(rows, axes, kv, ("quality_pct", 1.0, "estimated quality (%)"), "min", "max",
+               "Estimated quality vs KV memory", front3),
+        _chart(rows, axes, ("ttft_p50_s", 1e3, "TTFT p50 (ms)"),
+               ("decode_tok_s", 1.0, "decode tok/s per sequence"), "min", "max",
+               "TTFT vs decode speed"),
     ]
-    note = ("<p class=\"note\">Highlighted: the Pareto front of throughput (max), KV peak memory "
-            "(min) and estimated quality (max) in the first two charts, and of TTFT p50 (min) and "
-            "decode tok/s (max) in the third; a point is on a front when no other point is at "
-            "least as good on every objective and better on one. Quality is the simulator's "
-            "estimate (sim/quality.py), not a measurement.</p>")
+    note = ("<p class=\"note\">In each chart, the Pareto front of the two plotted objectives "
+            "(KV peak memory and TTFT: lower is better; throughput, quality and decode speed: "
+            "higher is better): the points no other point matches or beats on both and beats on "
+            "one. \u201cOn the 3-way front only\u201d: not on this chart's front but on the front "
+            "of throughput, KV memory and quality together (a better trade on the third). "
+            "Quality is the simulator's estimate (sim/quality.py), not a measurement.</p>")
     if cost_model == "coefficient":
         note += ("<p class=\"note\">coefficient = the paper's projection method (baseline rate "
                  "x stated coefficients), not physics.</p>")
@@ -120,23 +121,28 @@ def _section(cost_model: str, rows: list[dict], axes: list[str]) -> str:
             + (f"<p class=\"note\">... and {more} more (results.csv)</p>" if more > 0 else ""))
 
 
-def _chart(rows: list[dict], axes: list[str], front: list[int], x: tuple[str, float, str],
-           y: tuple[str, float, str], title: str) -> str:
-    """A scatter of every point, the front's points highlighted; ``x``/``y``: (column, scale to
-    display units, label)."""
+def _chart(rows: list[dict], axes: list[str], x: tuple[str, float, str],
+           y: tuple[str, float, str], x_sense: str, y_sense: str, title: str,
+           front3: list[int] | None = None) -> str:
+    """Every point, the two plotted objectives' Pareto front highlighted (and, with ``front3``,
+    the rest of the three-way front apart); ``x``/``y``: (column, scale to display units,
+    label)."""
     (x, x_scale, x_label), (y, y_scale, y_label) = x, y
-    on = set(front)
     usable = [i for i, r in enumerate(rows) if r.get(x) is not None and r.get(y) is not None]
+    front = set(pareto_front(rows, {x: x_sense, y: y_sense}))
+    three_way = set(front3 or ()) - front
 
     def series(name: str, idx: list[int]) -> svg.Series:
         return svg.Series(name, [rows[i][x] * x_scale for i in idx],
                           [rows[i][y] * y_scale for i in idx],
                           [_tip(rows[i], axes) for i in idx])
 
-    return "<figure>" + svg.scatter(
-        [series("Pareto front", [i for i in usable if i in on]),
-         series("other points", [i for i in usable if i not in on])],
-        x_label=x_label, y_label=y_label, title=title, width=520, height=380) + "</figure>"
+    groups = [series("Pareto front", [i for i in usable if i in front])]
+    if front3 is not None:
+        groups.append(series("on the 3-way front only", [i for i in usable if i in three_way]))
+    groups.append(series("dominated", [i for i in usable if i not in front | three_way]))
+    return "<figure>" + svg.scatter(groups, x_label=x_label, y_label=y_label, title=title,
+                                    width=520, height=380) + "</figure>"
 
 
 def _tip(row: dict, axes: list[str]) -> str:
