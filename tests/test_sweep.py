@@ -101,6 +101,14 @@ def test_bundled_sweeps_validate_and_one_has_at_least_1000_points():
     assert sizes["paper-techniques"] == 32  # 2^4 technique combinations x 2 cost models
 
 
+def test_list_names_the_bundled_sweeps():
+    proc = start_cli("list")
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err
+    assert {"paper-techniques", "kv-tiering-tradeoff", "tiering-grid-1000"} <= set(
+        out.decode().split())
+
+
 @pytest.mark.parametrize("axes, field", [
     ({"engine.max_batch": [4, 0]}, "axes.engine.max_batch"),  # pydantic: ge=1
     ({"policies.tiering": [{"kind": "fp16"}, {"kind": "nope"}]}, "axes.policies.tiering"),
