@@ -38,7 +38,6 @@ def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
     from adapters import calibration_bench as bench
     from adapters.loading import describe_device, resolve_device, resolve_dtype
     from adapters.torch_executor import _load
-    from policies import Precision
     from sim.calibration_fit import fit_with_holdout
     from sim.model_spec import resolve_model
 
@@ -56,11 +55,7 @@ def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
         for i, point in enumerate(points):
             if time.perf_counter() > deadline and i >= 24:
                 break  # the budget is spent; the broad points came first
-            if point[0] == "prefill":
-                sb.prefill(*point[1:])
-            else:
-                _, contexts, prec, *rest = point
-                sb.step(contexts, Precision(prec), *rest)
+            bench.run_point(sb, point)
             bar.advance()
         sb.offload_copy()
         ngram = sb.ngram_s_per_token()
@@ -86,8 +81,9 @@ def cache_key(model: str, device: str, dtype: str, kv_dtype: str, threads: int |
     from adapters.loading import resolve_device
 
     n = threads or torch.get_num_threads()
-    text = "|".join(map(str, ("torch", bench.machine_fingerprint(resolve_device(device)), model,
-                              device, dtype, kv_dtype, n, block_tokens, group)))
+    dev = resolve_device(device)  # "auto" and what it resolves to share a profile
+    text = "|".join(map(str, ("torch", bench.VERSION, bench.machine_fingerprint(dev), model,
+                              dev.type, dtype, kv_dtype, n, block_tokens, group)))
     name = Path(model).stem if Path(model).exists() else model
     return f"torch-{name}-{dtype}-t{n}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -95,10 +91,7 @@ def cache_key(model: str, device: str, dtype: str, kv_dtype: str, threads: int |
 def for_scenario(scn, base_dir: Path, progress: bool = True) -> tuple[CalibrationProfile, Path]:
     """The cached profile for the scenario's model and backend settings, calibrating first if
     there is none (``validate`` without ``--profile``)."""
-    be = scn.backend
-    model = scn.model.spec
-    if not Path(model).exists() and (base_dir / model).exists():
-        model = str(base_dir / model)
+    be, model = scn.backend, _model_path(scn, base_dir)
     args = (model, be.device, be.dtype, be.kv_dtype, be.threads, scn.engine.block_tokens,
             scn.engine.kv_quant_group)
     path = cache_dir() / f"{cache_key(*args)}.yaml"
@@ -111,6 +104,51 @@ def for_scenario(scn, base_dir: Path, progress: bool = True) -> tuple[Calibratio
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_calibration(profile))
     return profile, path
+
+
+def _model_path(scn, base_dir: Path) -> str:
+    model = scn.model.spec
+    if not Path(model).exists() and (base_dir / model).exists():
+        model = str(base_dir / model)
+    return model
+
+
+def speed_check(profile: CalibrationProfile, scn, base_dir: Path) -> float:
+    """How much slower this machine runs now than when ``profile`` was fitted: a few of the
+    calibration's steps re-timed (about a second), measured over predicted, median.  On a shared
+    machine whose speed drifts by tens of per cent over minutes (other tenants), ``validate``
+    scales its prediction by this factor, measured just before and after each measured run, and
+    reports it (``conditioned_on.machine_speed``)."""
+    import numpy as np
+    import torch
+
+    from adapters import calibration_bench as bench
+    from adapters.loading import resolve_dtype
+    from adapters.torch_executor import _load
+    from sim.calibrated import CalibratedModel
+    from sim.model_spec import resolve_model
+
+    be = scn.backend
+    if be.threads:
+        torch.set_num_threads(be.threads)
+    model = _model_path(scn, base_dir)
+    spec = resolve_model(model)
+    loaded, _ = _load(model, "random", be.dtype, be.device)
+    sb = bench.StepBench(loaded, spec, resolve_dtype(be.kv_dtype), profile.block_tokens,
+                         profile.kv_quant_group)
+    with torch.inference_mode():
+        for point in bench.REFERENCE_POINTS:
+            bench.run_point(sb, point)
+    coef = CalibratedModel(profile, spec).coef
+    predicted = np.array(sb.m.features) @ coef
+    return float(np.median(np.array(sb.m.seconds) / predicted))
+
+
+class TorchCalibrator:
+    """What ``validate`` loads from the ``infer_os.calibrators`` entry point of a backend."""
+
+    for_scenario = staticmethod(for_scenario)
+    speed_check = staticmethod(speed_check)
 
 
 class _Bar:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from sim.executor import DeviceInfo
 from sim.model_spec import ModelSpec
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
-REPEATS = 4  # timed runs per grid point (the fastest kept)
+REPEATS = 5  # timed runs per grid point (the median kept)
+VERSION = 2  # of the grid and timing method: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -56,8 +58,8 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = REPEATS) -> float:
-    """Fastest wall seconds of ``fn`` over ``repeats`` runs (device synchronised around each):
-    on a shared machine the minimum is the least disturbed estimate of the work itself."""
+    """Median wall seconds of ``fn`` over ``repeats`` runs (device synchronised around each):
+    the typical time, as a measured run sees it (the fastest run is biased low against it)."""
     out = []
     for _ in range(repeats):
         _sync(device)
@@ -65,7 +67,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = REPEATS
         fn()
         _sync(device)
         out.append(time.perf_counter() - t0)
-    return min(out)
+    return statistics.median(out)
 
 
 def primitives(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
@@ -267,6 +269,19 @@ def grid(spec: ModelSpec) -> list[tuple]:
                ("step", [fit(480), fit(1200)], P.INT2, 2, 1, None), ("prefill", fit(1536))]
     unique = {repr(p): p for p in points}  # contexts clipped to the limit may repeat points
     return list(unique.values())
+
+
+# re-timed by ``speed_check``: steps every calibration has, cheap to run
+REFERENCE_POINTS = (("step", [160, 167], Precision.FP16, 1, 1, None),
+                    ("step", [160, 167], Precision.FP16, 2, 1, None), ("prefill", 96))
+
+
+def run_point(sb: StepBench, point: tuple) -> None:
+    if point[0] == "prefill":
+        sb.prefill(*point[1:])
+    else:
+        _, contexts, prec, *rest = point
+        sb.step(contexts, Precision(prec), *rest)
 
 
 def coefficient_names() -> tuple[str, ...]:

@@ -81,9 +81,10 @@ class TorchExecutor:
         self.finished: dict[int, list[int]] = {}  # prompt + output ids of ended requests
         self._actual: dict[int, np.ndarray] = {}  # per request: precision applied per block
         self.steps_s = 0.0  # sum of measured step times
-        # draft tokens accepted, and proposals cut short by a rejection: their ratio
-        # accepted / (accepted + rejections) is the per-token acceptance probability
-        self.draft_accepted = self.draft_rejections = 0
+        # draft tokens accepted, proposals cut short by a rejection, and draft requests that
+        # got no proposal (an n-gram with no match): the per-token acceptance probability is
+        # accepted / (accepted + rejections + empty)
+        self.draft_accepted = self.draft_rejections = self.draft_empty = 0
         # what the tiering policy observes: attention measured in the model, per block
         self.attention = MeasuredAttention() if measure_attention else None
 
@@ -187,7 +188,8 @@ class TorchExecutor:
                 self.drafter.rollback(rid, len(self.tokens[rid]) + a)
             self.tokens[rid].extend([*d[:a], target[b][a]])
             self.draft_accepted += a
-            self.draft_rejections += a < len(d)
+            self.draft_rejections += 0 < len(d) and a < len(d)
+            self.draft_empty += k > 0 and not d
             kept.append(1 + a)  # the fed token and the accepted drafts keep their K/V
             emitted.append(1 + a)
         step.commit(kept)

@@ -92,6 +92,9 @@ class CalibrationProfile(_Frozen):
     draft_ngram_s_per_token: float = 0.0  # an n-gram lookup, per token of the sequence
     fit: FitQuality | None = None
     seconds: float = 0.0  # how long the calibration took
+    # set at run time, never stored: how much slower the machine runs now than when the
+    # profile was fitted (``validate``'s speed check); every predicted time is scaled by it
+    speed_factor: float = Field(default=1.0, gt=0, exclude=True)
 
     def coefficient_vector(self) -> np.ndarray:
         return np.array([self.coefficients.get(name, 0.0) for name in FEATURES])
@@ -203,6 +206,13 @@ class CalibratedModel:
         return float(f @ self.coef)
 
     def segments(self, plan: StepPlan) -> list[Segment]:
+        out = self._segments(plan)
+        if self.p.speed_factor != 1.0:
+            for seg in out:
+                seg.fixed_s *= self.p.speed_factor
+        return out
+
+    def _segments(self, plan: StepPlan) -> list[Segment]:
         spec, L = self.model, self.model.num_layers
         tokens = np.asarray(plan.row_tokens, dtype=np.int64)
         out = []

@@ -108,12 +108,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         for variant, scn in runs_cfg:
             cost_model = args.cost_model or "calibrated"
-            profile = given
-            if cost_model == "calibrated" and profile is None:
-                profile = _calibrate_for(backend, scn, path.parent, progress)
+            profile = speed = calibrator = None
+            if cost_model == "calibrated":
+                calibrator = _calibrator(backend)
+                progress.close()  # a calibration draws its own progress bar
+                profile = given or calibrator.for_scenario(scn, path.parent)[0]
+                if args.speed_check:
+                    speed = calibrator.speed_check(profile, scn, path.parent)
             measured = run_scenario(scn, variant, None, path.parent, record_trace=trace,
                                     on_done=progress, backend=backend)
             given_scn, conditioned = conditioned_on(scn, measured)
+            if speed is not None:  # the machine's speed before and after the measured run
+                speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
+                profile = profile.model_copy(update={"speed_factor": speed})
+                conditioned["machine_speed"] = float(f"{speed:.4g}")
             predicted = run_scenario(given_scn, variant, cost_model, path.parent,
                                      record_trace=trace, on_done=progress, calibration=profile)
             out.append({"variant": variant, "cost_model": cost_model,
@@ -143,16 +151,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate_for(backend: str, scn, base_dir: Path, progress: _Progress):
-    """The cached calibration profile of ``backend`` for this scenario's settings, measured
-    now if there is none (the ``infer_os.calibrators`` entry point of the backend)."""
+def _calibrator(backend: str):
+    """The ``infer_os.calibrators`` entry point of ``backend``: ``for_scenario(scn, base_dir)``
+    -> (profile, path), cached or measured now; ``speed_check(profile, scn, base_dir)``."""
     for ep in entry_points(group="infer_os.calibrators"):
         if ep.name == backend:
-            progress.close()  # the calibration draws its own progress bar
-            profile, _ = ep.load()(scn, base_dir)
-            return profile
-    raise UserError(f"backend {backend!r} has no calibrator: pass --profile FILE or "
-                    "--cost-model roofline", field="--backend")
+            return ep.load()
+    raise UserError(f"backend {backend!r} has no calibrator: pass --cost-model roofline",
+                    field="--backend")
 
 
 def _resolve(args: argparse.Namespace):
@@ -237,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="PROFILE.yaml",
                    help="calibration profile for the calibrated model (default: the cached one "
                    "for this machine, calibrating first when there is none)")
+    p.add_argument("--no-speed-check", dest="speed_check", action="store_false",
+                   help="do not re-time reference steps around each measured run (the "
+                   "prediction is then not scaled by the machine's current speed)")
     p = sub.add_parser("report", help="an HTML page with plots from a results folder")
     p.add_argument("dir", metavar="DIR",
                    help="a folder written by simulate|measure|validate|sweep --out")

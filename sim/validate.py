@@ -64,14 +64,16 @@ def compare(predicted: RunOutput, measured: RunOutput) -> dict:
 def conditioned_on(scn: Scenario, measured: RunOutput) -> tuple[Scenario, dict]:
     """What the prediction takes from the measurement, not from the scenario: the per-token
     acceptance of the drafts (a property of model, draft source and text that the simulator
-    does not predict), as accepted / (accepted + rejections) over the measured proposals.  The
-    simulator then draws acceptance with that probability; what validate checks is the time
-    and memory that follow from it.  Nothing is taken when speculation is off."""
+    does not predict), accepted / (accepted + rejections + empty proposals) over the measured
+    draft requests: the simulator always drafts when asked, so a request that found no draft
+    (an n-gram without a match) counts as a first token rejected.  The simulator then draws
+    acceptance with that probability; what validate checks is the time and memory that follow
+    from it.  Nothing is taken when speculation is off."""
     ex = measured.executor
     accepted = getattr(ex, "draft_accepted", 0)
-    rejections = getattr(ex, "draft_rejections", 0)
-    if scn.policies.speculation.kind == "off" or accepted + rejections == 0:
+    misses = getattr(ex, "draft_rejections", 0) + getattr(ex, "draft_empty", 0)
+    if scn.policies.speculation.kind == "off" or accepted + misses == 0:
         return scn, {}
-    alpha = float(f"{accepted / (accepted + rejections):.6g}")
+    alpha = float(f"{accepted / (accepted + misses):.6g}")
     setup = scn.speculation.model_copy(update={"alpha": alpha})
     return scn.model_copy(update={"speculation": setup}), {"speculation.alpha": alpha}

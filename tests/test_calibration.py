@@ -142,9 +142,24 @@ def test_validate_takes_the_measured_acceptance_and_only_that(tiny, tmp_path, ca
     assert main(["validate", str(path), "--backend", "torch", "--profile", str(profile),
                  "--json"]) == 0
     off, spec = json.loads(capsys.readouterr().out)["runs"]
-    assert off["conditioned_on"] == {}
+    # the machine's speed, re-timed around the measured run, and nothing else when not drafting
+    assert set(off["conditioned_on"]) == {"machine_speed"}
+    assert off["conditioned_on"]["machine_speed"] > 0
     alpha = spec["conditioned_on"]["speculation.alpha"]
     assert 0.0 <= alpha < 0.99  # the scenario's 0.99 was replaced by what was measured
     # with the measured acceptance the simulator emits as many tokens per verify pass
     p, m = spec["predicted"], spec["measured"]
     assert abs(p["spec_acceptance_rate"] - m["spec_acceptance_rate"]) < 0.25
+
+
+def test_without_the_speed_check_nothing_is_taken_from_the_measurement(tiny, tmp_path, capsys):
+    profile = tmp_path / "p.yaml"
+    assert main(["calibrate", "--backend", "torch", "--model", str(tiny / "model"),
+                 "--threads", "1", "--block-tokens", "16", "--kv-quant-group", "16",
+                 "--budget-s", "3", "--out", str(profile)]) == 0
+    capsys.readouterr()
+    path = _scenario(tiny, {"kind": "fp16"})
+    assert main(["validate", path, "--backend", "torch", "--profile", str(profile),
+                 "--no-speed-check", "--json"]) == 0
+    [run] = json.loads(capsys.readouterr().out)["runs"]
+    assert run["conditioned_on"] == {}
