@@ -39,8 +39,9 @@ def run_validate(scenario: str, profile: str | None) -> dict:
 
 
 def table(docs: list[dict]) -> str:
-    head = "| scenario | variant | " + " | ".join(METRICS) + " | acceptance (sim / real) |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+    head = ("| scenario | variant | " + " | ".join(METRICS)
+            + " | machine speed | acceptance (given / measured) |")
+    lines = [head, "|" + "---|" * (len(METRICS) + 4)]
     errors: dict[str, list[float]] = {m: [] for m in METRICS}
     for doc in docs:
         for run in doc["runs"]:
@@ -50,15 +51,17 @@ def table(docs: list[dict]) -> str:
                 if e is not None:
                     errors[m].append(abs(e))
                 cells.append("-" if e is None else f"{e:+.1%}")
-            pa = run["predicted"].get("spec_acceptance_rate")
+            given = run.get("conditioned_on", {})
+            alpha = given.get("speculation.alpha")
             ma = run["measured"].get("spec_acceptance_rate")
-            acc = f"{pa:.2f} / {ma:.2f}" if pa and ma else "-"
+            acc = f"{alpha:.2f} / {ma:.2f}" if alpha is not None and ma is not None else "-"
+            speed = given.get("machine_speed")
             lines.append(f"| {doc['scenario']} | {run['variant']} | " + " | ".join(cells)
-                         + f" | {acc} |")
+                         + f" | {'-' if speed is None else format(speed, '.2f')} | {acc} |")
     med = [f"{statistics.median(v):.1%}" if v else "-" for v in errors.values()]
     worst = [f"{max(v):.1%}" if v else "-" for v in errors.values()]
-    lines.append("| **median \\|error\\|** | | " + " | ".join(med) + " | |")
-    lines.append("| **worst \\|error\\|** | | " + " | ".join(worst) + " | |")
+    lines.append("| **median \\|error\\|** | | " + " | ".join(med) + " | | |")
+    lines.append("| **worst \\|error\\|** | | " + " | ".join(worst) + " | | |")
     return "\n".join(lines)
 
 
