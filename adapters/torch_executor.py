@@ -85,6 +85,7 @@ class TorchExecutor:
         # got no proposal (an n-gram with no match): the per-token acceptance probability is
         # accepted / (accepted + rejections + empty)
         self.draft_accepted = self.draft_rejections = self.draft_empty = 0
+        self.accepted_log: dict[int, list[int]] = {}  # per request: accepted per proposal
         # what the tiering policy observes: attention measured in the model, per block
         self.attention = MeasuredAttention() if measure_attention else None
 
@@ -190,6 +191,8 @@ class TorchExecutor:
             self.draft_accepted += a
             self.draft_rejections += 0 < len(d) and a < len(d)
             self.draft_empty += k > 0 and not d
+            if k:
+                self.accepted_log.setdefault(rid, []).append(a)
             kept.append(1 + a)  # the fed token and the accepted drafts keep their K/V
             emitted.append(1 + a)
         step.commit(kept)

@@ -92,7 +92,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Simulate and measure every variant on identical requests; report the errors."""
-    from sim.validate import compare, conditioned_on
+    from sim.validate import acceptance_replay, compare, conditioned_on
 
     backend = args.backend
     if backend == "sim":
@@ -122,8 +122,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
                 profile = profile.model_copy(update={"speed_factor": speed})
                 conditioned["machine_speed"] = float(f"{speed:.4g}")
+            replay = acceptance_replay(measured) if conditioned else None
+            if replay:
+                conditioned["acceptance_replay"] = "measured accepted counts per request"
             predicted = run_scenario(given_scn, variant, cost_model, path.parent,
-                                     record_trace=trace, on_done=progress, calibration=profile)
+                                     record_trace=trace, on_done=progress, calibration=profile,
+                                     acceptance_replay=replay)
             out.append({"variant": variant, "cost_model": cost_model,
                         **compare(predicted, measured), "conditioned_on": conditioned}
                        | ({"calibration": profile.machine} if cost_model == "calibrated"

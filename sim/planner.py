@@ -48,6 +48,8 @@ class Planner:
         self.estimator = estimator
         self.contiguous_kv = contiguous_kv
         self.acceptance_trace, self._trace_pos = acceptance_trace, 0
+        self.acceptance_replay: dict[int, list[int]] | None = None
+        self._replay_pos: dict[int, int] = {}
         self.decode_steps = 0
         self.acceptance = 0.0
         self.acceptance_history: deque[float] = deque(maxlen=HISTORY_LEN)
@@ -132,7 +134,7 @@ class Planner:
         absent = int(counts[Precision.OFFLOADED] + counts[Precision.EVICTED])
         resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
         quantized = int(counts[Precision.INT8] + counts[Precision.INT4] + counts[Precision.INT2])
-        emitted = self._emitted(b, k, rng)
+        emitted = self._emitted(b, k, rng, batch)
         kv_read = float(counts @ store.device_block_bytes)
         allocs, alloc_bytes, copied = self._buffers(
             pool, b * (k + 1), b * (k + 1), int(kv_read),
@@ -170,9 +172,12 @@ class Planner:
                                      "tokens but the scenario names no model.draft")
         return k
 
-    def _emitted(self, b: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    def _emitted(self, b: int, k: int, rng: np.random.Generator,
+                 batch: np.ndarray | None = None) -> np.ndarray:
         """Per sequence: 1 + the accepted prefix of k drafts, each accepted with prob. alpha.
-        With a measuring executor the draw is skipped (its result replaces these ones)."""
+        With a measuring executor the draw is skipped (its result replaces these ones).  With
+        ``acceptance_replay`` (validate: the accepted count of each measured proposal, per
+        request, in order) a request's next recorded count is used while it lasts."""
         self.last_k = k
         self.steps_since_draft = 0 if k else self.steps_since_draft + 1
         if k == 0 or self.measured_acceptance:
@@ -181,6 +186,10 @@ class Planner:
                 ones = self._ones[b] = np.ones(b, dtype=np.int64)
                 ones.flags.writeable = False
             return ones
+        if self.acceptance_replay is not None and batch is not None:
+            accepted = self._replayed(batch, k, rng)
+            self.record_acceptance(np.full(b, k), accepted)
+            return accepted + 1
         if self.acceptance_trace is not None:
             idx = (self._trace_pos + np.arange(b * k)) % len(self.acceptance_trace)
             self._trace_pos = int((self._trace_pos + b * k) % len(self.acceptance_trace))
@@ -190,6 +199,19 @@ class Planner:
         accepted = np.argmin(np.hstack([accept, np.zeros((b, 1), dtype=bool)]), axis=1)
         self.record_acceptance(np.full(b, k), accepted)
         return accepted + 1
+
+    def _replayed(self, batch: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty(len(batch), dtype=np.int64)
+        for i, rid in enumerate(batch.tolist()):
+            counts = self.acceptance_replay.get(rid, ())
+            pos = self._replay_pos.get(rid, 0)
+            if pos < len(counts):
+                out[i] = min(counts[pos], k)
+                self._replay_pos[rid] = pos + 1
+            else:  # more proposals than were measured: draw
+                accept = rng.random(k) < self.alpha
+                out[i] = int(np.argmin(np.append(accept, False)))
+        return out
 
     def record_acceptance(self, proposed: np.ndarray, accepted: np.ndarray) -> None:
         """Update the acceptance statistics from one step's outcome per sequence: ``proposed``

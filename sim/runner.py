@@ -166,11 +166,13 @@ def check_scenario(scn: Scenario, base_dir: Path) -> None:
 
 def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: Path,
                  record_trace: bool = False, on_done=None, backend: str = "sim",
-                 calibration: CalibrationProfile | None = None) -> RunOutput:
+                 calibration: CalibrationProfile | None = None,
+                 acceptance_replay: dict[int, list[int]] | None = None) -> RunOutput:
     """One run: simulated under ``cost_model`` (backend ``sim``), or measured on a real
     backend (``cost_model`` None).  ``on_done`` (optional) is called once per request that
     ends.  The ``calibrated`` cost model needs ``calibration`` (a profile from ``infer-os
-    calibrate``)."""
+    calibrate``); ``acceptance_replay`` (per request, the accepted count of each measured
+    proposal) replaces drawn acceptance while it lasts."""
     model, draft = _models(scn, base_dir)
     hw = _profile(scn, base_dir)
     _check_devices(scn, hw)
@@ -205,6 +207,7 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
                       estimator=RooflineModel(hw, model), contiguous_kv=eng.contiguous_kv,
                       acceptance_trace=_acceptance_trace(scn, base_dir))
     planner.draft_source = scn.speculation.draft_source
+    planner.acceptance_replay = acceptance_replay
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, seed=scn.seed,

@@ -68,7 +68,8 @@ def conditioned_on(scn: Scenario, measured: RunOutput) -> tuple[Scenario, dict]:
     draft requests: the simulator always drafts when asked, so a request that found no draft
     (an n-gram without a match) counts as a first token rejected.  The simulator then draws
     acceptance with that probability; what validate checks is the time and memory that follow
-    from it.  Nothing is taken when speculation is off."""
+    from it; ``acceptance_replay`` goes further and replays each request's measured outcomes.
+    Nothing is taken when speculation is off."""
     ex = measured.executor
     accepted = getattr(ex, "draft_accepted", 0)
     misses = getattr(ex, "draft_rejections", 0) + getattr(ex, "draft_empty", 0)
@@ -77,3 +78,11 @@ def conditioned_on(scn: Scenario, measured: RunOutput) -> tuple[Scenario, dict]:
     alpha = float(f"{accepted / (accepted + misses):.6g}")
     setup = scn.speculation.model_copy(update={"alpha": alpha})
     return scn.model_copy(update={"speculation": setup}), {"speculation.alpha": alpha}
+
+
+def acceptance_replay(measured: RunOutput) -> dict[int, list[int]] | None:
+    """Per request, the accepted count of each measured proposal, in order: the simulator
+    replays them (its k may differ: a count is capped at the k it drafts), so requests advance
+    as they did for real; beyond the record it draws with the measured ``alpha``."""
+    log = getattr(measured.executor, "accepted_log", None)
+    return {rid: list(counts) for rid, counts in log.items()} if log else None
