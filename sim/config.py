@@ -133,6 +133,9 @@ class BackendConfig(_Frozen):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and activations
     kv_dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # the FP tier of the KV
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads (default: torch's)
+    # ort backends: bind inputs/outputs to buffers the buffer policy sizes (IOBinding), or
+    # plain session.run
+    ort_binding: bool = True
 
 
 class Coefficient(_Frozen):

@@ -113,8 +113,10 @@ def load_backend(name: str):
             try:
                 return ep.load()
             except ImportError as err:  # installed without its extra (e.g. no torch)
+                # the extra an entry point names (``ort = "m:f [onnx]"``), else the backend's name
+                extra = (getattr(ep, "extras", None) or [name])[0]
                 raise BackendUnavailable(
                     f"backend {name!r} needs the Python package {err.name or err}, which is not "
-                    f"installed here (pip install 'infer-os[{name}]')") from None
+                    f"installed here (pip install 'infer-os[{extra}]')") from None
     raise UserError(f"unknown backend {name!r} (installed: {', '.join(backend_names()) or 'none'})",
                     field="--backend")

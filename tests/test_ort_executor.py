@@ -1,0 +1,145 @@
+"""The ONNX Runtime executor under the engine (``infer-os measure --backend ort``) on a tiny random
+Llama: every request completes with its forced length and the torch backend's greedy output, with
+and without IOBinding; bound buffers are reused across steps; unsupported setups and missing
+providers or packages are one-line errors with exit 2 or 3."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from sim.cli import main  # noqa: E402
+from sim.config import resolve_runs  # noqa: E402
+from sim.runner import run_scenario  # noqa: E402
+
+LLAMA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=128, vocab_size=256, initializer_range=0.2, bos_token_id=0,
+             eos_token_id=None, pad_token_id=None, max_position_embeddings=512)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "target"
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**LLAMA)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def onnx_cache(tmp_path_factory):
+    """Exports go to a per-module cache (the first test exports, the others reuse it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFER_OS_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def _scenario(tmp_path: Path, target: Path, **extra) -> Path:
+    doc = {
+        "name": "tiny-ort", "seed": 3,
+        "model": {"spec": str(target)},
+        "hardware": "cpu-2core-avx512",
+        "workload": {"arrival": {"kind": "closed", "concurrency": 3}, "num_requests": 5,
+                     "prompt_tokens": {"kind": "uniform", "low": 20, "high": 70},
+                     "output_tokens": {"kind": "uniform", "low": 10, "high": 30},
+                     "prompt_text": "random"},
+        "engine": {"max_batch": 3, "block_tokens": 16, "kv_quant_group": 16},
+        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float32"},
+        "policies": {"tiering": {"kind": "fp16"}, "buffers": {"kind": "adaptive"},
+                     "speculation": {"kind": "off"},
+                     "scheduling": {"kind": "single", "device": "cpu"}},
+    }
+    for dotted, value in extra.items():
+        node = doc
+        *head, last = dotted.split("__")
+        for key in head:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "scn.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _measure(path: Path, backend: str):
+    [(variant, scn)] = resolve_runs(path, [])
+    return run_scenario(scn, variant, None, path.parent, backend=backend)
+
+
+def _outputs(out) -> dict[int, list[int]]:
+    ex = out.executor
+    return {rid: ex.finished[rid][:len(ex.prompts[rid]) + int(out.requests.output_tokens[rid])]
+            for rid in range(len(ex.prompts))}
+
+
+@pytest.fixture(scope="module")
+def torch_run(model_dir, tmp_path_factory):
+    return _measure(_scenario(tmp_path_factory.mktemp("torch"), model_dir), "torch")
+
+
+@pytest.mark.parametrize("binding", [True, False])
+def test_greedy_run_equals_the_torch_backend(model_dir, torch_run, tmp_path, binding):
+    out = _measure(_scenario(tmp_path, model_dir, backend__ort_binding=binding), "ort")
+    m = out.metrics
+    assert m["num_completed"] == 5 and m["num_failed"] == 0
+    assert m["output_tokens"] == int(out.requests.output_tokens.sum())
+    assert m["engine"]["max_batch"] >= 2  # continuous batching really batched
+    assert _outputs(out) == _outputs(torch_run)
+    assert m["kv_bytes_by_precision"]["fp16"] == m["kv_peak_bytes"] > 0
+    assert m["measured"]["device"].endswith("CPUExecutionProvider")
+
+
+def test_binding_reuses_its_buffers_across_steps(model_dir, tmp_path):
+    out = _measure(_scenario(tmp_path, model_dir, policies__buffers={"kind": "pow2"}), "ort")
+    ex = out.executor
+    assert ex.num_runs > 30
+    assert 0 < ex.arrays.num_allocs < ex.num_runs / 2  # most steps run in reused memory
+    assert ex.pool.stats.num_reuses > ex.pool.stats.num_allocs
+
+
+def test_measure_json_with_ort(model_dir, tmp_path, capsys):
+    path = _scenario(tmp_path, model_dir)
+    assert main(["measure", str(path), "--backend", "ort", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "ort" and doc["runs"][0]["metrics"]["num_completed"] == 5
+
+
+@pytest.mark.parametrize("override, field", [
+    (["policies.tiering={kind: uniform, precision: int8}"], "policies.tiering"),
+    (["policies.speculation={kind: fixed, k: 2}", "speculation.draft_source=ngram"],
+     "policies.speculation"),
+    (["backend.kv_dtype=bfloat16"], "backend.kv_dtype")])
+def test_unsupported_setups_are_user_errors(model_dir, tmp_path, capsys, override, field):
+    path = _scenario(tmp_path, model_dir)
+    sets = [arg for o in override for arg in ("--set", o)]
+    assert main(["measure", str(path), "--backend", "ort", *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and field in err
+
+
+@pytest.mark.parametrize("backend, provider", [("ort-migraphx", "MIGraphXExecutionProvider"),
+                                               ("ort-vitisai", "VitisAIExecutionProvider")])
+def test_missing_provider_exits_3_listing_what_is_available(model_dir, tmp_path, capsys,
+                                                            backend, provider):
+    if provider in ort.get_available_providers():
+        pytest.skip(f"{provider} is installed here")
+    assert main(["measure", str(_scenario(tmp_path, model_dir)), "--backend", backend]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and provider in err and "CPUExecutionProvider" in err
+
+
+def test_missing_onnxruntime_exits_3_naming_the_package(model_dir, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    monkeypatch.delitem(sys.modules, "adapters.ort_executor", raising=False)
+    assert main(["measure", str(_scenario(tmp_path, model_dir)), "--backend", "ort"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "onnxruntime" in err and "infer-os[onnx]" in err
