@@ -143,3 +143,12 @@ def test_missing_onnxruntime_exits_3_naming_the_package(model_dir, tmp_path, cap
     assert main(["measure", str(_scenario(tmp_path, model_dir)), "--backend", "ort"]) == 3
     err = capsys.readouterr().err.strip()
     assert "onnxruntime" in err and "infer-os[onnx]" in err
+
+
+def test_float16_kv_equals_the_torch_backend(model_dir, tmp_path):
+    """The default FP tier: K/V stored at float16 by both backends, the same greedy output and
+    the same true KV bytes."""
+    path = _scenario(tmp_path, model_dir, backend__kv_dtype="float16")
+    ours, theirs = _measure(path, "ort"), _measure(path, "torch")
+    assert _outputs(ours) == _outputs(theirs)
+    assert ours.metrics["kv_peak_bytes"] == theirs.metrics["kv_peak_bytes"] > 0
