@@ -192,8 +192,11 @@ def _check_provider(provider: str, backend: str) -> None:
             f"{', '.join(available)}); install an onnxruntime build with it")
 
 
-def _refuse_unsupported(scn: Scenario) -> None:
+def _refuse_unsupported(scn: Scenario, provider: str) -> None:
     be, pol = scn.backend, scn.policies
+    if provider == CPU_EP and be.device == "cuda":
+        raise UserError("backend 'ort' runs on the CPU; for a GPU use --backend ort-migraphx "
+                        "(AMD) or --backend torch", field="backend.device")
     if pol.tiering.kind != "fp16":
         raise UserError(f"tiering {pol.tiering.kind!r} is not supported by the ONNX Runtime "
                         "backends yet (only 'fp16'); use --backend torch", field="policies.tiering")
@@ -212,7 +215,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
            backend: str = "ort", device_kind: str = "cpu") -> OrtExecutor:
     """The executor for one run of ``scn``: exported model (cached), session, prompts."""
     _check_provider(provider, backend)
-    _refuse_unsupported(scn)
+    _refuse_unsupported(scn, provider)
     import torch
 
     from adapters.onnx_export import export_onnx

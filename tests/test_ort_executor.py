@@ -116,7 +116,8 @@ def test_measure_json_with_ort(model_dir, tmp_path, capsys):
     (["policies.tiering={kind: uniform, precision: int8}"], "policies.tiering"),
     (["policies.speculation={kind: fixed, k: 2}", "speculation.draft_source=ngram"],
      "policies.speculation"),
-    (["backend.kv_dtype=bfloat16"], "backend.kv_dtype")])
+    (["backend.kv_dtype=bfloat16"], "backend.kv_dtype"),
+    (["backend.device=cuda"], "backend.device")])
 def test_unsupported_setups_are_user_errors(model_dir, tmp_path, capsys, override, field):
     path = _scenario(tmp_path, model_dir)
     sets = [arg for o in override for arg in ("--set", o)]
