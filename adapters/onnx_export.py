@@ -6,7 +6,8 @@ The graph (one for prefill and decode; every axis below but L, K, D and V is dyn
              positions       [B, T]           int64, absolute token positions (RoPE)
              attention_mask  [B, P + T]       int64, 1 where a key slot holds a real token
              past_k, past_v  [L, B, K, P, D]  the KV dtype (float16 or float32)
-    outputs  logits          [B, T, V]        the model dtype
+    outputs  logits          [B, T, V]        the model dtype ([B, 1, V], the last position
+                                              only, when exported with ``all_logits=False``)
              present_k/_v    [L, B, K, P + T, D]  past followed by the new tokens' K/V
 
 Key slot s is visible to query t when ``attention_mask[b, s] == 1`` and ``s <= P + t`` (causal in
@@ -58,6 +59,7 @@ class OnnxExport:
     key: str
     is_reused: bool
     kv_dtype: torch.dtype
+    all_logits: bool
 
 
 class _StackedCache:
@@ -83,9 +85,9 @@ class KVGraph(nn.Module):
     """The exported function: (input_ids, positions, attention_mask, past_k, past_v) ->
     (logits, present_k, present_v), through the blocks of ``model``."""
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, all_logits: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.all_logits = model, all_logits
         cfg = model.cfg
         dtype = model.tok_embeddings.weight.dtype
         if model.rope is not None:
@@ -118,7 +120,9 @@ class KVGraph(nn.Module):
             x = x + m.pos_embeddings(positions)
         for block in m.layers:
             x = block(x, ctx)
-        logits = m.output(m.norm(x))  # [B, T, V]
+        if not self.all_logits:  # plain decoding needs the head on the last position only
+            x = x[:, -1:]
+        logits = m.output(m.norm(x))  # [B, T or 1, V]
         return logits, torch.stack(cache.k), torch.stack(cache.v)
 
 
@@ -127,7 +131,7 @@ def cache_root() -> Path:
     return Path(root) / "onnx"
 
 
-def export_key(model: Transformer, kv_dtype: torch.dtype) -> str:
+def export_key(model: Transformer, kv_dtype: torch.dtype, all_logits: bool = True) -> str:
     """SHA-256 over the weights (names, shapes, dtypes, bytes), the config, the options and the
     versions of the format, torch and onnxscript."""
     import onnxscript
@@ -135,6 +139,7 @@ def export_key(model: Transformer, kv_dtype: torch.dtype) -> str:
     h = hashlib.sha256()
     meta = {"format": FORMAT_VERSION, "opset": OPSET, "torch": torch.__version__,
             "onnxscript": onnxscript.__version__, "kv_dtype": str(kv_dtype),
+            "all_logits": all_logits,
             "config": dataclasses.asdict(model.cfg)}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for name, t in model.state_dict().items():
@@ -161,8 +166,9 @@ def _dynamic_shapes() -> dict[str, dict[int, object]]:
             "past_k": {1: batch, 3: past}, "past_v": {1: batch, 3: past}}
 
 
-def _export_to(model: Transformer, kv_dtype: torch.dtype, folder: Path) -> None:
-    graph = KVGraph(model).eval()
+def _export_to(model: Transformer, kv_dtype: torch.dtype, all_logits: bool,
+               folder: Path) -> None:
+    graph = KVGraph(model, all_logits).eval()
     with torch.no_grad():
         program = torch.onnx.export(
             graph, _example(model, kv_dtype), input_names=list(INPUTS),
@@ -172,19 +178,20 @@ def _export_to(model: Transformer, kv_dtype: torch.dtype, folder: Path) -> None:
 
 
 def export_onnx(model: Transformer, kv_dtype: torch.dtype | None = None,
-                root: Path | None = None) -> OnnxExport:
+                root: Path | None = None, all_logits: bool = True) -> OnnxExport:
     """``model`` exported (or found in the cache) -> where ``model.onnx`` is.  ``kv_dtype``: the
-    dtype of past/present K/V (default: the model's)."""
+    dtype of past/present K/V (default: the model's); ``all_logits``: logits for every new
+    position (speculative verification needs them) or the last only (plain decoding)."""
     kv_dtype = kv_dtype or model.tok_embeddings.weight.dtype
-    key = export_key(model, kv_dtype)
+    key = export_key(model, kv_dtype, all_logits)
     root = root or cache_root()
     final = root / key
     if (final / "model.onnx").exists():
-        return OnnxExport(final / "model.onnx", key, True, kv_dtype)
+        return OnnxExport(final / "model.onnx", key, True, kv_dtype, all_logits)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        _export_to(model, kv_dtype, tmp)
+        _export_to(model, kv_dtype, all_logits, tmp)
         try:
             tmp.rename(final)
         except OSError:  # another process finished the same export first
@@ -192,4 +199,4 @@ def export_onnx(model: Transformer, kv_dtype: torch.dtype | None = None,
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return OnnxExport(final / "model.onnx", key, False, kv_dtype)
+    return OnnxExport(final / "model.onnx", key, False, kv_dtype, all_logits)

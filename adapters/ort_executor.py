@@ -11,6 +11,7 @@ Choices (this first cut; see also the README):
   the FP tier of the KV (``backend.kv_dtype`` float16 or float32) and float32 weights: a tiering
   policy other than ``fp16`` is refused (``policies.tiering``), as is speculation
   (``policies.speculation``).
+- The graph is exported with logits for the last position only (the head runs once per row).
 - Prefill runs one request at a time with an empty past.  Decode runs the batch in one call: each
   sequence's K/V sits in a [L, B, K, S, D] layout padded to the longest, padding masked by the
   graph's ``attention_mask``; while the batch stays the same, the present K/V of one step is the
@@ -151,7 +152,8 @@ class OrtExecutor:
 
     def _run(self, feeds: dict[str, np.ndarray], kv_shape: tuple[int, ...],
              kv_name: str) -> tuple[np.ndarray, np.ndarray]:
-        """One session call -> (logits [B, T, V], present K/V [2, L, B, K, S, D])."""
+        """One session call -> (logits [B, 1, V] of the last position, present K/V
+        [2, L, B, K, S, D])."""
         self.num_runs += 1
         if not self.use_binding:
             logits, k, v = self.session.run(None, feeds)
@@ -164,8 +166,8 @@ class OrtExecutor:
                 bound = self.arrays.get(f"ort_{name}", value.shape, value.dtype)
                 bound[...] = value
             io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(bound))
-        B, T = feeds["input_ids"].shape
-        logits = self.arrays.get("ort_logits", (B, T, self.vocab), np.float32)
+        B = feeds["input_ids"].shape[0]
+        logits = self.arrays.get("ort_logits", (B, 1, self.vocab), np.float32)  # last position
         present = self.arrays.get(kv_name, kv_shape, self.kv_dtype)
         for name, arr in (("logits", logits), ("present_k", present[0]),
                           ("present_v", present[1])):
@@ -227,7 +229,8 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     model, tokenizer = _load(spec, scn.workload.prompt_text, "float32", "cpu")
     prompts = make_prompts(scn, requests, tokenizer, model.cfg.vocab)
     kv_dtype = KV_DTYPES[scn.backend.kv_dtype]
-    export = export_onnx(model, torch.float16 if kv_dtype == np.float16 else torch.float32)
+    export = export_onnx(model, torch.float16 if kv_dtype == np.float16 else torch.float32,
+                         all_logits=False)
     options = ort.SessionOptions()
     if scn.backend.threads:
         options.intra_op_num_threads = scn.backend.threads
