@@ -102,3 +102,29 @@ def test_cache_root_follows_infer_os_cache(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "onnx"
     monkeypatch.delenv("INFER_OS_CACHE")
     assert cache_root() == Path.home() / ".cache" / "infer-os" / "onnx"
+
+
+def test_gpt2_round_trip(tmp_path):
+    """GPT-2 (learned positions, LayerNorm, GELU, biases) exports too: prefill then one decode
+    step, last position only (the graph the executor uses)."""
+    torch.manual_seed(2)
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64)
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(tmp_path / "g")
+    model = load_hf_dir(tmp_path / "g")
+    export = export_onnx(model, root=tmp_path / "cache", all_logits=False)
+    session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
+    tokens, cache, start = torch.arange(3, 9)[None], model.new_cache(1, 8), 0
+    past_k = past_v = _empty_past(model, 1)
+    for _ in range(2):
+        T = tokens.shape[1]
+        positions = torch.arange(start, start + T)
+        with torch.inference_mode():
+            want = model(tokens, cache, positions)[:, -1:]  # [1, 1, V]
+        logits, past_k, past_v = session.run(None, {
+            "input_ids": tokens.numpy(), "positions": positions[None].numpy(),
+            "attention_mask": np.ones((1, start + T), np.int64),
+            "past_k": past_k, "past_v": past_v})
+        assert logits.shape == (1, 1, 256)
+        assert np.abs(logits - want.numpy()).max() <= 1e-4
+        start += T
+        tokens = greedy(want[:, -1])
