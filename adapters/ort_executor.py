@@ -39,7 +39,7 @@ from policies import Precision
 from sim.buffer_pool import BufferPool
 from sim.config import Scenario
 from sim.errors import BackendUnavailable, UserError
-from sim.executor import DeviceInfo, StepPlan, StepResult
+from sim.executor import DeviceInfo, StepPlan, StepResult, profile_device
 from sim.hardware import HardwareProfile
 from sim.kv_store import PagedKVStore
 from sim.workload import Requests
@@ -236,12 +236,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
         options.intra_op_num_threads = scn.backend.threads
     providers = [provider] if provider == CPU_EP else [provider, CPU_EP]
     session = ort.InferenceSession(str(export.path), options, providers=providers)
-    named = [d for d in hw.devices if d.kind == device_kind]
-    if not named:
-        raise UserError(f"hardware profile {hw.name} has no {device_kind} device to run on",
-                        field="hardware")
-    d = named[0]
-    info = DeviceInfo(d.name, d.kind, hw.bus(d.memory).capacity_bytes, d.memory, 0.0)
+    info = profile_device(hw, device_kind)
     cfg = model.cfg
     return OrtExecutor(session, (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim), cfg.vocab,
                        prompts, info, kv_dtype=kv_dtype, buffers=buffers,

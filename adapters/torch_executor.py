@@ -46,7 +46,7 @@ from sim.attention import MeasuredAttention
 from sim.buffer_pool import BufferPool
 from sim.config import Scenario
 from sim.errors import BackendUnavailable, UserError
-from sim.executor import DeviceInfo, StepPlan, StepResult
+from sim.executor import DeviceInfo, StepPlan, StepResult, profile_device
 from sim.hardware import HardwareProfile
 from sim.kv_store import PagedKVStore
 from sim.workload import Requests
@@ -277,12 +277,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     model, tokenizer = loaded
     prompts = make_prompts(scn, requests, tokenizer, model.cfg.vocab)
     kind = "gpu" if device.type == "cuda" else "cpu"
-    named = [d for d in hw.devices if d.kind == kind]
-    if not named:
-        raise UserError(f"hardware profile {hw.name} has no {kind} device to run on",
-                        field="hardware")
-    d = named[0]
-    info = DeviceInfo(d.name, d.kind, hw.bus(d.memory).capacity_bytes, d.memory, 0.0)
+    info = profile_device(hw, kind)
     kv_dtype = resolve_dtype(be.kv_dtype)
     drafter = make_drafter(scn, model, base_dir, be.dtype, be.device)
     return TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,

@@ -102,6 +102,17 @@ class Executor(Protocol):
                 plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]: ...
 
 
+def profile_device(hw, kind: str) -> DeviceInfo:
+    """The first device of ``kind`` in hardware profile ``hw`` (``sim.hardware``), as a real
+    executor that runs on such a device reports it; none is bad input naming ``hardware``."""
+    named = [d for d in hw.devices if d.kind == kind]
+    if not named:
+        raise UserError(f"hardware profile {hw.name} has no {kind} device to run on",
+                        field="hardware")
+    d = named[0]
+    return DeviceInfo(d.name, d.kind, hw.bus(d.memory).capacity_bytes, d.memory, 0.0)
+
+
 def backend_names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group="infer_os.backends"))
 
