@@ -13,23 +13,17 @@ transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from tiny_models import write_llama  # noqa: E402
+
 from adapters.hf_loader import load_hf_dir  # noqa: E402
 from adapters.onnx_export import cache_root, export_onnx  # noqa: E402
 from adapters.torch_model import greedy  # noqa: E402
-
-LLAMA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=256, initializer_range=0.2, bos_token_id=0,
-             eos_token_id=None, pad_token_id=None, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    model_dir = root / "model"
-    cfg = transformers.LlamaConfig(**LLAMA)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(model_dir, safe_serialization=True)
-    model = load_hf_dir(model_dir)
+    model = load_hf_dir(write_llama(root / "model", 0, layers=2))
     export = export_onnx(model, root=root / "cache")
     session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
     return model, export, session, root / "cache"

@@ -10,29 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from tiny_models import write_llama, write_scenario  # noqa: E402
+
 from sim.cli import main  # noqa: E402
 from sim.config import resolve_runs  # noqa: E402
 from sim.runner import run_scenario  # noqa: E402
 
-LLAMA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=256, initializer_range=0.2, bos_token_id=0,
-             eos_token_id=None, pad_token_id=None, max_position_embeddings=512)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "target"
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(**LLAMA)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path, safe_serialization=True)
-    return path
+    return write_llama(tmp_path_factory.mktemp("models") / "target", 0, layers=2)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,29 +37,7 @@ def onnx_cache(tmp_path_factory):
 
 
 def _scenario(tmp_path: Path, target: Path, **extra) -> Path:
-    doc = {
-        "name": "tiny-ort", "seed": 3,
-        "model": {"spec": str(target)},
-        "hardware": "cpu-2core-avx512",
-        "workload": {"arrival": {"kind": "closed", "concurrency": 3}, "num_requests": 5,
-                     "prompt_tokens": {"kind": "uniform", "low": 20, "high": 70},
-                     "output_tokens": {"kind": "uniform", "low": 10, "high": 30},
-                     "prompt_text": "random"},
-        "engine": {"max_batch": 3, "block_tokens": 16, "kv_quant_group": 16},
-        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float32"},
-        "policies": {"tiering": {"kind": "fp16"}, "buffers": {"kind": "adaptive"},
-                     "speculation": {"kind": "off"},
-                     "scheduling": {"kind": "single", "device": "cpu"}},
-    }
-    for dotted, value in extra.items():
-        node = doc
-        *head, last = dotted.split("__")
-        for key in head:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "scn.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return write_scenario(tmp_path, target, "tiny-ort", **extra)
 
 
 def _measure(path: Path, backend: str):

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from tiny_models import write_llama, write_scenario  # noqa: E402
 
 from adapters.hf_loader import load_hf_dir  # noqa: E402
 from adapters.torch_model import generate_greedy  # noqa: E402
@@ -20,49 +21,16 @@ from sim.cli import main  # noqa: E402
 from sim.config import resolve_runs  # noqa: E402
 from sim.runner import run_scenario  # noqa: E402
 
-LLAMA = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=256, initializer_range=0.2, bos_token_id=0,
-             eos_token_id=None, pad_token_id=None, max_position_embeddings=512)
-
-
-def _write_model(path: Path, seed: int, layers: int = 4) -> Path:
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(**{**LLAMA, "num_hidden_layers": layers})
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path, safe_serialization=True)
-    return path
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return _write_model(root / "target", 0), _write_model(root / "draft", 1, layers=2)
+    return write_llama(root / "target", 0), write_llama(root / "draft", 1, layers=2)
 
 
 def _scenario(tmp_path: Path, target: Path, **extra) -> Path:
-    doc = {
-        "name": "tiny-measure", "seed": 3,
-        "model": {"spec": str(target)},
-        "hardware": "cpu-2core-avx512",
-        "workload": {"arrival": {"kind": "closed", "concurrency": 3}, "num_requests": 5,
-                     "prompt_tokens": {"kind": "uniform", "low": 20, "high": 70},
-                     "output_tokens": {"kind": "uniform", "low": 10, "high": 30},
-                     "prompt_text": "random"},
-        "engine": {"max_batch": 3, "block_tokens": 16, "kv_quant_group": 16,
-                   "tiering_interval_steps": 2, "max_draft_len": 3},
-        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float32"},
-        "policies": {"tiering": {"kind": "fp16"}, "buffers": {"kind": "adaptive"},
-                     "speculation": {"kind": "off"},
-                     "scheduling": {"kind": "single", "device": "cpu"}},
-    }
-    for dotted, value in extra.items():
-        node = doc
-        *head, last = dotted.split("__")
-        for key in head:
-            node = node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "scn.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    engine = {"engine__tiering_interval_steps": 2, "engine__max_draft_len": 3}
+    return write_scenario(tmp_path, target, "tiny-measure", **{**engine, **extra})
 
 
 def _measure(path: Path):
