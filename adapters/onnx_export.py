@@ -6,9 +6,16 @@ The graph (one for prefill and decode; every axis below but L, K, D and V is dyn
              positions       [B, T]           int64, absolute token positions (RoPE)
              attention_mask  [B, P + T]       int64, 1 where a key slot holds a real token
              past_k, past_v  [L, B, K, P, D]  the KV dtype (float16 or float32)
-    outputs  logits          [B, T, V]        the model dtype ([B, 1, V], the last position
-                                              only, when exported with ``all_logits=False``)
+             logit_rows      [N]              int64, which of the T new positions get logits
+                                              (the last for prefill and decode, all T to verify
+                                              drafts): the head runs on N rows, not T
+    outputs  logits          [B, N, V]        the model dtype
              present_k/_v    [L, B, K, P + T, D]  past followed by the new tokens' K/V
+             attention       [B, P + T]       float32, exported with ``observe=True`` only: the
+                                              attention probabilities of the step's queries,
+                                              averaged over heads and queries, summed over
+                                              layers (what a tiering policy that observes
+                                              blocks reads; ``adapters.paged_step``'s measure)
 
 Key slot s is visible to query t when ``attention_mask[b, s] == 1`` and ``s <= P + t`` (causal in
 slot order: the past slots, then the new tokens in order).  So a batch of sequences with different
@@ -42,10 +49,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adapters.paged_step import attention_probs
 from adapters.torch_model import Transformer, _StepContext, rope_cos_sin
 
-FORMAT_VERSION = 1  # bump when the graph's inputs or outputs change
-INPUTS = ("input_ids", "positions", "attention_mask", "past_k", "past_v")
+FORMAT_VERSION = 2  # bump when the graph's inputs or outputs change
+INPUTS = ("input_ids", "positions", "attention_mask", "past_k", "past_v", "logit_rows")
 OUTPUTS = ("logits", "present_k", "present_v")
 OPSET = 18
 
@@ -59,7 +67,7 @@ class OnnxExport:
     key: str
     is_reused: bool
     kv_dtype: torch.dtype
-    all_logits: bool
+    observe: bool
 
 
 class _StackedCache:
@@ -71,6 +79,12 @@ class _StackedCache:
         self.compute_dtype = dtype
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self.attention: torch.Tensor | None = None  # [B, S], when observed
+
+    def observe(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                mask: torch.Tensor | None) -> None:
+        probs = attention_probs(q, k, mask)
+        self.attention = probs if self.attention is None else self.attention + probs
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> None:
@@ -82,12 +96,13 @@ class _StackedCache:
 
 
 class KVGraph(nn.Module):
-    """The exported function: (input_ids, positions, attention_mask, past_k, past_v) ->
-    (logits, present_k, present_v), through the blocks of ``model``."""
+    """The exported function: (input_ids, positions, attention_mask, past_k, past_v,
+    logit_rows) -> (logits, present_k, present_v[, attention]), through the blocks of
+    ``model``."""
 
-    def __init__(self, model: Transformer, all_logits: bool = True):
+    def __init__(self, model: Transformer, observe: bool = False):
         super().__init__()
-        self.model, self.all_logits = model, all_logits
+        self.model, self.observe = model, observe
         cfg = model.cfg
         dtype = model.tok_embeddings.weight.dtype
         if model.rope is not None:
@@ -100,7 +115,7 @@ class KVGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attention_mask: torch.Tensor, past_k: torch.Tensor,
-                past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                past_v: torch.Tensor, logit_rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m, cfg = self.model, self.model.cfg
         dtype = m.tok_embeddings.weight.dtype
         T, S = input_ids.shape[1], attention_mask.shape[1]
@@ -114,16 +129,20 @@ class KVGraph(nn.Module):
         if m.rope is not None:
             cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [B,1,T,D]
         cache = _StackedCache(past_k, past_v, dtype)
+        if self.observe:
+            cache.observe_attention = cache.observe  # type: ignore[attr-defined]
         ctx = _StepContext(positions, S, mask, cos, sin, cache)  # type: ignore[arg-type]
         x = m.tok_embeddings(input_ids)  # [B, T, E]
         if m.pos_embeddings is not None:
             x = x + m.pos_embeddings(positions)
         for block in m.layers:
             x = block(x, ctx)
-        if not self.all_logits:  # plain decoding needs the head on the last position only
-            x = x[:, -1:]
-        logits = m.output(m.norm(x))  # [B, T or 1, V]
-        return logits, torch.stack(cache.k), torch.stack(cache.v)
+        logits = m.output(m.norm(x[:, logit_rows]))  # [B, N, V]
+        out = (logits, torch.stack(cache.k), torch.stack(cache.v))
+        if self.observe:
+            assert cache.attention is not None
+            return (*out, cache.attention.float())
+        return out
 
 
 def cache_root() -> Path:
@@ -131,7 +150,7 @@ def cache_root() -> Path:
     return Path(root) / "onnx"
 
 
-def export_key(model: Transformer, kv_dtype: torch.dtype, all_logits: bool = True) -> str:
+def export_key(model: Transformer, kv_dtype: torch.dtype, observe: bool = False) -> str:
     """SHA-256 over the weights (names, shapes, dtypes, bytes), the config, the options and the
     versions of the format, torch and onnxscript."""
     import onnxscript
@@ -139,7 +158,7 @@ def export_key(model: Transformer, kv_dtype: torch.dtype, all_logits: bool = Tru
     h = hashlib.sha256()
     meta = {"format": FORMAT_VERSION, "opset": OPSET, "torch": torch.__version__,
             "onnxscript": onnxscript.__version__, "kv_dtype": str(kv_dtype),
-            "all_logits": all_logits,
+            "observe": observe,
             "config": dataclasses.asdict(model.cfg)}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for name, t in model.state_dict().items():
@@ -154,7 +173,8 @@ def _example(model: Transformer, kv_dtype: torch.dtype) -> tuple[torch.Tensor, .
     B, T, P = 2, 3, 4
     past = torch.zeros(cfg.num_layers, B, cfg.num_kv_heads, P, cfg.head_dim, dtype=kv_dtype)
     return (torch.zeros(B, T, dtype=torch.int64), torch.arange(P, P + T).repeat(B, 1),
-            torch.ones(B, P + T, dtype=torch.int64), past, past.clone())
+            torch.ones(B, P + T, dtype=torch.int64), past, past.clone(),
+            torch.arange(T - 1, dtype=torch.int64))
 
 
 def _dynamic_shapes() -> dict[str, dict[int, object]]:
@@ -163,35 +183,37 @@ def _dynamic_shapes() -> dict[str, dict[int, object]]:
     past = torch.export.Dim("past_tokens")
     return {"input_ids": {0: batch, 1: new}, "positions": {0: batch, 1: new},
             "attention_mask": {0: batch, 1: total},
-            "past_k": {1: batch, 3: past}, "past_v": {1: batch, 3: past}}
+            "past_k": {1: batch, 3: past}, "past_v": {1: batch, 3: past},
+            "logit_rows": {0: torch.export.Dim("logit_rows")}}
 
 
-def _export_to(model: Transformer, kv_dtype: torch.dtype, all_logits: bool,
+def _export_to(model: Transformer, kv_dtype: torch.dtype, observe: bool,
                folder: Path) -> None:
-    graph = KVGraph(model, all_logits).eval()
+    graph = KVGraph(model, observe).eval()
     with torch.no_grad():
         program = torch.onnx.export(
             graph, _example(model, kv_dtype), input_names=list(INPUTS),
-            output_names=list(OUTPUTS), dynamic_shapes=_dynamic_shapes(), opset_version=OPSET,
+            output_names=[*OUTPUTS, "attention"] if observe else list(OUTPUTS),
+            dynamic_shapes=_dynamic_shapes(), opset_version=OPSET,
             dynamo=True, external_data=True, verbose=False)
     program.save(str(folder / "model.onnx"), external_data=True)
 
 
 def export_onnx(model: Transformer, kv_dtype: torch.dtype | None = None,
-                root: Path | None = None, all_logits: bool = True) -> OnnxExport:
+                root: Path | None = None, observe: bool = False) -> OnnxExport:
     """``model`` exported (or found in the cache) -> where ``model.onnx`` is.  ``kv_dtype``: the
-    dtype of past/present K/V (default: the model's); ``all_logits``: logits for every new
-    position (speculative verification needs them) or the last only (plain decoding)."""
+    dtype of past/present K/V (default: the model's); ``observe``: add the ``attention``
+    output (costs one more q.K product per layer)."""
     kv_dtype = kv_dtype or model.tok_embeddings.weight.dtype
-    key = export_key(model, kv_dtype, all_logits)
+    key = export_key(model, kv_dtype, observe)
     root = root or cache_root()
     final = root / key
     if (final / "model.onnx").exists():
-        return OnnxExport(final / "model.onnx", key, True, kv_dtype, all_logits)
+        return OnnxExport(final / "model.onnx", key, True, kv_dtype, observe)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        _export_to(model, kv_dtype, all_logits, tmp)
+        _export_to(model, kv_dtype, observe, tmp)
         try:
             tmp.rename(final)
         except OSError:  # another process finished the same export first
@@ -199,4 +221,4 @@ def export_onnx(model: Transformer, kv_dtype: torch.dtype | None = None,
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return OnnxExport(final / "model.onnx", key, False, kv_dtype, all_logits)
+    return OnnxExport(final / "model.onnx", key, False, kv_dtype, observe)

@@ -2,40 +2,55 @@
 (``adapters.onnx_export``), on the CPU execution provider (``ort``) or, where this onnxruntime has
 them, MIGraphX (``ort-migraphx``, AMD GPUs) or VitisAI (``ort-vitisai``, the Ryzen AI NPU).
 
-It implements the executor protocol of ``sim.executor`` as ``adapters.torch_executor`` does:
-``execute`` runs the step, reads ``time.perf_counter`` and advances the SimPy clock by the
-measured time; results carry the emitted tokens and the true bytes of the resident K/V.
+It is the torch executor (``adapters.torch_executor``) with one thing replaced: the forward pass.
+Everything else is shared, so the two backends run the same scenarios the same way: the paged KV
+store with a precision per block (``adapters.paged_kv``: tiering policies, INT8/INT4/INT2 blocks,
+offload, eviction and restore), speculation (the draft sources of ``adapters.drafting``; verify
+passes of k + 1 tokens), KV arenas grown through the buffer policy, measured attention for
+tiering policies that observe blocks, and the per-request accounting.
 
-Choices (this first cut; see also the README):
-- Plain greedy decoding, EOS ignored, so every request emits its scenario output length.  Only
-  the FP tier of the KV (``backend.kv_dtype`` float16 or float32) and float32 weights: a tiering
-  policy other than ``fp16`` is refused (``policies.tiering``), as is speculation
-  (``policies.speculation``).
-- The graph is exported with logits for the last position only (the head runs once per row).
-- Prefill runs one request at a time with an empty past.  Decode runs the batch in one call: each
-  sequence's K/V sits in a [L, B, K, S, D] layout padded to the longest, padding masked by the
-  graph's ``attention_mask``; while the batch stays the same, the present K/V of one step is the
-  past of the next (no copy).  When the batch changes, its rows are compacted and regathered.
-- ``backend.ort_binding: true`` (default): inputs and outputs are bound through IOBinding to
-  OrtValues wrapping host arrays that the scenario's buffer policy sizes and reuses
-  (``adapters.array_pool``; the KV ping-pongs between two named buffers, ``ort_kv0`` and
-  ``ort_kv1``, as the present of a step cannot overwrite its own past).  ``false``: plain
-  ``session.run``, where ONNX Runtime allocates every output anew each step.
+One forward (``_forward``), per step:
+
+1. **Stage the past.**  Each row's resident K/V is copied from the paged store into the graph's
+   ``past_k``/``past_v`` ([L, B, K, P, D]; quantized blocks dequantized on the way, the layout
+   ``PagedKV.layer_kv`` gives), padded to the longest row (``P``; with static shapes, to the
+   provider's bucket), the padding zeroed and masked.
+2. **Run** the session: logits of the rows that need them (``logit_rows``: the last position for
+   prefill and decode, all k + 1 to verify drafts), the present K/V and, for tiering policies
+   that observe blocks, the attention of the step's queries (an output of the graph).
+3. **Store the new tokens**: their K/V, sliced from the present, are written to the paged store
+   (the torch executor's model writes them there itself).
+
+So a quantized tier saves memory between steps, as in the torch executor, but each step holds an
+FP staging copy of its batch's past (and the present, past + new): ONNX Runtime's attention reads
+dense FP tensors.  Its bytes are step buffers (``reserved`` by the buffer policy), not KV.
+
+``backend.ort_binding: true`` (default): the staged past, the other inputs and every output are
+bound through IOBinding to OrtValues over host arrays that the scenario's buffer policy sizes and
+reuses (``adapters.array_pool``); ``false``: plain ``session.run``, where ONNX Runtime allocates
+every output anew each step (and the past is staged into a fresh array).
+
+Devices: ``ort`` has one session, on the CPU.  ``ort-migraphx`` and ``ort-vitisai`` have a session
+on their accelerator and one on the CPU, so a scheduling policy can place prefill and decode on
+either (the device name comes from the hardware profile); a decode step runs whole on its
+attention block's device (one graph: attention and FFN cannot be split across sessions).
+Draft models and layer-skip drafts run in torch on the CPU (the same weights); an evicted block
+is recomputed in torch too.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import simpy
+import torch
 
 from adapters.array_pool import ArrayPool
-from policies import Precision
+from adapters.torch_executor import TorchExecutor
 from sim.buffer_pool import BufferPool
 from sim.config import Scenario
 from sim.errors import BackendUnavailable, UserError
@@ -44,147 +59,167 @@ from sim.hardware import HardwareProfile
 from sim.kv_store import PagedKVStore
 from sim.workload import Requests
 
-CPU_EP = "CPUExecutionProvider"
-KV_DTYPES = {"float16": np.float16, "float32": np.float32}
+KV_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-class OrtExecutor:
-    measures_acceptance = True
-    reports_kv_bytes = True
+class _OrtStep:
+    """The step ``_forward`` returns, as the torch executor's ``PagedStep`` does: ``commit``
+    accounts the new tokens, ``block_shares`` maps the graph's measured attention to blocks."""
 
-    def __init__(self, session: ort.InferenceSession, shape: tuple[int, int, int], vocab: int,
-                 prompts: list[list[int]], device_info: DeviceInfo, *, kv_dtype: type,
-                 buffers: BufferPool, use_binding: bool, name: str = "ort",
-                 device_label: str = "cpu"):
-        self.session, self.prompts, self.info = session, prompts, device_info
-        self.name, self.device_label, self.use_binding = name, device_label, use_binding
-        self.L, self.K, self.D = shape  # layers, KV heads, head dim
-        self.vocab, self.kv_dtype = vocab, np.dtype(kv_dtype)
-        self.pool = buffers
+    def __init__(self, ex: OrtExecutor, rids: list[int], T: int, resident: list[int], P: int,
+                 attention: np.ndarray | None):
+        self.ex, self.rids, self.T, self.resident, self.P = ex, rids, T, resident, P
+        self.attention = attention
+
+    def commit(self, kept: list[int] | None = None) -> None:
+        for b, rid in enumerate(self.rids):
+            self.ex.kv.append(rid, self.T if kept is None else kept[b])
+
+    def block_shares(self, num_layers: int) -> list[torch.Tensor]:
+        assert self.attention is not None, "the graph was exported without attention"
+        att = torch.from_numpy(self.attention).double() / num_layers  # [B, P + T]
+        out = []
+        for b, rid in enumerate(self.rids):
+            probs = torch.cat([att[b, :self.resident[b]], att[b, self.P:self.P + self.T]])
+            out.append(torch.bincount(self.ex.kv.key_blocks(rid, extra=self.T), weights=probs))
+        return out
+
+
+class OrtExecutor(TorchExecutor):
+    def __init__(self, model, sessions: dict[str, ort.InferenceSession],
+                 infos: dict[str, DeviceInfo], prompts: list[list[int]], store: PagedKVStore, *,
+                 kv_dtype: torch.dtype, group: int, buffers: BufferPool, drafter: Any = None,
+                 use_binding: bool = True, name: str = "ort", device_label: str = "cpu",
+                 measure_attention: bool = False,
+                 pad_tokens: Callable[[int], int] = lambda n: n):
+        first = next(iter(infos.values()))
+        super().__init__(model, prompts, store, first, kv_dtype=kv_dtype, group=group,
+                         buffers=buffers, drafter=drafter, device_label=device_label,
+                         measure_attention=measure_attention)
+        self.name, self.use_binding, self.pad_tokens = name, use_binding, pad_tokens
+        self.sessions, self.infos = sessions, infos
+        self.session = sessions[first.name]
+        self.np_kv = np.dtype(str(kv_dtype).removeprefix("torch."))
         self.arrays = ArrayPool(buffers)
-        self.tokens: dict[int, list[int]] = {}
-        self.finished: dict[int, list[int]] = {}
-        self.rows: dict[int, np.ndarray] = {}  # compact K/V [2, L, K, n, D] outside the batch
-        self.batch: tuple[int, ...] = ()  # the requests of the batched layout, in row order
-        self.past: np.ndarray | None = None  # [2, L, B, K, S, D] of ``batch``
-        self.slot_mask = np.zeros((0, 0), np.int64)  # [B, S], 1 where a slot holds a token
-        self.side = 0  # which of ort_kv0 / ort_kv1 the next decode writes its present into
-        self.steps_s = 0.0
         self.num_runs = 0
+        self.runs_by_device = {d: 0 for d in sessions}
 
-    # -- protocol ------------------------------------------------------------------------------
+    # -- protocol: the device of each phase ----------------------------------------------------
     def devices(self) -> tuple[DeviceInfo, ...]:
-        return (self.info,)
+        return tuple(self.infos.values())
 
     def execute(self, env: simpy.Environment,
                 plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]:
-        rids = [int(r) for r in plan.request_ids]
-        t0 = time.perf_counter()
-        emitted = None
-        if plan.phase == "prefill":
-            for rid in rids:
-                self._prefill(rid)
-        else:
-            emitted = self._decode(rids)
-        elapsed = time.perf_counter() - t0
-        self.steps_s += elapsed
-        yield env.timeout(elapsed)
-        segment = (self.info.name, plan.phase, elapsed)
-        by_precision, fp16_equiv = self._kv_bytes()
-        return StepResult(elapsed, {self.info.name: elapsed}, [segment], emitted, None,
-                          by_precision, fp16_equiv)
+        p = plan.placement
+        device = p.prefill if plan.phase == "prefill" else p.decode_attention
+        self.info, self.session = self.infos[device], self.sessions[device]
+        return (yield from super().execute(env, plan))
 
-    def release(self, rid: int) -> None:
-        if rid in self.tokens:
-            self.finished[rid] = self.tokens.pop(rid)
-        self.rows.pop(rid, None)  # a row of the batched layout is dropped at the next regather
-
-    # -- steps ---------------------------------------------------------------------------------
-    def _prefill(self, rid: int) -> None:
-        prompt = self.prompts[rid]
-        T = len(prompt)
-        empty = np.zeros((self.L, 1, self.K, 0, self.D), self.kv_dtype)
-        feeds = {"input_ids": np.array([prompt], np.int64),
-                 "positions": np.arange(T, dtype=np.int64)[None],
-                 "attention_mask": np.ones((1, T), np.int64), "past_k": empty, "past_v": empty}
-        logits, present = self._run(feeds, (2, self.L, 1, self.K, T, self.D), "ort_prefill_kv")
-        self.rows[rid] = present[:, :, 0].copy()  # [2, L, K, T, D], out of the reused buffer
-        self.tokens[rid] = [*prompt, int(logits[0, -1].argmax())]
-
-    def _decode(self, rids: list[int]) -> np.ndarray:
-        if tuple(rids) != self.batch:
-            self._regather(rids)
-        assert self.past is not None
-        B, S = len(rids), self.past.shape[4]
-        mask = np.concatenate([self.slot_mask, np.ones((B, 1), np.int64)], axis=1)  # [B, S + 1]
-        feeds = {"input_ids": np.array([[self.tokens[r][-1]] for r in rids], np.int64),
-                 "positions": np.array([[len(self.tokens[r]) - 1] for r in rids], np.int64),
-                 "attention_mask": mask, "past_k": self.past[0], "past_v": self.past[1]}
-        out_shape = (2, self.L, B, self.K, S + 1, self.D)
-        logits, present = self._run(feeds, out_shape, f"ort_kv{self.side}")
-        self.side ^= 1
-        self.past, self.slot_mask = present, mask
+    # -- one forward through the session ---------------------------------------------------
+    def _forward(self, rids: list[int], rows: list[list[int]], last_only: bool = False,
+                 num_layers: int | None = None) -> tuple[torch.Tensor, _OrtStep]:
+        if num_layers is not None:
+            raise NotImplementedError("the ONNX graph runs every layer (layer-skip drafts run "
+                                      "in torch)")
+        kv, B, T = self.kv, len(rids), len(rows[0])
+        for rid in rids:
+            kv.reserve(rid, T)
+        resident = [kv.resident_tokens(r) for r in rids]
+        offsets = [kv.arena_tokens(r) for r in rids]
+        P = self.pad_tokens(max(resident))
+        past = self._buffer("ort_past", (2, kv.L, B, kv.K, P, kv.D), self.np_kv)
+        mask = self._buffer("ort_attention_mask", (B, P + T), np.int64)
+        self._stage(rids, resident, torch.from_numpy(past), mask)
+        positions = np.array([[kv.num_tokens(r) + t for t in range(T)] for r in rids], np.int64)
+        feeds = {"input_ids": np.array(rows, np.int64), "positions": positions,
+                 "attention_mask": mask, "past_k": past[0], "past_v": past[1],
+                 "logit_rows": np.arange(T - 1 if last_only else 0, T, dtype=np.int64)}
+        logits, present, attention = self._run(feeds, B, P + T)
+        new = torch.from_numpy(present[:, :, :, :, P:])  # [2, L, B, K, T, D]
         for b, rid in enumerate(rids):
-            self.tokens[rid].append(int(logits[b, -1].argmax()))
-        return np.ones(B, dtype=np.int64)
+            kv.requests[rid].arena[:, :, :, offsets[b]:offsets[b] + T] = \
+                new[:, :, b].transpose(0, 1)
+        step = _OrtStep(self, rids, T, resident, P, attention)
+        self._record_attention(step)  # type: ignore[arg-type]
+        return torch.from_numpy(logits), step
 
-    def _regather(self, rids: list[int]) -> None:
-        """Compact the old batch's live rows, then lay out ``rids`` padded to the longest."""
-        if self.past is not None:
-            for b, rid in enumerate(self.batch):
-                if rid in self.tokens and rid not in self.rows:
-                    slots = np.flatnonzero(self.slot_mask[b])
-                    self.rows[rid] = self.past[:, :, b][:, :, :, slots]  # a copy: [2, L, K, n, D]
-        S = max(self.rows[r].shape[3] for r in rids)
-        shape = (2, self.L, len(rids), self.K, S, self.D)
-        if self.use_binding:  # the past goes where the next step's present does not
-            past = self.arrays.get(f"ort_kv{self.side ^ 1}", shape, self.kv_dtype)
-        else:
-            past = np.empty(shape, self.kv_dtype)
-        mask = np.zeros((len(rids), S), np.int64)
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        if self.use_binding and 0 not in shape:  # an empty past (prefill) needs no buffer
+            return self.arrays.get(name, shape, dtype)
+        return np.empty(shape, dtype)
+
+    def _stage(self, rids: list[int], resident: list[int], past: torch.Tensor,
+               mask: np.ndarray) -> None:
+        """Each row's resident K/V into ``past`` [2, L, B, K, P, D] (quantized blocks
+        dequantized, ``layer_kv`` order), padding zeroed; ``mask`` [B, P + T]: 1 on resident
+        and new slots."""
+        P = past.shape[4]
+        mask[:] = 0
+        mask[:, P:] = 1
         for b, rid in enumerate(rids):
-            row = self.rows.pop(rid)
-            n = row.shape[3]
-            past[:, :, b, :, :n] = row
+            n, r = resident[b], self.kv.requests[rid]
+            if not r.segments:  # all FP: one copy from the arena
+                past[:, :, b, :, :n] = r.arena[:, :, :, :n].transpose(0, 1)
+            else:
+                for layer in range(self.kv.L):
+                    k, v = self.kv.layer_kv(rid, layer)
+                    past[0, layer, b, :, :n] = k
+                    past[1, layer, b, :, :n] = v
             past[:, :, b, :, n:] = 0
             mask[b, :n] = 1
-        self.batch, self.past, self.slot_mask = tuple(rids), past, mask
 
-    def _run(self, feeds: dict[str, np.ndarray], kv_shape: tuple[int, ...],
-             kv_name: str) -> tuple[np.ndarray, np.ndarray]:
-        """One session call -> (logits [B, 1, V] of the last position, present K/V
-        [2, L, B, K, S, D])."""
+    def _run(self, feeds: dict[str, np.ndarray], B: int,
+             S: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One session call -> (logits [B, N, V], present K/V [2, L, B, K, S, D], attention
+        [B, S] or None)."""
         self.num_runs += 1
+        self.runs_by_device[self.info.name] += 1
+        observe = self.attention is not None
         if not self.use_binding:
-            logits, k, v = self.session.run(None, feeds)
-            return logits, np.stack([k, v])
+            out = self.session.run(None, feeds)
+            return out[0], np.stack([out[1], out[2]]), out[3] if observe else None
         io = self.session.io_binding()
         for name, value in feeds.items():
-            if name.startswith("past_"):  # already in a pooled KV buffer (or empty)
+            if name in ("past_k", "past_v", "attention_mask"):  # already in pooled buffers
                 bound = value
             else:
                 bound = self.arrays.get(f"ort_{name}", value.shape, value.dtype)
                 bound[...] = value
             io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(bound))
-        B = feeds["input_ids"].shape[0]
-        logits = self.arrays.get("ort_logits", (B, 1, self.vocab), np.float32)  # last position
-        present = self.arrays.get(kv_name, kv_shape, self.kv_dtype)
-        for name, arr in (("logits", logits), ("present_k", present[0]),
-                          ("present_v", present[1])):
+        kv = self.kv
+        N = feeds["logit_rows"].shape[0]
+        logits = self.arrays.get("ort_logits", (B, N, self.model.cfg.vocab), np.float32)
+        present = self.arrays.get("ort_present", (2, kv.L, B, kv.K, S, kv.D), self.np_kv)
+        outputs = [("logits", logits), ("present_k", present[0]), ("present_v", present[1])]
+        attention = self.arrays.get("ort_attention", (B, S), np.float32) if observe else None
+        if attention is not None:
+            outputs.append(("attention", attention))
+        for name, arr in outputs:
             io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
         self.session.run_with_iobinding(io)
-        return logits, present
-
-    def _kv_bytes(self) -> tuple[dict[str, int], int]:
-        """True bytes of the resident K/V (tokens stored, not padding or spare capacity)."""
-        num_tokens = sum(len(t) - 1 for t in self.tokens.values())  # the last has no K/V yet
-        values = num_tokens * self.L * 2 * self.K * self.D
-        out = {p.name.lower(): 0 for p in Precision}
-        out["fp16"] = values * self.kv_dtype.itemsize  # the FP tier, at its real width
-        return out, values * 2
+        return logits, present, attention
 
 
 # -- building one from a scenario ------------------------------------------------------------------
+def _refuse_unsupported(scn: Scenario, backend: str) -> None:
+    be = scn.backend
+    if backend == "ort" and be.device == "cuda":
+        raise UserError("backend 'ort' runs on the CPU; for a GPU use --backend ort-migraphx "
+                        "(AMD) or --backend torch", field="backend.device")
+    if be.dtype != "float32":
+        raise UserError("the ONNX Runtime backends run float32 weights only", field="backend.dtype")
+    if be.kv_dtype not in KV_DTYPES:
+        raise UserError(f"KV dtype {be.kv_dtype!r} is not supported here (choose from "
+                        f"{', '.join(KV_DTYPES)})", field="backend.kv_dtype")
+
+
+def _session(path: Path, provider: str, scn: Scenario) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if scn.backend.threads:
+        options.intra_op_num_threads = scn.backend.threads
+    return ort.InferenceSession(str(path), options, providers=[provider])
+
+
 def _check_provider(provider: str, backend: str) -> None:
     available = ort.get_available_providers()
     if provider not in available:
@@ -194,63 +229,44 @@ def _check_provider(provider: str, backend: str) -> None:
             f"{', '.join(available)}); install an onnxruntime build with it")
 
 
-def _refuse_unsupported(scn: Scenario, provider: str) -> None:
-    be, pol = scn.backend, scn.policies
-    if provider == CPU_EP and be.device == "cuda":
-        raise UserError("backend 'ort' runs on the CPU; for a GPU use --backend ort-migraphx "
-                        "(AMD) or --backend torch", field="backend.device")
-    if pol.tiering.kind != "fp16":
-        raise UserError(f"tiering {pol.tiering.kind!r} is not supported by the ONNX Runtime "
-                        "backends yet (only 'fp16'); use --backend torch", field="policies.tiering")
-    if pol.speculation.kind != "off":
-        raise UserError("speculation is not supported by the ONNX Runtime backends yet "
-                        "(only 'off'); use --backend torch", field="policies.speculation")
-    if be.dtype != "float32":
-        raise UserError("the ONNX Runtime backends run float32 weights only", field="backend.dtype")
-    if be.kv_dtype not in KV_DTYPES:
-        raise UserError(f"KV dtype {be.kv_dtype!r} is not supported here (choose from "
-                        f"{', '.join(KV_DTYPES)})", field="backend.kv_dtype")
+PROVIDERS = {"ort": "CPUExecutionProvider", "ort-migraphx": "MIGraphXExecutionProvider",
+             "ort-vitisai": "VitisAIExecutionProvider"}
 
 
 def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedKVStore,
-           base_dir: Path, buffers: BufferPool, *, provider: str = CPU_EP,
-           backend: str = "ort", device_kind: str = "cpu") -> OrtExecutor:
-    """The executor for one run of ``scn``: exported model (cached), session, prompts."""
-    _check_provider(provider, backend)
-    _refuse_unsupported(scn, provider)
-    import torch
-
+           base_dir: Path, buffers: BufferPool, *, backend: str = "ort") -> OrtExecutor:
+    """The executor for one run of ``scn``: exported model (cached), sessions, prompts."""
     from adapters.onnx_export import export_onnx
-    from adapters.torch_executor import _load, make_prompts
+    from adapters.torch_executor import _load, make_drafter, make_prompts
 
+    _check_provider(PROVIDERS[backend], backend)
+    provider = "CPUExecutionProvider"
+    _refuse_unsupported(scn, backend)
+    be = scn.backend
+    if be.threads:
+        torch.set_num_threads(be.threads)  # staging, dequantization and drafts run in torch
     spec = scn.model.spec
     if spec not in ("smollm2-135m",) and not Path(spec).exists() and (base_dir / spec).exists():
         spec = str(base_dir / spec)
     model, tokenizer = _load(spec, scn.workload.prompt_text, "float32", "cpu")
     prompts = make_prompts(scn, requests, tokenizer, model.cfg.vocab)
-    kv_dtype = KV_DTYPES[scn.backend.kv_dtype]
-    export = export_onnx(model, torch.float16 if kv_dtype == np.float16 else torch.float32,
-                         all_logits=False)
-    options = ort.SessionOptions()
-    if scn.backend.threads:
-        options.intra_op_num_threads = scn.backend.threads
-    providers = [provider] if provider == CPU_EP else [provider, CPU_EP]
-    session = ort.InferenceSession(str(export.path), options, providers=providers)
-    info = profile_device(hw, device_kind)
-    cfg = model.cfg
-    return OrtExecutor(session, (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim), cfg.vocab,
-                       prompts, info, kv_dtype=kv_dtype, buffers=buffers,
-                       use_binding=scn.backend.ort_binding, name=backend,
+    kv_dtype = KV_DTYPES[be.kv_dtype]
+    observe = scn.policies.tiering.observes_blocks
+    export = export_onnx(model, kv_dtype, observe=observe)
+    info = profile_device(hw, "cpu")
+    sessions = {info.name: _session(export.path, provider, scn)}
+    drafter = make_drafter(scn, model, base_dir, "float32", "cpu")
+    return OrtExecutor(model, sessions, {info.name: info}, prompts, store, kv_dtype=kv_dtype,
+                       group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
+                       use_binding=be.ort_binding, name=backend, measure_attention=observe,
                        device_label=f"onnxruntime {ort.__version__} {provider}")
 
 
 def create_migraphx(scn, hw, requests, store, base_dir, buffers) -> OrtExecutor:
     """``ort-migraphx``: AMD GPUs through MIGraphX (needs an onnxruntime built with it)."""
-    return create(scn, hw, requests, store, base_dir, buffers,
-                  provider="MIGraphXExecutionProvider", backend="ort-migraphx", device_kind="gpu")
+    return create(scn, hw, requests, store, base_dir, buffers, backend="ort-migraphx")
 
 
 def create_vitisai(scn, hw, requests, store, base_dir, buffers) -> OrtExecutor:
     """``ort-vitisai``: the Ryzen AI NPU through VitisAI (needs AMD's Ryzen AI onnxruntime)."""
-    return create(scn, hw, requests, store, base_dir, buffers,
-                  provider="VitisAIExecutionProvider", backend="ort-vitisai", device_kind="npu")
+    return create(scn, hw, requests, store, base_dir, buffers, backend="ort-vitisai")

@@ -10,6 +10,17 @@ import torch
 from adapters.paged_kv import PagedKV
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention probabilities of one layer (q [B, K, G*T, D] against k [B, K, S, D], the
+    model's mask), averaged over heads and query rows -> [B, S] float32.  What a tiering policy
+    that observes blocks sees, summed over layers (also inside the ONNX graph:
+    ``adapters.onnx_export``)."""
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1).mean(dim=(1, 2))
+
+
 class PagedStep:
     """The ``KVCache`` the model sees during one forward over a batch of stored requests, each
     feeding ``num_new`` tokens.  New K/V go to the end of each request's arena; attention runs
@@ -45,12 +56,7 @@ class PagedStep:
 
     def _observe(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                  mask: torch.Tensor | None) -> None:
-        """Attention probabilities of this layer (q [B, K, G*T, D] against k [B, K, S, D], the
-        model's mask), averaged over heads and query rows, added to the step's sum."""
-        scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).mean(dim=(1, 2))  # [B, S]
+        probs = attention_probs(q, k, mask)
         self._probs = probs if self._probs is None else self._probs + probs
 
     def block_shares(self, num_layers: int) -> list[torch.Tensor]:

@@ -149,12 +149,8 @@ class TorchExecutor:
     def _prefill(self, rid: int) -> None:
         prompt = self.prompts[rid]
         self.kv.add(rid, capacity_tokens=len(prompt) + 1)
-        ids = torch.tensor([prompt], device=self.device)
-        step = self._step([rid], len(prompt))
-        hidden = self.model.hidden_states(ids, step, self._positions([rid], len(prompt)))
-        self._record_attention(step)
+        logits, step = self._forward([rid], [prompt], last_only=True)  # head on the last token
         step.commit()
-        logits = self._logits(hidden[:, -1:])  # the head on the last prompt token only
         self.tokens[rid] = [*prompt, int(logits[0, -1].argmax())]
         self._actual[rid] = np.zeros(0, dtype=np.uint8)
         if self.drafter is not None:
@@ -174,10 +170,7 @@ class TorchExecutor:
         T = k + 1 if k else 1
         rows = [[self.tokens[rid][-1], *d, *[0] * (T - 1 - len(d))]
                 for rid, d in zip(rids, drafts or [[]] * len(rids))]
-        ids = torch.tensor(rows, device=self.device)  # [B, T]
-        step = self._step(rids, T)
-        logits = self._logits(self.model.hidden_states(ids, step, self._positions(rids, T)))
-        self._record_attention(step)
+        logits, step = self._forward(rids, rows)
         target = logits.argmax(dim=-1).tolist()  # [B, T]: greedy
         kept, emitted = [], []
         for b, rid in enumerate(rids):
@@ -199,6 +192,19 @@ class TorchExecutor:
         segments.append((name, "verify" if k else "decode", self._now() - t0))
         proposed = np.array([len(d) for d in drafts], dtype=np.int64) if k else None
         return np.array(emitted, dtype=np.int64), proposed
+
+    def _forward(self, rids: list[int], rows: list[list[int]], last_only: bool = False,
+                 num_layers: int | None = None) -> tuple[torch.Tensor, PagedStep]:
+        """New tokens ``rows`` [B][T] of ``rids`` through the model over their stored K/V ->
+        (logits [B, T, V], or [B, 1, V] of the last position with ``last_only``; the step).
+        The new K/V are written; ``step.commit(kept)`` accounts them.  ``num_layers``: the first
+        n layers only (a layer-skip pass)."""
+        T = len(rows[0])
+        ids = torch.tensor(rows, device=self.device)  # [B, T]
+        step = self._step(rids, T)
+        hidden = self.model.hidden_states(ids, step, self._positions(rids, T), num_layers)
+        self._record_attention(step)
+        return self._logits(hidden[:, -1:] if last_only else hidden), step
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, E] -> logits [B, T, V], written into the step's "logits" buffer (sized

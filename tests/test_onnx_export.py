@@ -1,5 +1,6 @@
 """The ONNX export round trip: onnxruntime (CPU) gives the torch adapter's logits for a prefill and
-decode steps with the present K/V fed back, also for a padded batch; exports are cached on disk."""
+decode steps with the present K/V fed back, also for a padded batch, for the rows asked for; the
+graph's measured attention equals the paged cache's; exports are cached on disk."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_prefill_then_two_decode_steps_match_torch(exported):
         logits, past_k, past_v = session.run(None, {
             "input_ids": tokens.numpy(), "positions": positions[None].numpy(),
             "attention_mask": np.ones((1, start + T), np.int64),
-            "past_k": past_k, "past_v": past_v})
+            "past_k": past_k, "past_v": past_v, "logit_rows": np.arange(T)})
         assert np.abs(logits - want.numpy()).max() <= 1e-4
         start += T
         assert past_k.shape == (2, 1, 2, start, 16) == past_v.shape
@@ -61,7 +62,8 @@ def test_padded_batch_rows_match_single_sequences(exported):
     the end with masked slots, its positions stay its own."""
     model, _, session, _ = exported
     run = lambda ids, pos, mask, pk, pv: session.run(None, {  # noqa: E731
-        "input_ids": ids, "positions": pos, "attention_mask": mask, "past_k": pk, "past_v": pv})
+        "input_ids": ids, "positions": pos, "attention_mask": mask, "past_k": pk, "past_v": pv,
+        "logit_rows": np.array([ids.shape[1] - 1])})
     prompts = [np.arange(10, 15)[None], np.arange(40, 43)[None]]
     singles, pasts = [], []
     for p in prompts:
@@ -105,7 +107,7 @@ def test_gpt2_round_trip(tmp_path):
     cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64)
     transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(tmp_path / "g")
     model = load_hf_dir(tmp_path / "g")
-    export = export_onnx(model, root=tmp_path / "cache", all_logits=False)
+    export = export_onnx(model, root=tmp_path / "cache")
     session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
     tokens, cache, start = torch.arange(3, 9)[None], model.new_cache(1, 8), 0
     past_k = past_v = _empty_past(model, 1)
@@ -117,8 +119,36 @@ def test_gpt2_round_trip(tmp_path):
         logits, past_k, past_v = session.run(None, {
             "input_ids": tokens.numpy(), "positions": positions[None].numpy(),
             "attention_mask": np.ones((1, start + T), np.int64),
-            "past_k": past_k, "past_v": past_v})
+            "past_k": past_k, "past_v": past_v, "logit_rows": np.array([T - 1])})
         assert logits.shape == (1, 1, 256)
         assert np.abs(logits - want.numpy()).max() <= 1e-4
         start += T
         tokens = greedy(want[:, -1])
+
+
+def test_observed_attention_equals_the_paged_caches(tmp_path):
+    """``observe=True`` adds the ``attention`` output: per row, the probabilities of the step's
+    queries averaged over heads and queries, summed over layers, as ``PagedStep`` measures them
+    in torch (here over a prefill of 7 tokens)."""
+    from adapters.paged_kv import PagedKV
+    from adapters.paged_step import PagedStep
+
+    model = load_hf_dir(write_llama(tmp_path / "m", 3, layers=2))
+    export = export_onnx(model, torch.float32, root=tmp_path / "cache", observe=True)
+    session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
+    ids = torch.arange(20, 27)[None]
+    logits, _, _, att = session.run(None, {
+        "input_ids": ids.numpy(), "positions": np.arange(7)[None],
+        "attention_mask": np.ones((1, 7), np.int64), "past_k": _empty_past(model, 1),
+        "past_v": _empty_past(model, 1), "logit_rows": np.array([6])})
+    c = model.cfg
+    kv = PagedKV(num_layers=c.num_layers, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+                 block_tokens=4, dtype=torch.float32)
+    kv.add(0, 8)
+    step = PagedStep(kv, [0], 7, torch.float32, measure_attention=True)
+    with torch.inference_mode():
+        want = model(ids, step, torch.arange(7)[None])
+    assert np.abs(logits[0, -1] - want[0, -1].numpy()).max() <= 1e-4
+    assert att.shape == (1, 7)
+    assert np.abs(att[0] - step._probs[0].numpy()).max() <= 1e-5
+    assert abs(att.sum() - c.num_layers) <= 1e-4  # each layer's probabilities sum to 1

@@ -1,7 +1,9 @@
 """The ONNX Runtime executor under the engine (``infer-os measure --backend ort``) on a tiny random
 Llama: every request completes with its forced length and the torch backend's greedy output, with
-and without IOBinding; bound buffers are reused across steps; unsupported setups and missing
-providers or packages are one-line errors with exit 2 or 3."""
+and without IOBinding; bound buffers are reused across steps; tiering policies quantize the same
+blocks as under torch, observing policies see the graph's measured attention, speculation keeps
+the greedy output; unsupported setups and missing providers or packages are one-line errors with
+exit 2 or 3."""
 
 from __future__ import annotations
 
@@ -84,9 +86,6 @@ def test_measure_json_with_ort(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, field", [
-    (["policies.tiering={kind: uniform, precision: int8}"], "policies.tiering"),
-    (["policies.speculation={kind: fixed, k: 2}", "speculation.draft_source=ngram"],
-     "policies.speculation"),
     (["backend.kv_dtype=bfloat16"], "backend.kv_dtype"),
     (["backend.device=cuda"], "backend.device")])
 def test_unsupported_setups_are_user_errors(model_dir, tmp_path, capsys, override, field):
@@ -124,3 +123,47 @@ def test_float16_kv_equals_the_torch_backend(model_dir, tmp_path):
     ours, theirs = _measure(path, "ort"), _measure(path, "torch")
     assert _outputs(ours) == _outputs(theirs)
     assert ours.metrics["kv_peak_bytes"] == theirs.metrics["kv_peak_bytes"] > 0
+
+
+def test_quantized_tiers_hold_the_same_bytes_as_under_torch(model_dir, tmp_path):
+    """uniform INT4: the same blocks quantized into the same bytes by both backends (the ort
+    executor stores K/V in the shared paged store and dequantizes them into the graph's past)."""
+    path = _scenario(tmp_path, model_dir,
+                     policies__tiering={"kind": "uniform", "precision": "int4"})
+    ours, theirs = _measure(path, "ort"), _measure(path, "torch")
+    assert ours.metrics["num_completed"] == 5
+    got, want = ours.metrics["kv_bytes_by_precision"], theirs.metrics["kv_bytes_by_precision"]
+    assert got["int4"] > 0 and got == want
+    assert ours.metrics["kv_peak_bytes"] == theirs.metrics["kv_peak_bytes"]
+
+
+def test_an_observing_policy_reads_the_graphs_attention(model_dir, tmp_path, monkeypatch):
+    """The paper's progressive tiering observes blocks: the graph is exported with its
+    attention output and every step records measured shares that sum to 1 per row."""
+    from sim.attention import MeasuredAttention
+
+    sums: list[float] = []
+    record = MeasuredAttention.record
+    monkeypatch.setattr(MeasuredAttention, "record",
+                        lambda self, rid, shares: (sums.append(float(shares.sum())),
+                                                   record(self, rid, shares)))
+    path = _scenario(tmp_path, model_dir, policies__tiering={"kind": "progressive"},
+                     workload__output_tokens={"kind": "uniform", "low": 60, "high": 80})
+    out = _measure(path, "ort")
+    assert out.metrics["num_completed"] == 5
+    steps = out.metrics["engine"]
+    assert len(sums) >= steps["num_prefill_steps"] + steps["num_decode_steps"]
+    assert all(abs(s - 1) < 1e-6 for s in sums)
+    assert out.metrics["kv_bytes_by_precision"]["int8"] > 0  # it demoted blocks on them
+
+
+@pytest.mark.parametrize("source", ["ngram", "layer-skip"])
+def test_speculation_keeps_the_greedy_output(model_dir, tmp_path, source):
+    plain = _measure(_scenario(tmp_path, model_dir), "ort")
+    path = _scenario(tmp_path, model_dir, policies__speculation={"kind": "fixed", "k": 3},
+                     speculation={"draft_source": source, "draft_layers": 1})
+    spec = _measure(path, "ort")
+    assert spec.metrics["num_completed"] == 5
+    assert _outputs(spec) == _outputs(plain)
+    ex = spec.executor
+    assert ex.draft_accepted + ex.draft_rejections + ex.draft_empty > 0  # it drafted
