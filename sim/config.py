@@ -136,6 +136,24 @@ class BackendConfig(_Frozen):
     # ort backends: bind inputs/outputs to buffers the buffer policy sizes (IOBinding), or
     # plain session.run
     ort_binding: bool = True
+    # ort backends: how the exported model is prepared for the provider (adapters.ort_prepare):
+    # "auto" = what the provider needs (ort-vitisai: bf16, as Ryzen AI documents for
+    # transformers; ort-migraphx and ort: none), "int8" = static QDQ INT8, "bf16" = BF16
+    # weights and matmul inputs; e.g. int8 on --backend ort shows its quality and speed on a CPU
+    ort_quantize: Literal["auto", "none", "int8", "bf16"] = "auto"
+    # ort backends: lay out past/context at a few padded lengths so a provider that compiles per
+    # input shape compiles a few times, not every step; None = on for ort-migraphx and
+    # ort-vitisai, off for ort
+    ort_static_shapes: bool | None = None
+    # with static shapes: padded lengths are multiples of this many tokens (default: powers of
+    # two >= 64)
+    ort_shape_bucket: int | None = Field(default=None, ge=1)
+    # ort-vitisai: the VitisAI EP's config file (provider option config_file); default
+    # $RYZEN_AI_INSTALLATION_PATH/voe-4.0-win_amd64/vaip_config.json; relative to the scenario
+    vitisai_config: str | None = None
+    # ort backends: where the providers keep compiled models (VitisAI cache_dir, MIGraphX model
+    # cache), one subfolder per provider; default $INFER_OS_CACHE (default ~/.cache/infer-os)
+    ort_cache_dir: str | None = None
 
 
 class Coefficient(_Frozen):
