@@ -1,4 +1,4 @@
-"""``infer-os calibrate --backend torch``: time the real executor on this machine and fit the
+"""``infer-os calibrate --backend torch|ort``: time the real executor on this machine and fit the
 ``calibrated`` cost model's profile (``sim.calibrated``); also what ``validate`` calls when it is
 given no profile.  Profiles are cached per machine, backend, model and settings under
 ``$INFER_OS_CACHE`` (default ``~/.cache/infer-os``)/calibration.
@@ -19,7 +19,7 @@ from sim.calibrated import CalibrationProfile, dump_calibration, load_calibratio
 from sim.errors import UserError
 
 DEFAULT_BUDGET_S = 120.0
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "ort")
 
 
 def cache_dir() -> Path:
@@ -27,11 +27,11 @@ def cache_dir() -> Path:
     return Path(root) / "calibration"
 
 
-def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
-              kv_dtype: str = "float16", threads: int | None = None, block_tokens: int = 64,
-              group: int = 64, budget_s: float = DEFAULT_BUDGET_S,
+def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
+              dtype: str = "float32", kv_dtype: str = "float16", threads: int | None = None,
+              block_tokens: int = 64, group: int = 64, budget_s: float = DEFAULT_BUDGET_S,
               progress: bool = True) -> CalibrationProfile:
-    """Time the torch executor for ``model`` (a preset, .gguf or HF directory) and fit."""
+    """Time the ``backend`` executor for ``model`` (a preset, .gguf or HF directory) and fit."""
     import numpy as np
     import torch
 
@@ -47,7 +47,8 @@ def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
     dev = resolve_device(device)
     spec = resolve_model(model)
     loaded, _ = _load(model, "random", dtype, device)
-    sb = bench.StepBench(loaded, spec, resolve_dtype(kv_dtype), block_tokens, group)
+    sb = bench.StepBench(loaded, spec, resolve_dtype(kv_dtype), block_tokens, group,
+                         backend=backend)
     prims = bench.primitives(dev, resolve_dtype(dtype))
     points = bench.grid(spec)
     deadline = t_start + budget_s
@@ -62,8 +63,9 @@ def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
     m = sb.m
     coef, stats = fit_with_holdout(np.array(m.features), np.array(m.seconds))
     quant = {k: float(np.median(v)) for k, v in m.quantize_s_per_value.items()}
+    device_name = describe_device(dev) if backend == "torch" else sb.ex.device_label
     return CalibrationProfile(
-        backend="torch", device=describe_device(dev), machine=bench.machine_fingerprint(dev),
+        backend=backend, device=device_name, machine=bench.machine_fingerprint(dev, backend),
         model=model, dtype=dtype, kv_dtype=kv_dtype, threads=torch.get_num_threads(),
         block_tokens=block_tokens, kv_quant_group=group, primitives=prims,
         coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
@@ -74,7 +76,7 @@ def calibrate(model: str, *, device: str = "auto", dtype: str = "float32",
 
 
 def cache_key(model: str, device: str, dtype: str, kv_dtype: str, threads: int | None,
-              block_tokens: int, group: int) -> str:
+              block_tokens: int, group: int, backend: str = "torch") -> str:
     import torch
 
     from adapters import calibration_bench as bench
@@ -82,25 +84,28 @@ def cache_key(model: str, device: str, dtype: str, kv_dtype: str, threads: int |
 
     n = threads or torch.get_num_threads()
     dev = resolve_device(device)  # "auto" and what it resolves to share a profile
-    text = "|".join(map(str, ("torch", bench.VERSION, bench.machine_fingerprint(dev), model,
-                              dev.type, dtype, kv_dtype, n, block_tokens, group)))
+    fingerprint = bench.machine_fingerprint(dev, backend)
+    text = "|".join(map(str, (backend, bench.VERSION, fingerprint, model, dev.type, dtype,
+                              kv_dtype, n, block_tokens, group)))
     name = Path(model).stem if Path(model).exists() else model
-    return f"torch-{name}-{dtype}-t{n}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"{backend}-{name}-{dtype}-t{n}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def for_scenario(scn, base_dir: Path, progress: bool = True) -> tuple[CalibrationProfile, Path]:
+def for_scenario(scn, base_dir: Path, progress: bool = True,
+                 backend: str = "torch") -> tuple[CalibrationProfile, Path]:
     """The cached profile for the scenario's model and backend settings, calibrating first if
     there is none (``validate`` without ``--profile``)."""
     be, model = scn.backend, _model_path(scn, base_dir)
     args = (model, be.device, be.dtype, be.kv_dtype, be.threads, scn.engine.block_tokens,
-            scn.engine.kv_quant_group)
+            scn.engine.kv_quant_group, backend)
     path = cache_dir() / f"{cache_key(*args)}.yaml"
     if path.exists():
         return load_calibration(path), path
-    _info(f"calibrating the torch backend for {model} (cached in {path})")
-    profile = calibrate(model, device=be.device, dtype=be.dtype, kv_dtype=be.kv_dtype,
-                        threads=be.threads, block_tokens=scn.engine.block_tokens,
-                        group=scn.engine.kv_quant_group, progress=progress)
+    _info(f"calibrating the {backend} backend for {model} (cached in {path})")
+    profile = calibrate(model, backend=backend, device=be.device, dtype=be.dtype,
+                        kv_dtype=be.kv_dtype, threads=be.threads,
+                        block_tokens=scn.engine.block_tokens, group=scn.engine.kv_quant_group,
+                        progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_calibration(profile))
     return profile, path
@@ -113,7 +118,8 @@ def _model_path(scn, base_dir: Path) -> str:
     return model
 
 
-def speed_check(profile: CalibrationProfile, scn, base_dir: Path) -> float:
+def speed_check(profile: CalibrationProfile, scn, base_dir: Path,
+                backend: str = "torch") -> float:
     """How much slower this machine runs now than when ``profile`` was fitted: a few of the
     calibration's steps re-timed (about a second), measured over predicted, median.  On a shared
     machine whose speed drifts by tens of per cent over minutes (other tenants), ``validate``
@@ -135,7 +141,7 @@ def speed_check(profile: CalibrationProfile, scn, base_dir: Path) -> float:
     spec = resolve_model(model)
     loaded, _ = _load(model, "random", be.dtype, be.device)
     sb = bench.StepBench(loaded, spec, resolve_dtype(be.kv_dtype), profile.block_tokens,
-                         profile.kv_quant_group)
+                         profile.kv_quant_group, backend=backend)
     with torch.inference_mode():
         for point in bench.REFERENCE_POINTS:
             bench.run_point(sb, point)
@@ -147,8 +153,22 @@ def speed_check(profile: CalibrationProfile, scn, base_dir: Path) -> float:
 class TorchCalibrator:
     """What ``validate`` loads from the ``infer_os.calibrators`` entry point of a backend."""
 
-    for_scenario = staticmethod(for_scenario)
-    speed_check = staticmethod(speed_check)
+    backend = "torch"
+
+    @classmethod
+    def for_scenario(cls, scn, base_dir: Path,
+                     progress: bool = True) -> tuple[CalibrationProfile, Path]:
+        return for_scenario(scn, base_dir, progress, backend=cls.backend)
+
+    @classmethod
+    def speed_check(cls, profile: CalibrationProfile, scn, base_dir: Path) -> float:
+        return speed_check(profile, scn, base_dir, backend=cls.backend)
+
+
+class OrtCalibrator(TorchCalibrator):
+    """``ort`` (ONNX Runtime's CPU provider): the same grid through the ort executor."""
+
+    backend = "ort"
 
 
 class _Bar:
@@ -219,9 +239,11 @@ def run(args: argparse.Namespace) -> int:
     from adapters.loading import resolve_device
 
     resolve_device(args.device)  # exit 3 now when cuda is asked for and absent
+    if args.backend == "ort":
+        _check_ort(args)
     settings = (args.model, args.device, args.dtype, args.kv_dtype, args.threads,
-                args.block_tokens, args.kv_quant_group)
-    profile = calibrate(args.model, device=args.device, dtype=args.dtype,
+                args.block_tokens, args.kv_quant_group, args.backend)
+    profile = calibrate(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                         kv_dtype=args.kv_dtype, threads=args.threads,
                         block_tokens=args.block_tokens, group=args.kv_quant_group,
                         budget_s=args.budget_s)
@@ -236,3 +258,20 @@ def run(args: argparse.Namespace) -> int:
              else ""))
     print(out)
     return 0
+
+
+def _check_ort(args: argparse.Namespace) -> None:
+    """What the ort backend can run: onnxruntime installed, float32 weights on the CPU."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        from sim.errors import BackendUnavailable
+        raise BackendUnavailable("calibrating the ort backend needs onnxruntime and onnxscript "
+                                 "(pip install 'infer-os[onnx]')") from None
+    if args.dtype != "float32":
+        raise UserError("the ONNX Runtime backends run float32 weights only", field="--dtype")
+    if args.device == "cuda":
+        raise UserError("backend 'ort' runs on the CPU", field="--device")
+    if args.kv_dtype == "bfloat16":
+        raise UserError("the ort backend keeps K/V in float16 or float32", field="--kv-dtype")

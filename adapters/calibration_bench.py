@@ -1,15 +1,18 @@
-"""Microbenchmarks of the torch executor on this machine, fitted into a calibration profile
-(``sim.calibrated``).
+"""Microbenchmarks of a real executor on this machine (torch, or ONNX Runtime's CPU provider),
+fitted into a calibration profile (``sim.calibrated``).
 
-Everything timed runs the executor's own code: prefill through ``TorchExecutor._prefill``, decode
-through ``TorchExecutor._decode``, verify passes of k + 1 tokens and layer-skip passes through the
-same ``PagedStep`` and head, quantization through ``PagedKV.set_precision``.  Contexts are filled
+Everything timed runs the executor's own code: prefill through ``_prefill``, decode through
+``_decode``, verify passes of k + 1 tokens through ``_forward`` (torch: the model over a
+``PagedStep``; ort: the session over the staged past), layer-skip passes through the torch
+forward (under ort the draft sources run in torch too), quantization through
+``PagedKV.set_precision``.  Contexts are filled
 with random K/V (attention cost does not depend on the values).  Each grid point is timed a few
 times and its median kept; the features of each point come from the state it ran on.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -38,8 +41,9 @@ VERSION = 2  # of the grid and timing method: a new one makes cached profiles st
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
-def machine_fingerprint(device: torch.device) -> str:
-    """CPU or GPU model, core count, torch version: a new machine means a new profile."""
+def machine_fingerprint(device: torch.device, backend: str = "torch") -> str:
+    """CPU or GPU model, core count, torch version (and onnxruntime's for the ort backends): a
+    new machine means a new profile."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -49,6 +53,10 @@ def machine_fingerprint(device: torch.device) -> str:
         pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "-"
     text = f"{cpu}|{os.cpu_count()} cores|{gpu}|torch {torch.__version__}"
+    if backend.startswith("ort"):
+        import onnxruntime
+
+        text += f"|onnxruntime {onnxruntime.__version__}"
     return f"{text}|{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
@@ -110,15 +118,23 @@ class StepBench:
     """One executor (the real one) and helpers to put requests of a given context into it."""
 
     def __init__(self, model, spec: ModelSpec, kv_dtype: torch.dtype, block_tokens: int,
-                 group: int, seed: int = 0):
+                 group: int, seed: int = 0, backend: str = "torch"):
         self.model, self.spec = model, spec
         w = model.tok_embeddings.weight
         self.device, self.dtype = w.device, w.dtype
         info = DeviceInfo("cpu" if self.device.type == "cpu" else "gpu", self.device.type, 0.0,
                           "memory")
         store = SimpleNamespace(block_tokens=block_tokens)  # tiers are set directly, not read
-        self.ex = TorchExecutor(model, [], store, info, kv_dtype=kv_dtype, group=group,
-                                buffers=BufferPool(AdaptiveBuffers()))
+        buffers = BufferPool(AdaptiveBuffers())
+        self.sessions = None  # ort: the graph without and with the attention output
+        if backend == "torch":
+            self.ex = TorchExecutor(model, [], store, info, kv_dtype=kv_dtype, group=group,
+                                    buffers=buffers)
+        else:
+            from adapters.ort_executor import for_calibration
+
+            self.ex, self.sessions = for_calibration(model, store, info, kv_dtype, group,
+                                                     buffers)
         self.kv = self.ex.kv
         self.bt = block_tokens
         self.weight_b, self.kv_b = BYTES[self.dtype], BYTES[kv_dtype]
@@ -170,6 +186,8 @@ class StepBench:
         """Measure the attention each block draws in the following steps, as the executor does
         for tiering policies that observe blocks."""
         self.ex.attention = MeasuredAttention() if on else None
+        if self.sessions is not None:
+            self.ex.session = self.sessions[on]
 
     def prefill(self, tokens: int, observe: bool = False) -> None:
         rid, self.next_rid = self.next_rid, self.next_rid + 1
@@ -206,12 +224,14 @@ class StepBench:
             def run():
                 self.ex._decode(rids, 0, [], time.perf_counter())
         else:
+            # a layer-skip pass runs in torch under every backend (as the draft source does)
+            forward = self.ex._forward if layers is None else \
+                functools.partial(TorchExecutor._forward, self.ex)
+
             def run():
-                ids = torch.tensor([self._ids(new_tokens) for _ in rids], device=self.device)
-                st = self.ex._step(rids, new_tokens)
-                hidden = self.model.hidden_states(ids, st, self.ex._positions(rids, new_tokens),
-                                                  num_layers=layers)
-                self.ex._logits(hidden).argmax(dim=-1).tolist()
+                logits, st = forward(rids, [self._ids(new_tokens) for _ in rids],
+                                     num_layers=layers)
+                logits.argmax(dim=-1).tolist()
                 st.commit([1] * len(rids))
         self.observing(observe)
         with torch.inference_mode():

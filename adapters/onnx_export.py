@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,7 +191,8 @@ def _dynamic_shapes() -> dict[str, dict[int, object]]:
 def _export_to(model: Transformer, kv_dtype: torch.dtype, observe: bool,
                folder: Path) -> None:
     graph = KVGraph(model, observe).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on axis names, not ours to act on
         program = torch.onnx.export(
             graph, _example(model, kv_dtype), input_names=list(INPUTS),
             output_names=[*OUTPUTS, "attention"] if observe else list(OUTPUTS),

@@ -40,6 +40,7 @@ is recomputed in torch too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from adapters.array_pool import ArrayPool
 from adapters.torch_executor import TorchExecutor
 from sim.buffer_pool import BufferPool
 from sim.config import Scenario
-from sim.errors import BackendUnavailable, UserError
+from sim.errors import UserError
 from sim.executor import DeviceInfo, StepPlan, StepResult, profile_device
 from sim.hardware import HardwareProfile
 from sim.kv_store import PagedKVStore
@@ -91,12 +92,13 @@ class OrtExecutor(TorchExecutor):
                  kv_dtype: torch.dtype, group: int, buffers: BufferPool, drafter: Any = None,
                  use_binding: bool = True, name: str = "ort", device_label: str = "cpu",
                  measure_attention: bool = False,
-                 pad_tokens: Callable[[int], int] = lambda n: n):
+                 pad_tokens: dict[str, Callable[[int], int]] | None = None):
         first = next(iter(infos.values()))
         super().__init__(model, prompts, store, first, kv_dtype=kv_dtype, group=group,
                          buffers=buffers, drafter=drafter, device_label=device_label,
                          measure_attention=measure_attention)
-        self.name, self.use_binding, self.pad_tokens = name, use_binding, pad_tokens
+        self.name, self.use_binding = name, use_binding
+        self.pad_tokens = pad_tokens or {}  # per device: the padded past length (static shapes)
         self.sessions, self.infos = sessions, infos
         self.session = sessions[first.name]
         self.np_kv = np.dtype(str(kv_dtype).removeprefix("torch."))
@@ -126,7 +128,8 @@ class OrtExecutor(TorchExecutor):
             kv.reserve(rid, T)
         resident = [kv.resident_tokens(r) for r in rids]
         offsets = [kv.arena_tokens(r) for r in rids]
-        P = self.pad_tokens(max(resident))
+        pad = self.pad_tokens.get(self.info.name)
+        P = pad(max(resident)) if pad else max(resident)
         past = self._buffer("ort_past", (2, kv.L, B, kv.K, P, kv.D), self.np_kv)
         mask = self._buffer("ort_attention_mask", (B, P + T), np.int64)
         self._stage(rids, resident, torch.from_numpy(past), mask)
@@ -213,34 +216,30 @@ def _refuse_unsupported(scn: Scenario, backend: str) -> None:
                         f"{', '.join(KV_DTYPES)})", field="backend.kv_dtype")
 
 
-def _session(path: Path, provider: str, scn: Scenario) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    if scn.backend.threads:
-        options.intra_op_num_threads = scn.backend.threads
-    return ort.InferenceSession(str(path), options, providers=[provider])
-
-
-def _check_provider(provider: str, backend: str) -> None:
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise BackendUnavailable(
-            f"backend {backend!r} needs the ONNX Runtime execution provider {provider}, which "
-            f"onnxruntime {ort.__version__} here does not have (available: "
-            f"{', '.join(available)}); install an onnxruntime build with it")
-
-
-PROVIDERS = {"ort": "CPUExecutionProvider", "ort-migraphx": "MIGraphXExecutionProvider",
-             "ort-vitisai": "VitisAIExecutionProvider"}
+def _calibration_feeds(prompts: list[list[int]], model, kv_dtype: torch.dtype,
+                       n: int = 4) -> list[dict[str, np.ndarray]]:
+    """Prefill feeds of the first ``n`` prompts (seeded, so a prepared model's cache key is
+    stable): what INT8 preparation calibrates its activation ranges on."""
+    c = model.cfg
+    empty = np.zeros((c.num_layers, 1, c.num_kv_heads, 0, c.head_dim),
+                     str(kv_dtype).removeprefix("torch."))
+    return [{"input_ids": np.array([p], np.int64), "positions": np.arange(len(p))[None],
+             "attention_mask": np.ones((1, len(p)), np.int64), "past_k": empty,
+             "past_v": empty, "logit_rows": np.array([len(p) - 1], np.int64)}
+            for p in prompts[:n]]
 
 
 def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedKVStore,
            base_dir: Path, buffers: BufferPool, *, backend: str = "ort") -> OrtExecutor:
-    """The executor for one run of ``scn``: exported model (cached), sessions, prompts."""
+    """The executor for one run of ``scn``: exported model (cached), prepared for the provider
+    (cached), a session per device, prompts, draft source."""
+    from adapters import ort_providers as op
     from adapters.onnx_export import export_onnx
+    from adapters.ort_prepare import prepare_model
     from adapters.torch_executor import _load, make_drafter, make_prompts
 
-    _check_provider(PROVIDERS[backend], backend)
-    provider = "CPUExecutionProvider"
+    provider = op.BACKEND_PROVIDERS[backend]
+    op.check_provider(provider, backend)
     _refuse_unsupported(scn, backend)
     be = scn.backend
     if be.threads:
@@ -253,13 +252,25 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     kv_dtype = KV_DTYPES[be.kv_dtype]
     observe = scn.policies.tiering.observes_blocks
     export = export_onnx(model, kv_dtype, observe=observe)
-    info = profile_device(hw, "cpu")
-    sessions = {info.name: _session(export.path, provider, scn)}
+    mode = op.quantize_mode(provider, scn)
+    path = prepare_model(export.path, mode, calibration=_calibration_feeds(
+        prompts, model, kv_dtype) if mode == "int8" else None)
+    # the accelerator's session, and the CPU's beside it for phases placed there
+    targets = {op.BACKEND_DEVICE_KIND[backend]: provider}
+    targets.setdefault("cpu", op.CPU_EP)
+    sessions, infos, pads = {}, {}, {}
+    for kind, prov in targets.items():
+        info = profile_device(hw, kind)
+        infos[info.name] = info
+        sessions[info.name] = op.make_session(path, prov, scn, cache_key=f"{export.key}-{mode}",
+                                              base_dir=base_dir)
+        pads[info.name] = functools.partial(op.static_tokens, scn=scn, provider=prov)
     drafter = make_drafter(scn, model, base_dir, "float32", "cpu")
-    return OrtExecutor(model, sessions, {info.name: info}, prompts, store, kv_dtype=kv_dtype,
+    label = f"onnxruntime {ort.__version__} {provider}" + (f" ({mode})" if mode != "none" else "")
+    return OrtExecutor(model, sessions, infos, prompts, store, kv_dtype=kv_dtype,
                        group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
                        use_binding=be.ort_binding, name=backend, measure_attention=observe,
-                       device_label=f"onnxruntime {ort.__version__} {provider}")
+                       device_label=label, pad_tokens=pads)
 
 
 def create_migraphx(scn, hw, requests, store, base_dir, buffers) -> OrtExecutor:
@@ -270,3 +281,21 @@ def create_migraphx(scn, hw, requests, store, base_dir, buffers) -> OrtExecutor:
 def create_vitisai(scn, hw, requests, store, base_dir, buffers) -> OrtExecutor:
     """``ort-vitisai``: the Ryzen AI NPU through VitisAI (needs AMD's Ryzen AI onnxruntime)."""
     return create(scn, hw, requests, store, base_dir, buffers, backend="ort-vitisai")
+
+
+def for_calibration(model, store, info: DeviceInfo, kv_dtype: torch.dtype, group: int,
+                    buffers: BufferPool) -> tuple[OrtExecutor, dict[bool, ort.InferenceSession]]:
+    """An ``ort`` executor for ``adapters.calibration_bench``, with its sessions over the graph
+    without and with the attention output (keyed by ``observe``); threads as torch's."""
+    from adapters.onnx_export import export_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    cpu = "CPUExecutionProvider"
+    sessions = {observe: ort.InferenceSession(
+        str(export_onnx(model, kv_dtype, observe=observe).path), options, providers=[cpu])
+        for observe in (False, True)}
+    ex = OrtExecutor(model, {info.name: sessions[False]}, {info.name: info}, [], store,
+                     kv_dtype=kv_dtype, group=group, buffers=buffers,
+                     device_label=f"onnxruntime {ort.__version__} {cpu}")
+    return ex, sessions

@@ -167,3 +167,34 @@ def test_speculation_keeps_the_greedy_output(model_dir, tmp_path, source):
     assert _outputs(spec) == _outputs(plain)
     ex = spec.executor
     assert ex.draft_accepted + ex.draft_rejections + ex.draft_empty > 0  # it drafted
+
+
+def test_phases_run_on_the_session_of_the_device_they_are_placed_on(model_dir, torch_run,
+                                                                    tmp_path, monkeypatch):
+    """``ort-vitisai`` holds a session on the NPU and one on the CPU; a static placement runs
+    prefill on the first and decode on the second.  No NPU here: the NPU's session is given the
+    CPU provider (the one stand-in), everything else is the real code path, static shapes (the
+    past padded to power-of-two buckets, the padding masked) included."""
+    from adapters import ort_providers
+
+    monkeypatch.setitem(ort_providers.BACKEND_PROVIDERS, "ort-vitisai",
+                        ort_providers.CPU_EP)
+    path = _scenario(tmp_path, model_dir, hardware="ryzen-ai-9-hx-370",
+                     backend__ort_static_shapes=True,
+                     policies__scheduling={"kind": "static", "prefill": "npu",
+                                           "decode_attention": "cpu", "decode_ffn": "cpu"})
+    out = _measure(path, "ort-vitisai")
+    ex, m = out.executor, out.metrics
+    assert m["num_completed"] == 5
+    assert set(ex.runs_by_device) == {"npu", "cpu"}
+    assert ex.runs_by_device["npu"] == 5  # one prefill per request
+    assert ex.runs_by_device["cpu"] == m["engine"]["num_decode_steps"]
+    assert _outputs(out) == _outputs(torch_run)  # padded to buckets: the same greedy output
+
+
+def test_a_bf16_prepared_model_runs_on_the_cpu_provider(model_dir, tmp_path):
+    """``backend.ort_quantize: bf16`` (the Ryzen AI NPU's default preparation) on the CPU
+    provider, to see its effect without the NPU."""
+    out = _measure(_scenario(tmp_path, model_dir, backend__ort_quantize="bf16"), "ort")
+    assert out.metrics["num_completed"] == 5
+    assert out.metrics["measured"]["device"].endswith("(bf16)")
