@@ -4,7 +4,8 @@ adapter, on the same scenario (default: ``smollm2-cpu``'s baseline, SmolLM2-135M
 Per run: decode throughput (output tokens / measured step seconds, the engine's
 ``throughput_tok_s``), the buffer policy's counters (allocations, bytes allocated, reuses, memory
 efficiency = bytes used / bytes reserved, summed over requests) and, for ``ort`` with binding,
-the real host allocations behind them.  The first ``ort`` run exports the model (cached after).
+the real host allocations behind them and the seconds they took (first touch of their pages
+included).  The first ``ort`` run exports the model (cached after).
 
     python benchmarks/ort_buffers.py [--scenario smollm2-cpu] [--variant baseline]
         [--policies exact,pow2,preallocate,adaptive] [--set k=v]...
@@ -26,7 +27,8 @@ def _run(path: Path, variant: str, backend: str, sets: list[str]) -> dict:
     m, ex = out.metrics, out.executor
     arrays = getattr(ex, "arrays", None)
     return {"tok_s": m["throughput_tok_s"], "steps_s": m["measured"]["steps_s"],
-            **m["buffers"], "real_allocs": arrays.num_allocs if arrays else None}
+            **m["buffers"], "real_allocs": arrays.num_allocs if arrays else None,
+            "alloc_ms": 1e3 * arrays.alloc_s if arrays else None}
 
 
 def main() -> None:
@@ -44,10 +46,11 @@ def main() -> None:
         sets = [*args.sets, f"policies.buffers={{kind: {policy}}}"]
         rows.append(("ort binding", policy, _run(path, args.variant, "ort", sets)))
     print(f"{'backend':16} {'policy':12} {'tok/s':>7} {'allocs':>6} {'real':>5} "
-          f"{'alloc MB':>9} {'reuses':>6} {'efficiency':>10}")
+          f"{'alloc ms':>8} {'alloc MB':>9} {'reuses':>6} {'efficiency':>10}")
     for backend, policy, r in rows:
+        ms = f"{r['alloc_ms']:.1f}" if r["alloc_ms"] is not None else "-"
         print(f"{backend:16} {policy:12} {r['tok_s']:7.1f} {r['num_allocs']:6d} "
-              f"{r['real_allocs'] if r['real_allocs'] is not None else '-':>5} "
+              f"{r['real_allocs'] if r['real_allocs'] is not None else '-':>5} {ms:>8} "
               f"{r['alloc_bytes'] / 1e6:9.2f} {r['num_reuses']:6d} {r['efficiency_frac']:10.3f}")
 
 
