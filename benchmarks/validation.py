@@ -1,8 +1,9 @@
 """The validation table: ``infer-os validate`` on the bundled ``validation-*`` scenarios (torch
-backend, calibrated cost model), one row per scenario variant, then the median and the worst
-|signed relative error| of each metric over all of them.
+backend by default, calibrated cost model), one row per scenario variant, then the median and the
+worst |signed relative error| of each metric over all of them.
 
-    python benchmarks/validation.py [--profile PROFILE.yaml] [--scenario NAME]... [--json-dir DIR]
+    python benchmarks/validation.py [--backend torch|ort] [--profile PROFILE.yaml]
+        [--scenario NAME]... [--json-dir DIR]
     python benchmarks/validation.py --from-json DIR   # tabulate saved `validate --json` output
 
 Without ``--profile`` the cached calibration of this machine is used (made first if missing,
@@ -24,10 +25,10 @@ METRICS = ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50", "kv_peak
 SCENARIOS = ("validation-short", "validation-long", "validation-batched", "validation-spec")
 
 
-def run_validate(scenario: str, profile: str | None) -> dict:
+def run_validate(scenario: str, profile: str | None, backend: str = "torch") -> dict:
     from sim.cli import main
 
-    argv = ["validate", scenario, "--backend", "torch", "--json"]
+    argv = ["validate", scenario, "--backend", backend, "--json"]
     if profile:
         argv += ["--profile", profile]
     buf = io.StringIO()
@@ -67,6 +68,7 @@ def table(docs: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="torch", help="torch (default) or ort")
     ap.add_argument("--profile", help="calibration profile (default: this machine's cached one)")
     ap.add_argument("--scenario", action="append", help="scenario (repeatable; default: the "
                     "bundled validation-* ones)")
@@ -79,7 +81,7 @@ def main() -> None:
         docs = []
         for scenario in args.scenario or SCENARIOS:
             t0 = time.perf_counter()
-            docs.append(run_validate(scenario, args.profile))
+            docs.append(run_validate(scenario, args.profile, args.backend))
             print(f"{scenario}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             if args.json_dir:
                 out = Path(args.json_dir)
