@@ -208,19 +208,27 @@ def export_onnx(model: Transformer, kv_dtype: torch.dtype | None = None,
     output (costs one more q.K product per layer)."""
     kv_dtype = kv_dtype or model.tok_embeddings.weight.dtype
     key = export_key(model, kv_dtype, observe)
-    root = root or cache_root()
+    path, reused = cached_folder(root or cache_root(), key,
+                                 lambda tmp: _export_to(model, kv_dtype, observe, tmp))
+    return OnnxExport(path, key, reused, kv_dtype, observe)
+
+
+def cached_folder(root: Path, key: str, build) -> tuple[Path, bool]:
+    """``root/key/model.onnx``, built by ``build(folder)`` unless it exists -> (its path, whether
+    it existed).  Built in a temporary folder renamed when complete, so a crash never leaves a
+    half-written entry and two processes building the same key do not collide."""
     final = root / key
     if (final / "model.onnx").exists():
-        return OnnxExport(final / "model.onnx", key, True, kv_dtype, observe)
+        return final / "model.onnx", True
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        _export_to(model, kv_dtype, observe, tmp)
+        build(tmp)
         try:
             tmp.rename(final)
-        except OSError:  # another process finished the same export first
+        except OSError:  # another process finished the same build first
             if not (final / "model.onnx").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return OnnxExport(final / "model.onnx", key, False, kv_dtype, observe)
+    return final / "model.onnx", False

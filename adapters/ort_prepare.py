@@ -29,14 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from adapters.onnx_export import cached_folder
 
 PREPARE_VERSION = 1  # bump when a prepared graph changes
 MODES = ("none", "int8", "bf16")
@@ -64,25 +64,14 @@ def prepare_model(export_path: Path, mode: str, *, calibration: list[Feeds] | No
     if mode == "int8" and not calibration:
         raise ValueError("int8 preparation needs calibration feeds")
     key = prepare_key(export_path, mode, calibration if mode == "int8" else None)
-    root = cache_root or prepared_root()
-    final = root / key
-    if (final / "model.onnx").exists():
-        return final / "model.onnx"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
+
+    def build(folder: Path) -> None:
         if mode == "int8":
-            _quantize_int8(export_path, tmp / "model.onnx", calibration or [])
+            _quantize_int8(export_path, folder / "model.onnx", calibration or [])
         else:
-            _convert_bf16(export_path, tmp / "model.onnx")
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished the same preparation first
-            if not (final / "model.onnx").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final / "model.onnx"
+            _convert_bf16(export_path, folder / "model.onnx")
+
+    return cached_folder(cache_root or prepared_root(), key, build)[0]
 
 
 def prepare_key(export_path: Path, mode: str, calibration: list[Feeds] | None) -> str:
