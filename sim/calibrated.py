@@ -14,8 +14,9 @@ how the executor lays its work out, which the features follow:
 
 - ``prefill: sequential``: one forward per request (no padding across prompts);
 - ``batch: padded``: a decode batch runs padded to its longest row;
-- ``kv_tail: fp16-tokens``: the partial last block of a request stays FP16 until it fills, and KV
-  memory is counted by tokens (the store's ``tail_fp16`` accounting).
+- ``kv_tail: fp16-tokens``: the partial last block of a request stays FP16 until it fills, KV
+  memory is counted by tokens, and a tiering decision takes effect on a request at the end of
+  the next step it takes part in (the store's ``tail_fp16`` accounting).
 
 ``forward_features`` is the single definition of the features: the calibration computes them from
 the state it measured, this model from the engine's step plan.

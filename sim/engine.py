@@ -205,6 +205,10 @@ class Engine:
     def _advance(self, batch: np.ndarray, emitted: np.ndarray, joining: bool = False) -> None:
         """Credit emitted tokens (capped at each request's output length); retire the done.
         ``joining``: the batch has just been prefilled and joins the decode set."""
+        if self.store.tail_fp16 and not self._kv_measured:
+            # the executor stored every emitted token but the last (its K/V are written by the
+            # step that feeds it), accepted drafts past the output length included
+            self.store.apply_tiers(batch, self.store.req_tokens[batch] + emitted - 1)
         left = self.requests.output_tokens[batch] - self.state.generated[batch]
         emitted = np.minimum(emitted, left)
         self.state.generated[batch] += emitted
@@ -213,10 +217,9 @@ class Engine:
         done = batch[is_done]
         if joining:
             self.running.extend(batch[~is_done].tolist())
-            if self.store.tail_fp16 and not self._kv_measured:
-                # an executor that writes the prompt at FP16 holds it so until it is tiered
-                self.state.observe_kv(self.store, self.env.now)
-            if self.planner.tiering.observes_blocks:  # tier the new prompt blocks at once
+            # Tier the new prompt blocks at once (a ``tail_fp16`` executor applies the decision
+            # to each request at the end of its next step: ``PagedKVStore.apply_tiers``).
+            if self.planner.tiering.observes_blocks:
                 self.planner.retier(self.store, self.running)
         if not self._kv_measured:
             self.state.observe_kv(self.store, self.env.now)

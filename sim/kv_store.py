@@ -85,9 +85,12 @@ class PagedKVStore:
         self._backups: dict[int, bytearray] = {}  # request id -> 1 where an FP16 copy is kept
         self.num_backups = 0
         self._future: dict[int, tuple[int, Precision]] = {}  # reserved blocks and their precision
-        # report memory as an executor that keeps each request's partial last block at FP16 and
-        # counts it by tokens (the torch executor's arenas) instead of by whole blocks
+        # report memory as the torch executor holds it: each request's partial last block at
+        # FP16 and counted by tokens (its arenas), not by whole blocks, and tier changes applied
+        # to a request only at the end of a step it takes part in (``apply_tiers``)
         self.tail_fp16 = False
+        self._applied: dict[int, bytearray] = {}  # request id -> precision held, full blocks
+        self.executor_tokens = np.zeros(capacity, dtype=np.int64)  # tokens whose K/V are stored
 
     # -- admission ---------------------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -111,6 +114,7 @@ class PagedKVStore:
         now = self.blocks_for(prompt_tokens)
         self._blocks[rid] = bytearray()
         self._backups[rid] = bytearray()
+        self._applied[rid] = bytearray()
         self._future[rid] = (total, precision)
         self.reserved_bytes += total * int(self.device_block_bytes[precision])
         self.append_tokens(rid, prompt_tokens, precision)
@@ -220,6 +224,8 @@ class PagedKVStore:
 
     def free(self, rid: int) -> None:
         del self._blocks[rid]
+        del self._applied[rid]
+        self.executor_tokens[rid] = 0
         num_backups = sum(self._backups.pop(rid))
         self.num_backups -= num_backups
         self.host_used_bytes -= num_backups * int(self.device_block_bytes[Precision.FP16])
@@ -269,26 +275,41 @@ class PagedKVStore:
         out["backup"] = self.num_backups * int(self.device_block_bytes[Precision.FP16])
         return out
 
+    # -- the executor's view (tail_fp16) --------------------------------------------------
+    def apply_tiers(self, rids: np.ndarray, kv_tokens: np.ndarray) -> None:
+        """The end of a step, as an executor that tiers blocks in place sees it (the torch
+        executor's ``_apply_tiers``): request ``rids[i]`` now stores the K/V of ``kv_tokens[i]``
+        tokens, and each of its full blocks among them holds the precision this store gives it.
+        Requests not in the step keep what was last applied to them: a tiering decision about a
+        request that is not in the step (a demotion decided when another request joined, say)
+        frees nothing until that request is in a step.  A block never applied is FP16."""
+        bt = self.block_tokens
+        for rid, tokens in zip(rids.tolist(), kv_tokens.tolist()):
+            blocks = self._blocks[rid]
+            n = min(tokens // bt, len(blocks))
+            self._applied[rid][:n] = blocks[:n]
+            self.executor_tokens[rid] = tokens
+
     def token_bytes(self) -> tuple[dict[str, int], int]:
-        """``tail_fp16`` accounting, as an executor whose KV lags the tokens by one (the newest
-        token's K/V are written by the step that feeds it) and keeps each partial last block at
-        FP16, counted by tokens: bytes by precision, and the FP16 equivalent of the resident
-        tokens."""
-        out = self.bytes_by_precision()
-        del out["backup"]  # host copies, not device KV
-        per_block = self.device_block_bytes + self.host_block_bytes
+        """``tail_fp16`` accounting, as the executor holds the KV (``apply_tiers``): its full
+        blocks at the precision last applied, every other stored token (the partial last block,
+        full blocks not tiered yet) at FP16, counted by tokens.  Returns bytes by precision
+        (offloaded blocks in the host tier) and the FP16 equivalent of the resident tokens."""
+        out = {p.name.lower(): 0 for p in Precision}
+        per_block = (self.device_block_bytes + self.host_block_bytes).tolist()
         bt = self.block_tokens
         per_token = int(self.device_block_bytes[Precision.FP16]) // bt
-        resident = 0
-        for rid, blocks in self._blocks.items():
-            kv_tokens = max(int(self.req_tokens[rid]) - 1, 0)
-            counts = self.req_counts[rid]
-            resident += kv_tokens - int(counts[Precision.OFFLOADED]
-                                        + counts[Precision.EVICTED]) * bt
-            for p in blocks[kv_tokens // bt:]:  # blocks not yet full in the executor
-                out[Precision(p).name.lower()] -= int(per_block[p])
-            out["fp16"] += (kv_tokens % bt) * per_token
-        return out, max(resident, 0) * per_token
+        fp16_tokens = absent = 0
+        for rid, applied in self._applied.items():
+            fp16_tokens += int(self.executor_tokens[rid]) - len(applied) * bt
+            for p in Precision:
+                n = applied.count(p)
+                if n:
+                    out[p.name.lower()] += n * per_block[p]
+            absent += applied.count(Precision.OFFLOADED) + applied.count(Precision.EVICTED)
+        out["fp16"] += fp16_tokens * per_token
+        resident = int(self.executor_tokens.sum()) - absent * bt
+        return out, resident * per_token
 
     def check_integrity(self) -> None:
         counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)
@@ -300,6 +321,10 @@ class PagedKVStore:
             assert len(blocks) == self.req_blocks[rid], rid
             counts += mine
         assert (counts == self.counts).all()
+        assert self._applied.keys() == self._blocks.keys()
+        for rid, applied in self._applied.items():  # full stored blocks, a prefix of the blocks
+            assert len(applied) * self.block_tokens <= self.executor_tokens[rid], rid
+            assert len(applied) <= len(self._blocks[rid]), rid
         backups = sum(sum(b) for b in self._backups.values())
         assert backups == self.num_backups
         assert all(len(self._backups[r]) == len(b) for r, b in self._blocks.items())

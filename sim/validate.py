@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.config import Scenario
-from sim.engine_state import COMPLETED
+from sim.engine_state import COMPLETED, RunState
 from sim.metrics import summary
 from sim.runner import RunOutput
 
@@ -38,9 +38,10 @@ def relative_error(predicted: float | None, measured: float | None) -> float | N
 
 
 def compare(predicted: RunOutput, measured: RunOutput) -> dict:
-    """``{"predicted", "measured", "relative_error", "per_request", "engine"}`` for one
-    variant.  ``per_request``: percentiles of the signed relative error of each request's TTFT
-    and end-to-end time (requests completed in both runs)."""
+    """``{"predicted", "measured", "relative_error", "per_request", "engine_state",
+    "same_prefill_batches"}`` for one variant.  ``per_request``: percentiles of the signed
+    relative error of each request's TTFT and end-to-end time (requests completed in both
+    runs); ``same_prefill_batches``: whether both runs admitted the same requests together."""
     pm, mm = predicted.metrics, measured.metrics
     errors = {name: relative_error(_get(pm, name), _get(mm, name)) for name in COMPARED}
     ps, ms = predicted.state, measured.state
@@ -58,7 +59,20 @@ def compare(predicted: RunOutput, measured: RunOutput) -> dict:
                      "kv_bytes_by_precision": run.metrics["kv_bytes_by_precision"]}
               for side, run in (("predicted", predicted), ("measured", measured))}
     return {"predicted": pm, "measured": mm, "relative_error": errors,
-            "per_request": per_request, "engine_state": engine}
+            "per_request": per_request, "engine_state": engine,
+            "same_prefill_batches": prefill_batches(ps) == prefill_batches(ms)}
+
+
+def prefill_batches(state: RunState) -> list[tuple[int, ...]]:
+    """The requests admitted together (one prefill step each), in order of admission.  Where
+    the two runs differ, timing changed the schedule, and metrics that depend on it (the KV
+    peak under continuous batching, say) may differ for that reason alone."""
+    batches: dict[float, list[int]] = {}
+    for rid in np.argsort(state.admitted_s, kind="stable").tolist():
+        t = float(state.admitted_s[rid])
+        if not np.isnan(t):  # never admitted
+            batches.setdefault(t, []).append(rid)
+    return [tuple(b) for b in batches.values()]
 
 
 def conditioned_on(scn: Scenario, measured: RunOutput) -> tuple[Scenario, dict]:

@@ -107,6 +107,26 @@ def test_admit_reserves_the_output_and_growth_draws_on_it():
     store.check_integrity()
 
 
+# -- the executor's view (tail_fp16): hand-computed ------------------------------------------------
+# 16 bytes a token at FP16 (a 64-byte block of 4).  The executor holds a request's full blocks at
+# the precision last applied to it, every other stored token at FP16.
+def test_tier_changes_count_once_applied_at_the_end_of_a_step():
+    store = make_store()
+    store.admit(0, 9, 16, P.FP16)  # 3 blocks, the last one partial
+    store.apply_tiers(np.array([0]), np.array([9]))  # the prefill stored 9 tokens
+    assert store.token_bytes() == ({"fp16": 144, "int8": 0, "int4": 0, "int2": 0,
+                                    "offloaded": 0, "evicted": 0}, 144)
+    store.set_precision(0, 0, P.INT2)
+    store.set_precision(0, 1, P.OFFLOADED)
+    assert store.token_bytes()[0]["fp16"] == 144  # decided, not applied: nothing moved yet
+    store.append_tokens(0, 2, P.FP16)  # the step that feeds token 10 and emits token 11
+    store.apply_tiers(np.array([0]), np.array([10]))
+    # blocks 0 and 1 as decided (12 + 64 on the host), tokens 8-9 at FP16 (32); resident: 6 tokens
+    assert store.token_bytes() == ({"fp16": 32, "int8": 0, "int4": 0, "int2": 12,
+                                    "offloaded": 64, "evicted": 0}, 96)
+    store.check_integrity()
+
+
 # -- bugs found by the tests below (kept failing on purpose) --------------------------------------
 def test_batch_growth_past_reservations_respects_the_budget():
     store = make_store(device_budget=192)
@@ -147,6 +167,8 @@ class Req:
     reserve: Precision
     future: int
     blocks: list[Precision] = field(default_factory=list)
+    applied: list[Precision] = field(default_factory=list)  # as the executor holds full blocks
+    kv_tokens: int = 0  # tokens the executor stores
 
 
 def ceil_blocks(tokens: int) -> int:
@@ -154,7 +176,8 @@ def ceil_blocks(tokens: int) -> int:
 
 
 class KVStoreMachine(RuleBasedStateMachine):
-    """Random admit / append / append_many / set_precision / free against a dict of ``Req``."""
+    """Random admit / append / append_many / set_precision / apply_tiers / free against a dict
+    of ``Req``."""
 
     @initialize()
     def setup(self):
@@ -179,7 +202,8 @@ class KVStoreMachine(RuleBasedStateMachine):
                 and self.model_host(model) <= HOST_BUDGET)
 
     def copy_model(self) -> dict[int, Req]:
-        return {rid: Req(r.tokens, r.reserve, r.future, list(r.blocks))
+        return {rid: Req(r.tokens, r.reserve, r.future, list(r.blocks), list(r.applied),
+                         r.kv_tokens)
                 for rid, r in self.model.items()}
 
     @staticmethod
@@ -273,6 +297,22 @@ class KVStoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
+    def apply_tiers(self, data):
+        rids = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, unique=True))
+        # the executor's tokens never shrink and may run a few past the store's (drafts
+        # accepted past a request's output length)
+        kv = [data.draw(st.integers(self.model[r].kv_tokens,
+                                    max(self.model[r].kv_tokens, self.model[r].tokens + 3)))
+              for r in rids]
+        self.store.apply_tiers(np.array(rids), np.array(kv))
+        for rid, tokens in zip(rids, kv):
+            req = self.model[rid]
+            n = min(tokens // BLOCK_TOKENS, len(req.blocks))
+            req.applied[:n] = req.blocks[:n]
+            req.kv_tokens = tokens
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
     def free(self, data):
         rid = data.draw(st.sampled_from(sorted(self.model)))
         self.store.free(rid)
@@ -293,6 +333,19 @@ class KVStoreMachine(RuleBasedStateMachine):
         assert self.store.device_used_bytes == self.model_device()
         assert self.store.reserved_bytes == self.model_reserved()
         assert self.store.host_used_bytes == self.model_host()
+
+    @invariant()
+    def same_executor_bytes(self):
+        per_token = DEVICE_BYTES[P.FP16] // BLOCK_TOKENS
+        by = {p.name.lower(): 0 for p in Precision}
+        resident = 0
+        for req in self.model.values():
+            for p in req.applied:
+                by[p.name.lower()] += DEVICE_BYTES[p] + HOST_BYTES[p]
+            by["fp16"] += (req.kv_tokens - len(req.applied) * BLOCK_TOKENS) * per_token
+            absent = sum(p in (P.OFFLOADED, P.EVICTED) for p in req.applied)
+            resident += req.kv_tokens - absent * BLOCK_TOKENS
+        assert self.store.token_bytes() == (by, resident * per_token)
 
     @invariant()
     def within_budgets(self):
