@@ -137,11 +137,11 @@ class OrtExecutor(TorchExecutor):
         feeds = {"input_ids": np.array(rows, np.int64), "positions": positions,
                  "attention_mask": mask, "past_k": past[0], "past_v": past[1],
                  "logit_rows": np.arange(T - 1 if last_only else 0, T, dtype=np.int64)}
-        logits, present, attention = self._run(feeds, B, P + T)
-        new = torch.from_numpy(present[:, :, :, :, P:])  # [2, L, B, K, T, D]
-        for b, rid in enumerate(rids):
-            kv.requests[rid].arena[:, :, :, offsets[b]:offsets[b] + T] = \
-                new[:, :, b].transpose(0, 1)
+        logits, present_k, present_v, attention = self._run(feeds, B, P + T)
+        for i, present in enumerate((present_k, present_v)):
+            new = torch.from_numpy(present[:, :, :, P:])  # [L, B, K, T, D]: the new tokens
+            for b, rid in enumerate(rids):
+                kv.requests[rid].arena[:, i, :, offsets[b]:offsets[b] + T] = new[:, b]
         step = _OrtStep(self, rids, T, resident, P, attention)
         self._record_attention(step)  # type: ignore[arg-type]
         return torch.from_numpy(logits), step
@@ -172,15 +172,15 @@ class OrtExecutor(TorchExecutor):
             mask[b, :n] = 1
 
     def _run(self, feeds: dict[str, np.ndarray], B: int,
-             S: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """One session call -> (logits [B, N, V], present K/V [2, L, B, K, S, D], attention
-        [B, S] or None)."""
+             S: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """One session call -> (logits [B, N, V], present K and V [L, B, K, S, D] each,
+        attention [B, S] or None)."""
         self.num_runs += 1
         self.runs_by_device[self.info.name] += 1
         observe = self.attention is not None
         if not self.use_binding:
             out = self.session.run(None, feeds)
-            return out[0], np.stack([out[1], out[2]]), out[3] if observe else None
+            return out[0], out[1], out[2], out[3] if observe else None
         io = self.session.io_binding()
         for name, value in feeds.items():
             if name in ("past_k", "past_v", "attention_mask"):  # already in pooled buffers
@@ -200,7 +200,7 @@ class OrtExecutor(TorchExecutor):
         for name, arr in outputs:
             io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
         self.session.run_with_iobinding(io)
-        return logits, present, attention
+        return logits, present[0], present[1], attention
 
 
 # -- building one from a scenario ------------------------------------------------------------------
