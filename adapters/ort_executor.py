@@ -51,6 +51,7 @@ import simpy
 import torch
 
 from adapters.array_pool import ArrayPool
+from adapters.paged_kv import BITS
 from adapters.torch_executor import TorchExecutor
 from sim.buffer_pool import BufferPool
 from sim.config import Scenario
@@ -159,15 +160,22 @@ class OrtExecutor(TorchExecutor):
         P = past.shape[4]
         mask[:] = 0
         mask[:, P:] = 1
+        kv = self.kv
         for b, rid in enumerate(rids):
-            n, r = resident[b], self.kv.requests[rid]
-            if not r.segments:  # all FP: one copy from the arena
-                past[:, :, b, :, :n] = r.arena[:, :, :, :n].transpose(0, 1)
-            else:
-                for layer in range(self.kv.L):
-                    k, v = self.kv.layer_kv(rid, layer)
-                    past[0, layer, b, :, :n] = k
-                    past[1, layer, b, :, :n] = v
+            n, r = resident[b], kv.requests[rid]
+            at = 0
+            for prec, seg in r.segments.items():  # every layer of a segment at once
+                bits = BITS[prec]
+                for i, (data, scales, zeros) in enumerate((
+                        (seg.k_data, seg.k_scales, seg.k_zeros),
+                        (seg.v_data, seg.v_scales, seg.v_zeros))):
+                    x = kv._dequant(data.transpose(0, 1).flatten(0, 1),
+                                    scales.transpose(0, 1).flatten(0, 1),
+                                    zeros.transpose(0, 1).flatten(0, 1), bits, i == 0)
+                    m = x.shape[1] // kv.L  # [K, L * m, D], layer-major -> [L, K, m, D]
+                    past[i, :, b, :, at:at + m] = x.unflatten(1, (kv.L, m)).transpose(0, 1)
+                at += len(seg.blocks) * kv.bt
+            past[:, :, b, :, at:n] = r.arena[:, :, :, :n - at].transpose(0, 1)
             past[:, :, b, :, n:] = 0
             mask[b, :n] = 1
 

@@ -198,3 +198,36 @@ def test_a_bf16_prepared_model_runs_on_the_cpu_provider(model_dir, tmp_path):
     out = _measure(_scenario(tmp_path, model_dir, backend__ort_quantize="bf16"), "ort")
     assert out.metrics["num_completed"] == 5
     assert out.metrics["measured"]["device"].endswith("(bf16)")
+
+
+def test_staging_dequantizes_every_layer_as_the_paged_store_reads_it():
+    """The past the graph gets: per row, exactly what ``PagedKV.layer_kv`` returns for every
+    layer (INT8/INT4/INT2 segments dequantized all layers at once, then the FP arena), the
+    padding zeroed and masked."""
+    import numpy as np
+
+    from adapters.ort_executor import OrtExecutor
+    from adapters.paged_kv import PagedKV
+    from policies import Precision
+
+    with torch.inference_mode():
+        kv = PagedKV(num_layers=3, num_kv_heads=2, head_dim=8, block_tokens=16, group=16)
+        gen = torch.Generator().manual_seed(0)
+        for rid, n in ((0, 70), (1, 40)):
+            kv.add(rid, n + 8)
+            kv.requests[rid].arena[:, :, :, :n].normal_(generator=gen)
+            kv.append(rid, n)
+        for rid, block, prec in ((0, 0, "INT4"), (0, 2, "INT8"), (0, 1, "INT4"), (1, 1, "INT2")):
+            kv.set_precision(rid, block, Precision[prec])
+        resident = [kv.resident_tokens(0), kv.resident_tokens(1)]
+        P = max(resident)
+        past = torch.full((2, 3, 2, 2, P, 8), 7.0, dtype=torch.float16)
+        mask = np.full((2, P + 1), 9, np.int64)
+        OrtExecutor._stage(type("Ex", (), {"kv": kv})(), [0, 1], resident, past, mask)
+        for b in (0, 1):
+            for layer in range(3):
+                k, v = kv.layer_kv(b, layer)
+                assert torch.equal(past[0, layer, b, :, :resident[b]], k)
+                assert torch.equal(past[1, layer, b, :, :resident[b]], v)
+            assert (past[:, :, b, :, resident[b]:] == 0).all()
+            assert mask[b].tolist() == [1] * resident[b] + [0] * (P - resident[b]) + [1]
