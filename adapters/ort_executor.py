@@ -62,6 +62,7 @@ from sim.kv_store import PagedKVStore
 from sim.workload import Requests
 
 KV_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+DEQUANT_CHUNK = 1 << 18  # values dequantized per call when staging quantized blocks
 
 
 class _OrtStep:
@@ -164,17 +165,23 @@ class OrtExecutor(TorchExecutor):
         for b, rid in enumerate(rids):
             n, r = resident[b], kv.requests[rid]
             at = 0
-            for prec, seg in r.segments.items():  # every layer of a segment at once
-                bits = BITS[prec]
-                for i, (data, scales, zeros) in enumerate((
-                        (seg.k_data, seg.k_scales, seg.k_zeros),
-                        (seg.v_data, seg.v_scales, seg.v_zeros))):
-                    x = kv._dequant(data.transpose(0, 1).flatten(0, 1),
-                                    scales.transpose(0, 1).flatten(0, 1),
-                                    zeros.transpose(0, 1).flatten(0, 1), bits, i == 0)
-                    m = x.shape[1] // kv.L  # [K, L * m, D], layer-major -> [L, K, m, D]
-                    past[i, :, b, :, at:at + m] = x.unflatten(1, (kv.L, m)).transpose(0, 1)
-                at += len(seg.blocks) * kv.bt
+            for prec, seg in r.segments.items():
+                m = len(seg.blocks) * kv.bt
+                # a few layers at a time: transients of about DEQUANT_CHUNK values (larger ones
+                # go to fresh memory pages every step, whose first touch costs more than this)
+                step = max(1, DEQUANT_CHUNK // (m * kv.K * kv.D))
+                for lo in range(0, kv.L, step):
+                    hi = min(lo + step, kv.L)
+                    for i, (data, scales, zeros) in enumerate((
+                            (seg.k_data, seg.k_scales, seg.k_zeros),
+                            (seg.v_data, seg.v_scales, seg.v_zeros))):
+                        x = kv._dequant(data[:, lo:hi].transpose(0, 1).flatten(0, 1),
+                                        scales[:, lo:hi].transpose(0, 1).flatten(0, 1),
+                                        zeros[:, lo:hi].transpose(0, 1).flatten(0, 1),
+                                        BITS[prec], i == 0)  # [K, layers * m, D], layer-major
+                        past[i, lo:hi, b, :, at:at + m] = x.unflatten(1, (hi - lo, m)
+                                                                       ).transpose(0, 1)
+                at += m
             past[:, :, b, :, at:n] = r.arena[:, :, :, :n - at].transpose(0, 1)
             past[:, :, b, :, n:] = 0
             mask[b, :n] = 1

@@ -200,15 +200,19 @@ def test_a_bf16_prepared_model_runs_on_the_cpu_provider(model_dir, tmp_path):
     assert out.metrics["measured"]["device"].endswith("(bf16)")
 
 
-def test_staging_dequantizes_every_layer_as_the_paged_store_reads_it():
+@pytest.mark.parametrize("chunk", [1 << 18, 600])  # all layers in one call, or one by one
+def test_staging_dequantizes_every_layer_as_the_paged_store_reads_it(monkeypatch, chunk):
     """The past the graph gets: per row, exactly what ``PagedKV.layer_kv`` returns for every
     layer (INT8/INT4/INT2 segments dequantized all layers at once, then the FP arena), the
     padding zeroed and masked."""
     import numpy as np
 
+    from adapters import ort_executor
     from adapters.ort_executor import OrtExecutor
     from adapters.paged_kv import PagedKV
     from policies import Precision
+
+    monkeypatch.setattr(ort_executor, "DEQUANT_CHUNK", chunk)
 
     with torch.inference_mode():
         kv = PagedKV(num_layers=3, num_kv_heads=2, head_dim=8, block_tokens=16, group=16)
