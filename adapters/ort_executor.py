@@ -108,6 +108,24 @@ class OrtExecutor(TorchExecutor):
         self.num_runs = 0
         self.runs_by_device = {d: 0 for d in sessions}
 
+    def warm_up(self, *, batch: int, past_tokens: int, new_tokens: int,
+                prompt_tokens: int) -> None:
+        """Run every session once at the largest shapes the run will see: a prefill of
+        ``prompt_tokens``, a step of ``batch`` rows feeding ``new_tokens`` over ``past_tokens``.
+        Outside any measured step: ONNX Runtime's first run at a larger shape grows its memory
+        arena (here +50-150 ms a shape), a cost a long-running server pays once, not per
+        request.  Plain ``session.run``, so the buffer policy's counters are untouched."""
+        c = self.model.cfg
+        for device, session in self.sessions.items():
+            pad = self.pad_tokens.get(device, lambda n: n)
+            for B, P, T in ((1, 0, prompt_tokens), (batch, pad(past_tokens), new_tokens)):
+                past = np.zeros((c.num_layers, B, c.num_kv_heads, P, c.head_dim), self.np_kv)
+                session.run(None, {
+                    "input_ids": np.zeros((B, T), np.int64),
+                    "positions": np.broadcast_to(np.arange(P, P + T), (B, T)).copy(),
+                    "attention_mask": np.ones((B, P + T), np.int64), "past_k": past,
+                    "past_v": past, "logit_rows": np.arange(T, dtype=np.int64)})
+
     # -- protocol: the device of each phase ----------------------------------------------------
     def devices(self) -> tuple[DeviceInfo, ...]:
         return tuple(self.infos.values())
@@ -282,10 +300,16 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
         pads[info.name] = functools.partial(op.static_tokens, scn=scn, provider=prov)
     drafter = make_drafter(scn, model, base_dir, "float32", "cpu")
     label = f"onnxruntime {ort.__version__} {provider}" + (f" ({mode})" if mode != "none" else "")
-    return OrtExecutor(model, sessions, infos, prompts, store, kv_dtype=kv_dtype,
-                       group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
-                       use_binding=be.ort_binding, name=backend, measure_attention=observe,
-                       device_label=label, pad_tokens=pads)
+    ex = OrtExecutor(model, sessions, infos, prompts, store, kv_dtype=kv_dtype,
+                     group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
+                     use_binding=be.ort_binding, name=backend, measure_attention=observe,
+                     device_label=label, pad_tokens=pads)
+    speculating = scn.policies.speculation.kind != "off"
+    longest = int((requests.prompt_tokens + requests.output_tokens).max())
+    ex.warm_up(batch=scn.engine.max_batch, past_tokens=longest,
+               new_tokens=scn.engine.max_draft_len + 1 if speculating else 1,
+               prompt_tokens=int(requests.prompt_tokens.max()))
+    return ex
 
 
 def create_migraphx(scn, hw, requests, store, base_dir, buffers) -> OrtExecutor:
