@@ -201,8 +201,8 @@ class StepBench:
             self.ex._prefill(rid)
             self.kv.free(rid)
 
-        run()  # warm-up: a first run at a new length pays one-off costs (ONNX Runtime grows
-        # its arena), which the executor's runs do not see (the ort executor warms up)
+        if self.sessions is not None:  # ort: a first run at a new length grows ONNX
+            run()  # Runtime's arena, which the ort executor does before measuring (warm_up)
         self.m.add("prefill", feats, timed(run, self.device, 3))
         self.observing(False)
 
