@@ -37,7 +37,7 @@ from sim.model_spec import ModelSpec
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 3  # of the grid and timing method: a new one makes cached profiles stale
+VERSION = 4  # of the grid and timing method: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 

@@ -327,9 +327,9 @@ def for_calibration(model, store, info: DeviceInfo, kv_dtype: torch.dtype, group
     """An ``ort`` executor for ``adapters.calibration_bench``, with its sessions over the graph
     without and with the attention output (keyed by ``observe``); threads as torch's."""
     from adapters.onnx_export import export_onnx
+    from adapters.ort_providers import base_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options = base_options(torch.get_num_threads())
     cpu = "CPUExecutionProvider"
     sessions = {observe: ort.InferenceSession(
         str(export_onnx(model, kv_dtype, observe=observe).path), options, providers=[cpu])
