@@ -190,6 +190,29 @@ class OrtCalibrator(TorchCalibrator):
     backend = "ort"
 
 
+class _AcceleratorCalibrator(TorchCalibrator):
+    """``ort-migraphx`` / ``ort-vitisai``: exit 3 naming the execution provider where it is
+    missing; where it is present, calibrating on it is not implemented (the grid times the CPU
+    provider's sessions), which is said plainly."""
+
+    @classmethod
+    def for_scenario(cls, scn, base_dir: Path, progress: bool = True):
+        from adapters import ort_providers as op
+
+        op.check_provider(op.BACKEND_PROVIDERS[cls.backend], cls.backend)
+        raise UserError(f"calibrating backend {cls.backend!r} on its device is not implemented "
+                        "yet: pass --cost-model roofline, or --profile with a profile made "
+                        "elsewhere", field="--backend")
+
+
+class MigraphxCalibrator(_AcceleratorCalibrator):
+    backend = "ort-migraphx"
+
+
+class VitisaiCalibrator(_AcceleratorCalibrator):
+    backend = "ort-vitisai"
+
+
 class _Bar:
     """A progress bar on stderr (rich), quiet when ``enabled`` is false."""
 

@@ -96,13 +96,14 @@ def test_unsupported_setups_are_user_errors(model_dir, tmp_path, capsys, overrid
     assert "\n" not in err and field in err
 
 
+@pytest.mark.parametrize("command", ["measure", "validate"])
 @pytest.mark.parametrize("backend, provider", [("ort-migraphx", "MIGraphXExecutionProvider"),
                                                ("ort-vitisai", "VitisAIExecutionProvider")])
 def test_missing_provider_exits_3_listing_what_is_available(model_dir, tmp_path, capsys,
-                                                            backend, provider):
+                                                            backend, provider, command):
     if provider in ort.get_available_providers():
         pytest.skip(f"{provider} is installed here")
-    assert main(["measure", str(_scenario(tmp_path, model_dir)), "--backend", backend]) == 3
+    assert main([command, str(_scenario(tmp_path, model_dir)), "--backend", backend]) == 3
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and provider in err and "CPUExecutionProvider" in err
 
