@@ -276,8 +276,9 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError:
         from sim.errors import BackendUnavailable
-        raise BackendUnavailable("calibrating the torch backend needs the Python package "
-                                 "torch (pip install 'infer-os[torch]')") from None
+        extras = "torch" if args.backend == "torch" else "torch,onnx"
+        raise BackendUnavailable(f"calibrating the {args.backend} backend needs the Python "
+                                 f"package torch (pip install 'infer-os[{extras}]')") from None
     from adapters.loading import resolve_device
 
     resolve_device(args.device)  # exit 3 now when cuda is asked for and absent
