@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,19 +89,39 @@ class _OrtStep:
         return out
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """The shapes one device's session runs at.  A provider that compiles per input shape
+    (MIGraphX; VitisAI) gets ``static`` ones: the past laid out at ``past(n)`` tokens (buckets,
+    ``adapters.ort_providers.static_tokens``), the batch padded to a power of two, new tokens to
+    1, a power of two up to 16 (verify passes), or ``past``'s buckets (prompts); padding is
+    masked and its outputs dropped.  Otherwise every shape is the true one."""
+
+    static: bool = False
+    past: Callable[[int], int] = int  # the identity on token counts
+
+    def batch(self, n: int) -> int:
+        return 1 << (n - 1).bit_length() if self.static else n
+
+    def new(self, n: int) -> int:
+        if not self.static or n == 1:
+            return n
+        return 1 << (n - 1).bit_length() if n <= 16 else self.past(n)
+
+
 class OrtExecutor(TorchExecutor):
     def __init__(self, model, sessions: dict[str, ort.InferenceSession],
                  infos: dict[str, DeviceInfo], prompts: list[list[int]], store: PagedKVStore, *,
                  kv_dtype: torch.dtype, group: int, buffers: BufferPool, drafter: Any = None,
                  use_binding: bool = True, name: str = "ort", device_label: str = "cpu",
                  measure_attention: bool = False,
-                 pad_tokens: dict[str, Callable[[int], int]] | None = None):
+                 shapes: dict[str, Shapes] | None = None):
         first = next(iter(infos.values()))
         super().__init__(model, prompts, store, first, kv_dtype=kv_dtype, group=group,
                          buffers=buffers, drafter=drafter, device_label=device_label,
                          measure_attention=measure_attention)
         self.name, self.use_binding = name, use_binding
-        self.pad_tokens = pad_tokens or {}  # per device: the padded past length (static shapes)
+        self.shapes = shapes or {}  # per device (default: the true shapes)
         self.sessions, self.infos = sessions, infos
         self.session = sessions[first.name]
         self.np_kv = np.dtype(str(kv_dtype).removeprefix("torch."))
@@ -117,8 +138,9 @@ class OrtExecutor(TorchExecutor):
         request.  Plain ``session.run``, so the buffer policy's counters are untouched."""
         c = self.model.cfg
         for device, session in self.sessions.items():
-            pad = self.pad_tokens.get(device, lambda n: n)
-            for B, P, T in ((1, 0, prompt_tokens), (batch, pad(past_tokens), new_tokens)):
+            sh = self.shapes.get(device, Shapes())
+            for B, P, T in ((1, 0, sh.new(prompt_tokens)),
+                            (sh.batch(batch), sh.past(past_tokens), sh.new(new_tokens))):
                 past = np.zeros((c.num_layers, B, c.num_kv_heads, P, c.head_dim), self.np_kv)
                 session.run(None, {
                     "input_ids": np.zeros((B, T), np.int64),
@@ -148,23 +170,27 @@ class OrtExecutor(TorchExecutor):
             kv.reserve(rid, T)
         resident = [kv.resident_tokens(r) for r in rids]
         offsets = [kv.arena_tokens(r) for r in rids]
-        pad = self.pad_tokens.get(self.info.name)
-        P = pad(max(resident)) if pad else max(resident)
-        past = self._buffer("ort_past", (2, kv.L, B, kv.K, P, kv.D), self.np_kv)
-        mask = self._buffer("ort_attention_mask", (B, P + T), np.int64)
+        sh = self.shapes.get(self.info.name) or Shapes()
+        Bp, Tp, P = sh.batch(B), sh.new(T), sh.past(max(resident))
+        past = self._buffer("ort_past", (2, kv.L, Bp, kv.K, P, kv.D), self.np_kv)
+        mask = self._buffer("ort_attention_mask", (Bp, P + Tp), np.int64)
         self._stage(rids, resident, torch.from_numpy(past), mask)
-        positions = np.array([[kv.num_tokens(r) + t for t in range(T)] for r in rids], np.int64)
-        feeds = {"input_ids": np.array(rows, np.int64), "positions": positions,
+        ids = np.zeros((Bp, Tp), np.int64)
+        ids[:B, :T] = rows
+        starts = np.zeros((Bp, 1), np.int64)
+        starts[:B, 0] = [kv.num_tokens(r) for r in rids]
+        positions = np.minimum(starts + np.arange(Tp), self.model.cfg.max_positions - 1)
+        feeds = {"input_ids": ids, "positions": positions,  # padded tokens: any position
                  "attention_mask": mask, "past_k": past[0], "past_v": past[1],
                  "logit_rows": np.arange(T - 1 if last_only else 0, T, dtype=np.int64)}
-        logits, present_k, present_v, attention = self._run(feeds, B, P + T)
+        logits, present_k, present_v, attention = self._run(feeds, Bp, P + Tp)
         for i, present in enumerate((present_k, present_v)):
-            new = torch.from_numpy(present[:, :, :, P:])  # [L, B, K, T, D]: the new tokens
+            new = torch.from_numpy(present[:, :, :, P:P + T])  # [L, Bp, K, T, D]: new tokens
             for b, rid in enumerate(rids):
                 kv.requests[rid].arena[:, i, :, offsets[b]:offsets[b] + T] = new[:, b]
         step = _OrtStep(self, rids, T, resident, P, attention)
         self._record_attention(step)  # type: ignore[arg-type]
-        return torch.from_numpy(logits), step
+        return torch.from_numpy(logits[:B]), step
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         if self.use_binding and 0 not in shape:  # an empty past (prefill) needs no buffer
@@ -178,7 +204,8 @@ class OrtExecutor(TorchExecutor):
         and new slots."""
         P = past.shape[4]
         mask[:] = 0
-        mask[:, P:] = 1
+        mask[:, P:] = 1  # the new tokens (padded ones too: they see only themselves and padding)
+        past[:, :, len(rids):] = 0  # padded rows
         kv = self.kv
         for b, rid in enumerate(rids):
             n, r = resident[b], kv.requests[rid]
@@ -291,19 +318,20 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     # the accelerator's session, and the CPU's beside it for phases placed there
     targets = {op.BACKEND_DEVICE_KIND[backend]: provider}
     targets.setdefault("cpu", op.CPU_EP)
-    sessions, infos, pads = {}, {}, {}
+    sessions, infos, shapes = {}, {}, {}
     for kind, prov in targets.items():
         info = profile_device(hw, kind)
         infos[info.name] = info
         sessions[info.name] = op.make_session(path, prov, scn, cache_key=f"{export.key}-{mode}",
                                               base_dir=base_dir)
-        pads[info.name] = functools.partial(op.static_tokens, scn=scn, provider=prov)
+        shapes[info.name] = Shapes(op.is_static_shaped(prov, scn), functools.partial(
+            op.static_tokens, scn=scn, provider=prov))
     drafter = make_drafter(scn, model, base_dir, "float32", "cpu")
     label = f"onnxruntime {ort.__version__} {provider}" + (f" ({mode})" if mode != "none" else "")
     ex = OrtExecutor(model, sessions, infos, prompts, store, kv_dtype=kv_dtype,
                      group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
                      use_binding=be.ort_binding, name=backend, measure_attention=observe,
-                     device_label=label, pad_tokens=pads)
+                     device_label=label, shapes=shapes)
     speculating = scn.policies.speculation.kind != "off"
     longest = int((requests.prompt_tokens + requests.output_tokens).max())
     ex.warm_up(batch=scn.engine.max_batch, past_tokens=longest,

@@ -236,3 +236,14 @@ def test_staging_dequantizes_every_layer_as_the_paged_store_reads_it(monkeypatch
                 assert torch.equal(past[1, layer, b, :, :resident[b]], v)
             assert (past[:, :, b, :, resident[b]:] == 0).all()
             assert mask[b].tolist() == [1] * resident[b] + [0] * (P - resident[b]) + [1]
+
+
+def test_static_shapes_are_few_and_never_smaller():
+    from adapters.ort_executor import Shapes
+
+    true = Shapes()
+    assert [true.batch(3), true.new(5), true.past(70)] == [3, 5, 70]
+    sh = Shapes(True, lambda n: max(64, 1 << (n - 1).bit_length()))
+    assert [sh.batch(n) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
+    assert [sh.new(n) for n in (1, 2, 3, 5, 9, 17, 100)] == [1, 2, 4, 8, 16, 64, 128]
+    assert len({sh.new(n) for n in range(1, 1025)}) == 10  # 1, 2, 4, 8, 16, 64 ... 1024
