@@ -1,6 +1,6 @@
 """Decode speed of our engine against transformers' ``generate``, on the same SmolLM2-135M weights.
 
-Ours: ``adapters.decoding.generate`` (what ``infer-os generate`` runs): ``prefill`` then one
+Ours: ``adapters.decoding.greedy.generate`` (what ``infer-os generate`` runs): ``prefill`` then one
 ``decode_one_token`` per token over a contiguous K/V cache.  Theirs: ``LlamaForCausalLM`` built
 from the same dequantized GGUF state dict, ``generate(do_sample=False)`` with its default cache.
 Batch 1, greedy, the same Shakespeare prompt, the same number of new tokens (neither stops at
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from adapters.decoding import Sampling, generate, synchronize
-from adapters.gguf_loader import find_smollm2_gguf, read_gguf
-from adapters.hf_loader import model_from_state_dict
-from adapters.loading import DTYPES, describe_device
-from adapters.text import play_text
-from adapters.tokenizer import tokenizer_from_gguf
+from adapters.decoding.greedy import Sampling, generate, synchronize
+from adapters.model.gguf_loader import find_smollm2_gguf, read_gguf
+from adapters.model.hf_loader import model_from_state_dict
+from adapters.model.loading import DTYPES, describe_device
+from adapters.model.text import play_text
+from adapters.model.tokenizer import tokenizer_from_gguf
 
 
 @dataclass

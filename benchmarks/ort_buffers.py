@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 from scenarios import locate
-from sim.config import resolve_runs
-from sim.runner import run_scenario
+from sim.config.scenario import resolve_runs
+from sim.run.runner import run_scenario
 
 
 def _run(path: Path, variant: str, backend: str, sets: list[str]) -> dict:

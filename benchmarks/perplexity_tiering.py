@@ -1,5 +1,5 @@
 """Perplexity of SmolLM2-135M-Instruct on held-out Shakespeare with a 2k-token context, for every
-tiering policy, measured through the real paged KV store (adapters.perplexity).
+tiering policy, measured through the real paged KV store (adapters.decoding.perplexity).
 
     python benchmarks/perplexity_tiering.py [--windows 2] [--play the-tempest] [--budget-frac 1.0]
         [--progressive-budgets 1.25,1.5,2.0] [--only-progressive]
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from adapters.loading import load_model  # noqa: E402
-from adapters.perplexity import tiered_nll  # noqa: E402
-from adapters.text import play_text  # noqa: E402
-from sim.config import _build_policy as build_policy  # noqa: E402
+from adapters.decoding.perplexity import tiered_nll  # noqa: E402
+from adapters.model.loading import load_model  # noqa: E402
+from adapters.model.text import play_text  # noqa: E402
+from sim.config.scenario import _build_policy as build_policy  # noqa: E402
 
 POLICIES = [
     ("fp16", {"kind": "fp16"}),

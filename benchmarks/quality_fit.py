@@ -1,13 +1,13 @@
 """Fit the simulator's quality model to real perplexity, and check it on held-out policies.
 
     python benchmarks/quality_fit.py [--windows 2] [--threads 1] [--train int8,int4,int2,h2o]
-        [--out sim/profiles/quality/smollm2-135m.yaml]
-    python benchmarks/quality_fit.py --from sim/profiles/quality/smollm2-135m.yaml --train ...
+        [--out sim/config/profiles/quality/smollm2-135m.yaml]
+    python benchmarks/quality_fit.py --from sim/config/profiles/quality/smollm2-135m.yaml --train ...
 
 Runs every tiering job below through the real paged KV store on SmolLM2-135M over Shakespeare
-(``adapters.perplexity.quality_run``: the perplexity benchmark's setup, 2k-token windows scored
+(``adapters.decoding.perplexity.quality_run``: the perplexity benchmark's setup, 2k-token windows scored
 from token 512), recording beside each measured delta-PPL the attention mix its KV cache was
-scored under.  Fits the quality model's penalties (``sim.quality_fit``) on the ``--train`` jobs,
+scored under.  Fits the quality model's penalties (``sim.quality.fit``) on the ``--train`` jobs,
 then prints, for every job, measured and predicted delta-PPL and the signed relative error
 (predicted - measured) / measured; the held-out rows are the validation.  ``--out`` writes a
 quality profile a scenario can name (``quality: {profile: ...}``).  ``--from`` refits from the
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim import quality_profile  # noqa: E402
-from sim.quality_fit import FITTED, Checked, QualityRun, fit_runs  # noqa: E402
+from sim.config import quality_profile  # noqa: E402
+from sim.quality.fit import FITTED, Checked, QualityRun, fit_runs  # noqa: E402
 
 # key, tiering spec, device budget (x the FP16 bytes of the window)
 JOBS = [
@@ -53,11 +53,11 @@ DEFAULT_TRAIN = "int8,int4,int2,h2o"
 def measure(args: argparse.Namespace) -> tuple[list[QualityRun], str]:
     import torch
 
-    from adapters.loading import load_model
-    from adapters.perplexity import quality_run
-    from adapters.text import play_text
+    from adapters.decoding.perplexity import quality_run
+    from adapters.model.loading import load_model
+    from adapters.model.text import play_text
     from benchmarks.perplexity_tiering import text_windows
-    from sim.config import _build_policy as build_policy
+    from sim.config.scenario import _build_policy as build_policy
 
     torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
@@ -111,7 +111,7 @@ def profile(origin: dict, runs, checked, cfg) -> dict:
     return {
         "model": "smollm2-135m",
         **origin,
-        "form": "delta_ppl = sum_b share_b x penalty(precision_b) (sim/quality.py); penalties "
+        "form": "delta_ppl = sum_b share_b x penalty(precision_b) (sim/quality/model.py); penalties "
                 "fitted by non-negative least squares on the train jobs",
         "base_ppl": round(cfg.base_ppl, 4),
         "penalties": {name: round(getattr(cfg, f"{name}_delta_ppl").value, 6) for name in FITTED},
@@ -163,7 +163,7 @@ def main() -> None:
     print(table(checked, runs))
     if args.out:
         quality_profile.write(Path(args.out), profile(origin, runs, checked, cfg),
-                              header="A fitted quality profile (sim/quality_profile.py), "
+                              header="A fitted quality profile (sim/config/quality_profile.py), "
                                      "written by benchmarks/quality_fit.py.")
         print(f"wrote {args.out}", file=sys.stderr)
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import scenarios
-from sim.config import resolve_runs
-from sim.runner import run_scenario
+from sim.config.scenario import resolve_runs
+from sim.run.runner import run_scenario
 
 
 def one_run(scale: int) -> tuple[float, int, int]:

@@ -20,7 +20,7 @@ but ``model-*``, where it includes the draft model's own prefill, shown separate
 second table lists them all);
 "best / best" the fastest run over the fastest ``off`` run (less sensitive to other processes on a
 shared machine); the end-to-end speedup is the median ratio of whole-call wall times, prefill
-included.  Policies observe step costs exactly as ``sim.planner`` does (``SpecTracker``: the plain
+included.  Policies observe step costs exactly as ``sim.engine.planner`` does (``SpecTracker``: the plain
 pass's cost and the verify pass's growth per guess, ``verify_token_s``, separately); with a
 ``-marginal`` suffix that growth is folded into the draft cost instead
 (``SpecTracker(costs="marginal")``, for policies that ignore ``verify_token_s``).
@@ -38,13 +38,13 @@ from typing import Literal
 
 import torch
 
-from adapters.drafting import DraftSource, LayerSkipDraft, ModelDraft, NgramDraft
-from adapters.gguf_loader import find_smollm2_gguf, read_gguf
-from adapters.hf_loader import model_from_state_dict
-from adapters.spec_decode import SpecResult, speculative_generate
-from adapters.text import play_text
-from adapters.tokenizer import tokenizer_from_gguf
-from adapters.torch_model import Transformer
+from adapters.decoding.drafting import DraftSource, LayerSkipDraft, ModelDraft, NgramDraft
+from adapters.decoding.speculative import SpecResult, speculative_generate
+from adapters.model.gguf_loader import find_smollm2_gguf, read_gguf
+from adapters.model.hf_loader import model_from_state_dict
+from adapters.model.text import play_text
+from adapters.model.tokenizer import tokenizer_from_gguf
+from adapters.model.transformer import Transformer
 from policies.speculation import FixedSpeculation, NoSpeculation, SpeculationPolicy
 from policies.speculation_control import DynamicSpeculation, GoodputSpeculation
 
@@ -84,8 +84,8 @@ Costs = Literal["planner", "marginal"]
 
 def make_policies(names: list[str], k: int) -> dict[str, tuple[SpeculationPolicy, Costs]]:
     """Policies by label, each with the cost attribution of its observations
-    (``adapters.spec_decode.SpecTracker``): a ``-marginal`` suffix folds the extra verify time of
-    a drafting step into the draft cost; the plain names observe costs as ``sim.planner`` does."""
+    (``adapters.decoding.speculative.SpecTracker``): a ``-marginal`` suffix folds the extra verify time of
+    a drafting step into the draft cost; the plain names observe costs as ``sim.engine.planner`` does."""
     table: dict[str, SpeculationPolicy] = {
         "fixed": FixedSpeculation(k=k), "dynamic": DynamicSpeculation(),
         "goodput": GoodputSpeculation()}

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sim.sweep import load_sweep
-from sim.sweep_cli import locate
-from sim.sweep_results import read_table
-from sim.sweep_run import ExecutorSpec, run_sweep
+from sim.cli.sweep import locate
+from sim.sweep.results import read_table
+from sim.sweep.run import ExecutorSpec, run_sweep
+from sim.sweep.spec import load_sweep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,11 @@ class UserError(Exception):
         where = ": ".join(x for x in (file, field) if x)
         super().__init__(f"{where}: {message}" if where else message)
 
+    def at(self, *, file: str | None = None, field: str | None = None) -> UserError:
+        """The same message, said of ``file`` and ``field`` instead (an error from a file or
+        value a scenario names, reported at the scenario's field that names it)."""
+        return UserError(self.message, file=file, field=field)
+
 
 class BackendUnavailable(Exception):
     """A backend that cannot run on this machine (exit status 3); the message says why."""

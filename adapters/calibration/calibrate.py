@@ -1,0 +1,316 @@
+"""``infer-os calibrate --backend torch|ort``: time the real executor on this machine and fit the
+``calibrated`` cost model's profile (``sim.costs.calibrated``); also what ``validate`` calls when it
+is given no profile.  Profiles are cached per machine, backend, model and settings under
+``$INFER_OS_CACHE`` (default ``~/.cache/infer-os``)/calibration.
+
+This module imports torch only when a calibration runs (the CLI registers it without torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from sim.costs.calibrated import CalibrationProfile, dump_calibration, load_calibration
+from sim.errors import UserError
+
+DEFAULT_BUDGET_S = 120.0
+BACKENDS = ("torch", "ort")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("INFER_OS_CACHE") or Path.home() / ".cache" / "infer-os"
+    return Path(root) / "calibration"
+
+
+def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
+              dtype: str = "float32", kv_dtype: str = "float16", threads: int | None = None,
+              block_tokens: int = 64, group: int = 64, budget_s: float = DEFAULT_BUDGET_S,
+              progress: bool = True) -> CalibrationProfile:
+    """Time the ``backend`` executor for ``model`` (a preset, .gguf or HF directory) and fit."""
+    import numpy as np
+    import torch
+
+    from adapters.calibration import bench
+    from adapters.model.loading import describe_device, load_shared, resolve_device, resolve_dtype
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibration_fit import fit_with_holdout
+
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    spec = resolve_model(model)
+    loaded, _ = load_shared(model, "random", dtype, device)
+    sb = bench.StepBench(loaded, spec, resolve_dtype(kv_dtype), block_tokens, group,
+                         backend=backend)
+    prims = bench.primitives(dev, resolve_dtype(dtype))
+    points = bench.grid(spec)
+    deadline = t_start + budget_s
+    with _Bar(len(points), progress) as bar, torch.inference_mode():
+        for i, point in enumerate(points):
+            if time.perf_counter() > deadline and i >= 24:
+                break  # the budget is spent; the broad points came first
+            bench.run_point(sb, point)
+            bar.advance()
+        sb.offload_copy()
+        ngram = sb.ngram_s_per_token()
+    m = sb.m
+    coef, stats = fit_with_holdout(np.array(m.features), np.array(m.seconds))
+    quant = {k: float(np.median(v)) for k, v in m.quantize_s_per_value.items()}
+    device_name = describe_device(dev) if backend == "torch" else sb.ex.device_label
+    return CalibrationProfile(
+        backend=backend, device=device_name, machine=bench.machine_fingerprint(dev, backend),
+        model=model, dtype=dtype, kv_dtype=kv_dtype, threads=torch.get_num_threads(),
+        block_tokens=block_tokens, kv_quant_group=group, primitives=prims,
+        coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
+        quantize_s_per_value=quant, copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
+        alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
+        draft_ngram_s_per_token=ngram, fit=stats,
+        seconds=time.perf_counter() - t_start)
+
+
+def cache_key(model: str, device: str, dtype: str, kv_dtype: str, threads: int | None,
+              block_tokens: int, group: int, backend: str = "torch") -> str:
+    import torch
+
+    from adapters.calibration import bench
+    from adapters.model.loading import resolve_device
+
+    n = threads or torch.get_num_threads()
+    dev = resolve_device(device)  # "auto" and what it resolves to share a profile
+    fingerprint = bench.machine_fingerprint(dev, backend)
+    text = "|".join(map(str, (backend, bench.VERSION, fingerprint, model, dev.type, dtype,
+                              kv_dtype, n, block_tokens, group)))
+    name = Path(model).stem if Path(model).exists() else model
+    return f"{backend}-{name}-{dtype}-t{n}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def for_scenario(scn, base_dir: Path, progress: bool = True,
+                 backend: str = "torch") -> tuple[CalibrationProfile, Path]:
+    """The cached profile for the scenario's model and backend settings, calibrating first if
+    there is none (``validate`` without ``--profile``)."""
+    be, model = scn.backend, _model_path(scn, base_dir)
+    args = (model, be.device, be.dtype, be.kv_dtype, be.threads, scn.engine.block_tokens,
+            scn.engine.kv_quant_group, backend)
+    path = cache_dir() / f"{cache_key(*args)}.yaml"
+    if path.exists():
+        return load_calibration(path), path
+    _info(f"calibrating the {backend} backend for {model} (cached in {path})")
+    profile = calibrate(model, backend=backend, device=be.device, dtype=be.dtype,
+                        kv_dtype=be.kv_dtype, threads=be.threads,
+                        block_tokens=scn.engine.block_tokens, group=scn.engine.kv_quant_group,
+                        progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_calibration(profile))
+    return profile, path
+
+
+def _model_path(scn, base_dir: Path) -> str:
+    from adapters.model.loading import resolve_spec
+
+    return resolve_spec(scn.model.spec, base_dir)
+
+
+def speed_check(profile: CalibrationProfile, scn, base_dir: Path,
+                backend: str = "torch") -> float:
+    """How much slower this machine runs now than when ``profile`` was fitted: a few of the
+    calibration's steps re-timed twice (about 2 s), measured over predicted, median.  On a shared
+    machine whose speed drifts by tens of per cent over minutes (other tenants), ``validate``
+    scales its prediction by this factor, measured just before and after each measured run, and
+    reports it (``conditioned_on.machine_speed``)."""
+    import numpy as np
+    import torch
+
+    from adapters.calibration import bench
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel
+
+    be = scn.backend
+    if be.threads:
+        torch.set_num_threads(be.threads)
+    model = _model_path(scn, base_dir)
+    spec = resolve_model(model)
+    sb = _reference_bench(backend, model, be.dtype, be.device, be.kv_dtype,
+                          profile.block_tokens, profile.kv_quant_group)
+    sb.m = bench.Measurements()
+    with torch.inference_mode():
+        for _ in range(2):  # each point twice: the median of 6 ratios resists one slow run
+            for point in bench.REFERENCE_POINTS:
+                bench.run_point(sb, point)
+    coef = CalibratedModel(profile, spec).coef
+    predicted = np.array(sb.m.features) @ coef
+    return float(np.median(np.array(sb.m.seconds) / predicted))
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_bench(backend: str, model: str, dtype: str, device: str, kv_dtype: str,
+                     block_tokens: int, group: int):
+    """The speed check's bench, made once per process and kept warm: a new one (new ONNX
+    Runtime sessions, new buffers) runs its first steps slower than the calibration did."""
+    from adapters.calibration import bench
+    from adapters.model.loading import load_shared, resolve_dtype
+    from sim.config.model_spec import resolve_model
+
+    loaded, _ = load_shared(model, "random", dtype, device)
+    sb = bench.StepBench(loaded, resolve_model(model), resolve_dtype(kv_dtype), block_tokens,
+                         group, backend=backend)
+    # new ONNX Runtime sessions: their first runs grow the arena (a no-op in torch)
+    sb.ex.warm_up(batch=2, past_tokens=200, new_tokens=1, prompt_tokens=96)
+    return sb
+
+
+class TorchCalibrator:
+    """What ``validate`` loads from the ``infer_os.calibrators`` entry point of a backend."""
+
+    backend = "torch"
+
+    @classmethod
+    def for_scenario(cls, scn, base_dir: Path,
+                     progress: bool = True) -> tuple[CalibrationProfile, Path]:
+        return for_scenario(scn, base_dir, progress, backend=cls.backend)
+
+    @classmethod
+    def speed_check(cls, profile: CalibrationProfile, scn, base_dir: Path) -> float:
+        return speed_check(profile, scn, base_dir, backend=cls.backend)
+
+
+class OrtCalibrator(TorchCalibrator):
+    """``ort`` (ONNX Runtime's CPU provider): the same grid through the ort executor."""
+
+    backend = "ort"
+
+
+class _AcceleratorCalibrator(TorchCalibrator):
+    """``ort-migraphx`` / ``ort-vitisai``: exit 3 naming the execution provider where it is
+    missing; where it is present, calibrating on it is not implemented (the grid times the CPU
+    provider's sessions), which is said plainly."""
+
+    @classmethod
+    def for_scenario(cls, scn, base_dir: Path, progress: bool = True):
+        from adapters.ort_backend import providers as op
+
+        op.check_provider(op.BACKEND_PROVIDERS[cls.backend], cls.backend)
+        raise UserError(f"calibrating backend {cls.backend!r} on its device is not implemented "
+                        "yet: pass --cost-model roofline, or --profile with a profile made "
+                        "elsewhere", field="--backend")
+
+
+class MigraphxCalibrator(_AcceleratorCalibrator):
+    backend = "ort-migraphx"
+
+
+class VitisaiCalibrator(_AcceleratorCalibrator):
+    backend = "ort-vitisai"
+
+
+class _Bar:
+    """A progress bar on stderr (rich), quiet when ``enabled`` is false."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            self.bar = Progress(TextColumn("calibrating"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total} steps"),
+                                TimeElapsedColumn(), console=Console(stderr=True),
+                                transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=self.total)
+        return self
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _info(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``calibrate`` on the CLI's subparsers."""
+    p = subparsers.add_parser("calibrate", help="time the real executor on this machine and fit "
+                              "the calibrated cost model's profile")
+    p.add_argument("--backend", required=True, help=f"one of: {', '.join(BACKENDS)}")
+    p.add_argument("--model", default="smollm2-135m", metavar="NAME_OR_PATH",
+                   help="preset, .gguf file or HF directory (default: smollm2-135m)")
+    p.add_argument("--out", metavar="PROFILE.yaml", help="write the profile here (default: the "
+                   "per-machine cache; the path is printed)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--kv-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--block-tokens", type=int, default=64)
+    p.add_argument("--kv-quant-group", type=int, default=64)
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"time budget in seconds (default {DEFAULT_BUDGET_S:.0f})")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.backend not in BACKENDS:
+        raise UserError(f"cannot calibrate backend {args.backend!r} (calibrators: "
+                        f"{', '.join(BACKENDS)})", field="--backend")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("must be >= 1", field="--threads")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        from sim.errors import BackendUnavailable
+        extras = "torch" if args.backend == "torch" else "torch,onnx"
+        raise BackendUnavailable(f"calibrating the {args.backend} backend needs the Python "
+                                 f"package torch (pip install 'infer-os[{extras}]')") from None
+    from adapters.model.loading import resolve_device
+
+    resolve_device(args.device)  # exit 3 now when cuda is asked for and absent
+    if args.backend == "ort":
+        _check_ort(args)
+    settings = (args.model, args.device, args.dtype, args.kv_dtype, args.threads,
+                args.block_tokens, args.kv_quant_group, args.backend)
+    profile = calibrate(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                        kv_dtype=args.kv_dtype, threads=args.threads,
+                        block_tokens=args.block_tokens, group=args.kv_quant_group,
+                        budget_s=args.budget_s)
+    out = Path(args.out) if args.out else cache_dir() / f"{cache_key(*settings)}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_calibration(profile))
+    fit = profile.fit
+    _info(f"calibrated in {profile.seconds:.0f} s on {profile.device}: {fit.num_points} steps, "
+          f"|error| median {fit.median_abs_error:.1%}, max {fit.max_abs_error:.1%}"
+          + (f"; held out: median {fit.holdout_median_abs_error:.1%}, max "
+             f"{fit.holdout_max_abs_error:.1%}" if fit.holdout_median_abs_error is not None
+             else ""))
+    print(out)
+    return 0
+
+
+def _check_ort(args: argparse.Namespace) -> None:
+    """What the ort backend can run: onnxruntime installed, float32 weights on the CPU."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        from sim.errors import BackendUnavailable
+        raise BackendUnavailable("calibrating the ort backend needs onnxruntime and onnxscript "
+                                 "(pip install 'infer-os[onnx]')") from None
+    if args.dtype != "float32":
+        raise UserError("the ONNX Runtime backends run float32 weights only", field="--dtype")
+    if args.device == "cuda":
+        raise UserError("backend 'ort' runs on the CPU", field="--device")
+    if args.kv_dtype == "bfloat16":
+        raise UserError("the ort backend keeps K/V in float16 or float32", field="--kv-dtype")

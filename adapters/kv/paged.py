@@ -1,0 +1,396 @@
+"""The torch KV store with a precision per block: what the real executor attends over.
+
+Per request, all layers together:
+
+- an **FP arena** ``[L, 2, H_kv, capacity, D]`` (K and V) in the KV dtype (FP16 by default) holding
+  the full-precision blocks, compacted in block order, the partly filled last block at the end;
+  its capacity grows by the buffer policy (``grow`` callback), the old contents copied over;
+- one **segment per quantized precision** (INT8 / INT4 / INT2): the packed codes, FP16 scales and
+  zero points of its blocks, stacked ``[n_blocks, ...]`` (``adapters.kv.quant`` layouts: keys per
+  channel, values per token, groups of ``group`` values; a group never spans two blocks when
+  ``block_tokens`` is a multiple of ``group``);
+- **offloaded** blocks: an FP copy in host memory (pinned on CUDA), not attended to, restored
+  by copy;
+- **evicted** blocks: nothing; restored by recomputing their K/V from the token ids (the caller
+  supplies the recompute function).
+
+Every method that allocates or moves tensors runs in ``torch.inference_mode``; ``write`` and
+``layer_kv``, on the hot path, are called from a forward that already does.  The view the model
+sees during one forward is ``adapters.kv.paged_step.PagedStep``.
+
+Attention over past tokens does not depend on their order (RoPE is applied before caching), so a
+layer's keys are ``[dequantized segments..., FP arena]``; only new tokens need a causal mask.
+Quantized blocks are dequantized on the fly, one layer at a time (the transient is one layer's).
+
+The partly filled last block stays FP whatever precision it is given, until it fills (KIVI's
+full-precision residual); then it takes its precision.  Rollback (``truncate``) removes tokens from
+the end of the arena only: speculative tokens are always in the last blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from adapters.kv import quant as kv_quant
+from policies import Precision
+
+BITS = {Precision.INT8: 8, Precision.INT4: 4, Precision.INT2: 2}
+QUANTIZED = tuple(BITS)
+
+
+@dataclass
+class _Segment:
+    """The quantized blocks of one request at one precision, stacked in ``blocks`` order."""
+
+    blocks: list[int] = field(default_factory=list)
+    k_data: torch.Tensor | None = None  # uint8 [n, L, bytes per layer]
+    k_scales: torch.Tensor | None = None  # fp16 [n, L, K, A, G]
+    k_zeros: torch.Tensor | None = None
+    v_data: torch.Tensor | None = None
+    v_scales: torch.Tensor | None = None
+    v_zeros: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.k_data, self.k_scales, self.k_zeros, self.v_data,
+                            self.v_scales, self.v_zeros) if t is not None]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+@dataclass
+class _Request:
+    arena: torch.Tensor  # [L, 2, K, capacity, D]
+    num_tokens: int = 0  # tokens whose K/V are stored or accounted (all tiers)
+    fp_blocks: list[int] = field(default_factory=list)  # full FP blocks in arena order
+    precision: dict[int, Precision] = field(default_factory=dict)  # blocks not FP16
+    segments: dict[Precision, _Segment] = field(default_factory=dict)
+    host: dict[int, torch.Tensor] = field(default_factory=dict)  # offloaded: [L, 2, K, bt, D]
+
+    @property
+    def capacity(self) -> int:
+        return self.arena.shape[3]
+
+
+Recompute = Callable[[int, int], torch.Tensor]  # (rid, block) -> K/V [L, 2, K, bt, D]
+Grow = Callable[[int, int, int], int]  # (rid, needed tokens, current capacity) -> new capacity
+
+
+class PagedKV:
+    """Contract: after every call, each block of a request is in exactly one tier, the arena
+    holds exactly the FP blocks (in block order) followed by the partial last block, and
+    ``bytes_by_precision`` is the byte size of the tensors that hold them."""
+
+    def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, block_tokens: int,
+                 group: int = 64, dtype: torch.dtype = torch.float16,
+                 device: torch.device | str = "cpu", grow: Grow | None = None,
+                 reuse: Callable[[int], torch.Tensor | None] | None = None):
+        self.L, self.K, self.D = num_layers, num_kv_heads, head_dim
+        self.bt, self.group, self.dtype = block_tokens, group, dtype
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        self.grow = grow or (lambda rid, need, cap: max(need, 2 * cap))
+        self.reuse = reuse or (lambda capacity: None)  # a released arena of that capacity
+        self.requests: dict[int, _Request] = {}
+        self.num_allocs = 0
+        self.num_reuses = 0
+        self.alloc_bytes = 0
+        self.copy_bytes = 0
+
+    # -- requests ------------------------------------------------------------------------------
+    def _alloc(self, capacity: int) -> torch.Tensor:
+        reused = self.reuse(capacity)
+        if reused is not None:
+            self.num_reuses += 1
+            return reused
+        shape = (self.L, 2, self.K, capacity, self.D)
+        t = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.num_allocs += 1
+        self.alloc_bytes += t.numel() * t.element_size()
+        return t
+
+    @torch.inference_mode()
+    def add(self, rid: int, capacity_tokens: int = 0) -> None:
+        if rid in self.requests:
+            raise ValueError(f"request {rid} is already stored")
+        cap = self.grow(rid, max(capacity_tokens, 1), 0)
+        self.requests[rid] = _Request(self._alloc(cap))
+
+    def free(self, rid: int) -> None:
+        self.requests.pop(rid, None)
+
+    def __contains__(self, rid: int) -> bool:
+        return rid in self.requests
+
+    def num_tokens(self, rid: int) -> int:
+        return self.requests[rid].num_tokens
+
+    def block_precision(self, rid: int, block: int) -> Precision:
+        return self.requests[rid].precision.get(block, Precision.FP16)
+
+    def _fp_tokens(self, r: _Request) -> int:
+        """Tokens in the arena: the full FP blocks plus the partial (or not yet tiered) tail."""
+        return len(r.fp_blocks) * self.bt + (r.num_tokens - self._full_blocks(r) * self.bt)
+
+    def _full_blocks(self, r: _Request) -> int:
+        """Blocks that are full *and* placed in a tier (the tail block is in the arena)."""
+        return len(r.fp_blocks) + len(r.precision)
+
+    # -- writing -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def reserve(self, rid: int, new_tokens: int) -> None:
+        """Make room in the arena for ``new_tokens`` more tokens (the grow policy decides how
+        much more); a move copies the live contents."""
+        self._ensure(rid, self._fp_tokens(self.requests[rid]) + new_tokens)
+
+    def _ensure(self, rid: int, need: int) -> None:
+        r = self.requests[rid]
+        if need <= r.capacity:
+            return
+        cap = self.grow(rid, need, r.capacity)
+        if cap < need:
+            raise ValueError(f"grow policy gave {cap} tokens, {need} needed")
+        arena = self._alloc(cap)
+        used = self._fp_tokens(r)
+        arena[:, :, :, :used] = r.arena[:, :, :, :used]
+        self.copy_bytes += used * self.token_bytes()
+        r.arena = arena
+
+    def write(self, rid: int, layer: int, k: torch.Tensor, v: torch.Tensor,
+              offset: int) -> None:
+        """Store new K/V ``[K, T, D]`` of one layer at arena rows ``offset .. offset + T``
+        (``offset`` = the arena's token count before this step; see ``append``)."""
+        r = self.requests[rid]
+        t = k.shape[1]
+        r.arena[layer, 0, :, offset:offset + t] = k
+        r.arena[layer, 1, :, offset:offset + t] = v
+
+    def append(self, rid: int, num_tokens: int) -> None:
+        """Account ``num_tokens`` written by ``write`` this step; full tail blocks become FP
+        blocks."""
+        r = self.requests[rid]
+        r.num_tokens += num_tokens
+        while r.num_tokens - self._full_blocks(r) * self.bt >= self.bt:
+            r.fp_blocks.append(self._full_blocks(r))
+
+    def truncate(self, rid: int, num_tokens: int) -> None:
+        """Roll back to the first ``num_tokens`` tokens (rejected speculative tokens).  Only
+        tokens of FP blocks at the end can go."""
+        r = self.requests[rid]
+        if num_tokens > r.num_tokens:
+            raise ValueError("truncate cannot add tokens")
+        while self._full_blocks(r) * self.bt > num_tokens:
+            last = self._full_blocks(r) - 1
+            if not r.fp_blocks or r.fp_blocks[-1] != last:
+                raise ValueError(f"cannot roll back into block {last}: it is "
+                                 f"{self.block_precision(rid, last).name}")
+            r.fp_blocks.pop()
+        r.num_tokens = num_tokens
+
+    def arena_tokens(self, rid: int) -> int:
+        return self._fp_tokens(self.requests[rid])
+
+    # -- reading -------------------------------------------------------------------------------
+    def layer_kv(self, rid: int, layer: int,
+                 extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V ``[K, S, D]`` of every resident token of one layer (quantized blocks
+        dequantized now; order: segments, then the arena), in the KV dtype.  ``extra``: tokens
+        written to the arena this step but not yet ``append``-ed (they come last)."""
+        r = self.requests[rid]
+        used = self._fp_tokens(r) + extra
+        k, v = r.arena[layer, 0, :, :used], r.arena[layer, 1, :, :used]
+        if not r.segments:
+            return k, v
+        ks, vs = [], []
+        for prec, seg in r.segments.items():
+            dk, dv = self._dequant_layer(seg, BITS[prec], layer)
+            ks.append(dk)
+            vs.append(dv)
+        return torch.cat([*ks, k], dim=1), torch.cat([*vs, v], dim=1)
+
+    def key_blocks(self, rid: int, extra: int = 0) -> torch.Tensor:
+        """The block index of every key ``layer_kv(rid, layer, extra)`` returns, in its order
+        (int64 [S], on the CPU); the ``extra`` new tokens belong to the blocks at their
+        positions."""
+        r = self.requests[rid]
+        bt = self.bt
+        parts = [torch.tensor(seg.blocks).repeat_interleave(bt) for seg in r.segments.values()]
+        parts.append(torch.tensor(r.fp_blocks, dtype=torch.int64).repeat_interleave(bt))
+        tail = r.num_tokens - self._full_blocks(r) * bt  # stored tokens of the partial block
+        first = self._full_blocks(r) * bt
+        parts.append(torch.arange(first, first + tail + extra) // bt)
+        return torch.cat(parts)
+
+    def resident_tokens(self, rid: int) -> int:
+        r = self.requests[rid]
+        return self._fp_tokens(r) + sum(len(s.blocks) for s in r.segments.values()) * self.bt
+
+    # -- tiers ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def set_precision(self, rid: int, block: int, precision: Precision,
+                      recompute: Recompute | None = None) -> bool:
+        """Move one full block to ``precision``.  Returns False (and does nothing) for the
+        partial last block, which stays FP until it fills."""
+        r = self.requests[rid]
+        precision = Precision(precision)
+        if block >= self._full_blocks(r):
+            if block * self.bt >= r.num_tokens:
+                raise ValueError(f"request {rid} has no block {block}")
+            return False
+        current = self.block_precision(rid, block)
+        if current == precision:
+            return True
+        kv = self._take(r, rid, block, current, recompute)  # [L, 2, K, bt, D], removed
+        self._put(rid, block, precision, kv)
+        return True
+
+    def _take(self, r: _Request, rid: int, block: int, current: Precision,
+              recompute: Recompute | None) -> torch.Tensor | None:
+        if current == Precision.FP16:
+            i = r.fp_blocks.index(block)
+            s, e = i * self.bt, (i + 1) * self.bt
+            kv = r.arena[:, :, :, s:e].clone()
+            used = self._fp_tokens(r)
+            r.arena[:, :, :, s:used - self.bt] = r.arena[:, :, :, e:used].clone()
+            self.copy_bytes += (used - e) * self.token_bytes()
+            r.fp_blocks.pop(i)
+            return kv
+        del r.precision[block]
+        if current in BITS:
+            seg = r.segments[current]
+            i = seg.blocks.index(block)
+            kv = self._dequant_block(seg, BITS[current], i)
+            self._drop(r, current, i)
+            return kv
+        if current == Precision.OFFLOADED:
+            return r.host.pop(block).to(self.device, non_blocking=False)
+        if recompute is None:  # EVICTED
+            raise ValueError(f"block {block} of request {rid} was evicted and no recompute "
+                             "function was given")
+        return recompute(rid, block).to(self.dtype)
+
+    def _put(self, rid: int, block: int, precision: Precision, kv: torch.Tensor) -> None:
+        r = self.requests[rid]
+        if precision == Precision.FP16:
+            i = sum(b < block for b in r.fp_blocks)
+            used = self._fp_tokens(r)
+            self._ensure(rid, used + self.bt)
+            r = self.requests[rid]
+            s = i * self.bt
+            r.arena[:, :, :, s + self.bt:used + self.bt] = r.arena[:, :, :, s:used].clone()
+            r.arena[:, :, :, s:s + self.bt] = kv
+            self.copy_bytes += (used - s) * self.token_bytes()
+            r.fp_blocks.insert(i, block)
+            return
+        r.precision[block] = precision
+        if precision in BITS:
+            self._quantize_into(r, precision, block, kv)
+        elif precision == Precision.OFFLOADED:
+            host = kv.to("cpu")
+            r.host[block] = host.pin_memory() if self.pin else host
+        # EVICTED: dropped
+
+    # -- quantized segments ----------------------------------------------------------------
+    def _quantize_into(self, r: _Request, precision: Precision, block: int,
+                       kv: torch.Tensor) -> None:
+        bits = BITS[precision]
+        L, K, bt, D = self.L, self.K, self.bt, self.D
+        qk = kv_quant.quantize(kv[:, 0].reshape(L * K, bt, D), bits, "kivi", self.group, "key")
+        qv = kv_quant.quantize(kv[:, 1].reshape(L * K, bt, D), bits, "kivi", self.group,
+                               "value")
+        seg = r.segments.setdefault(precision, _Segment())
+        seg.blocks.append(block)
+
+        def stack(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+            new = new.reshape(1, L, -1) if new.dim() == 1 else new.unsqueeze(0)  # [1, L, ...]
+            return new if old is None else torch.cat([old, new])
+
+        seg.k_data = stack(seg.k_data, qk.data)
+        seg.k_scales = stack(seg.k_scales, qk.scales.reshape(L, K, *qk.scales.shape[1:]))
+        seg.k_zeros = stack(seg.k_zeros, qk.zeros.reshape(L, K, *qk.zeros.shape[1:]))
+        seg.v_data = stack(seg.v_data, qv.data)
+        seg.v_scales = stack(seg.v_scales, qv.scales.reshape(L, K, *qv.scales.shape[1:]))
+        seg.v_zeros = stack(seg.v_zeros, qv.zeros.reshape(L, K, *qv.zeros.shape[1:]))
+
+    def _drop(self, r: _Request, precision: Precision, i: int) -> None:
+        seg = r.segments[precision]
+        seg.blocks.pop(i)
+        if not seg.blocks:
+            del r.segments[precision]
+            return
+        keep = [j for j in range(len(seg.blocks) + 1) if j != i]
+        for name in ("k_data", "k_scales", "k_zeros", "v_data", "v_scales", "v_zeros"):
+            setattr(seg, name, getattr(seg, name)[keep])
+
+    def dequant(self, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                bits: int, per_channel: bool) -> torch.Tensor:
+        """Packed codes ``[n, bytes]`` with scales/zeros ``[n, K, A, G]`` -> ``[K, n * bt, D]``
+        (``adapters.kv.quant.dequantize`` for n blocks of one layer at once; per-channel for K,
+        per-token for V).  Also how the ONNX Runtime executor stages quantized blocks."""
+        n, K, bt, D = data.shape[0], self.K, self.bt, self.D
+        a, length = (D, bt) if per_channel else (bt, D)
+        codes = kv_quant.unpack(data.reshape(-1), bits, n * K * a * length)
+        g = kv_quant.grouped(codes.reshape(n, K, a, length).float(), self.group)
+        x = (g * scales.float().unsqueeze(-1) + zeros.float().unsqueeze(-1)).reshape(
+            n, K, a, -1)[..., :length]
+        if per_channel:
+            x = x.transpose(2, 3)  # [n, K, bt, D]
+        return x.permute(1, 0, 2, 3).reshape(K, n * bt, D).to(self.dtype)
+
+    def _dequant_layer(self, seg: _Segment, bits: int,
+                       layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert seg.k_data is not None and seg.v_data is not None
+        k = self.dequant(seg.k_data[:, layer], seg.k_scales[:, layer], seg.k_zeros[:, layer],
+                          bits, True)
+        v = self.dequant(seg.v_data[:, layer], seg.v_scales[:, layer], seg.v_zeros[:, layer],
+                          bits, False)
+        return k, v
+
+    def _dequant_block(self, seg: _Segment, bits: int, i: int) -> torch.Tensor:
+        """One block, every layer -> [L, 2, K, bt, D]."""
+        assert seg.k_data is not None and seg.v_data is not None
+        out = torch.empty((self.L, 2, self.K, self.bt, self.D), dtype=self.dtype,
+                          device=self.device)
+        for layer in range(self.L):
+            out[layer, 0] = self.dequant(seg.k_data[i:i + 1, layer], seg.k_scales[i:i + 1, layer],
+                                          seg.k_zeros[i:i + 1, layer], bits, True)
+            out[layer, 1] = self.dequant(seg.v_data[i:i + 1, layer], seg.v_scales[i:i + 1, layer],
+                                          seg.v_zeros[i:i + 1, layer], bits, False)
+        return out
+
+    # -- accounting ------------------------------------------------------------------------
+    def token_bytes(self) -> int:
+        """Bytes of one token's K/V in an arena, every layer (what the buffer policy sizes)."""
+        return self.L * 2 * self.K * self.D * torch.empty((), dtype=self.dtype).element_size()
+
+    def bytes_by_precision(self) -> dict[str, int]:
+        """True bytes of the tensors holding each tier's blocks (scales and zero points
+        included); FP16 counts the tokens in the arenas (not their spare capacity), OFFLOADED
+        the host copies."""
+        out = {p.name.lower(): 0 for p in Precision}
+        tb = self.token_bytes()
+        for r in self.requests.values():
+            out["fp16"] += self._fp_tokens(r) * tb
+            for prec, seg in r.segments.items():
+                out[prec.name.lower()] += seg.nbytes()
+            out["offloaded"] += sum(t.numel() * t.element_size() for t in r.host.values())
+        return out
+
+    def device_bytes(self) -> int:
+        b = self.bytes_by_precision()
+        return sum(v for k, v in b.items() if k not in ("offloaded", "evicted"))
+
+    def reserved_bytes(self) -> int:
+        """Device bytes held, arena capacity included."""
+        tb = self.token_bytes()
+        return sum(r.capacity * tb + sum(s.nbytes() for s in r.segments.values())
+                   for r in self.requests.values())
+
+    def fp16_equiv_bytes(self) -> int:
+        """What the resident tokens would take at 16 bits."""
+        per_token = self.L * 2 * self.K * self.D * 2
+        return sum(self.resident_tokens(rid) * per_token for rid in self.requests)
+

@@ -1,0 +1,1 @@
+"""The torch executor (``--backend torch``) and its policy-sized tensor pool."""

@@ -1,0 +1,296 @@
+"""The ``infer-os`` command line (docs/architecture.md#the-json-contract)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+import scenarios
+from sim.cli import sweep as sweep_cli
+from sim.config.hardware import bundled_profiles
+from sim.config.model_spec import PRESETS
+from sim.config.policy_registry import FAMILIES, kind_of
+from sim.config.scenario import read_yaml, resolve_runs
+from sim.costs.calibrated import load_calibration
+from sim.errors import BackendUnavailable, InfeasibleDecision, UserError
+from sim.run import output
+from sim.run.backends import backend_names, load_backend
+from sim.run.runner import check_scenario, run_scenario
+
+PROGRESS_AFTER_S = 0.5  # show a progress bar only for runs longer than this
+
+
+def _scenario_path(name: str) -> Path:
+    path = scenarios.locate(name)
+    if path is None:
+        raise UserError(f"unknown scenario {name!r} (bundled: {', '.join(scenarios.names())}; "
+                        "or a path to a YAML file)", field="SCENARIO")
+    return path
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    out = Console(width=None if sys.stdout.isatty() else 150)
+    out.print("[bold]scenarios[/bold]")
+    for name in scenarios.names():
+        desc = read_yaml(_scenario_path(name)).get("description", "")
+        out.print(f"  {name:<22} {desc}", markup=False)
+    out.print("[bold]policies[/bold]")
+    for family, classes in FAMILIES.items():
+        out.print(f"  {family:<12} {', '.join(kind_of(c) for c in classes)}")
+    out.print("[bold]sweeps[/bold]")
+    for name in sweep_cli.sweep_names():
+        desc = read_yaml(sweep_cli.locate(name)).get("description", "")
+        out.print(f"  {name:<22} {desc}", markup=False)
+    out.print(f"[bold]backends[/bold]\n  {', '.join(backend_names())}")
+    out.print(f"[bold]hardware profiles[/bold]\n  {', '.join(bundled_profiles())}")
+    out.print(f"[bold]models[/bold]\n  {', '.join(PRESETS)}")
+    return 0
+
+
+class _Progress:
+    """A progress bar on stderr that appears only once a run has lasted a moment."""
+
+    def __init__(self, total_requests: int, label: str = "simulating"):
+        self.total, self.done, self.t0 = total_requests, 0, time.monotonic()
+        self.label = label
+        self.bar: Progress | None = None
+
+    def __call__(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is None and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
+            self.bar = Progress(TextColumn(self.label), BarColumn(),
+                                TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=self.total, completed=self.done)
+        elif self.bar is not None and self.done % 64 == 0:
+            self.bar.update(self.task, completed=self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None  # drawn again if the work goes on
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    return _run(args, "sim")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    backend = args.backend
+    if backend == "sim":
+        raise UserError("backend 'sim' predicts, it does not measure: use `infer-os simulate`",
+                        field="--backend")
+    load_backend(backend)  # an unknown backend is exit 2 before anything runs
+    return _run(args, backend)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Simulate and measure every variant on identical requests; report the errors."""
+    from sim.run.validate import acceptance_replay, compare, conditioned_on
+
+    backend = args.backend
+    if backend == "sim":
+        raise UserError("validate compares the simulator with a real backend",
+                        field="--backend")
+    load_backend(backend)
+    path, name, runs_cfg, setups = _resolve(args)
+    progress = _Progress(2 * sum(s.workload.num_requests for _, s in runs_cfg),
+                         f"validating ({backend})")
+    out, run_outputs = [], []
+    trace = args.out is not None
+    given = load_calibration(Path(args.profile)) if args.profile else None
+    try:
+        for variant, scn in runs_cfg:
+            cost_model = args.cost_model or "calibrated"
+            profile = speed = calibrator = None
+            if cost_model == "calibrated":
+                calibrator = _calibrator(backend)
+                progress.close()  # a calibration draws its own progress bar
+                profile = given or calibrator.for_scenario(scn, path.parent)[0]
+                if args.speed_check:
+                    speed = calibrator.speed_check(profile, scn, path.parent)
+            measured = run_scenario(scn, variant, None, path.parent, record_trace=trace,
+                                    on_done=progress, backend=backend, setup=setups[variant])
+            given_scn, conditioned = conditioned_on(scn, measured)
+            if speed is not None:  # the machine's speed before and after the measured run
+                speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
+                profile = profile.model_copy(update={"speed_factor": speed})
+                conditioned["machine_speed"] = float(f"{speed:.4g}")
+            replay = acceptance_replay(measured) if conditioned else None
+            if replay:
+                conditioned["acceptance_replay"] = "measured accepted counts per request"
+            predicted = run_scenario(given_scn, variant, cost_model, path.parent,
+                                     record_trace=trace, on_done=progress, calibration=profile,
+                                     acceptance_replay=replay,
+                                     setup=replace(setups[variant], scenario=given_scn))
+            out.append({"variant": variant, "cost_model": cost_model,
+                        **compare(predicted, measured), "conditioned_on": conditioned}
+                       | ({"calibration": profile.machine} if cost_model == "calibrated"
+                          else {}))
+            run_outputs += [predicted, measured]
+    finally:
+        progress.close()
+    doc = {"scenario": name, "backend": backend, "runs": out}
+    if args.json:
+        sys.stdout.write(output.dumps(doc) + "\n")
+    else:
+        output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "validation.json").write_text(output.dumps(doc) + "\n")
+        output.write_run_files(Path(args.out), run_outputs)  # both sides, for `report`
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write DIR/report.html (plots from a ``--out`` folder) and print its path."""
+    from sim.report.page import write_report
+
+    print(write_report(Path(args.dir)))
+    return 0
+
+
+def _calibrator(backend: str):
+    """The ``infer_os.calibrators`` entry point of ``backend``: ``for_scenario(scn, base_dir)``
+    -> (profile, path), cached or measured now; ``speed_check(profile, scn, base_dir)``."""
+    for ep in entry_points(group="infer_os.calibrators"):
+        if ep.name == backend:
+            return ep.load()
+    raise UserError(f"backend {backend!r} has no calibrator: pass --cost-model roofline",
+                    field="--backend")
+
+
+def _resolve(args: argparse.Namespace):
+    """The scenario path, its name, its (variant, scenario) runs and each variant's
+    ``RunSetup``, checked before anything runs; ``--variant`` selects some."""
+    path = _scenario_path(args.scenario)
+    runs_cfg = resolve_runs(path, args.set or [])
+    if args.variant:
+        known = [v for v, _ in runs_cfg]
+        for v in args.variant:
+            if v not in known:
+                raise UserError(f"unknown variant {v!r} (variants: {', '.join(known)})",
+                                file=str(path), field="--variant")
+        runs_cfg = [(v, s) for v, s in runs_cfg if v in args.variant]
+    setups = {}
+    for variant, scn in runs_cfg:  # reject bad input before anything runs; built once
+        try:
+            setups[variant] = check_scenario(scn, path.parent)
+        except UserError as e:
+            if e.file:
+                raise
+            where = "" if variant == "default" else f"variants.{variant} -> "
+            raise e.at(file=str(path), field=where + (e.field or "")) from None
+    return path, runs_cfg[0][1].name, runs_cfg, setups
+
+
+def _run(args: argparse.Namespace, backend: str) -> int:
+    path, name, runs_cfg, setups = _resolve(args)
+    profile_path = getattr(args, "profile", None)
+    profile = load_calibration(Path(profile_path)) if profile_path else None
+    if backend == "sim" and profile is not None:  # --profile: the calibrated model alone
+        jobs = [(v, s, "calibrated") for v, s in runs_cfg]
+    elif backend == "sim":
+        jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
+    else:  # measured once per variant: cost models predict, they are not measured
+        jobs = [(v, s, None) for v, s in runs_cfg]
+    progress = _Progress(sum(s.workload.num_requests for _, s, _ in jobs),
+                         "simulating" if backend == "sim" else f"measuring ({backend})")
+    runs = []
+    try:
+        for variant, scn, cm in jobs:
+            runs.append(run_scenario(scn, variant, cm, path.parent,
+                                     record_trace=args.out is not None, on_done=progress,
+                                     backend=backend, calibration=profile,
+                                     setup=setups[variant]))
+    finally:
+        progress.close()
+    output.add_speedups(runs)
+    doc = output.document(name, backend, runs)
+    if args.json:
+        sys.stdout.write(output.dumps(doc) + "\n")
+    else:
+        output.print_table(name, runs, Console(width=None if sys.stdout.isatty() else 150),
+                           "simulate" if backend == "sim" else f"measure --backend {backend}")
+        if backend != "sim":
+            devices = sorted({r.metrics["measured"]["device"] for r in runs})
+            Console(stderr=True).print(f"measured on {', '.join(devices)}", markup=False)
+    if args.out:
+        output.write_out(Path(args.out), doc, runs)
+        if not args.json:
+            Console(stderr=True).print(f"wrote results, per-request CSVs, Chrome traces and KV "
+                                       f"timelines to {args.out} (`infer-os report` draws them)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infer-os", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="scenarios, policies, backends, hardware profiles, models")
+    p.set_defaults(func=cmd_list)
+    p = _scenario_command(sub, "simulate", "run a scenario through the cost-model simulator",
+                          "write JSON, per-request CSVs and Chrome traces", cmd_simulate)
+    p.add_argument("--profile", metavar="PROFILE.yaml", help="predict with the calibrated cost "
+                   "model of this profile (from `infer-os calibrate`) instead of the scenario's")
+    p = _scenario_command(sub, "measure", "run a scenario for real on a backend (e.g. torch)",
+                          "write JSON, per-request CSVs and Chrome traces", cmd_measure)
+    p.add_argument("--backend", required=True, help="an installed backend (infer-os list)")
+    p = _scenario_command(sub, "validate", "simulate and measure on identical requests: the "
+                          "errors", "write validation.json and both runs' CSVs, traces and KV "
+                          "timelines", cmd_validate)
+    p.add_argument("--backend", required=True, help="a real backend (infer-os list)")
+    p.add_argument("--cost-model", choices=["calibrated", "roofline", "coefficient"],
+                   default=None, help="the prediction's cost model (default: calibrated)")
+    p.add_argument("--profile", metavar="PROFILE.yaml",
+                   help="calibration profile for the calibrated model (default: the cached one "
+                   "for this machine, calibrating first when there is none)")
+    p.add_argument("--no-speed-check", dest="speed_check", action="store_false",
+                   help="do not re-time reference steps around each measured run (the "
+                   "prediction is then not scaled by the machine's current speed)")
+    p = sub.add_parser("report", help="an HTML page with plots from a results folder")
+    p.add_argument("dir", metavar="DIR",
+                   help="a folder written by simulate|measure|validate|sweep --out")
+    p.set_defaults(func=cmd_report)
+    sweep_cli.add_parser(sub)
+    for ep in entry_points(group="infer_os.commands"):  # e.g. generate, from adapters (no torch)
+        ep.load()(sub)
+    return parser
+
+
+def _scenario_command(sub, name: str, help_text: str, out_help: str, func):
+    """A subcommand over a scenario's variants: SCENARIO, --set, --variant, --json, --out."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a dotted key (value parsed as YAML); repeatable")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="run only this variant (repeatable; default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", metavar="DIR", help=out_help)
+    p.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        return args.func(args)
+    except (UserError, BackendUnavailable) as e:
+        err.print(f"infer-os: error: {e}", markup=False)
+        return e.exit_code
+    except InfeasibleDecision as e:
+        err.print(f"infer-os: infeasible policy decision: {e}", markup=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Cost models and the cost-model executor: roofline, coefficient and calibrated step times, and the shared memory bus."""

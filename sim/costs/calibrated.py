@@ -1,0 +1,290 @@
+"""The ``calibrated`` cost model: step time = a linear combination of the work a forward pass does
+(roofline terms: weight bytes, matmul FLOPs, attention FLOPs, KV bytes, dequantized values) and of
+its overheads (per forward, per layer, per row and layer, per token and layer), with coefficients
+fitted from microbenchmarks of a real executor on this machine (``infer-os calibrate``).
+``gemm_layer`` is a per-layer step up when a forward has more than one query row: matrix-vector
+products (one row, the weights streamed once, a fast path on CPUs) become matrix-matrix ones, and
+attention needs a mask; measured on SmolLM2-135M / 2 vCPUs: 39 ms for one row, 62 ms for two
+rows, 76 ms for one row of three tokens.
+
+The terms are summed, not maxed as in ``roofline``: on the CPUs and eager executors we calibrate,
+the phases of one op (streaming weights, multiply-adds, Python dispatch) overlap little, and a sum
+fits the measurements better (the fit's residuals are in the profile).  The profile also records
+how the executor lays its work out, which the features follow:
+
+- ``prefill: sequential``: one forward per request (no padding across prompts);
+- ``batch: padded``: a decode batch runs padded to its longest row;
+- ``kv_tail: fp16-tokens``: the partial last block of a request stays FP16 until it fills, KV
+  memory is counted by tokens, and a tiering decision takes effect on a request at the end of
+  the next step it takes part in (``sim.engine.kv_layout.TokenTailLayout``).
+
+``forward_features`` is the single definition of the features: the calibration computes them from
+the state it measured, this model from the engine's step plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError
+
+from policies import Precision
+from sim.config.frozen import Frozen
+from sim.config.model_spec import ModelSpec
+from sim.costs.cost_model import Segment
+from sim.engine.executor import StepPlan
+from sim.errors import UserError
+
+FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weight_bytes",
+            "matmul_flops",
+            "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
+            "dequant_int2_values", "concat_bytes", "observed_scores")
+QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
+
+
+class ExecutorLayout(Frozen):
+    prefill: Literal["sequential", "batched"] = "sequential"
+    batch: Literal["padded", "exact"] = "padded"
+    kv_tail: Literal["fp16-tokens", "blocks"] = "fp16-tokens"
+
+
+class FitQuality(Frozen):
+    """Signed relative errors of the fitted model on measured steps: in-sample and on points
+    held out of the fit (every fifth)."""
+
+    num_points: int
+    median_abs_error: float
+    p90_abs_error: float
+    max_abs_error: float
+    holdout_median_abs_error: float | None = None
+    holdout_max_abs_error: float | None = None
+
+
+class CalibrationProfile(Frozen):
+    """What ``infer-os calibrate`` writes: who was measured, the raw microbenchmarks, and the
+    fitted seconds per unit of each feature (``coefficients``, keys of ``FEATURES``) plus the
+    costs of re-tiering and allocation."""
+
+    kind: Literal["infer-os-calibration"] = "infer-os-calibration"
+    version: int = 1
+    backend: str
+    device: str
+    machine: str  # a fingerprint of the CPU/GPU, core count and library versions
+    model: str
+    dtype: str
+    kv_dtype: str
+    threads: int
+    block_tokens: int
+    kv_quant_group: int
+    layout: ExecutorLayout = ExecutorLayout()
+    primitives: dict[str, float] = Field(default_factory=dict)  # informative, not used
+    coefficients: dict[str, float]
+    quantize_s_per_value: dict[str, float] = Field(default_factory=dict)  # by precision
+    retier_s_per_block: float = 0.0
+    copy_bytes_per_s: float = 1e10
+    alloc_s: float = 0.0
+    alloc_bytes_per_s: float = 1e10
+    draft_ngram_s_per_token: float = 0.0  # an n-gram lookup, per token of the sequence
+    fit: FitQuality | None = None
+    seconds: float = 0.0  # how long the calibration took
+    # set at run time, never stored: how much slower the machine runs now than when the
+    # profile was fitted (``validate``'s speed check); every predicted time is scaled by it
+    speed_factor: float = Field(default=1.0, gt=0, exclude=True)
+
+    def coefficient_vector(self) -> np.ndarray:
+        return np.array([self.coefficients.get(name, 0.0) for name in FEATURES])
+
+
+def load_calibration(path: Path, field: str = "--profile") -> CalibrationProfile:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read calibration profile: {err}", file=str(path),
+                        field=field) from None
+    try:
+        return CalibrationProfile.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or field
+        raise UserError(f"not a calibration profile: {first['msg']}", file=str(path),
+                        field=where) from None
+
+
+def dump_calibration(profile: CalibrationProfile) -> str:
+    """Deterministic YAML: keys in a fixed order, floats at 6 significant digits."""
+    def tidy(x):
+        if isinstance(x, float):
+            return float(f"{x:.6g}")
+        if isinstance(x, dict):
+            return {k: tidy(v) for k, v in x.items()}
+        return x
+    return yaml.safe_dump(tidy(profile.model_dump(mode="json")), sort_keys=False)
+
+
+def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
+                     row_resident: np.ndarray, row_quantized: np.ndarray, head_rows: int,
+                     weight_bytes_per_param: float, kv_bytes_per_value: float,
+                     padded: bool, observed: bool = False) -> np.ndarray:
+    """Features of one forward pass over ``len(row_resident)`` rows, each feeding ``new_tokens``
+    tokens and attending to its ``row_resident`` stored tokens plus the new ones.
+    ``row_quantized`` [rows, 3]: stored tokens at INT8, INT4, INT2 (dequantized every layer);
+    ``num_layers`` may be below the spec's (a layer-skip draft).  ``observed``: the attention
+    each block draws is measured too (one more q.K product and softmax per layer, for tiering
+    policies that observe blocks)."""
+    B, T, L = len(row_resident), new_tokens, num_layers
+    S = row_resident.astype(np.float64) + T
+    keys = B * float(S.max()) if (padded and B > 1) else float(S.sum())
+    per_layer_params = spec.attention_params + spec.ffn_params
+    values_per_layer_token = 2 * spec.num_kv_heads * spec.head_dim
+    quantized = row_quantized.astype(np.float64).sum(axis=0) * values_per_layer_token * L
+    has_quant = row_quantized.sum(axis=1) > 0
+    return np.array([
+        1.0, L, L if B * T > 1 else 0.0, B * L, B * T * L,
+        (L * per_layer_params + spec.head_params) * weight_bytes_per_param,
+        2.0 * B * T * L * per_layer_params + 2.0 * head_rows * spec.head_params,
+        4.0 * spec.num_heads * spec.head_dim * L * T * keys,
+        keys * L * values_per_layer_token * kv_bytes_per_value,
+        quantized[0], quantized[1], quantized[2],
+        float(S[has_quant].sum()) * L * values_per_layer_token * kv_bytes_per_value,
+        spec.num_heads * T * keys * L if observed else 0.0,
+    ])
+
+
+def split_rows(block_counts: np.ndarray, tokens: np.ndarray, block_tokens: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: resident tokens and quantized tokens [rows, 3] from the store's blocks by
+    precision; the partial last block is FP16 (``kv_tail: fp16-tokens``) and absent blocks are
+    not attended."""
+    counts = np.asarray(block_counts, dtype=np.int64).reshape(len(tokens), -1)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    full = tokens // block_tokens
+    quantized = counts[:, [int(p) for p in QUANTIZED]].astype(np.int64)
+    # the store counts the partial block at its admitted precision; the executor keeps it FP16
+    tail = tokens - full * block_tokens
+    total_blocks = counts.sum(axis=1)
+    # (only rows without FP16 blocks, where the last block must be a quantized one)
+    partial_quant = ((tail > 0) & (total_blocks > full) & (counts[:, Precision.FP16] == 0)
+                     & (quantized.sum(axis=1) > 0))
+    if partial_quant.any():
+        last = quantized.shape[1] - 1 - np.argmax(quantized[:, ::-1] > 0, axis=1)
+        quantized[partial_quant, last[partial_quant]] -= 1
+    absent = counts[:, Precision.OFFLOADED] + counts[:, Precision.EVICTED]
+    resident = tokens - absent * block_tokens
+    return np.maximum(resident, 0), quantized * block_tokens
+
+
+class CalibratedModel:
+    """Predicts the calibrated executor's step times from the engine's step plans."""
+
+    name = "calibrated"
+
+    def __init__(self, profile: CalibrationProfile, model: ModelSpec,
+                 draft: ModelSpec | None = None, draft_source: str = "model",
+                 speculating: bool = False, observing: bool = False):
+        self.p, self.model, self.observing = profile, model, observing
+        # a draft model (or the target's first layers) runs only when speculation is on
+        self.draft = draft if speculating and draft_source != "ngram" else None
+        self.draft_source = draft_source
+        self.coef = profile.coefficient_vector()
+        bits = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+        self.weight_b = bits.get(profile.dtype, 4.0)
+        self.kv_b = bits.get(profile.kv_dtype, 2.0)
+        self.padded = profile.layout.batch == "padded"
+        self.quant_s = np.array([profile.quantize_s_per_value.get(p.name.lower(), 0.0)
+                                 for p in QUANTIZED])
+        self.bt = profile.block_tokens
+
+    def forward_s(self, spec: ModelSpec, layers: int, new_tokens: int, resident: np.ndarray,
+                  quantized: np.ndarray, head_rows: int, observed: bool = False) -> float:
+        f = forward_features(spec, layers, new_tokens, resident, quantized, head_rows,
+                             self.weight_b, self.kv_b, self.padded, observed)
+        return float(f @ self.coef)
+
+    def segments(self, plan: StepPlan) -> list[Segment]:
+        out = self._segments(plan)
+        if self.p.speed_factor != 1.0:
+            for seg in out:
+                seg.fixed_s *= self.p.speed_factor
+        return out
+
+    def _segments(self, plan: StepPlan) -> list[Segment]:
+        spec, L = self.model, self.model.num_layers
+        tokens = np.asarray(plan.row_tokens, dtype=np.int64)
+        out = []
+        # one device runs the whole step: the executors we calibrate have one
+        self.device = (plan.placement.prefill if plan.phase == "prefill"
+                       else plan.placement.decode_attention)
+        if plan.phase == "prefill":
+            none = np.zeros((1, 3))
+            seconds = sum(self.forward_s(spec, L, int(p), np.zeros(1), none, 1, self.observing)
+                          for p in tokens)
+            if self.draft is not None:  # the draft fills its own cache
+                seconds += sum(self.forward_s(self.draft, self.draft.num_layers, int(p) - 1,
+                                              np.zeros(1), none, 1)
+                               for p in tokens if p > 1)
+            out.append(Segment(self.device, "prefill", 0.0, 0.0, seconds))
+            out.append(self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens))
+            return out
+        resident, quantized = split_rows(plan.row_block_counts, tokens, self.bt)
+        B, k = len(tokens), plan.draft_len
+        if k:
+            out.append(Segment(self.device, "draft", 0.0, 0.0, self._draft_s(B, k, resident)))
+        T = k + 1
+        seconds = self.forward_s(spec, L, T, resident, quantized, B * T, self.observing)
+        out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
+        after = tokens + (T if not k else round(plan.tokens_per_seq))
+        fill = self._fill_segment(plan, tokens, tokens, after)
+        if fill.fixed_s:
+            out.append(fill)
+        if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
+            out.append(self._retier_segment(plan))
+        if plan.num_allocs:
+            out.append(Segment(self.device, "alloc", 0.0, 0.0,
+                               plan.num_allocs * self.p.alloc_s
+                               + plan.alloc_bytes / self.p.alloc_bytes_per_s))
+        return out
+
+    def _draft_s(self, rows: int, k: int, resident: np.ndarray) -> float:
+        """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
+        proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row."""
+        if self.draft is None:
+            return float(resident.sum()) * self.p.draft_ngram_s_per_token
+        d, layers, none = self.draft, self.draft.num_layers, np.zeros((1, 3))
+        seconds = 0.0
+        for r in resident.tolist():
+            seconds += self.forward_s(d, layers, 2, np.array([r]), none, 1)
+            seconds += (k - 1) * self.forward_s(d, layers, 1, np.array([r + 2]), none, 1)
+        return seconds
+
+    def _fill_segment(self, plan: StepPlan, tokens: np.ndarray, before: np.ndarray,
+                      after: np.ndarray) -> Segment:
+        """Blocks that fill during the step are quantized at its end when their admitted
+        precision is below FP16 (prefill: every full prompt block)."""
+        counts = np.asarray(plan.row_block_counts, dtype=np.int64).reshape(len(tokens), -1)
+        filled = after // self.bt - before // self.bt
+        values_per_block = self.model.kv_values_per_token * self.bt
+        seconds = 0.0
+        for row in np.flatnonzero(filled > 0).tolist():
+            quant = counts[row, [int(p) for p in QUANTIZED]]
+            if quant.sum() == 0:
+                continue
+            j = int(np.argmax(quant))  # the row's quantized precision (one per row when admitted)
+            seconds += filled[row] * (values_per_block * self.quant_s[j]
+                                      + self.p.retier_s_per_block)
+        return Segment(self.device, "retier", 0.0, 0.0, seconds)
+
+    def _retier_segment(self, plan: StepPlan) -> Segment:
+        """Re-quantizing, host copies, and recomputing evicted blocks (a forward over them)."""
+        bt_values = self.model.kv_values_per_token * self.bt
+        blocks = plan.kv_requant_values / bt_values if bt_values else 0.0
+        seconds = (plan.kv_requant_values * float(self.quant_s.mean())
+                   + blocks * self.p.retier_s_per_block
+                   + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
+        if plan.kv_recompute_tokens:
+            seconds += self.forward_s(self.model, self.model.num_layers,
+                                      int(plan.kv_recompute_tokens), np.zeros(1),
+                                      np.zeros((1, 3)), 0)
+        return Segment(self.device, "retier", 0.0, 0.0, seconds)

@@ -1,0 +1,299 @@
+"""The engine: SimPy processes for arrivals, prefill and decode, with continuous batching.
+
+Each step: admit arrived requests (FCFS, while the batch and the KV budget allow) -> ask the
+policies -> hand the step to the executor (predicted or measured time) -> record -> retire finished
+requests.  Prefill and decode are separate processes; when their devices differ they overlap (and
+share a memory bus if the devices do), when they share a device they take turns on it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import simpy
+
+from policies import DeviceLoad, Placement, SchedulingObservation
+from sim.engine.buffer_pool import BufferPool
+from sim.engine.executor import Executor, StepPlan
+from sim.engine.kv_store import Admission, PagedKVStore
+from sim.engine.planner import Planner
+from sim.engine.state import RunState
+from sim.engine.workload import Requests
+from sim.errors import InfeasibleDecision
+
+
+class Engine:
+    """One run of one scenario variant on one executor.  ``run()`` returns the ``RunState``,
+    in which every request ends completed or failed with a reason."""
+
+    def __init__(self, planner: Planner, requests: Requests, executor: Executor,
+                 store: PagedKVStore, *, max_batch: int, max_prefill_tokens: int,
+                 max_context_tokens: int, record_trace: bool = False, on_done=None):
+        self.env = simpy.Environment()
+        self.planner, self.requests, self.executor, self.store = planner, requests, executor, store
+        self.max_batch, self.max_prefill_tokens = max_batch, max_prefill_tokens
+        self.max_context_tokens = max_context_tokens
+        self.state = RunState(len(requests), record_trace)
+        self.devices = {d.name: DeviceLock(self.env) for d in executor.devices()}
+        self.kinds = {d.name: d.kind for d in executor.devices()}
+        # splitting a decode step's ops across devices hands work over once per layer
+        layers = planner.model.num_layers
+        self.handoff = {d.name: d.handoff_s * layers for d in executor.devices()}
+        self.busy_until = {d.name: 0.0 for d in executor.devices()}  # predicted, for scheduling
+        self._estimates: dict[tuple[str, str], float] = {}
+        self.buffers = BufferPool(planner.buffers)
+        self.waiting: deque[int] = deque()
+        self.num_prefilling = 0
+        self.running: list[int] = []
+        self._next_closed = 0
+        self._wake_prefill = self.env.event()
+        self._wake_decode = self.env.event()
+        self._fixed_placement: Placement | None = None
+        self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
+        self._kv_measured = executor.capabilities.reports_kv_bytes
+        planner.retier(store, [])  # the precision new blocks are written at, from the start
+
+    # -- arrivals ----------------------------------------------------------------------------
+    def run(self) -> RunState:
+        if self.requests.concurrency is None:
+            self.env.process(self._open_arrivals())
+        else:
+            for _ in range(min(self.requests.concurrency, len(self.requests))):
+                self._next_user_request()
+        self.env.process(self._prefill_loop())
+        self.env.process(self._decode_loop())
+        self.env.run()
+        self.state.finish(self.env.now, self.store)
+        return self.state
+
+    def _open_arrivals(self):
+        for rid, t in enumerate(self.requests.arrival_s):
+            if t > self.env.now:
+                yield self.env.timeout(t - self.env.now)
+            self._arrive(rid)
+
+    def _next_user_request(self) -> None:
+        if self._next_closed < len(self.requests):
+            self._next_closed += 1
+            self._arrive(self._next_closed - 1)
+
+    def _user_done(self) -> None:
+        if self.requests.concurrency is None:
+            return
+        # through an event even with no think time: a run of failures must not recurse
+        self.env.timeout(self.requests.think_s).callbacks.append(
+            lambda _e: self._next_user_request())
+
+    def _arrive(self, rid: int) -> None:
+        self.state.arrival_s[rid] = self.env.now
+        prompt = int(self.requests.prompt_tokens[rid])
+        total = prompt + int(self.requests.output_tokens[rid])
+        if total > self.max_context_tokens:
+            return self._fail(rid, f"{total} tokens exceed the model's context of "
+                                   f"{self.max_context_tokens}")
+        if self.store.can_admit(total, self.planner.new_block_precision) is Admission.NEVER:
+            need = self.store.blocks_for(total) * int(
+                self.store.device_block_bytes[self.planner.new_block_precision])
+            return self._fail(rid, f"needs {need} bytes of KV cache, more than the whole budget "
+                                   f"of {self.store.device_budget_bytes}")
+        self.waiting.append(rid)
+        self._wake(prefill=True)
+
+    def _fail(self, rid: int, reason: str) -> None:
+        self.state.fail(rid, self.env.now, reason)
+        self._on_done()
+        self._user_done()
+
+    def _wake(self, prefill: bool = False, decode: bool = False) -> None:
+        if prefill and not self._wake_prefill.triggered:
+            self._wake_prefill.succeed()
+        if decode and not self._wake_decode.triggered:
+            self._wake_decode.succeed()
+
+    # -- prefill -----------------------------------------------------------------------------
+    def _head_fits(self) -> bool:
+        if not self.waiting or len(self.running) + self.num_prefilling >= self.max_batch:
+            return False
+        rid = self.waiting[0]
+        total = int(self.requests.prompt_tokens[rid] + self.requests.output_tokens[rid])
+        return self.store.can_admit(total, self.planner.new_block_precision) is Admission.OK
+
+    def _admit_batch(self) -> list[int]:
+        batch: list[int] = []
+        tokens = 0
+        prec = self.planner.new_block_precision
+        while (self.waiting
+               and len(self.running) + self.num_prefilling + len(batch) < self.max_batch):
+            rid = self.waiting[0]
+            prompt = int(self.requests.prompt_tokens[rid])
+            total = prompt + int(self.requests.output_tokens[rid])
+            if batch and tokens + prompt > self.max_prefill_tokens:
+                break
+            if self.store.can_admit(total, prec) is not Admission.OK:
+                break  # FCFS: the head waits for memory, nobody overtakes it
+            self.store.admit(rid, prompt, total, prec)
+            self.waiting.popleft()
+            self.state.admitted_s[rid] = self.env.now
+            batch.append(rid)
+            tokens += prompt
+        return batch
+
+    def _prefill_loop(self):
+        while True:
+            if not self._head_fits():
+                self._wake_prefill = self.env.event()
+                yield self._wake_prefill
+                continue
+            placement = self._placement()
+            locks = yield from self._acquire((placement.prefill,))
+            batch = self._admit_batch()  # admitted once the device is ours: nobody is left out
+            if batch:
+                self.num_prefilling += len(batch)
+                plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
+                                                 self.buffers)
+                self._expect(("prefill", placement.prefill))
+                result = yield from self.executor.execute(self.env, plan)
+                self.num_prefilling -= len(batch)
+                self._record(plan, result)
+                for rid in batch:  # the prefill pass emits each request's first token
+                    self.state.first_token_s[rid] = self.env.now
+            self._release(locks)
+            if batch:
+                self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64),
+                              joining=True)
+
+    # -- decode ------------------------------------------------------------------------------
+    def _decode_loop(self):
+        while True:
+            if not self.running:
+                self._wake_decode = self.env.event()
+                yield self._wake_decode
+                continue
+            placement = self._placement()
+            locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
+            batch = np.array(self.running)  # taken once the devices are ours
+            self.planner.maybe_retier(self.store, self.running)
+            plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers)
+            if plan.draft_len:
+                draft_device = self.planner.limits.draft_device or placement.decode_ffn
+                if self.devices[draft_device] not in locks:
+                    locks += yield from self._acquire((draft_device,))
+            self._expect(("decode_attention", placement.decode_attention),
+                         ("decode_ffn", placement.decode_ffn))
+            result = yield from self.executor.execute(self.env, plan)
+            self._release(locks)
+            if result.emitted is not None:  # measured acceptance replaces the drawn one
+                emitted = result.emitted
+                if plan.draft_len:
+                    self.planner.record_acceptance(result.proposed, emitted - 1)
+            self._record(plan, result)
+            self._advance(batch, emitted)
+
+    def _record(self, plan: StepPlan, result) -> None:
+        self.planner.observe(plan, result)
+        self.state.record_step(plan, result, self.env.now)
+        if result.kv_bytes_by_precision is not None:
+            self.state.observe_kv_bytes(result.kv_bytes_by_precision,
+                                        result.kv_fp16_equiv_bytes, self.env.now)
+
+    def _advance(self, batch: np.ndarray, emitted: np.ndarray, joining: bool = False) -> None:
+        """Credit emitted tokens (capped at each request's output length); retire the done.
+        ``joining``: the batch has just been prefilled and joins the decode set."""
+        if not self._kv_measured:
+            self.store.layout.step_ended(batch, emitted)  # before emitted is capped
+        left = self.requests.output_tokens[batch] - self.state.generated[batch]
+        emitted = np.minimum(emitted, left)
+        self.state.generated[batch] += emitted
+        self.store.append_tokens_many(batch, emitted, self.planner.new_block_precision)
+        is_done = self.state.generated[batch] >= self.requests.output_tokens[batch]
+        done = batch[is_done]
+        if joining:
+            self.running.extend(batch[~is_done].tolist())
+            # Tier the new prompt blocks at once (in the executor's layout the decision reaches
+            # each request at the end of its next step: ``TokenTailLayout.apply``).
+            if self.planner.tiering.observes_blocks:
+                self.planner.retier(self.store, self.running)
+        if not self._kv_measured:
+            self.state.observe_kv(self.store, self.env.now)
+        if len(done):
+            done_set = set(done.tolist())
+            if not joining:
+                self.running = [r for r in self.running if r not in done_set]
+            for rid in done.tolist():
+                self.store.free(rid)
+                self.executor.release(rid)
+                self.planner.forget(rid)
+                self.state.complete(rid, self.env.now)
+                self._on_done()
+                self._user_done()
+            self._wake(prefill=True)
+        if self.running:
+            self._wake(decode=True)
+
+    # -- devices -----------------------------------------------------------------------------
+    def _placement(self) -> Placement:
+        if self._fixed_placement is not None:
+            return self._fixed_placement
+        busy = self.state.device_busy_s
+        now = max(self.env.now, 1e-12)
+        loads = tuple(DeviceLoad(name, self.kinds[name], len(lock.waiters), busy.get(name, 0.0),
+                                 min(busy.get(name, 0.0) / now, 1.0),
+                                 max(self.busy_until[name] - self.env.now, 0.0),
+                                 self.handoff[name])
+                      for name, lock in self.devices.items())
+        head = int(self.requests.prompt_tokens[self.waiting[0]]) if self.waiting else 0
+        estimates = self.planner.op_estimates(self.store, self.running, head, list(self.devices))
+        self._estimates = {(e.op, e.device): e.seconds for e in estimates}
+        obs = SchedulingObservation(loads, len(self.waiting), len(self.running), estimates)
+        placement = self.planner.scheduling.decide(obs)
+        for device in placement.devices:
+            if device not in self.devices:
+                raise InfeasibleDecision(f"scheduling policy {self.planner.scheduling.kind!r} "
+                                         f"placed work on unknown device {device!r} "
+                                         f"(devices: {', '.join(self.devices)})")
+        if not getattr(self.planner.scheduling, "observes_load", True):
+            self._fixed_placement = placement
+        return placement
+
+    def _expect(self, *ops: tuple[str, str]) -> None:
+        """Record when each device should be free again (the estimates the policy saw)."""
+        for op, device in ops:
+            seconds = self._estimates.get((op, device), 0.0)
+            self.busy_until[device] = max(self.busy_until[device], self.env.now) + seconds
+
+    def _acquire(self, devices: tuple[str, ...]):
+        """Take every named device's lock, waiting in FIFO order for busy ones.  Only the decode
+        process ever holds more than one device, so no two processes can deadlock."""
+        locks = [self.devices[name] for name in sorted(set(devices))]
+        for lock in locks:
+            if lock.busy:
+                yield lock.wait()
+            else:
+                lock.busy = True
+        return locks
+
+    @staticmethod
+    def _release(locks: list[DeviceLock]) -> None:
+        for lock in locks:
+            lock.release()
+
+
+class DeviceLock:
+    """A FIFO lock on one device: cheaper than a ``simpy.Resource`` because taking a free device
+    costs no event.  ``wait()`` returns an event fired when the lock is handed over."""
+
+    def __init__(self, env: simpy.Environment):
+        self.env, self.busy = env, False
+        self.waiters: deque[simpy.Event] = deque()
+
+    def wait(self) -> simpy.Event:
+        ev = self.env.event()
+        self.waiters.append(ev)
+        return ev
+
+    def release(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().succeed()  # handed over: stays busy
+        else:
+            self.busy = False

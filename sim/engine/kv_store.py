@@ -1,0 +1,298 @@
+"""The paged KV store: blocks of ``block_tokens`` tokens per request, a precision per block, and a
+memory budget for the device tier (where attention runs) and the host tier (offloaded blocks).
+
+Admission reserves a request's whole future: its prompt blocks are allocated and the blocks its
+output will fill are reserved at the precision new blocks are written at when it is admitted, so a
+running request can always grow and the device budget is never exceeded (no preemption).  A later
+tiering decision can lower the precision of a request's future blocks, never raise it past that
+reservation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from policies import Precision
+from sim.engine.kv_layout import BlockLayout, KVLayout
+
+NUM_PRECISIONS = len(Precision)
+
+
+class Move(enum.Enum):
+    """What a precision change costs, for the executor to charge."""
+
+    REQUANTIZE = "requantize"  # on the device: read, quantize, write
+    REQUANTIZE_BACKUP = "requantize+backup"  # and copy the FP16 original to the host tier
+    OFFLOAD = "offload"  # copy to the host tier
+    OFFLOAD_FROM_BACKUP = "offload-from-backup"  # the host copy exists already: free the device
+    EVICT = "evict"
+    RESTORE_COPY = "restore-copy"  # copy the FP16 original back from the host tier
+    RECOMPUTE = "recompute"  # no original anywhere: recompute K/V from the token ids
+
+
+class Admission(enum.Enum):
+    OK = "ok"
+    LATER = "later"  # fits once running requests free their memory
+    NEVER = "never"  # larger than the whole budget
+
+
+def block_bytes(values_per_token: int, block_tokens: int, group: int) -> dict[Precision, int]:
+    """Device bytes of one block by precision.  INT8/INT4/INT2 are asymmetric group-wise: an FP16
+    scale and an FP16 zero point per ``group`` values, i.e. b + 32/group bits per value (group 64:
+    8.5, 4.5 and 2.5 bits; 4.5 is the q4_0-style budget of
+    docs/hardware.md#kv-quantisation-budget)."""
+    values = values_per_token * block_tokens
+    scales = -(-values // group) * 4  # an FP16 scale + an FP16 zero point per group
+    return {
+        Precision.FP16: values * 2,
+        Precision.INT8: values + scales,
+        Precision.INT4: -(-values // 2) + scales,
+        Precision.INT2: -(-values // 4) + scales,
+        Precision.OFFLOADED: 0,
+        Precision.EVICTED: 0,
+    }
+
+
+class PagedKVStore:
+    """Contract: ``device_used_bytes + reserved_bytes <= device_budget_bytes`` and
+    ``host_used_bytes <= host_budget_bytes`` after every call; a call that would break either
+    raises ``MemoryError`` and changes nothing.  ``free`` of an admitted request is always safe.
+
+    Request ids are small integers below ``capacity`` (the engine's request index), which lets the
+    per-request token counts and block counts by precision live in numpy arrays: a decode step
+    updates a whole batch with a few vector operations.
+
+    ``layout`` (``sim.engine.kv_layout``) says how the memory held is counted: whole blocks
+    (default) or as the torch executor holds it.
+    """
+
+    def __init__(self, block_tokens: int, bytes_by_precision: Mapping[Precision, int],
+                 device_budget_bytes: float, host_budget_bytes: float, capacity: int,
+                 layout: Callable[[PagedKVStore], KVLayout] = BlockLayout):
+        self.block_tokens = block_tokens
+        self.device_block_bytes = np.array([bytes_by_precision[p] for p in Precision],
+                                           dtype=np.int64)
+        self.host_block_bytes = np.zeros(NUM_PRECISIONS, dtype=np.int64)
+        self.host_block_bytes[Precision.OFFLOADED] = bytes_by_precision[Precision.FP16]
+        self._device_list = self.device_block_bytes.tolist()
+        self.device_budget_bytes = int(device_budget_bytes)
+        self.host_budget_bytes = int(host_budget_bytes)
+        self.counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)  # blocks by precision, all requests
+        self.req_counts = np.zeros((capacity, NUM_PRECISIONS), dtype=np.int64)
+        self.req_tokens = np.zeros(capacity, dtype=np.int64)
+        self.req_blocks = np.zeros(capacity, dtype=np.int64)  # = req_counts.sum(axis=1)
+        self.reserved_bytes = 0
+        self.device_used_bytes = 0
+        self.host_used_bytes = 0
+        self._blocks: dict[int, bytearray] = {}  # request id -> precision of each block
+        self._backups: dict[int, bytearray] = {}  # request id -> 1 where an FP16 copy is kept
+        self.num_backups = 0
+        self._future: dict[int, tuple[int, Precision]] = {}  # reserved blocks and their precision
+        self.layout = layout(self)
+
+    # -- admission ---------------------------------------------------------------------------
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_tokens)
+
+    def can_admit(self, max_tokens: int, precision: Precision) -> Admission:
+        need = self.blocks_for(max_tokens) * int(self.device_block_bytes[precision])
+        if need > self.device_budget_bytes:
+            return Admission.NEVER
+        if self.device_used_bytes + self.reserved_bytes + need > self.device_budget_bytes:
+            return Admission.LATER
+        return Admission.OK
+
+    def admit(self, rid: int, prompt_tokens: int, max_tokens: int, precision: Precision) -> None:
+        """Allocate the prompt's blocks and reserve the rest of ``max_tokens``."""
+        if rid in self._blocks:
+            raise ValueError(f"request {rid} already admitted")
+        if self.can_admit(max(max_tokens, prompt_tokens), precision) is not Admission.OK:
+            raise MemoryError(f"request {rid} does not fit")
+        total = self.blocks_for(max(max_tokens, prompt_tokens))
+        now = self.blocks_for(prompt_tokens)
+        self._blocks[rid] = bytearray()
+        self._backups[rid] = bytearray()
+        self.layout.admitted(rid)
+        self._future[rid] = (total, precision)
+        self.reserved_bytes += total * int(self.device_block_bytes[precision])
+        self.append_tokens(rid, prompt_tokens, precision)
+        assert len(self._blocks[rid]) == now
+
+    # -- growth ------------------------------------------------------------------------------
+    def append_tokens(self, rid: int, num_tokens: int, precision: Precision) -> int:
+        """Add tokens to one request; returns the number of new blocks."""
+        return self.append_tokens_many(np.array([rid]), np.array([num_tokens]), precision)
+
+    def append_tokens_many(self, rids: np.ndarray, num_tokens: np.ndarray,
+                           precision: Precision) -> int:
+        """Add ``num_tokens[i]`` tokens to request ``rids[i]`` (ids distinct).  New blocks are
+        written at ``precision`` (a resident one), or at a request's reserved precision when that
+        is lower."""
+        if not Precision(precision).is_resident:
+            raise ValueError(f"new blocks must be resident, not {Precision(precision).name}")
+        tokens = self.req_tokens[rids] + num_tokens
+        need = (tokens + (self.block_tokens - 1)) // self.block_tokens - self.req_blocks[rids]
+        grow = np.flatnonzero(need > 0).tolist()
+        if grow:
+            rid_list, need_list = rids.tolist(), need.tolist()
+            if len(set(rid_list)) != len(rid_list):
+                raise ValueError("append_tokens_many: a request id appears twice")
+            # checked first, over the whole batch, so that a failure changes nothing
+            extra = sum(self._extra_bytes(rid_list[i], need_list[i], precision) for i in grow)
+            if self.device_used_bytes + self.reserved_bytes + extra > self.device_budget_bytes:
+                raise MemoryError("requests grew past their reservations and the budget")
+            self._grow([rid_list[i] for i in grow], [need_list[i] for i in grow], int(precision))
+        self.req_tokens[rids] = tokens
+        return sum(need[i] for i in grow)
+
+    def _extra_bytes(self, rid: int, new: int, precision: Precision) -> int:
+        """Device bytes of ``new`` blocks beyond what the request has reserved."""
+        future, reserve_prec = self._future[rid]
+        prec = max(precision, reserve_prec)
+        return max(new - future, 0) * int(self.device_block_bytes[prec])
+
+    def _grow(self, rids: list[int], news: list[int], precision: int) -> None:
+        """Append ``news[i]`` blocks to ``rids[i]`` (distinct), drawing on their reservations.
+        The engine's hot path: per-request work in plain Python, the counters in one go."""
+        precs = []
+        released = 0
+        for rid, new in zip(rids, news):
+            future, reserve_prec = self._future[rid]
+            prec = precision if precision > reserve_prec else int(reserve_prec)
+            take = new if new < future else future
+            released += take * self._device_list[reserve_prec]
+            self._future[rid] = (future - take, reserve_prec)
+            self._blocks[rid].extend(bytes((prec,)) * new)
+            self._backups[rid].extend(bytes(new))
+            precs.append(prec)
+        self.reserved_bytes -= released
+        idx, prec_arr, new_arr = np.array(rids), np.array(precs), np.array(news)
+        self.req_counts[idx, prec_arr] += new_arr
+        self.req_blocks[idx] += new_arr
+        added = np.bincount(prec_arr, weights=new_arr, minlength=NUM_PRECISIONS).astype(np.int64)
+        self.counts += added
+        self.device_used_bytes += int(added @ self.device_block_bytes)
+        self.host_used_bytes += int(added @ self.host_block_bytes)
+
+    def set_precision(self, rid: int, index: int, precision: Precision,
+                      keep_backup: bool = False) -> Move | None:
+        """Change one block's precision; returns the move it took (None if unchanged).
+
+        A block demoted from FP16 with ``keep_backup`` keeps an FP16 copy in the host tier when
+        the host has room (best effort).  Raising a block copies that original back (or the
+        offloaded block); with no original anywhere it must be recomputed.
+        """
+        blocks, backups = self._blocks[rid], self._backups[rid]
+        old, new = Precision(blocks[index]), Precision(precision)
+        if old == new:
+            return None
+        fp16 = int(self.device_block_bytes[Precision.FP16])
+        had = bool(backups[index])
+        if new > old:  # demotion
+            if new == Precision.OFFLOADED:
+                move, backup = (Move.OFFLOAD_FROM_BACKUP if had else Move.OFFLOAD), False
+            elif new == Precision.EVICTED:
+                move, backup = Move.EVICT, False
+            else:
+                backup = had or (keep_backup and old == Precision.FP16)
+                move = Move.REQUANTIZE_BACKUP if backup and not had else Move.REQUANTIZE
+        else:  # restore
+            source = had or old == Precision.OFFLOADED
+            move = Move.RESTORE_COPY if source else Move.RECOMPUTE
+            backup = had and new != Precision.FP16
+        dev = int(self.device_block_bytes[new] - self.device_block_bytes[old])
+        host = int(self.host_block_bytes[new] - self.host_block_bytes[old]) + fp16 * (
+            int(backup) - int(had))
+        if self.device_used_bytes + self.reserved_bytes + dev > self.device_budget_bytes:
+            raise MemoryError(f"block {index} of request {rid}: no device memory for {new.name}")
+        if self.host_used_bytes + host > self.host_budget_bytes:
+            if move is not Move.REQUANTIZE_BACKUP:
+                raise MemoryError(f"block {index} of request {rid}: the host tier is full")
+            move, backup, host = Move.REQUANTIZE, False, 0  # no room for the copy: none kept
+        blocks[index] = new
+        backups[index] = backup
+        self.num_backups += int(backup) - int(had)
+        self.host_used_bytes += fp16 * (int(backup) - int(had))
+        self._add(rid, old, -1)
+        self._add(rid, new, 1)
+        return move
+
+    def has_backup(self, rid: int, index: int) -> bool:
+        return bool(self._backups[rid][index])
+
+    def free(self, rid: int) -> None:
+        del self._blocks[rid]
+        self.layout.freed(rid)
+        num_backups = sum(self._backups.pop(rid))
+        self.num_backups -= num_backups
+        self.host_used_bytes -= num_backups * int(self.device_block_bytes[Precision.FP16])
+        future, prec = self._future.pop(rid)
+        self.reserved_bytes -= future * int(self.device_block_bytes[prec])
+        counts = self.req_counts[rid].copy()
+        self.counts -= counts
+        self.device_used_bytes -= int(counts @ self.device_block_bytes)
+        self.host_used_bytes -= int(counts @ self.host_block_bytes)
+        self.req_counts[rid] = 0
+        self.req_tokens[rid] = 0
+        self.req_blocks[rid] = 0
+
+    def _add(self, rid: int, precision: Precision, n: int) -> None:
+        self.counts[precision] += n
+        self.req_counts[rid, precision] += n
+        self.req_blocks[rid] += n
+        self.device_used_bytes += n * int(self.device_block_bytes[precision])
+        self.host_used_bytes += n * int(self.host_block_bytes[precision])
+
+    # -- views -------------------------------------------------------------------------------
+    def tokens(self, rid: int) -> int:
+        return int(self.req_tokens[rid])
+
+    def blocks(self, rid: int) -> tuple[Precision, ...]:
+        return tuple(Precision(b) for b in self._blocks[rid])
+
+    def blocks_raw(self, rid: int) -> bytearray:
+        """The request's block precisions as bytes (a view: do not mutate)."""
+        return self._blocks[rid]
+
+    def request_ids(self) -> list[int]:
+        return list(self._blocks)
+
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._blocks
+
+    @property
+    def fp16_equiv_bytes(self) -> int:
+        """Bytes of every live block of every request at FP16 (evicted and offloaded included)."""
+        return int(self.counts.sum()) * int(self.device_block_bytes[Precision.FP16])
+
+    def bytes_by_precision(self) -> dict[str, int]:
+        """Bytes held per state, device and host together; FP16 backups under "backup"."""
+        per_block = self.device_block_bytes + self.host_block_bytes
+        out = {p.name.lower(): int(self.counts[p] * per_block[p]) for p in Precision}
+        out["backup"] = self.num_backups * int(self.device_block_bytes[Precision.FP16])
+        return out
+
+    def check_integrity(self) -> None:
+        counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)
+        for rid, blocks in self._blocks.items():
+            mine = np.bincount(np.frombuffer(bytes(blocks), dtype=np.uint8),
+                               minlength=NUM_PRECISIONS)
+            assert len(blocks) == self.blocks_for(int(self.req_tokens[rid])), rid
+            assert (mine == self.req_counts[rid]).all(), rid
+            assert len(blocks) == self.req_blocks[rid], rid
+            counts += mine
+        assert (counts == self.counts).all()
+        self.layout.check()
+        backups = sum(sum(b) for b in self._backups.values())
+        assert backups == self.num_backups
+        assert all(len(self._backups[r]) == len(b) for r, b in self._blocks.items())
+        assert self.device_used_bytes == int(counts @ self.device_block_bytes)
+        fp16 = int(self.device_block_bytes[Precision.FP16])
+        assert self.host_used_bytes == int(counts @ self.host_block_bytes) + backups * fp16
+        reserved = sum(f * int(self.device_block_bytes[p]) for f, p in self._future.values())
+        assert self.reserved_bytes == reserved
+        assert self.device_used_bytes + self.reserved_bytes <= self.device_budget_bytes
+        assert self.host_used_bytes <= self.host_budget_bytes

@@ -1,0 +1,117 @@
+"""Drives the tiering policy: builds its observation (blocks with attention, access and relevance
+from the attention model; tier pressures; the quality signal), validates and applies its decision,
+and keeps the cost of the moves for the next step to pay."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies import BlockInfo, Precision, TieringObservation, TieringPolicy, TierPressure
+from sim.engine.kv_store import Move, PagedKVStore
+from sim.errors import InfeasibleDecision
+from sim.quality.attention import AttentionModel
+from sim.quality.model import request_delta_ppl
+
+
+@dataclass
+class PendingMoves:
+    """Work the moves of a re-tiering pass leave for the next step."""
+
+    copy_bytes: int = 0  # to or from the host tier
+    requant_values: int = 0  # K/V values re-quantized on the device
+    recompute_tokens: int = 0  # tokens whose K/V are recomputed
+
+    def take(self) -> tuple[int, int, int]:
+        out = (self.copy_bytes, self.requant_values, self.recompute_tokens)
+        self.copy_bytes = self.requant_values = self.recompute_tokens = 0
+        return out
+
+
+class Retierer:
+    def __init__(self, policy: TieringPolicy, attention: AttentionModel, penalty: np.ndarray,
+                 values_per_block: int):
+        self.policy, self.attention, self.penalty = policy, attention, penalty
+        self.values_per_block = values_per_block
+        self.new_block_precision = Precision.FP16
+        self.pending = PendingMoves()
+        self.moves: Counter[str] = Counter()
+        self.quality_samples: list[float] = []
+        self._last_step = 0
+
+    def retier(self, store: PagedKVStore, running: list[int], step: int) -> None:
+        steps = step - self._last_step
+        self._last_step = step
+        blocks, delta = self._observe(store, running, steps)
+        pressures = (
+            TierPressure("device", store.device_used_bytes + store.reserved_bytes,
+                         store.device_budget_bytes),
+            TierPressure("host", store.host_used_bytes, store.host_budget_bytes))
+        obs = TieringObservation(blocks, pressures, store.block_tokens, delta, step)
+        decision = self.policy.decide(obs)
+        kind = self.policy.kind
+        if not Precision(decision.new_block_precision).is_resident:
+            raise InfeasibleDecision(f"tiering policy {kind!r}: new blocks cannot be written "
+                                     f"{Precision(decision.new_block_precision).name}")
+        self.new_block_precision = Precision(decision.new_block_precision)
+        for rid, index, precision in decision.changes:
+            if rid not in store or not 0 <= index < store.req_blocks[rid]:
+                raise InfeasibleDecision(f"tiering policy {kind!r}: no block {index} of "
+                                         f"request {rid}")
+            try:
+                move = store.set_precision(rid, index, Precision(precision),
+                                           decision.keep_backup)
+            except MemoryError as err:
+                raise InfeasibleDecision(f"tiering policy {kind!r}: {err}") from None
+            if move is not None:
+                self._charge(move, store)
+
+    def _charge(self, move: Move, store: PagedKVStore) -> None:
+        self.moves[move.value] += 1
+        fp16 = int(store.device_block_bytes[Precision.FP16])
+        if move in (Move.REQUANTIZE, Move.REQUANTIZE_BACKUP):
+            self.pending.requant_values += self.values_per_block
+        if move in (Move.REQUANTIZE_BACKUP, Move.OFFLOAD, Move.RESTORE_COPY):
+            self.pending.copy_bytes += fp16
+        if move is Move.RECOMPUTE:
+            self.pending.recompute_tokens += store.block_tokens
+
+    def _observe(self, store: PagedKVStore, running: list[int],
+                 steps: int) -> tuple[tuple[BlockInfo, ...], float]:
+        """Advance the attention model; build block infos only for a policy that reads them.
+        The quality signal is the attention-weighted penalty of the precision mix."""
+        mixed = np.count_nonzero(store.counts) > 1
+        if not (self.policy.observes_blocks or mixed):
+            present = np.flatnonzero(store.counts)
+            delta = float(self.penalty[present[0]]) if len(present) else 0.0
+            self.quality_samples.append(delta)
+            return (), delta
+        infos: list[BlockInfo] = []
+        deltas = []
+        for rid in running:
+            precs = np.frombuffer(bytes(store.blocks_raw(rid)), dtype=np.uint8)
+            n = len(precs)
+            resident = precs <= Precision.INT2
+            shares = self.attention.advance(rid, resident, steps)
+            deltas.append(request_delta_ppl(self.attention.shares(rid, n), precs, self.penalty))
+            if self.policy.observes_blocks:
+                infos.extend(self._infos(rid, precs, shares, store))
+        delta = float(np.mean(deltas)) if deltas else 0.0
+        self.quality_samples.append(delta)
+        return tuple(infos), delta
+
+    def _infos(self, rid: int, precs: np.ndarray, shares: np.ndarray,
+               store: PagedKVStore) -> list[BlockInfo]:
+        # Age: tokens written since the block filled (one per decode step without speculation).
+        n, tokens, bt = len(precs), store.tokens(rid), store.block_tokens
+        mass, access = self.attention.mass[rid], self.attention.access[rid]
+        relevance = self.attention.relevance(rid, n)
+        return [BlockInfo(rid, i, Precision(int(precs[i])), max(tokens - (i + 1) * bt, 0),
+                          float(mass[i]), int(access[i]), float(relevance[i]), n - 1 - i,
+                          float(shares[i]), store.has_backup(rid, i))
+                for i in range(n)]
+
+    def forget(self, rid: int) -> None:
+        self.attention.forget(rid)

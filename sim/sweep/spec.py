@@ -1,0 +1,333 @@
+"""Sweep files: a base scenario plus axes of dotted overrides, expanded into points (the full grid
+or seeded random samples), every point's scenario validated before anything runs.
+
+```yaml
+name: my-sweep
+base: quickstart                  # a bundled scenario or a path (relative to this file)
+variant: int8-kv                  # optional: one of the base's variants, applied first
+overrides: {workload.num_requests: 8}   # optional: fixed dotted overrides, applied next
+axes:                             # applied last, in this order; the same keys as --set
+  policies.tiering: [{kind: fp16}, {kind: uniform, precision: int8}]
+  engine.max_batch: {low: 1, high: 8, step: 1}     # a range: step or num (log: true) values
+  engine.kv_budget_bytes: {low: 1.0e7, high: 1.0e8, num: 4, log: true}
+  cost_model: [roofline, coefficient]    # special axes: cost_model, variant
+samples: 100                      # optional: seeded random points instead of the full grid
+seed: 0
+baseline: {policies.tiering: {kind: fp16}}  # the speedup reference (default: each axis' first)
+```
+
+In random sampling a range without ``step``/``num`` is continuous (log-uniform with ``log``).  A
+point is identified by a hash of its axis values and cost model (``point_id``), so a rerun into the
+same folder recognises the points it already has.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+import scenarios
+from sim.config.frozen import Frozen
+from sim.config.scenario import Scenario, apply_override, read_yaml, validate
+from sim.errors import UserError
+from sim.run.runner import check_scenario
+
+SPECIAL_AXES = ("cost_model", "variant")  # not scenario keys: the run's cost model, a variant
+MAX_POINTS = 200_000
+_SAMPLE_TRIES = 20  # random draws per wanted point before giving up on finding new ones
+
+
+class RangeAxis(Frozen):
+    """Values from ``low`` to ``high`` (both included): every ``step``, or ``num`` evenly spaced
+    (evenly in log with ``log``).  Integers when ``low``, ``high`` and ``step`` are."""
+
+    low: int | float
+    high: int | float
+    step: int | float | None = Field(default=None, gt=0)
+    num: int | None = Field(default=None, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        if self.step is not None and self.num is not None:
+            raise ValueError("give step or num, not both")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log needs low > 0 and num (not step)")
+        return self
+
+    @property
+    def is_integer(self) -> bool:
+        return all(isinstance(x, int) for x in (self.low, self.high, self.step or 1))
+
+    def grid(self) -> list | None:
+        """The values, or None for a continuous range (neither step nor num)."""
+        if self.step is not None:
+            n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+            return [self._cast(self.low + i * self.step) for i in range(n)]
+        if self.num is not None:
+            if self.num == 1:
+                return [self._cast(self.low)]
+            f, g = (math.log, math.exp) if self.log else (float, float)
+            lo, hi = f(self.low), f(self.high)
+            return [self._cast(g(lo + (hi - lo) * i / (self.num - 1)))
+                    for i in range(self.num)]
+        return None
+
+    def sample(self, rng: random.Random):
+        values = self.grid()
+        if values is not None:
+            return rng.choice(values)
+        if self.log:
+            return self._cast(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return self._cast(rng.uniform(self.low, self.high))
+
+    def _cast(self, x: float) -> int | float:
+        # 12 significant digits: the same value (and point id) on every platform
+        return int(round(x)) if self.is_integer else float(f"{x:.12g}")
+
+
+class SweepFile(Frozen):
+    name: str
+    description: str = ""
+    base: str
+    variant: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    cost_model: Literal["roofline", "coefficient"] | None = None  # default: the base's first
+    axes: dict[str, list[Any] | RangeAxis] = Field(min_length=1)
+    samples: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    baseline: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        """YAML 1.1 reads ``1.0e9`` (no sign in the exponent) as a string: make it a number."""
+        if isinstance(data, dict):
+            axes = data.get("axes")
+            if isinstance(axes, dict):
+                data = {**data, "axes": {k: [_number(v) for v in a] if isinstance(a, list)
+                                         else a for k, a in axes.items()}}
+            if isinstance(data.get("baseline"), dict):
+                data = {**data, "baseline": {k: _number(v) for k, v in data["baseline"].items()}}
+        return data
+
+    def check(self, path: Path) -> None:
+        """What the field types cannot say, each error naming its axis."""
+        for key, axis in self.axes.items():
+            if isinstance(axis, list) and not axis:
+                raise UserError("the axis has no values", file=str(path), field=f"axes.{key}")
+            if isinstance(axis, RangeAxis) and self.samples is None and axis.grid() is None:
+                raise UserError("a grid needs step or num (a continuous range is for random "
+                                "sampling: samples: N)", file=str(path), field=f"axes.{key}")
+            if key in SPECIAL_AXES and not isinstance(axis, list):
+                raise UserError("expected a list", file=str(path), field=f"axes.{key}")
+        for key in self.baseline or {}:
+            if key not in self.axes:
+                raise UserError("not an axis", file=str(path), field=f"baseline.{key}")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _number(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _FLOAT.fullmatch(value) else value
+
+
+@dataclass(frozen=True)
+class Point:
+    """One simulation of the sweep: its axis values and the scenario they resolve to."""
+
+    point_id: str
+    values: dict[str, Any]  # axis -> value, in the file's axis order
+    cost_model: str
+    scenario: Scenario
+    base_dir: Path
+    is_baseline: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    spec: SweepFile
+    base_path: Path
+    context: str  # hash of the base's content, variant and fixed overrides (in point ids)
+    points: list[Point]
+
+
+def point_id(context: str, values: dict[str, Any], cost_model: str) -> str:
+    """A stable hash of everything that makes the point's scenario: ``context`` (the base's
+    content, the variant and fixed overrides), its axis values and its cost model."""
+    doc = json.dumps({"context": context, "cost_model": cost_model, "values": values},
+                     sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def label(value: Any) -> Any:
+    """A value as a results column shows it: scalars as they are, a policy as ``kind(k=v)``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict) and "kind" in value:
+        params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "kind")
+        return f"{value['kind']}({params})" if params else str(value["kind"])
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Read, validate and expand the sweep at ``path``; every point is checked."""
+    raw = read_yaml(path)
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as err:
+        raise _invalid(err, path) from None
+    spec.check(path)
+    base_path = _base_path(spec.base, path)
+    base = read_yaml(base_path)
+    context = json.dumps([base, spec.variant, spec.overrides], sort_keys=True, default=str)
+    digest = hashlib.sha256(context.encode()).hexdigest()[:16]
+    points = _resolve(spec, path, base, base_path, digest)
+    return Sweep(path, spec, base_path, digest, points)
+
+
+def _invalid(err: ValidationError, path: Path) -> UserError:
+    """The first error, named by its field; an axis is a list or a range, so for a mapping
+    the range's error is the one to show."""
+    errors = err.errors()
+    e = next((x for x in errors if "list[any]" not in x["loc"]), errors[0])
+    loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-after", "list["))]
+    msg = e["msg"].removeprefix("Value error, ")
+    if len(loc) == 2 and loc[0] == "axes" and e["type"] == "model_type":
+        msg = "expected a list of values or a range {low, high, step or num}"
+    return UserError(msg, file=str(path), field=".".join(loc) or None)
+
+
+def _base_path(name: str, sweep_path: Path) -> Path:
+    near = sweep_path.parent / name
+    if near.is_file():
+        return near
+    found = scenarios.locate(name)
+    if found is None:
+        raise UserError(f"unknown base scenario {name!r} (bundled: "
+                        f"{', '.join(scenarios.names())}; or a path)", file=str(sweep_path),
+                        field="base")
+    return found
+
+
+def expand(spec: SweepFile) -> list[dict[str, Any]]:
+    """The axis values of every point: the grid in file order, or ``samples`` distinct seeded
+    random draws; the baseline's values first when they are not among them."""
+    if spec.samples is None:
+        columns = [a if isinstance(a, list) else a.grid() for a in spec.axes.values()]
+        size = math.prod(len(c) for c in columns)
+        if size > MAX_POINTS:
+            raise UserError(f"the grid has {size:,} points (at most {MAX_POINTS:,}): use "
+                            "samples: N", field="axes")
+        rows = [dict(zip(spec.axes, combo)) for combo in itertools.product(*columns)]
+    else:
+        rng, seen, rows = random.Random(spec.seed), set(), []
+        for _ in range(spec.samples * _SAMPLE_TRIES):
+            values = {k: rng.choice(a) if isinstance(a, list) else a.sample(rng)
+                      for k, a in spec.axes.items()}
+            key = json.dumps(values, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                rows.append(values)
+            if len(rows) == spec.samples:
+                break
+    return rows
+
+
+def baseline_values(spec: SweepFile) -> dict[str, Any]:
+    first = {k: a[0] if isinstance(a, list) else (a.grid() or [a.low])[0]
+             for k, a in spec.axes.items()}
+    return {**first, **(spec.baseline or {})}
+
+
+def _resolve(spec: SweepFile, path: Path, base: dict, base_path: Path,
+             context: str) -> list[Point]:
+    variants = base.pop("variants", None) or {}
+    rows = expand(spec)
+    baseline = {k: v for k, v in baseline_values(spec).items() if k != "cost_model"}
+    checked: dict[str, None] = {}  # check_scenario's inputs already checked
+    points: dict[str, Point] = {}
+    for values in rows:
+        point = _point(spec, path, (base, base_path, context), variants, values, checked)
+        points.setdefault(point.point_id, point)
+    extra: dict[str, Point] = {}  # baselines that are not sweep points: they run first
+    for cm in dict.fromkeys(p.cost_model for p in points.values()):
+        values = {**baseline, **({"cost_model": cm} if "cost_model" in spec.axes else {})}
+        point = _point(spec, path, (base, base_path, context), variants, values, checked, True)
+        if point.point_id in points:
+            points[point.point_id] = _as_baseline(points[point.point_id])
+        else:
+            extra[point.point_id] = point
+    return [*extra.values(), *points.values()]
+
+
+def _as_baseline(point: Point) -> Point:
+    return Point(point.point_id, point.values, point.cost_model, point.scenario, point.base_dir,
+                 is_baseline=True)
+
+
+def _point(spec: SweepFile, path: Path, origin: tuple[dict, Path, str], variants: dict,
+           values: dict[str, Any], checked: dict, is_baseline: bool = False) -> Point:
+    base, base_path, context = origin
+    data = copy.deepcopy(base)
+    variant = values.get("variant", spec.variant)
+    if variant is not None:
+        if variant not in variants:
+            raise UserError(f"unknown variant {variant!r} of {base_path.name} (variants: "
+                            f"{', '.join(map(str, variants)) or 'none'})", file=str(path),
+                            field="axes.variant" if "variant" in values else "variant")
+        for key, value in (variants[variant] or {}).items():
+            apply_override(data, key, value)
+    for key, value in spec.overrides.items():
+        apply_override(data, key, value)
+    for key, value in values.items():
+        if key not in SPECIAL_AXES:
+            apply_override(data, key, value)
+    try:
+        scn = validate(data, str(path))
+        cost_model = values.get("cost_model", spec.cost_model) or scn.cost_models[0]
+        if cost_model == "coefficient" and scn.coefficient is None:
+            raise UserError("cost model 'coefficient' needs a 'coefficient' section",
+                            field="cost_model")
+        key = _check_key(scn)
+        if key not in checked:
+            check_scenario(scn, base_path.parent)
+            checked[key] = None
+    except UserError as err:
+        raise _blame(err, path, values) from None
+    return Point(point_id(context, values, cost_model), values, cost_model, scn, base_path.parent,
+                 is_baseline)
+
+
+def _check_key(scn: Scenario) -> str:
+    """What ``check_scenario`` looks at (not the tiering, buffer or quality settings)."""
+    p = scn.policies
+    return repr((scn.seed, scn.model, scn.hardware, scn.workload, scn.engine, scn.speculation,
+                 p.scheduling, p.speculation.kind))
+
+
+def _blame(err: UserError, path: Path, values: dict[str, Any]) -> UserError:
+    """The error of a point's scenario, named by the axis that caused it when one did."""
+    field = err.field or ""
+    for key, value in values.items():
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            return UserError(f"{err.message} (value {label(value)!r})", file=str(path),
+                             field=f"axes.{key}")
+    point = ", ".join(f"{k}={label(v)}" for k, v in values.items())
+    where = f" ({err.file})" if err.file and err.file != str(path) else ""
+    return UserError(f"point {point}: {field or 'scenario'}: {err.message}{where}",
+                     file=str(path), field="axes")

@@ -1,0 +1,209 @@
+"""The torch paged KV store: attention through it equals the contiguous cache; batched rows of
+different lengths equal each row alone; tiers move blocks and restore them (copy, recompute);
+bytes are the tensors' true sizes; rollback removes speculative tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from adapters.kv.paged import PagedKV  # noqa: E402
+from adapters.kv.paged_step import PagedStep  # noqa: E402
+from adapters.model.transformer import ModelConfig, Transformer, prefill  # noqa: E402
+from policies import Precision  # noqa: E402
+from sim.engine.kv_store import block_bytes  # noqa: E402
+
+CFG = ModelConfig("llama", num_layers=2, hidden=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                  ffn_hidden=128, vocab=256, tied_embeddings=False, norm_eps=1e-5,
+                  max_positions=4096)
+BT = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Transformer(CFG).eval()
+
+
+def _ids(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _store(dtype=torch.float32, group: int = BT, **kw) -> PagedKV:
+    return PagedKV(num_layers=CFG.num_layers, num_kv_heads=CFG.num_kv_heads,
+                   head_dim=CFG.head_dim, block_tokens=BT, group=group, dtype=dtype, **kw)
+
+
+@torch.inference_mode()
+def _forward(model, kv: PagedKV, rids: list[int], ids: torch.Tensor) -> torch.Tensor:
+    """One forward of ids [B, T] through the store; -> logits [B, T, V]."""
+    step = PagedStep(kv, rids, ids.shape[1], torch.float32)
+    positions = torch.tensor([[kv.num_tokens(r) + t for t in range(ids.shape[1])] for r in rids])
+    logits = model(ids, step, positions)
+    step.commit()
+    return logits
+
+
+@torch.inference_mode()
+def _reference(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids)  # full causal forward, no cache
+
+
+def test_prefill_then_decode_equals_the_full_forward(model):
+    ids = _ids(40)
+    kv = _store()
+    kv.add(0)
+    got = [_forward(model, kv, [0], ids[:, :23])]
+    for t in range(23, 40):
+        got.append(_forward(model, kv, [0], ids[:, t:t + 1]))
+    ref = _reference(model, ids)
+    assert (torch.cat(got, dim=1) - ref).abs().max() <= 1e-4
+    assert kv.num_tokens(0) == 40
+
+
+def test_a_batch_of_different_lengths_equals_each_row_alone(model):
+    lengths = [5, 33, 18]
+    kv = _store()
+    rows = [_ids(n + 1, seed=n) for n in lengths]
+    for rid, (n, ids) in enumerate(zip(lengths, rows)):
+        kv.add(rid)
+        _forward(model, kv, [rid], ids[:, :n])
+    nxt = torch.cat([ids[:, n:n + 1] for n, ids in zip(lengths, rows)])  # [3, 1]
+    got = _forward(model, kv, [0, 1, 2], nxt)[:, -1]
+    for b, ids in enumerate(rows):
+        assert (got[b] - _reference(model, ids)[0, -1]).abs().max() <= 1e-4
+
+
+def test_fp16_storage_stays_close(model):
+    ids = _ids(30)
+    kv = _store(dtype=torch.float16)
+    kv.add(0)
+    got = _forward(model, kv, [0], ids)
+    assert (got - _reference(model, ids)).abs().max() <= 2e-2
+
+
+@pytest.mark.parametrize("prec, tol", [(Precision.INT8, 0.05), (Precision.INT4, 0.6)])
+def test_quantized_blocks_are_attended_with_bounded_error(model, prec, tol):
+    ids = _ids(50)
+    kv = _store()
+    kv.add(0)
+    _forward(model, kv, [0], ids[:, :49])
+    for b in range(3):  # every full block; the partial last one stays FP
+        assert kv.set_precision(0, b, prec)
+    assert not kv.set_precision(0, 3, prec)  # tokens 48.. do not fill block 3
+    assert kv.block_precision(0, 1) == prec
+    got = _forward(model, kv, [0], ids[:, 49:])[0, -1]
+    err = (got - _reference(model, ids)[0, -1]).abs().max()
+    assert 0 < err <= tol  # really quantized, and still close
+
+
+def test_offload_and_evict_are_restored_exactly(model):
+    ids = _ids(49)
+    kv = _store()
+    kv.add(0)
+    _forward(model, kv, [0], ids[:, :48])
+    before = [tuple(t.clone() for t in kv.layer_kv(0, layer)) for layer in range(CFG.num_layers)]
+
+    def recompute(rid: int, block: int) -> torch.Tensor:
+        cache = model.new_cache(1, (block + 1) * BT)
+        prefill(model, ids[:, :(block + 1) * BT], cache)
+        s = slice(block * BT, (block + 1) * BT)
+        return torch.stack([cache.k[:, 0, :, s], cache.v[:, 0, :, s]], dim=1)
+
+    kv.set_precision(0, 0, Precision.OFFLOADED)
+    kv.set_precision(0, 2, Precision.EVICTED)
+    assert kv.resident_tokens(0) == 16
+    assert kv.bytes_by_precision()["offloaded"] > 0
+    kv.set_precision(0, 2, Precision.FP16, recompute)
+    kv.set_precision(0, 0, Precision.FP16)
+    for layer, (k0, v0) in enumerate(before):
+        k1, v1 = kv.layer_kv(0, layer)
+        assert (k1 - k0).abs().max() <= 1e-5 and (v1 - v0).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="evicted"):
+        kv.set_precision(0, 1, Precision.EVICTED)
+        kv.set_precision(0, 1, Precision.INT8)
+
+
+def test_true_bytes_match_the_simulators_block_bytes_and_int4_saves_70_percent(model):
+    kv = PagedKV(num_layers=2, num_kv_heads=2, head_dim=64, block_tokens=64, group=64,
+                 dtype=torch.float16)
+    kv.add(0)
+    step = PagedStep(kv, [0], 64, torch.float32)
+    with torch.inference_mode():  # as in a forward
+        for layer in range(2):
+            x = torch.randn(1, 2, 64, 64)
+            step.write(layer, None, x, x)
+    step.commit()
+    expected = block_bytes(2 * 2 * 2 * 64, 64, 64)  # values per token: L * (K + V) * H_kv * D
+    assert kv.bytes_by_precision()["fp16"] == expected[Precision.FP16]
+    kv.set_precision(0, 0, Precision.INT4)
+    got = kv.bytes_by_precision()
+    assert got["int4"] == expected[Precision.INT4] and got["fp16"] == 0
+    assert 1 - got["int4"] / expected[Precision.FP16] >= 0.70
+    assert kv.fp16_equiv_bytes() == expected[Precision.FP16]
+
+
+def test_rollback_removes_speculative_tokens(model):
+    ids = _ids(40)
+    kv = _store()
+    kv.add(0)
+    _forward(model, kv, [0], ids[:, :30])
+    _forward(model, kv, [0], _ids(5, seed=9))  # 5 rejected tokens, crossing block 1 -> 2
+    kv.truncate(0, 30)
+    got = _forward(model, kv, [0], ids[:, 30:])
+    assert (got - _reference(model, ids)[:, 30:]).abs().max() <= 1e-4
+
+
+def test_growth_goes_through_the_grow_policy_and_counts_copies(model):
+    asked = []
+
+    def grow(rid, need, cap):
+        asked.append((need, cap))
+        return need  # exact: reallocate at every growth
+
+    kv = _store(grow=grow)
+    kv.add(0, capacity_tokens=8)
+    ids = _ids(12)
+    for t in range(12):
+        _forward(model, kv, [0], ids[:, t:t + 1])
+    assert kv.num_allocs == 1 + 4 and asked[0] == (8, 0)
+    assert kv.copy_bytes > 0
+
+
+def test_measured_block_shares_follow_the_blocks_whatever_their_tier(model):
+    """Shares are mapped back to block indices: quantizing block 0 moves its keys to the front
+    of the attended order (segments first), yet each block keeps (nearly) its share."""
+    ids = _ids(58)
+    shares = []
+    for prec in (Precision.FP16, Precision.INT8):
+        kv = _store()
+        kv.add(0)
+        _forward(model, kv, [0], ids[:, :56])
+        kv.set_precision(0, 1, prec)  # the middle block moves to the INT8 segment
+        step = PagedStep(kv, [0], 2, torch.float32, measure_attention=True)
+        positions = torch.tensor([[56, 57]])
+        with torch.inference_mode():
+            model(ids[:, 56:], step, positions)
+        got = step.block_shares(CFG.num_layers)[0]
+        assert len(got) == 4 and abs(float(got.sum()) - 1) < 1e-6
+        shares.append(got)
+    assert (shares[0] - shares[1]).abs().max() < 0.01
+    assert shares[0].max() - shares[0].min() > 0.02  # not uniform: the test can tell blocks apart
+
+
+def test_measured_attention_keeps_the_share_of_an_absent_block():
+    import numpy as np
+
+    from sim.quality.attention import MeasuredAttention
+
+    att = MeasuredAttention()
+    att.record(7, np.array([0.5, 0.2, 0.3]))
+    att.record(7, np.array([0.0, 0.6, 0.4]))  # block 0 offloaded: drew nothing
+    assert np.allclose(att.mass[7], [0.5, 0.8, 0.7])
+    assert np.allclose(att.access[7], [1, 1, 0])  # above a uniform share: 1/3, then 1/2
+    assert np.allclose(att.shares(7, 3), np.array([0.5, 0.6, 0.4]) / 1.5)
+    resident = np.array([False, True, True])
+    assert np.allclose(att.advance(7, resident, 4), [0, 0.6, 0.4])
+    rel = att.relevance(7, 3)  # shares x 3 = [1, 1.2, 0.8]
+    assert abs(rel[0]) < 1e-9 and rel[1] > 0 > rel[2]

@@ -1,0 +1,187 @@
+"""Fitting the quality model to measured perplexity: the fit, the fitted profile in a scenario,
+and the pipeline end to end on a tiny random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import scenarios
+from policies import Precision
+from sim.config.quality_profile import bundled_quality_profiles
+from sim.config.scenario import QualityConfig, resolve_runs
+from sim.errors import UserError
+from sim.quality.fit import (
+    QualityPass,
+    attention_mix,
+    block_mix,
+    fit_penalties,
+    fit_runs,
+    nnls,
+    predict,
+)
+from sim.run.runner import run_scenario
+
+F, I8, I4, I2, OFF, EV = (Precision.FP16, Precision.INT8, Precision.INT4, Precision.INT2,
+                          Precision.OFFLOADED, Precision.EVICTED)
+
+
+def _pass(shares, precisions, num_scored) -> QualityPass:
+    return QualityPass(np.array(shares, dtype=float), np.array(precisions, dtype=np.uint8),
+                       num_scored)
+
+
+def test_mixes_weight_passes_by_scored_tokens_and_pool_offloaded_with_evicted():
+    passes = [_pass([0.5, 0.3, 0.2], [F, I4, EV], 1),
+              _pass([0.25, 0.75], [I8, OFF], 3),
+              _pass([1.0], [I2], 0)]  # scores nothing: does not count
+    assert attention_mix(passes) == pytest.approx(
+        {"fp16": 0.125, "int8": 0.1875, "int4": 0.075, "int2": 0.0, "missing": 0.6125})
+    assert block_mix(passes) == pytest.approx(
+        {"fp16": 1 / 12, "int8": 0.375, "int4": 1 / 12, "int2": 0.0, "missing": 11 / 24})
+
+
+def test_prediction_goes_through_the_simulators_penalties():
+    # placeholders: int4 0.1, missing 3.0 per unit of attention
+    mix = {"fp16": 0.4, "int8": 0.0, "int4": 0.5, "int2": 0.0, "missing": 0.1}
+    assert predict(mix, QualityConfig()) == pytest.approx(0.35)
+
+
+def test_nnls_clamps_what_unconstrained_least_squares_makes_negative():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = np.array([1.0, -1.0, 0.0])
+    assert np.linalg.lstsq(a, b, rcond=None)[0] == pytest.approx([1.0, -1.0])
+    assert nnls(a, b) == pytest.approx([0.5, 0.0])
+
+
+def test_fit_recovers_known_penalties_from_noisy_runs():
+    true = QualityConfig(int8_delta_ppl={"value": 0.02, "source": "t"},
+                         int4_delta_ppl={"value": 0.4, "source": "t"},
+                         int2_delta_ppl={"value": 12.0, "source": "t"},
+                         missing_delta_ppl={"value": 2.5, "source": "t"})
+    rng = np.random.default_rng(7)
+    mixes = [dict(zip(("fp16", "int8", "int4", "int2", "missing"), rng.dirichlet(np.ones(5))))
+             for _ in range(40)]
+    measured = [predict(m, true) * (1 + rng.normal(0, 0.01)) for m in mixes]  # 1 % noise
+    fit = fit_penalties(mixes, measured)
+    assert fit["int2"] == pytest.approx(12.0, rel=0.02)
+    assert fit["missing"] == pytest.approx(2.5, rel=0.05)
+    assert fit["int4"] == pytest.approx(0.4, abs=0.1)
+    assert 0 <= fit["int8"] < 0.1
+    # a precision no run holds attention at cannot be fitted: it comes out 0, never negative
+    only_int4 = [{**m, "int2": 0.0, "fp16": m["fp16"] + m["int2"]} for m in mixes[:5]]
+    assert fit_penalties(only_int4, measured[:5])["int2"] == 0.0
+
+
+def _profile(tmp_path: Path, **pens) -> Path:
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump({
+        "base_ppl": 20.0, "command": "test", "date": "2026-01-01",
+        "penalties": {"int8": 0.01, "int4": 0.5, "int2": 9.0, "missing": 4.0, **pens}}))
+    return path
+
+
+def test_a_scenario_takes_its_quality_from_the_profile_but_its_own_values_win(
+        tmp_path, base_scenario, scenario_file):
+    _profile(tmp_path)
+    own = {"value": 0.7, "source": "the scenario's own"}
+    # a relative path is found beside the scenario file, wherever the command runs
+    scn = resolve_runs(scenario_file(tmp_path, base_scenario(
+        quality={"profile": "q.yaml", "int4_delta_ppl": own})), [])[0][1]
+    q = scn.quality
+    assert (q.base_ppl, q.int8_delta_ppl.value, q.int4_delta_ppl.value, q.int2_delta_ppl.value,
+            q.missing_delta_ppl.value) == (20.0, 0.01, 0.7, 9.0, 4.0)
+    assert "fitted" in q.missing_delta_ppl.source and "test" in q.missing_delta_ppl.source
+
+
+@pytest.mark.parametrize("quality, expected", [
+    ({"profile": "no-such-model"}, "unknown quality profile 'no-such-model'"),
+    ({"profile": "missing/q.yaml"}, "cannot read quality profile"),
+])
+def test_a_bad_profile_is_a_user_error_naming_file_and_field(tmp_path, quality, expected,
+                                                             base_scenario, scenario_file):
+    path = scenario_file(tmp_path, base_scenario(quality=quality))
+    with pytest.raises(UserError) as info:
+        resolve_runs(path, [])
+    assert info.value.field == "quality.profile"
+    assert info.value.file == str(path)
+    assert expected in str(info.value)
+
+
+def test_a_profile_without_its_penalties_is_rejected(tmp_path, base_scenario, scenario_file):
+    prof = _profile(tmp_path, int2="high")
+    path = scenario_file(tmp_path, base_scenario(variants={"v": {"quality.profile": str(prof)}}))
+    with pytest.raises(UserError) as info:
+        resolve_runs(path, [])
+    assert info.value.field == "variants.v -> quality.profile"
+
+
+def test_the_bundled_smollm2_scenario_simulates_with_the_fitted_profile(repo_root):
+    assert "smollm2-135m" in bundled_quality_profiles()
+    path = scenarios.locate("smollm2-cpu")
+    scn = dict(resolve_runs(path, []))["int4-kv"]
+    assert scn.quality.profile == "smollm2-135m"
+    profile = repo_root / "sim" / "config" / "profiles" / "quality" / "smollm2-135m.yaml"
+    fitted = yaml.safe_load(profile.read_text())
+    assert scn.quality.base_ppl == fitted["base_ppl"]
+    out = run_scenario(scn, "int4-kv", "roofline", path.parent)
+    # every block at INT4: the estimate at a full pass is the fitted INT4 penalty itself
+    assert out.metrics["quality"]["delta_ppl_max"] == pytest.approx(fitted["penalties"]["int4"])
+
+
+torch = pytest.importorskip("torch")
+
+from adapters.decoding.perplexity import quality_run, tiered_nll  # noqa: E402
+from adapters.model.transformer import ModelConfig, Transformer  # noqa: E402
+from policies import Fp16Tiering, UniformTiering  # noqa: E402
+from policies.tiering_baselines import StreamingTiering  # noqa: E402
+
+CFG = ModelConfig("llama", num_layers=2, hidden=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                  ffn_hidden=128, vocab=64, tied_embeddings=False, norm_eps=1e-5,
+                  max_positions=4096)
+KW = dict(block_tokens=16, group=16, chunk=32, eval_from=64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = Transformer(CFG).eval()
+    phrase = torch.randint(0, 64, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    return model, [(phrase * 10)[:256], (phrase * 10)[40:296]]
+
+
+def test_recorded_passes_are_the_states_the_retierers_signal_was_computed_from(tiny):
+    model, windows = tiny
+    got = tiered_nll(model, windows[0], StreamingTiering(sink_tokens=16, window_tokens=64), **KW)
+    assert len(got.quality_passes) == len(got.quality_samples) - 1 == 8  # 256 tokens / 32
+    assert sum(p.num_scored for p in got.quality_passes) == got.num_scored
+    from_passes = [predict(attention_mix([p]), QualityConfig()) for p in got.quality_passes]
+    assert from_passes == pytest.approx(list(got.quality_samples[1:]), abs=1e-12)
+    assert max(from_passes) > 0  # streaming evicted attended blocks
+
+
+def test_pipeline_measures_and_predicts_each_policy(tiny):
+    model, windows = tiny
+    runs = [quality_run(name, model, windows, policy, **KW) for name, policy in (
+        ("fp16", Fp16Tiering()), ("int4", UniformTiering(precision="int4")),
+        ("streaming", StreamingTiering(sink_tokens=16, window_tokens=64)))]
+    fp16, int4, streaming = runs
+    assert fp16.num_scored == int4.num_scored == 2 * (256 - 65)
+    assert fp16.attention_mix["fp16"] == pytest.approx(1.0)
+    assert int4.attention_mix["int4"] == pytest.approx(1.0)
+    assert 0 < streaming.attention_mix["missing"] < 1
+    cfg, checked = fit_runs(runs, fp16, ["int4", "streaming"], "test")
+    assert [(c.name, c.is_train) for c in checked] == [
+        ("fp16", False), ("int4", True), ("streaming", True)]
+    assert all(np.isfinite(c.measured_delta_ppl) and c.predicted_delta_ppl >= 0 for c in checked)
+    # int4 and missing attention never share a run here: each penalty fits its run exactly
+    row = {c.name: c for c in checked}
+    for name in ("int4", "streaming"):
+        assert row[name].predicted_delta_ppl == pytest.approx(
+            max(row[name].measured_delta_ppl, 0.0), abs=1e-6)
+    assert cfg.base_ppl == fp16.ppl
+    with pytest.raises(ValueError, match="no run named 'int2'"):
+        fit_runs(runs, fp16, ["int2"], "test")
