@@ -26,7 +26,7 @@ SCENARIOS = ("validation-short", "validation-long", "validation-batched", "valid
 
 
 def run_validate(scenario: str, profile: str | None, backend: str = "torch") -> dict:
-    from sim.cli.main import main
+    from sim.cli import main
 
     argv = ["validate", scenario, "--backend", backend, "--json"]
     if profile:

@@ -4,16 +4,12 @@ test_layering.py, with the layers of sim and adapters."""
 
 from __future__ import annotations
 
-import ast
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
 from sim.config.hardware import PROFILE_DIR, bundled_profiles, load_profile
 from sim.errors import UserError
+
 
 # -- hardware profiles ---------------------------------------------------------------------------
 def test_the_three_bundled_profiles_are_found():

@@ -137,6 +137,9 @@ def load_shared(spec: str, prompt_text: str, dtype: str, device: str
 def resolve_spec(spec: str, base_dir: Path | None) -> str:
     """A scenario's model spec (a preset name or a path) by the scenario path rule
     (``sim.config.paths.resolve_path``: next to the scenario file when it exists there); a spec
-    the rule leaves as given stays the very same string (a preset name, a cache key)."""
+    the rule leaves as given stays the very same string (a cache key); a preset name is that
+    preset."""
+    if spec in PRESETS:
+        return spec
     path = resolve_path(spec, base_dir)
     return spec if path == Path(spec) else os.fspath(path)

@@ -1,5 +1,5 @@
 """The ``infer-os`` command line."""
 
-from sim.cli.main import build_parser, main
+from sim.cli.app import build_parser, main
 
 __all__ = ["build_parser", "main"]

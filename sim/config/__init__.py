@@ -1,1 +1,2 @@
-"""Configuration: scenario files (pydantic, validated once), hardware profiles, model specs, the policy registry, fitted quality profiles, and how a scenario's relative paths resolve."""
+"""Configuration: scenario files (pydantic, validated once), hardware profiles, model specs, the
+policy registry, fitted quality profiles, and how a scenario's relative paths resolve."""

@@ -1,8 +1,9 @@
 """Hardware profiles: devices, the memory buses they share, and where every figure comes from.
 
-A profile is a YAML data file (``sim/config/profiles/NAME.yaml`` for the bundled ones, or any path).  Every
-numeric figure of a device or a memory bus must be cited in that object's ``sources`` map (same
-key), so a projection can always be traced back to a datasheet, a measurement or a derivation.
+A profile is a YAML data file (``sim/config/profiles/NAME.yaml`` for the bundled ones, or any
+path).  Every numeric figure of a device or a memory bus must be cited in that object's
+``sources`` map (same key), so a projection can always be traced back to a datasheet, a
+measurement or a derivation.
 """
 
 from __future__ import annotations

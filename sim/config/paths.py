@@ -1,7 +1,15 @@
 """One rule for the paths a scenario names (models, hardware and quality profiles, traces,
-acceptance traces, provider config files): ``~`` and ``$VARS`` expanded; an absolute path as is; a
-relative path next to the scenario file when it exists there, else as given (relative to the
-working directory, or a bundled name such as a model preset)."""
+acceptance traces, provider config files):
+
+- ``~`` and ``$VARS`` are expanded; an absolute path is used as is;
+- a relative path is the file next to the scenario when it exists there, else the one relative to
+  the working directory when that exists;
+- a relative path found in neither place is reported next to the scenario (where the error
+  message will point).
+
+Bundled names (a model preset, a hardware or quality profile) are not paths: callers check them
+first (a model spec that names a preset is that preset).
+"""
 
 from __future__ import annotations
 
@@ -15,4 +23,4 @@ def resolve_path(value: str | os.PathLike, base_dir: Path | None) -> Path:
     if path.is_absolute() or base_dir is None:
         return path
     near = Path(base_dir) / path
-    return near if near.exists() else path
+    return path if path.exists() and not near.exists() else near

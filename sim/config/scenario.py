@@ -133,10 +133,11 @@ class BackendConfig(Frozen):
     # ort backends: bind inputs/outputs to buffers the buffer policy sizes (IOBinding), or
     # plain session.run
     ort_binding: bool = True
-    # ort backends: how the exported model is prepared for the provider (adapters.ort_backend.prepare):
-    # "auto" = what the provider needs (ort-vitisai: bf16, as Ryzen AI documents for
-    # transformers; ort-migraphx and ort: none), "int8" = static QDQ INT8, "bf16" = BF16
-    # weights and matmul inputs; e.g. int8 on --backend ort shows its quality and speed on a CPU
+    # ort backends: how the exported model is prepared for the provider
+    # (adapters.ort_backend.prepare): "auto" = what the provider needs (ort-vitisai: bf16, as
+    # Ryzen AI documents for transformers; ort-migraphx and ort: none), "int8" = static QDQ INT8,
+    # "bf16" = BF16 weights and matmul inputs; e.g. int8 on --backend ort shows its quality and
+    # speed on a CPU
     ort_quantize: Literal["auto", "none", "int8", "bf16"] = "auto"
     # ort backends: lay out past/context at a few padded lengths so a provider that compiles per
     # input shape compiles a few times, not every step; None = on for ort-migraphx and
@@ -172,9 +173,9 @@ def _cited(value: float, source: str):
 
 
 class QualityConfig(Frozen):
-    """The quality model (sim/quality/model.py): delta-PPL per precision, with sources.  ``profile``
-    names a fitted quality file (sim/config/quality_profile.py) whose values replace the placeholders
-    below; values the scenario gives itself still win."""
+    """The quality model (sim/quality/model.py): delta-PPL per precision, with sources.
+    ``profile`` names a fitted quality file (sim/config/quality_profile.py) whose values replace
+    the placeholders below; values the scenario gives itself still win."""
 
     profile: str | None = None
     base_ppl: float = Field(default=12.34, gt=0)  # the paper's baseline PPL (appendix B.3)

@@ -11,10 +11,11 @@ import numpy as np
 
 @dataclass(slots=True)
 class Acceptance:
-    """Contract: ``emitted(batch, k)`` gives, per sequence, 1 + the accepted prefix of ``k``
-    drafts; with ``measured`` it gives ones (the executor's result replaces them).  ``replay``
-    (per request, the accepted count of each measured proposal, in order) wins while it lasts,
-    then ``trace`` (cyclic, per draft token), then draws from ``rng`` with ``alpha``."""
+    """Contract: ``accepted(batch, k)`` gives, per sequence, how many of ``k`` > 0 drafts are
+    accepted: from ``replay`` when given (per request, the accepted count of each measured
+    proposal, in order; a request past its record draws with ``alpha``), else from ``trace``
+    (cyclic, per draft token), else drawn from ``rng`` with ``alpha``.  The planner skips it for
+    a ``measured`` executor, whose result replaces its ``ones(b)``."""
 
     alpha: float
     rng: np.random.Generator

@@ -1,8 +1,9 @@
 """The engine: SimPy processes for arrivals, prefill and decode, with continuous batching.
 
-Each step: admit arrived requests (FCFS, while the batch and the KV budget allow) -> ask the
-policies -> hand the step to the executor (predicted or measured time) -> record -> retire finished
-requests.  Prefill and decode are separate processes; when their devices differ they overlap (and
+Each step, as in nano-vllm's engine: schedule (place the phases on devices, admit arrived requests
+FCFS while the batch and the KV budget allow, let the planner ask the policies for a ``StepPlan``)
+-> run (the executor takes the step's predicted or measured time) -> postprocess (record, credit
+the emitted tokens, retire finished requests).  Prefill and decode are separate processes; when their devices differ they overlap (and
 share a memory bus if the devices do), when they share a device they take turns on it.
 """
 
@@ -15,7 +16,7 @@ import simpy
 
 from policies import DeviceLoad, Placement, SchedulingObservation
 from sim.engine.buffer_pool import BufferPool
-from sim.engine.executor import Executor, StepPlan
+from sim.engine.executor import Executor, StepPlan, StepResult
 from sim.engine.kv_store import Admission, PagedKVStore
 from sim.engine.planner import Planner
 from sim.engine.state import RunState
@@ -165,32 +166,44 @@ class Engine:
 
     # -- decode ------------------------------------------------------------------------------
     def _decode_loop(self):
+        """One decode step per turn: schedule (devices, batch, plan) -> run -> postprocess."""
         while True:
             if not self.running:
                 self._wake_decode = self.env.event()
                 yield self._wake_decode
                 continue
-            placement = self._placement()
-            locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
-            batch = np.array(self.running)  # taken once the devices are ours
-            self.planner.maybe_retier(self.store, self.running)
-            plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers)
-            if plan.draft_len:
-                draft_device = self.planner.limits.draft_device or placement.decode_ffn
-                if self.devices[draft_device] not in locks:
-                    locks += yield from self._acquire((draft_device,))
-            self._expect(("decode_attention", placement.decode_attention),
-                         ("decode_ffn", placement.decode_ffn))
+            plan, emitted, locks = yield from self._schedule_decode()
             result = yield from self.executor.execute(self.env, plan)
             self._release(locks)
-            if result.emitted is not None:  # measured acceptance replaces the drawn one
-                emitted = result.emitted
-                if plan.draft_len:
-                    self.planner.record_acceptance(result.proposed, emitted - 1)
-            self._record(plan, result)
-            self._advance(batch, emitted)
+            self._postprocess_decode(plan, emitted, result)
 
-    def _record(self, plan: StepPlan, result) -> None:
+    def _schedule_decode(self):
+        """Take the devices the placement names, then plan the step over everyone running
+        (re-tiering first when due); returns the plan, the drawn tokens each sequence emits and
+        the locks held."""
+        placement = self._placement()
+        locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
+        batch = np.array(self.running)  # taken once the devices are ours
+        self.planner.maybe_retier(self.store, self.running)
+        plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers)
+        if plan.draft_len:
+            draft_device = self.planner.limits.draft_device or placement.decode_ffn
+            if self.devices[draft_device] not in locks:
+                locks += yield from self._acquire((draft_device,))
+        self._expect(("decode_attention", placement.decode_attention),
+                     ("decode_ffn", placement.decode_ffn))
+        return plan, emitted, locks
+
+    def _postprocess_decode(self, plan: StepPlan, emitted: np.ndarray,
+                            result: StepResult) -> None:
+        if result.emitted is not None:  # measured acceptance replaces the drawn one
+            emitted = result.emitted
+            if plan.draft_len:
+                self.planner.record_acceptance(result.proposed, emitted - 1)
+        self._record(plan, result)
+        self._advance(plan.request_ids, emitted)
+
+    def _record(self, plan: StepPlan, result: StepResult) -> None:
         self.planner.observe(plan, result)
         self.state.record_step(plan, result, self.env.now)
         if result.kv_bytes_by_precision is not None:

@@ -26,9 +26,9 @@ class StepPlan:
 
     ``attended_pairs`` sums, over every query token, the resident context tokens it attends to;
     ``kv_read_bytes`` is the device bytes of resident KV read (all layers, at their precisions);
-    ``kv_dequant_values`` counts the INT8/INT4 values among them.  For speculation, ``draft_len``
-    = k > 0: the draft model proposes k tokens per sequence (``draft_*`` fields describe its
-    context), then the target verifies k + 1 tokens per sequence in one pass.
+    ``kv_dequant_values`` counts the INT8/INT4/INT2 values among them.  For speculation,
+    ``draft_len`` = k > 0: the draft model proposes k tokens per sequence (``draft_*`` fields
+    describe its context), then the target verifies k + 1 tokens per sequence in one pass.
     """
 
     phase: Literal["prefill", "decode"]

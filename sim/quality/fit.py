@@ -1,5 +1,5 @@
-"""Fitting the quality model (sim/quality/model.py) to measured perplexity, and checking it on runs it
-was not fitted to.
+"""Fitting the quality model (sim/quality/model.py) to measured perplexity, and checking it on
+runs it was not fitted to.
 
 The model's form is kept: delta_ppl = sum over blocks of share_b x penalty(precision_b), averaged
 over the passes that describe the scored text.  It is linear in the penalties, so a run reduces to

@@ -22,16 +22,16 @@ from sim.report.svg_base import (  # noqa: F401
     CHAR_W,
     FONT,
     PALETTE,
+    Frame,
     Series,
     Span,
-    _finite,
-    _Frame,
-    _padded,
     color_map,
     escape,
+    finite,
     fmt_num,
     log_ticks,
     nice_ticks,
+    padded,
 )
 
 
@@ -42,20 +42,20 @@ def scatter(series: Sequence[Series], *, x_label: str, y_label: str, title: str 
     the y = x line is drawn (points above it have y > x).  ``connect``: join each series' points
     in x order.  ``log``: log10 axes (points <= 0 are left out)."""
     keep = (lambda v: v > 0) if log else (lambda v: True)
-    xs = [x for x in _finite(x for s in series for x in s.xs) if keep(x)] or [1.0]
-    ys = [y for y in _finite(y for s in series for y in s.ys) if keep(y)] or [1.0]
+    xs = [x for x in finite(x for s in series for x in s.xs) if keep(x)] or [1.0]
+    ys = [y for y in finite(y for s in series for y in s.ys) if keep(y)] or [1.0]
     if log:
         ticks = log_ticks(min(*xs, *ys), max(*xs, *ys)) if diagonal else []
         x_ticks = ticks or log_ticks(min(xs), max(xs))
         y_ticks = ticks or log_ticks(min(ys), max(ys))
     elif diagonal:
-        ticks = nice_ticks(*_padded(min(0.0, *xs, *ys), max(*xs, *ys)))
+        ticks = nice_ticks(*padded(min(0.0, *xs, *ys), max(*xs, *ys)))
         x_ticks = y_ticks = ticks
     else:
-        x_ticks = nice_ticks(*_padded(min(xs), max(xs)))
-        y_ticks = nice_ticks(*_padded(min(ys), max(ys)))
+        x_ticks = nice_ticks(*padded(min(xs), max(xs)))
+        y_ticks = nice_ticks(*padded(min(ys), max(ys)))
     colors = color_map([s.name for s in series])
-    f = _Frame(width, height, x_ticks, y_ticks, title=title, legend=colors, log=log)
+    f = Frame(width, height, x_ticks, y_ticks, title=title, legend=colors, log=log)
     f.axes(x_label, y_label)
     if diagonal:
         a, b = x_ticks[0], x_ticks[-1]
@@ -82,7 +82,7 @@ def lines(series: Sequence[Series], *, x_label: str, y_label: str, title: str = 
           stacked: bool = False, step: bool = True, width: int = 640, height: int = 300) -> str:
     """One line per series (x ascending); ``step``: the value holds until the next point;
     ``stacked``: filled areas on top of each other (all series must share ``xs``)."""
-    xs = _finite(x for s in series for x in s.xs) or [0.0]
+    xs = finite(x for s in series for x in s.xs) or [0.0]
     base = [0.0] * max((len(s.xs) for s in series), default=0)
     tops: list[list[float]] = []
     for s in series:
@@ -90,9 +90,9 @@ def lines(series: Sequence[Series], *, x_label: str, y_label: str, title: str = 
         tops.append(top)
         if stacked:
             base = top
-    ys = _finite(y for t in tops for y in t) or [0.0]
+    ys = finite(y for t in tops for y in t) or [0.0]
     colors = color_map([s.name for s in series])
-    f = _Frame(width, height, nice_ticks(min(xs), max(xs)), nice_ticks(min(0.0, *ys), max(ys)),
+    f = Frame(width, height, nice_ticks(min(xs), max(xs)), nice_ticks(min(0.0, *ys), max(ys)),
                title=title, legend=colors,
                x_domain=(min(xs), max(xs)) if max(xs) > min(xs) else None)
     f.axes(x_label, y_label)
@@ -113,7 +113,7 @@ def lines(series: Sequence[Series], *, x_label: str, y_label: str, title: str = 
     return f.svg("lines")
 
 
-def _path(f: _Frame, xs: list[float], ys: list[float], step: bool, reverse: bool = False) -> str:
+def _path(f: Frame, xs: list[float], ys: list[float], step: bool, reverse: bool = False) -> str:
     cmds: list[str] = []
     for i, (x, y) in enumerate(zip(xs, ys)):
         if i and step:  # horizontal first going forward; vertical first coming back
@@ -131,12 +131,12 @@ def bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float |
     "n/a" written).  Negative values hang below the zero line; values are written on the bars.
     ``clip`` (lo, hi): the axis stops there; a bar beyond is cut (a white break near its end)
     and keeps its true value written on it."""
-    vals = _finite(v for _, vs in series for v in vs) or [0.0]
+    vals = finite(v for _, vs in series for v in vs) or [0.0]
     if clip:
         vals = [min(max(v, clip[0]), clip[1]) for v in vals]
-    y_ticks = nice_ticks(*_padded(min(0.0, *vals), max(0.0, *vals), 0.1))
+    y_ticks = nice_ticks(*padded(min(0.0, *vals), max(0.0, *vals), 0.1))
     colors = color_map([name for name, _ in series])
-    f = _Frame(width, height, None, y_ticks, title=title, legend=colors)
+    f = Frame(width, height, None, y_ticks, title=title, legend=colors)
     f.axes("", y_label)
     group_w = (f.x1 - f.x0) / max(len(categories), 1)
     bar_w = min(group_w * 0.8 / max(len(series), 1), 60.0)
@@ -185,7 +185,7 @@ def bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float |
 def histogram(series: Sequence[tuple[str, Sequence[float]]], *, x_label: str, title: str = "",
               bins: int = 20, width: int = 640, height: int = 280) -> str:
     """Counts of each series' values on shared bins, overlaid half-transparent."""
-    vals = _finite(v for _, vs in series for v in vs) or [0.0]
+    vals = finite(v for _, vs in series for v in vs) or [0.0]
     lo, hi = min(vals), max(vals)
     if hi == lo:
         lo, hi = lo - (abs(lo) * 0.05 or 0.5), hi + (abs(hi) * 0.05 or 0.5)
@@ -193,11 +193,11 @@ def histogram(series: Sequence[tuple[str, Sequence[float]]], *, x_label: str, ti
     counts = []
     for _, vs in series:
         c = [0] * bins
-        for v in _finite(vs):
+        for v in finite(vs):
             c[min(int((v - lo) / (hi - lo) * bins), bins - 1)] += 1
         counts.append(c)
     colors = color_map([name for name, _ in series])
-    f = _Frame(width, height, nice_ticks(lo, hi),
+    f = Frame(width, height, nice_ticks(lo, hi),
                nice_ticks(0, max([4, *(max(c) for c in counts)])), title=title,  # whole counts
                legend=colors)
     f.axes(x_label, "requests")
@@ -226,9 +226,9 @@ def gantt(spans: Sequence[Span], *, x_label: str, title: str = "",
     used = {k: c for k, c in colors.items() if any(s.key == k for s in spans)}
     end = x_max if x_max is not None else max((s.start + s.duration for s in spans), default=1.0)
     left = max(64, 12 + CHAR_W * max(len(n) for n in lanes))
-    legend_h = 16 * len(_Frame._legend_rows(used, width - left - 16))
+    legend_h = 16 * len(Frame.legend_rows(used, width - left - 16))
     height = int(12 + (18 if title else 0) + legend_h + 6 + lane_h * len(lanes) + 44)
-    f = _Frame(width, height, nice_ticks(0.0, end or 1.0), [0.0, float(len(lanes))],
+    f = Frame(width, height, nice_ticks(0.0, end or 1.0), [0.0, float(len(lanes))],
                title=title, legend=used, left=left, x_domain=(0.0, end or 1.0))
     f.y_ticks = [0.0, float(len(lanes))]
     for i, name in enumerate(lanes):

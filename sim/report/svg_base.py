@@ -1,6 +1,6 @@
-"""The building blocks of ``sim.report.svg``'s charts: data types (``Series``, ``Span``), text escaping,
-number formatting, nice ticks, colours and the plot frame (axes, ticks, legend) every chart draws
-in."""
+"""The building blocks of ``sim.report.svg``'s charts: data types (``Series``, ``Span``), text
+escaping, number formatting, nice ticks, colours and the plot frame (axes, ticks, legend) every
+chart draws in."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return ticks[first:last + 1]
 
 
-class _Frame:
+class Frame:
     """A plot area with linear (or log10) x and y scales, axes, a title and a legend; collects
     elements."""
 
@@ -106,7 +106,7 @@ class _Frame:
         if x_domain and x_ticks:
             x_ticks = [t for t in x_ticks if x_domain[0] - 1e-9 <= t <= x_domain[1] + 1e-9]
         self.parts: list[str] = []
-        rows = self._legend_rows(legend, width - left - 16)
+        rows = self.legend_rows(legend, width - left - 16)
         top = 12 + (18 if title else 0) + 16 * len(rows)
         self.x0, self.x1, self.y0, self.y1 = left, width - 28, height - bottom, top + 6
         self.x_ticks, self.y_ticks = x_ticks, y_ticks
@@ -123,7 +123,7 @@ class _Frame:
             y += 16
 
     @staticmethod
-    def _legend_rows(legend: dict[str, str], width: float) -> list[list[str]]:
+    def legend_rows(legend: dict[str, str], width: float) -> list[list[str]]:
         rows: list[list[str]] = []
         used = width + 1
         for name in legend:
@@ -172,12 +172,13 @@ class _Frame:
                 + "".join(self.parts) + "</svg>")
 
 
-def _padded(lo: float, hi: float, frac: float = 0.06) -> tuple[float, float]:
+def padded(lo: float, hi: float, frac: float = 0.06) -> tuple[float, float]:
     """The range widened by ``frac`` on each side that has data (0 stays 0): no mark sits on
     the frame."""
     pad = (hi - lo) * frac
     return (lo - pad if lo != 0 else lo), (hi + pad if hi != 0 else hi)
 
 
-def _finite(values) -> list[float]:
+def finite(values) -> list[float]:
+    """The values that are numbers (not None, NaN or infinite), as floats."""
     return [float(v) for v in values if v is not None and math.isfinite(v)]

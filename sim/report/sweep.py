@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sim.errors import UserError
 from sim.report import svg
+from sim.report.html import figure, note
 from sim.sweep.pareto import best, pareto_front
 from sim.sweep.results import MANIFEST_FILE, read_manifest, read_table
 
@@ -99,26 +100,27 @@ def _section(cost_model: str, rows: list[dict], axes: list[str]) -> str:
                ("decode_tok_s", 1.0, "decode tok/s per sequence"), "min", "max",
                "TTFT vs decode speed"),
     ]
-    note = ("<p class=\"note\">In each chart, the Pareto front of the two plotted objectives "
-            "(KV peak memory and TTFT: lower is better; throughput, quality and decode speed: "
-            "higher is better): the points no other point matches or beats on both and beats on "
-            "one. \u201cOn the 3-way front only\u201d: not on this chart's front but on the front "
-            "of throughput, KV memory and quality together (a better trade on the third). "
-            "Quality is the simulator's estimate (sim/quality/model.py), not a measurement.</p>")
+    notes = note("In each chart, the Pareto front of the two plotted objectives "
+                 "(KV peak memory and TTFT: lower is better; throughput, quality and decode "
+                 "speed: higher is better): the points no other point matches or beats on both "
+                 "and beats on one. \u201cOn the 3-way front only\u201d: not on this chart's "
+                 "front but on the front of throughput, KV memory and quality together (a better "
+                 "trade on the third). Quality is the simulator's estimate "
+                 "(sim/quality/model.py), not a measurement.")
     if cost_model == "coefficient":
-        note += ("<p class=\"note\">coefficient = the paper's projection method (baseline rate "
-                 "x stated coefficients), not physics.</p>")
+        notes += note("coefficient = the paper's projection method (baseline rate x stated "
+                      "coefficients), not physics.")
     picks = [(title, best(rows, col, sense, "throughput_tok_s")) for title, col, sense in
              OBJECTIVES]
     best_rows = [(t, rows[i]) for t, i in picks if i is not None]
     front_rows = sorted((rows[i] for i in front3), key=lambda r: -r["throughput_tok_s"])
     more = len(front_rows) - MAX_TABLE_ROWS
     return (f"<h2>cost model: {svg.escape(cost_model)} ({len(rows)} points)</h2>"
-            f"<div class=\"grid\">{''.join(charts)}</div>{note}"
+            f"<div class=\"grid\">{''.join(charts)}</div>{notes}"
             "<h3>Best point per objective</h3>" + _table(best_rows, axes, "objective")
             + f"<h3>The throughput / KV memory / quality front ({len(front_rows)} points)</h3>"
             + _table([("", r) for r in front_rows[:MAX_TABLE_ROWS]], axes, None)
-            + (f"<p class=\"note\">... and {more} more (results.csv)</p>" if more > 0 else ""))
+            + (note(f"... and {more} more (results.csv)") if more > 0 else ""))
 
 
 def _chart(rows: list[dict], axes: list[str], x: tuple[str, float, str],
@@ -141,8 +143,8 @@ def _chart(rows: list[dict], axes: list[str], x: tuple[str, float, str],
     if front3 is not None:
         groups.append(series("on the 3-way front only", [i for i in usable if i in three_way]))
     groups.append(series("dominated", [i for i in usable if i not in front | three_way]))
-    return "<figure>" + svg.scatter(groups, x_label=x_label, y_label=y_label, title=title,
-                                    width=520, height=380) + "</figure>"
+    return figure(svg.scatter(groups, x_label=x_label, y_label=y_label, title=title,
+                              width=520, height=380))
 
 
 def _tip(row: dict, axes: list[str]) -> str:
@@ -177,5 +179,6 @@ def _failures(rows: list[dict], axes: list[str]) -> str:
         cells = [*(r.get(a) for a in axes), r["cost_model"], r["error"]]
         lines.append("<tr>" + "".join(f'<td class="l">{svg.escape(c)}</td>' for c in cells)
                      + "</tr>")
-    return (f"<h2>Failed points ({len(rows)})</h2><p class=\"note\">Each raised an exception; "
-            "the sweep went on without them.</p><table>" + "".join(lines) + "</table>")
+    return (f"<h2>Failed points ({len(rows)})</h2>"
+            + note("Each raised an exception; the sweep went on without them.")
+            + "<table>" + "".join(lines) + "</table>")

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.report import page as report
+from sim.report import svg
+from sim.report.html import (
+    KV_NOTE,
+    TIMELINE_NOTE,
+    figure,
+    kv_chart,
+    note,
+    page,
+    read_csv,
+    run_files,
+    table,
+    timeline_chart,
+    trace_spans,
+)
+from sim.run.metrics import metric_value
+from sim.run.units import bytes_unit
 
 # (dotted metric, title, unit, factor from the JSON's unit) for the scatter plots
-from sim.report import svg
-
 SHOWN = (("throughput_tok_s", "throughput", "tok/s", 1.0),
          ("ttft_s.p50", "TTFT p50", "ms", 1e3),
          ("tpot_s.p50", "TPOT p50", "ms", 1e3),
@@ -26,35 +39,29 @@ PER_REQUEST_NOTE = ("Each request is replayed identically in both runs (same pro
                     "end-to-end time, over the requests completed in both runs.")
 
 
-def dotted(metrics: dict, name: str) -> float | None:
-    node = metrics
-    for part in name.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node if isinstance(node, (int, float)) else None
-
-
 def validation_page(out_dir: Path, doc: dict) -> str:
+    """The whole page for ``out_dir`` holding ``doc`` (its ``validation.json``)."""
     runs = doc["runs"]
     backend = doc.get("backend", "?")
-    body = ["<h2>Predicted against measured</h2>", report.note(SIGN_NOTE), error_table(runs),
-            "<h3>Per metric</h3>", report.note(SCATTER_NOTE),
+    body = ["<h2>Predicted against measured</h2>", note(SIGN_NOTE), error_table(runs),
+            "<h3>Per metric</h3>", note(SCATTER_NOTE),
             '<div class="grid">' + "".join(metric_scatter(runs, m) for m in SHOWN) + "</div>",
             "<h3>Signed relative error</h3>", error_bars(runs),
-            "<h2>Per-request errors</h2>", report.note(PER_REQUEST_NOTE),
+            "<h2>Per-request errors</h2>", note(PER_REQUEST_NOTE),
             percentile_table(runs)]
     body += [per_request(out_dir, r) for r in runs]
     body += ["<h2>Device timelines</h2>",
-             report.note(report.TIMELINE_NOTE + "  Predicted and measured runs of a variant "
-                         "share one time axis.")]
+             note(TIMELINE_NOTE + "  Predicted and measured runs of a variant share one time "
+                  "axis.")]
     body += [timelines(out_dir, r) for r in runs]
-    body += ["<h2>KV memory over time</h2>", report.note(report.KV_NOTE)]
+    body += ["<h2>KV memory over time</h2>", note(KV_NOTE)]
     for r in runs:
         for stem, side in _sides(r):
-            path = report.run_files(out_dir, stem)[1]
-            body.append(report.kv_chart(path, f"{r['variant']} {side}") if path.exists()
-                        else report.note(f"{path.name} is missing: not drawn."))
+            path = run_files(out_dir, stem)[1]
+            body.append(kv_chart(path, f"{r['variant']} {side}") if path.exists()
+                        else note(f"{path.name} is missing: not drawn."))
     cost_models = ", ".join(sorted({r["cost_model"] for r in runs}))
-    return report.page(f"infer-os validate: {doc.get('scenario', '?')} on {backend}",
+    return page(f"infer-os validate: {doc.get('scenario', '?')} on {backend}",
                 f"backend {backend}; predictions by the {cost_models} cost model; "
                 f"{len(runs)} variant(s); from {out_dir}", body)
 
@@ -69,7 +76,7 @@ def _unit(runs: list[dict], metric: tuple[str, str, str, float]) -> tuple[float,
     """The metric's display unit: bytes in kB, MB or GB by the measured size."""
     name, _, unit, factor = metric
     if unit == "MB":  # a tiny model's KV is kilobytes
-        return report.bytes_unit(max(dotted(r["measured"], name) or 0 for r in runs))
+        return bytes_unit(max(metric_value(r["measured"], name) or 0 for r in runs))
     return factor, unit
 
 
@@ -85,11 +92,11 @@ def error_table(runs: list[dict]) -> str:
         for metric in SHOWN:
             name, title = metric[:2]
             factor, unit = _unit(runs, metric)
-            p, m = dotted(r["predicted"], name), dotted(r["measured"], name)
+            p, m = metric_value(r["predicted"], name), metric_value(r["measured"], name)
             err = r["relative_error"].get(name)
             rows.append([r["variant"], title, _scaled(p, factor, unit), _scaled(m, factor, unit),
                          "-" if err is None else f"{err:+.1%}"])
-    return report.table(["variant", "metric", "predicted", "measured", "error"], rows)
+    return table(["variant", "metric", "predicted", "measured", "error"], rows)
 
 
 def _scaled(x: float | None, factor: float, unit: str) -> str:
@@ -101,17 +108,17 @@ def metric_scatter(runs: list[dict], metric: tuple[str, str, str, float]) -> str
     factor, unit = _unit(runs, metric)
     series = []
     for r in runs:
-        p, m = dotted(r["predicted"], name), dotted(r["measured"], name)
+        p, m = metric_value(r["predicted"], name), metric_value(r["measured"], name)
         if p is not None and m is not None:
             err = r["relative_error"].get(name)
             tip = (f"{r['variant']}: predicted {p * factor:.4g} {unit}, measured "
                    f"{m * factor:.4g} {unit}" + ("" if err is None else f", error {err:+.1%}"))
             series.append(svg.Series(r["variant"], [m * factor], [p * factor], [tip]))
     log = _is_wide([v for s in series for v in (*s.xs, *s.ys)])
-    return report.figure(svg.scatter(series, x_label=f"measured ({unit})",
-                                     y_label=f"predicted ({unit})", diagonal=True, log=log,
-                                     title=title + (" (log axes)" if log else ""),
-                                     width=310, height=300))
+    return figure(svg.scatter(series, x_label=f"measured ({unit})",
+                              y_label=f"predicted ({unit})", diagonal=True, log=log,
+                              title=title + (" (log axes)" if log else ""),
+                              width=310, height=300))
 
 
 def error_bars(runs: list[dict]) -> str:
@@ -124,9 +131,9 @@ def error_bars(runs: list[dict]) -> str:
     chart = svg.bars([title for _, title, *_ in SHOWN], series, y_label="signed error (%)",
                      value_fmt="{:+.1f}%", clip=(-100.0, CLIP_PCT) if is_cut else None,
                      title="Signed relative error by metric and variant")
-    return report.figure(chart, SIGN_NOTE + (f"  The axis stops at +{CLIP_PCT:.0f}%: a bar "
-                                             "beyond is cut (a white break) and keeps its value "
-                                             "written." if is_cut else ""))
+    return figure(chart, SIGN_NOTE + (f"  The axis stops at +{CLIP_PCT:.0f}%: a bar "
+                                      "beyond is cut (a white break) and keeps its value "
+                                      "written." if is_cut else ""))
 
 
 def percentile_table(runs: list[dict]) -> str:
@@ -138,19 +145,19 @@ def percentile_table(runs: list[dict]) -> str:
                            for k in ("mean", "p50", "p90", "p99")]
                         + ["-" if stats.get("max_abs") is None
                            else f"{stats['max_abs']:.1%}"])
-    return report.table(["variant", "time", "mean", "p50", "p90", "p99", "max |error|"], rows)
+    return table(["variant", "time", "mean", "p50", "p90", "p99", "max |error|"], rows)
 
 
 def paired_requests(out_dir: Path, run: dict) -> list[tuple[str, dict, dict]] | None:
     """(request_id, predicted row, measured row) for requests completed in both runs, or None
     when either per-request CSV is missing."""
     (p_stem, _), (m_stem, _) = _sides(run)
-    p_path, m_path = report.run_files(out_dir, p_stem)[2], report.run_files(out_dir, m_stem)[2]
+    p_path, m_path = run_files(out_dir, p_stem)[2], run_files(out_dir, m_stem)[2]
     if not (p_path.exists() and m_path.exists()):
         return None
-    measured = {row["request_id"]: row for row in report.read_csv(m_path)}
+    measured = {row["request_id"]: row for row in read_csv(m_path)}
     return [(row["request_id"], row, measured[row["request_id"]])
-            for row in report.read_csv(p_path) if row["status"] == "completed"
+            for row in read_csv(p_path) if row["status"] == "completed"
             and measured.get(row["request_id"], {}).get("status") == "completed"]
 
 
@@ -159,8 +166,8 @@ def per_request(out_dir: Path, run: dict) -> str:
     pairs = paired_requests(out_dir, run)
     head = f"<h3>{svg.escape(run['variant'])}</h3>"
     if pairs is None:
-        return head + report.note("No per-request CSVs in this folder (older `validate --out`): "
-                                  "only the percentiles above.")
+        return head + note("No per-request CSVs in this folder (older `validate --out`): "
+                           "only the percentiles above.")
     errors: dict[str, list[float]] = {"TTFT": [], "E2E": []}
     xs, ys, tips = [], [], []  # measured and predicted E2E (ms) per request
     for rid, p, m in pairs:
@@ -179,16 +186,16 @@ def per_request(out_dir: Path, run: dict) -> str:
     title = f"{run['variant']}: per-request E2E" + (" (log axes)" if log else "")
     scatter = svg.scatter([points], x_label="measured E2E (ms)", y_label="predicted E2E (ms)",
                           title=title, diagonal=True, log=log, width=360)
-    return head + '<div class="grid">' + report.figure(hist) + report.figure(scatter) + "</div>"
+    return head + '<div class="grid">' + figure(hist) + figure(scatter) + "</div>"
 
 
 def timelines(out_dir: Path, run: dict) -> str:
-    paths = [(report.run_files(out_dir, stem)[0], side) for stem, side in _sides(run)]
+    paths = [(run_files(out_dir, stem)[0], side) for stem, side in _sides(run)]
     present = [(p, side) for p, side in paths if p.exists()]
     if not present:
-        return report.note(f"{run['variant']}: no traces in this folder.")
-    spans = {p: report.trace_spans(p) for p, _ in present}
+        return note(f"{run['variant']}: no traces in this folder.")
+    spans = {p: trace_spans(p) for p, _ in present}
     end_s = max((s.start + s.duration for ss in spans.values() for s in ss), default=1.0)
     colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
-    return "".join(report.timeline_chart(spans[p], f"{run['variant']} {side}", end_s, colors)
+    return "".join(timeline_chart(spans[p], f"{run['variant']} {side}", end_s, colors)
                    for p, side in present)

@@ -1,1 +1,2 @@
-"""Runs: build one scenario variant's run (``RunSetup``), run it, its metrics and output files, and prediction against measurement."""
+"""Runs: build one scenario variant's run (``RunSetup``), run it, its metrics and output files, and
+prediction against measurement."""

@@ -67,6 +67,17 @@ def run_metrics(state: RunState, output_tokens: np.ndarray, spec_proposed: int,
     }
 
 
+def metric_value(metrics: dict, dotted_name: str) -> float | None:
+    """The number at a dotted path of a metrics dict (``"ttft_s.p50"``:
+    ``metrics["ttft_s"]["p50"]``); None when a part is missing or the value is not a number."""
+    node = metrics
+    for part in dotted_name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (int, float)) else None
+
+
 def is_finite_json(value) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)

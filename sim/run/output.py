@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sim.engine.state import COMPLETED, FAILED
+from sim.run.metrics import metric_value
 from sim.run.runner import RunOutput
+from sim.run.units import format_bytes, format_number
 
 STATUS = {COMPLETED: "completed", FAILED: "failed"}
 
@@ -38,16 +40,10 @@ def dumps(doc: dict) -> str:
     return json.dumps(doc, indent=2, allow_nan=False)
 
 
-def _gb(x: float | None) -> str:
-    return "-" if x is None else f"{x / 1e9:.3f} GB" if x >= 1e8 else f"{x / 1e6:.1f} MB"
-
-
-def _ms(stats: dict) -> str:
-    return "-" if stats["p50"] is None else f"{stats['p50'] * 1e3:.1f}"
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
+def _p50_ms(stats: dict) -> str:
+    """The median in milliseconds, one decimal, no unit (the column header names it)."""
+    p50 = stats["p50"]
+    return format_number(None if p50 is None else p50 * 1e3, ".1f")
 
 
 def print_table(scenario: str, runs: list[RunOutput], console: Console,
@@ -59,10 +55,11 @@ def print_table(scenario: str, runs: list[RunOutput], console: Console,
     for r in runs:
         m = r.metrics
         saved = m["kv_memory_saved_frac"]
-        table.add_row(r.variant, r.cost_model or "-", _num(m["throughput_tok_s"], ".2f"),
-                      _num(m.get("speedup_vs_baseline"), ".2f") + "x",
-                      _num(m["decode_tok_s"], ".2f"), _ms(m["ttft_s"]), _ms(m["tpot_s"]),
-                      _gb(m["kv_peak_bytes"]), "-" if saved is None else f"{saved:.0%}",
+        table.add_row(r.variant, r.cost_model or "-", format_number(m["throughput_tok_s"], ".2f"),
+                      format_number(m.get("speedup_vs_baseline"), ".2f") + "x",
+                      format_number(m["decode_tok_s"], ".2f"), _p50_ms(m["ttft_s"]),
+                      _p50_ms(m["tpot_s"]), format_bytes(m["kv_peak_bytes"]),
+                      "-" if saved is None else f"{saved:.0%}",
                       f"{m['num_completed']}/{m['num_failed']}")
     console.print(table)
     if any(r.cost_model == "coefficient" for r in runs):
@@ -163,17 +160,10 @@ def print_validation(doc: dict, console: Console) -> None:
     for run in doc["runs"]:
         for name in ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50",
                      "kv_peak_bytes"):
-            p, m = _dotted(run["predicted"], name), _dotted(run["measured"], name)
+            p, m = metric_value(run["predicted"], name), metric_value(run["measured"], name)
             err = run["relative_error"].get(name)
-            table.add_row(f"{run['variant']} ({run['cost_model']})", name, _num(p, ".4g"),
-                          _num(m, ".4g"), "-" if err is None else f"{err:+.1%}")
+            table.add_row(f"{run['variant']} ({run['cost_model']})", name, format_number(p),
+                          format_number(m), "-" if err is None else f"{err:+.1%}")
     console.print(table)
     console.print("error = (predicted - measured) / measured; per-request percentiles and both "
                   "runs' engine state are in --json", style="dim")
-
-
-def _dotted(metrics: dict, name: str):
-    node = metrics
-    for part in name.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node

@@ -11,7 +11,7 @@ import numpy as np
 
 from policies import DeviceLoad, SchedulingObservation
 from sim.config.hardware import HardwareProfile, load_profile
-from sim.config.model_spec import ModelSpec, resolve_model
+from sim.config.model_spec import PRESETS, ModelSpec, resolve_model
 from sim.config.paths import resolve_path
 from sim.config.scenario import Scenario
 from sim.engine.workload import Requests, make_requests
@@ -46,8 +46,9 @@ class RunSetup:
 
 
 def _spec(value: str, base_dir: Path, field: str) -> ModelSpec:
+    """A preset name, or a path by the scenario path rule."""
     try:
-        return resolve_model(str(resolve_path(value, base_dir)))
+        return resolve_model(value if value in PRESETS else str(resolve_path(value, base_dir)))
     except UserError as err:
         raise err.at(field=field) from None
 

@@ -13,22 +13,13 @@ import numpy as np
 
 from sim.config.scenario import Scenario
 from sim.engine.state import COMPLETED, RunState
-from sim.run.metrics import summary
+from sim.run.metrics import metric_value, summary
 from sim.run.runner import RunOutput
 
 # the dotted metrics compared (docs/architecture.md#the-json-contract)
 COMPARED = ("throughput_tok_s", "makespan_s", "decode_tok_s", "ttft_s.p50", "ttft_s.p90",
             "tpot_s.p50", "tpot_s.p90", "e2e_s.p50", "e2e_s.p90", "kv_peak_bytes",
             "kv_fp16_equiv_peak_bytes", "spec_acceptance_rate")
-
-
-def _get(metrics: dict, dotted: str):
-    node = metrics
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node if isinstance(node, (int, float)) else None
 
 
 def relative_error(predicted: float | None, measured: float | None) -> float | None:
@@ -43,7 +34,8 @@ def compare(predicted: RunOutput, measured: RunOutput) -> dict:
     relative error of each request's TTFT and end-to-end time (requests completed in both
     runs); ``same_prefill_batches``: whether both runs admitted the same requests together."""
     pm, mm = predicted.metrics, measured.metrics
-    errors = {name: relative_error(_get(pm, name), _get(mm, name)) for name in COMPARED}
+    errors = {name: relative_error(metric_value(pm, name), metric_value(mm, name))
+              for name in COMPARED}
     ps, ms = predicted.state, measured.state
     both = (ps.status == COMPLETED) & (ms.status == COMPLETED)
     per_request = {}

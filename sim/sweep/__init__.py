@@ -1,1 +1,2 @@
-"""Sweeps: sweep files, point expansion, running points locally or on Dask, the results folder and Pareto fronts."""
+"""Sweeps: sweep files, point expansion, running points locally or on Dask, the results folder and
+Pareto fronts."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.cli.main import main
+from sim.cli import main
 from sim.costs.calibration_fit import fit_relative, fit_with_holdout, nnls
 
 

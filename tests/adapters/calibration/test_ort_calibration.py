@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from sim.cli.main import main  # noqa: E402
+from sim.cli import main  # noqa: E402
 from sim.costs.calibrated import load_calibration  # noqa: E402
 
 

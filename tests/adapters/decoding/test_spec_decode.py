@@ -353,7 +353,7 @@ def smollm2():
     model = model_from_state_dict(config, state)
     shallow = model_from_state_dict({**config, "num_hidden_layers": 4}, state)
     # "To be, or not to be, that is the question:" twice after BOS (ids as asserted in
-    # tests/test_gguf_loader.py; loading the tokenizer would cost seconds)
+    # tests/adapters/model/test_gguf_loader.py; loading the tokenizer would cost seconds)
     hamlet = [2068, 325, 28, 355, 441, 288, 325, 28, 338, 314, 260, 1962, 42]
     return model, shallow, [1, *hamlet, *hamlet]
 

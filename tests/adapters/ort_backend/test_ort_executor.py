@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from sim.cli.main import main  # noqa: E402
+from sim.cli import main  # noqa: E402
 from sim.config.scenario import resolve_runs  # noqa: E402
 from sim.run.runner import run_scenario  # noqa: E402
 

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from adapters.model.hf_loader import load_hf_dir  # noqa: E402
 from adapters.model.transformer import generate_greedy  # noqa: E402
-from sim.cli.main import main  # noqa: E402
+from sim.cli import main  # noqa: E402
 from sim.config.scenario import resolve_runs  # noqa: E402
 from sim.run.runner import run_scenario  # noqa: E402
 

@@ -24,7 +24,7 @@ TIMEOUT_S = 120
 
 
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sim.cli.main", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "sim.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
@@ -226,7 +226,7 @@ def test_a_backend_whose_package_is_missing_exits_3(monkeypatch, capsys):
     """`measure --backend torch` where torch is not installed: exit 3 naming the package."""
     import importlib.metadata as md
 
-    from sim.cli.main import main
+    from sim.cli import main
     from sim.run import backends as executor
 
     class Broken:

@@ -15,9 +15,16 @@ def test_a_relative_path_next_to_the_scenario_wins(tmp_path: Path, monkeypatch):
     assert resolve_path("trace.csv", tmp_path / "scn") == tmp_path / "scn" / "trace.csv"
 
 
-def test_a_relative_path_not_next_to_the_scenario_stays_as_given(tmp_path: Path):
-    assert resolve_path("models/x.json", tmp_path) == Path("models/x.json")
-    assert str(resolve_path("smollm2-135m", tmp_path)) == "smollm2-135m"  # a preset name
+def test_a_relative_path_in_the_working_directory_only(tmp_path: Path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("data/x.json", tmp_path / "scn") == Path("data/x.json")
+
+
+def test_a_missing_path_is_reported_next_to_the_scenario(tmp_path: Path):
+    assert resolve_path("models/x.json", tmp_path) == tmp_path / "models" / "x.json"
+    assert resolve_path("trace.csv", tmp_path) == tmp_path / "trace.csv"
 
 
 def test_absolute_paths_home_and_variables(tmp_path: Path, monkeypatch):

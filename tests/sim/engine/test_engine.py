@@ -210,7 +210,7 @@ def test_failed_request_reason_is_in_the_per_request_csv(tmp_path, toy_scenario)
     path = toy_scenario(tmp_path, rows=[(0, 32, 4), (0.5, 8, 4)],
                         engine={"kv_budget_bytes": 10000})
     out_dir = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "sim.cli.main", "simulate", str(path),
+    proc = subprocess.run([sys.executable, "-m", "sim.cli", "simulate", str(path),
                            "--json", "--out", str(out_dir)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -111,7 +111,7 @@ def test_admit_reserves_the_output_and_growth_draws_on_it():
     store.check_integrity()
 
 
-# -- the executor's view (TokenTailLayout): hand-computed --------------------------------------------
+# -- the executor's view (TokenTailLayout): hand-computed ------------------------------------------
 # 16 bytes a token at FP16 (a 64-byte block of 4).  The executor holds a request's full blocks at
 # the precision last applied to it, every other stored token at FP16.
 def test_tier_changes_count_once_applied_at_the_end_of_a_step():

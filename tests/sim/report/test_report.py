@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import sim
-from sim.cli.main import main
+from sim.cli import main
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -45,7 +45,7 @@ def small_axes() -> dict:
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sim.cli.main", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "sim.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
 
 

@@ -1,12 +1,6 @@
-"""``infer-os report DIR``: one self-contained HTML page (inline SVG, no JavaScript) from a results
-folder written by ``--out``.
-
-Dispatch on what the folder holds: ``sweep.json`` -> ``sim.report.sweep.render`` (sweep reports);
-``validation.json`` (``validate --out``) -> predicted against measured (``sim.report.validation``);
-``results.json`` (``simulate|measure --out``) -> the runs' metrics.  Both kinds also draw, per run,
-the device timeline from ``trace.{stem}.json`` and KV memory by precision from ``kv.{stem}.csv``
-(``stem`` = ``{variant}.{cost model}`` or ``{variant}.measured``, see ``sim.run.output``).
-"""
+"""HTML building blocks of the ``infer-os report`` pages: page parts (page, table, note, figure,
+fold), readers of a results folder's files (results JSON, per-request and KV CSVs, Chrome traces)
+and the per-run charts (device timeline, KV memory by precision)."""
 
 from __future__ import annotations
 
@@ -17,6 +11,7 @@ from pathlib import Path
 
 from sim.errors import UserError
 from sim.report import svg
+from sim.run.units import bytes_unit, time_unit
 
 MAX_SPANS = 1500  # Gantt bars per chart; a longer run shows its beginning (and says so)
 MAX_KV_POINTS = 1500  # KV timeline points per chart (the peak of each bucket is kept)
@@ -34,43 +29,11 @@ summary{cursor:pointer;font-weight:600;margin:.5em 0}
 """
 
 
-# -- entry point ------------------------------------------------------------------------------
-
-def render(out_dir: Path) -> str:
-    """The whole HTML page for the results folder ``out_dir``; ``UserError`` if it is not one."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise UserError(f"no such folder: {out_dir}", field="DIR")
-    if (out_dir / "sweep.json").exists():
-        try:
-            from sim.report import sweep as sweep_report
-        except ImportError:
-            raise UserError(f"{out_dir} is a sweep folder (sweep.json) and sweep reports need "
-                            "the module sim.report.sweep, which is not installed here",
-                            field="DIR") from None
-        return sweep_report.render(out_dir)
-    if (out_dir / "validation.json").exists():
-        from sim.report.validation import validation_page
-
-        return validation_page(out_dir, read_json(out_dir / "validation.json"))
-    if (out_dir / "results.json").exists():
-        return results_page(out_dir, read_json(out_dir / "results.json"))
-    raise UserError(f"{out_dir} holds no results.json, validation.json or sweep.json: not a "
-                    "folder written by `infer-os simulate|measure|validate|sweep --out`",
-                    field="DIR")
-
-
-def write_report(out_dir: Path) -> Path:
-    """Render and write ``out_dir/report.html``; returns its path."""
-    html = render(Path(out_dir))
-    path = Path(out_dir) / "report.html"
-    path.write_text(html, encoding="utf-8")
-    return path
-
-
-# -- reading the folder -----------------------------------------------------------------------
+# -- reading a results folder -----------------------------------------------------------------
 
 def read_json(path: Path) -> dict:
+    """A results document (``results.json``, ``validation.json``); ``UserError`` unless it is
+    an object with a list of runs."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -81,6 +44,7 @@ def read_json(path: Path) -> dict:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts."""
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
@@ -111,40 +75,16 @@ def kv_timeline(path: Path) -> tuple[list[float], dict[str, list[float]]]:
             {k: [float(r[k]) for r in kept] for k in names})
 
 
-# -- units ------------------------------------------------------------------------------------
-
-def time_unit(max_s: float) -> tuple[float, str]:
-    """(factor, unit) to show seconds readably: ms below 2 s."""
-    return (1e3, "ms") if max_s < 2 else (1.0, "s")
-
-
-def bytes_unit(max_bytes: float) -> tuple[float, str]:
-    if max_bytes >= 1e9:
-        return 1e-9, "GB"
-    return (1e-6, "MB") if max_bytes >= 1e6 else (1e-3, "kB")
-
-
-def fmt_bytes(x: float | None) -> str:
-    if x is None:
-        return "-"
-    factor, unit = bytes_unit(x)
-    return f"{x * factor:.3g} {unit}"
-
-
-def fmt_ms(x: float | None) -> str:
-    """Seconds shown in ms below 1 s, else in s."""
-    if x is None:
-        return "-"
-    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.3g} s"
-
-
-def fmt(x: float | None, spec: str = ".4g") -> str:
-    return "-" if x is None else format(x, spec)
+def run_files(out_dir: Path, stem: str) -> tuple[Path, Path, Path]:
+    """A run's trace, KV timeline and per-request CSV (``stem``: see ``sim.run.output``)."""
+    return (out_dir / f"trace.{stem}.json", out_dir / f"kv.{stem}.csv",
+            out_dir / f"requests.{stem}.csv")
 
 
 # -- page parts -------------------------------------------------------------------------------
 
 def page(title: str, subtitle: str, body: list[str]) -> str:
+    """The whole self-contained page: title, subtitle and the ``body`` HTML parts in order."""
     e = svg.escape
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
             f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
@@ -153,6 +93,7 @@ def page(title: str, subtitle: str, body: list[str]) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
+    """A table of text cells (escaped); the first column left-aligned, the rest right."""
     e = svg.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -160,10 +101,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def note(text: str) -> str:
+    """A paragraph of explanatory text (escaped)."""
     return f'<p class="note">{svg.escape(text)}</p>'
 
 
 def figure(chart: str, caption: str = "") -> str:
+    """A chart (an ``<svg>`` string) with an optional caption (escaped)."""
     cap = f"<figcaption class=\"note\">{svg.escape(caption)}</figcaption>" if caption else ""
     return f"<figure>{chart}{cap}</figure>"
 
@@ -173,6 +116,8 @@ def fold(summary: str, content: str, is_open: bool) -> str:
     attr = ' open="open"' if is_open else ""
     return f"<details{attr}><summary>{svg.escape(summary)}</summary>{content}</details>"
 
+
+# -- per-run charts ---------------------------------------------------------------------------
 
 def timeline_chart(spans: list[svg.Span], title: str, x_max_s: float | None = None,
                    colors: dict[str, str] | None = None) -> str:
@@ -216,10 +161,7 @@ def kv_chart(path: Path, title: str) -> str:
     return "".join(out)
 
 
-def run_files(out_dir: Path, stem: str) -> tuple[Path, Path, Path]:
-    return (out_dir / f"trace.{stem}.json", out_dir / f"kv.{stem}.csv",
-            out_dir / f"requests.{stem}.csv")
-
+# -- captions shared by the pages -------------------------------------------------------------
 
 TIMELINE_NOTE = ("Each lane is a device; each bar is one op the engine ran on it (prefill, "
                  "decode, draft, verify, KV moves, buffer allocations), placed on the engine "
@@ -228,62 +170,3 @@ FOLD_NOTE = "  Click a run's name to open or close its chart."
 KV_NOTE = ("KV-cache bytes held after every engine step, by precision: device tiers (fp16, "
            "int8, int4, int2) stacked, so the top edge is the device KV in use; offloaded blocks "
            "and FP16 backups of re-quantized blocks live in host memory and are drawn apart.")
-
-
-# -- simulate / measure -----------------------------------------------------------------------
-
-def results_page(out_dir: Path, doc: dict) -> str:
-    backend = doc.get("backend", "sim")
-    command = "simulate" if backend == "sim" else f"measure --backend {backend}"
-    runs = doc["runs"]
-    body = ["<h2>Runs</h2>", metrics_table(runs),
-            note("Throughput counts output tokens of completed requests over the makespan; "
-                 "TTFT = time to first token, TPOT = time per output token after the first, "
-                 "E2E = arrival to last token; KV saved = 1 - KV peak / the same tokens at FP16.")]
-    series: dict[str, list[float | None]] = {}
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
-    for r in runs:
-        name = r["cost_model"] or "measured"
-        series.setdefault(name, [None] * len(variants))[variants.index(r["variant"])] = \
-            r["metrics"]["throughput_tok_s"]
-    body.append(figure(svg.bars(variants, list(series.items()), y_label="throughput (tok/s)",
-                                title="Throughput by variant"), "Higher is better."))
-    spans = {_stem(r): trace_spans(path) for r in runs
-             if (path := run_files(out_dir, _stem(r))[0]).exists()}
-    colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
-    body += ["<h2>Device timelines</h2>", note(TIMELINE_NOTE + FOLD_NOTE)]
-    for i, r in enumerate(runs):
-        chart = (timeline_chart(spans[_stem(r)], _label(r), colors=colors)
-                 if _stem(r) in spans else note(f"trace.{_stem(r)}.json is missing."))
-        body.append(fold(_label(r), chart, i < 2))
-    body += ["<h2>KV memory over time</h2>", note(KV_NOTE + FOLD_NOTE)]
-    for i, r in enumerate(runs):
-        path = run_files(out_dir, _stem(r))[1]
-        chart = kv_chart(path, _label(r)) if path.exists() else note(f"{path.name} is missing.")
-        body.append(fold(_label(r), chart, i < 2))
-    return page(f"infer-os {command}: {doc.get('scenario', '?')}",
-                f"backend {backend}; {len(runs)} run(s); from {out_dir}", body)
-
-
-def metrics_table(runs: list[dict]) -> str:
-    rows = []
-    for r in runs:
-        m = r["metrics"]
-        saved = m.get("kv_memory_saved_frac")
-        rows.append([r["variant"], r["cost_model"] or "measured", fmt(m["throughput_tok_s"], ".2f"),
-                     fmt(m.get("speedup_vs_baseline"), ".2f") + "x", fmt_ms(m["ttft_s"]["p50"]),
-                     fmt_ms(m["tpot_s"]["p50"]), fmt_ms(m["e2e_s"]["p50"]),
-                     fmt_bytes(m["kv_peak_bytes"]), "-" if saved is None else f"{saved:.0%}",
-                     f"{m['num_completed']}/{m['num_failed']}"])
-    return table(["variant", "cost model", "tok/s", "speedup", "TTFT p50", "TPOT p50",
-                  "E2E p50", "KV peak", "KV saved", "done/failed"], rows)
-
-
-def _stem(run: dict) -> str:
-    return f"{run['variant']}.{run['cost_model'] or 'measured'}".replace("/", "_")
-
-
-def _label(run: dict) -> str:
-    return f"{run['variant']} ({run['cost_model'] or 'measured'})"
-
-

@@ -152,7 +152,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write DIR/report.html (plots from a ``--out`` folder) and print its path."""
-    from sim.report.page import write_report
+    from sim.report.render import write_report
 
     print(write_report(Path(args.dir)))
     return 0
@@ -290,7 +290,3 @@ def main(argv: list[str] | None = None) -> int:
     except InfeasibleDecision as e:
         err.print(f"infer-os: infeasible policy decision: {e}", markup=False)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
