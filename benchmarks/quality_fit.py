@@ -2,11 +2,12 @@
 
     python benchmarks/quality_fit.py [--windows 2] [--threads 1] [--train int8,int4,int2,h2o]
         [--out sim/config/profiles/quality/smollm2-135m.yaml]
-    python benchmarks/quality_fit.py --from sim/config/profiles/quality/smollm2-135m.yaml --train ...
+    python benchmarks/quality_fit.py \
+        --from sim/config/profiles/quality/smollm2-135m.yaml --train ...
 
 Runs every tiering job below through the real paged KV store on SmolLM2-135M over Shakespeare
-(``adapters.decoding.perplexity.quality_run``: the perplexity benchmark's setup, 2k-token windows scored
-from token 512), recording beside each measured delta-PPL the attention mix its KV cache was
+(``adapters.decoding.perplexity.quality_run``: the perplexity benchmark's setup, 2k-token windows
+scored from token 512), recording beside each measured delta-PPL the attention mix its KV cache was
 scored under.  Fits the quality model's penalties (``sim.quality.fit``) on the ``--train`` jobs,
 then prints, for every job, measured and predicted delta-PPL and the signed relative error
 (predicted - measured) / measured; the held-out rows are the validation.  ``--out`` writes a
@@ -111,8 +112,8 @@ def profile(origin: dict, runs, checked, cfg) -> dict:
     return {
         "model": "smollm2-135m",
         **origin,
-        "form": "delta_ppl = sum_b share_b x penalty(precision_b) (sim/quality/model.py); penalties "
-                "fitted by non-negative least squares on the train jobs",
+        "form": "delta_ppl = sum_b share_b x penalty(precision_b) (sim/quality/model.py); "
+                "penalties fitted by non-negative least squares on the train jobs",
         "base_ppl": round(cfg.base_ppl, 4),
         "penalties": {name: round(getattr(cfg, f"{name}_delta_ppl").value, 6) for name in FITTED},
         "train": [c.name for c in checked if c.is_train],

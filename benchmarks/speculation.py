@@ -20,9 +20,9 @@ but ``model-*``, where it includes the draft model's own prefill, shown separate
 second table lists them all);
 "best / best" the fastest run over the fastest ``off`` run (less sensitive to other processes on a
 shared machine); the end-to-end speedup is the median ratio of whole-call wall times, prefill
-included.  Policies observe step costs exactly as ``sim.engine.planner`` does (``SpecTracker``: the plain
-pass's cost and the verify pass's growth per guess, ``verify_token_s``, separately); with a
-``-marginal`` suffix that growth is folded into the draft cost instead
+included.  Policies observe step costs exactly as ``sim.engine.planner`` does (``SpecTracker``:
+the plain pass's cost and the verify pass's growth per guess, ``verify_token_s``, separately);
+with a ``-marginal`` suffix that growth is folded into the draft cost instead
 (``SpecTracker(costs="marginal")``, for policies that ignore ``verify_token_s``).
 Every configuration's output is checked against ``off`` (greedy: they must be equal).
 """
@@ -84,8 +84,9 @@ Costs = Literal["planner", "marginal"]
 
 def make_policies(names: list[str], k: int) -> dict[str, tuple[SpeculationPolicy, Costs]]:
     """Policies by label, each with the cost attribution of its observations
-    (``adapters.decoding.speculative.SpecTracker``): a ``-marginal`` suffix folds the extra verify time of
-    a drafting step into the draft cost; the plain names observe costs as ``sim.engine.planner`` does."""
+    (``adapters.decoding.speculative.SpecTracker``): a ``-marginal`` suffix folds the extra verify
+    time of a drafting step into the draft cost; the plain names observe costs as
+    ``sim.engine.planner`` does."""
     table: dict[str, SpeculationPolicy] = {
         "fixed": FixedSpeculation(k=k), "dynamic": DynamicSpeculation(),
         "goodput": GoodputSpeculation()}

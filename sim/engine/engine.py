@@ -3,8 +3,9 @@
 Each step, as in nano-vllm's engine: schedule (place the phases on devices, admit arrived requests
 FCFS while the batch and the KV budget allow, let the planner ask the policies for a ``StepPlan``)
 -> run (the executor takes the step's predicted or measured time) -> postprocess (record, credit
-the emitted tokens, retire finished requests).  Prefill and decode are separate processes; when their devices differ they overlap (and
-share a memory bus if the devices do), when they share a device they take turns on it.
+the emitted tokens, retire finished requests).  Prefill and decode are separate processes; when
+their devices differ they overlap (and share a memory bus if the devices do), when they share a
+device they take turns on it.
 """
 
 from __future__ import annotations
