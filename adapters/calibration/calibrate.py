@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
 
+from sim.config.paths import cache_folder
 from sim.costs.calibrated import CalibrationProfile, dump_calibration, load_calibration
 from sim.errors import UserError
 
@@ -24,8 +24,7 @@ BACKENDS = ("torch", "ort")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("INFER_OS_CACHE") or Path.home() / ".cache" / "infer-os"
-    return Path(root) / "calibration"
+    return cache_folder("calibration")
 
 
 def calibrate(model: str, *, backend: str = "torch", device: str = "auto",

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -53,6 +52,7 @@ from torch import nn
 from adapters.kv.cache import KVCache
 from adapters.kv.paged_step import attention_probs
 from adapters.model.transformer import StepContext, Transformer, rope_cos_sin
+from sim.config.paths import cache_folder
 
 FORMAT_VERSION = 2  # bump when the graph's inputs or outputs change
 INPUTS = ("input_ids", "positions", "attention_mask", "past_k", "past_v", "logit_rows")
@@ -148,8 +148,7 @@ class KVGraph(nn.Module):
 
 
 def cache_root() -> Path:
-    root = os.environ.get("INFER_OS_CACHE") or Path.home() / ".cache" / "infer-os"
-    return Path(root) / "onnx"
+    return cache_folder("onnx")
 
 
 def export_key(model: Transformer, kv_dtype: torch.dtype, observe: bool = False) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from adapters.ort_backend.export import cached_folder
+from sim.config.paths import cache_folder
 
 PREPARE_VERSION = 1  # bump when a prepared graph changes
 MODES = ("none", "int8", "bf16")
@@ -47,8 +47,7 @@ Feeds = dict[str, np.ndarray]
 
 
 def prepared_root() -> Path:
-    root = os.environ.get("INFER_OS_CACHE") or Path.home() / ".cache" / "infer-os"
-    return Path(root) / "onnx-prepared"
+    return cache_folder("onnx-prepared")
 
 
 def prepare_model(export_path: Path, mode: str, *, calibration: list[Feeds] | None,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from sim.config.paths import resolve_path
+from sim.config.paths import cache_folder, resolve_path
 from sim.config.scenario import BackendConfig, Scenario
 from sim.errors import BackendUnavailable, UserError
 
@@ -110,9 +110,9 @@ def cache_dir(scn: Scenario, name: str) -> Path:
     """Where provider ``name`` ("vitisai", "migraphx") keeps compiled models:
     ``backend.ort_cache_dir`` or ``$INFER_OS_CACHE`` (default ``~/.cache/infer-os``), then
     ``name``."""
-    root = (scn.backend.ort_cache_dir or os.environ.get("INFER_OS_CACHE")
-            or Path.home() / ".cache" / "infer-os")
-    return Path(root).expanduser() / name
+    if scn.backend.ort_cache_dir:
+        return Path(scn.backend.ort_cache_dir).expanduser() / name
+    return cache_folder(name)
 
 
 def vitisai_config_file(be: BackendConfig, base_dir: Path | None = None) -> Path:

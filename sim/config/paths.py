@@ -24,3 +24,11 @@ def resolve_path(value: str | os.PathLike, base_dir: Path | None) -> Path:
         return path
     near = Path(base_dir) / path
     return path if path.exists() and not near.exists() else near
+
+
+def cache_folder(name: str) -> Path:
+    """Where infer-os keeps what it computes once per machine (calibrations, ONNX exports,
+    prepared and compiled models): ``$INFER_OS_CACHE`` (default ``~/.cache/infer-os``), then
+    ``name``.  Output locations, so not resolved against a scenario."""
+    root = os.environ.get("INFER_OS_CACHE") or Path.home() / ".cache" / "infer-os"
+    return Path(root).expanduser() / name
