@@ -1,5 +1,5 @@
 """Shared builders and Hypothesis strategies of the scheduling-policy tests
-(``test_policies_scheduling``, ``test_policies_scheduling_lft``): device loads and observations
+(``test_scheduling``, ``test_scheduling_lft``): device loads and observations
 built by hand, random observations, and every scheduling policy configured for one."""
 
 from __future__ import annotations

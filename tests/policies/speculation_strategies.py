@@ -1,5 +1,5 @@
 """Shared builders and Hypothesis strategies of the speculation-policy tests
-(``test_policies_speculation``, ``test_policies_speculation_dynamic``): observations built by
+(``test_speculation``, ``test_speculation_dynamic``): observations built by
 hand and random ones."""
 
 from __future__ import annotations

