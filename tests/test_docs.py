@@ -55,8 +55,12 @@ def test_every_relative_link_resolves(repo_root: Path):
     assert not broken, "\n".join(broken)
 
 
-@pytest.mark.parametrize("pattern",
-                         ["shared/design", "ARCHITECTURE.md", "REFERENCE.md", "../shared"])
+# the first wave's design notes lived outside the repository (written split, so that this file
+# does not cite them either)
+CITATIONS = ["shared" + "/design", "ARCHITECTURE" + ".md", "REFERENCE" + ".md", "../" + "shared"]
+
+
+@pytest.mark.parametrize("pattern", CITATIONS)
 def test_no_document_or_module_cites_material_users_do_not_have(repo_root: Path, pattern: str):
     files = [p for glob in ("**/*.py", "**/*.md", "**/*.yaml") for p in repo_root.glob(glob)
              if not {".venv", ".git", "tests", "build"} & set(p.relative_to(repo_root).parts)]
