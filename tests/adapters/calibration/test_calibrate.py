@@ -54,32 +54,27 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, write_llama):
     root = tmp_path_factory.mktemp("calib")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=128, vocab_size=256,
-                                   max_position_embeddings=512, bos_token_id=0)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(root / "model")
+    write_llama(root / "model", 0)
     return root
 
 
-def _scenario(root, tiering: dict) -> str:
-    doc = {"name": "tiny-validate", "seed": 5, "model": {"spec": str(root / "model")},
-           "hardware": "cpu-2core-avx512",
-           "workload": {"arrival": {"kind": "closed", "concurrency": 2}, "num_requests": 4,
-                        "prompt_tokens": {"kind": "uniform", "low": 20, "high": 90},
-                        "output_tokens": {"kind": "uniform", "low": 10, "high": 40},
-                        "prompt_text": "random"},
-           "engine": {"max_batch": 2, "block_tokens": 16, "kv_quant_group": 16},
-           "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float16",
-                       "threads": 1},
-           "policies": {"tiering": tiering, "buffers": {"kind": "adaptive"},
-                        "speculation": {"kind": "off"},
-                        "scheduling": {"kind": "single", "device": "cpu"}}}
-    path = root / f"scn-{tiering.get('precision', tiering['kind'])}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
+@pytest.fixture(scope="module")
+def scenario(tiny, write_scenario):
+    """``scenario(tiering) -> path``: 4 random-text requests of 2 closed-loop users on the tiny
+    model, FP16 KV, one thread, under ``tiering``."""
+    def make(tiering: dict) -> str:
+        folder = tiny / f"scn-{tiering.get('precision', tiering['kind'])}"
+        folder.mkdir(exist_ok=True)
+        return str(write_scenario(
+            folder, tiny / "model", "tiny-validate", seed=5,
+            workload__arrival={"kind": "closed", "concurrency": 2}, workload__num_requests=4,
+            workload__prompt_tokens={"kind": "uniform", "low": 20, "high": 90},
+            workload__output_tokens={"kind": "uniform", "low": 10, "high": 40},
+            engine__max_batch=2, backend__kv_dtype="float16", backend__threads=1,
+            policies__tiering=tiering))
+    return make
 
 
 def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
@@ -99,11 +94,11 @@ def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
 
 
 def test_validate_calibrates_once_then_predicts_kv_memory_within_2_percent(
-        tiny, tmp_path, monkeypatch, capsys):
+        scenario, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("INFER_OS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("adapters.calibration.calibrate.DEFAULT_BUDGET_S", 6.0)
     for tiering in ({"kind": "fp16"}, {"kind": "uniform", "precision": "int4"}):
-        path = _scenario(tiny, tiering)
+        path = scenario(tiering)
         assert main(["validate", path, "--backend", "torch", "--json"]) == 0
         captured = capsys.readouterr()
         [run] = json.loads(captured.out)["runs"]
@@ -117,10 +112,10 @@ def test_validate_calibrates_once_then_predicts_kv_memory_within_2_percent(
     assert len(profiles) == 1  # the second scenario reused the first one's calibration
 
 
-def test_a_bad_profile_is_one_clear_error(tiny, tmp_path, capsys):
+def test_a_bad_profile_is_one_clear_error(scenario, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: infer-os-calibration\nbackend: torch\n")
-    path = _scenario(tiny, {"kind": "fp16"})
+    path = scenario({"kind": "fp16"})
     assert main(["validate", path, "--backend", "torch", "--profile", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "Traceback" not in err
@@ -140,10 +135,10 @@ def tiny_profile(tiny):
     return profile
 
 
-def test_validate_takes_the_measured_acceptance_and_only_that(tiny, tiny_profile, tmp_path,
+def test_validate_takes_the_measured_acceptance_and_only_that(scenario, tiny_profile, tmp_path,
                                                               capsys):
     profile = tiny_profile
-    doc = yaml.safe_load(open(_scenario(tiny, {"kind": "fp16"})))
+    doc = yaml.safe_load(open(scenario({"kind": "fp16"})))
     doc["variants"] = {"off": {},
                        "spec": {"policies.speculation": {"kind": "fixed", "k": 2},
                                 "speculation.draft_source": "layer-skip",
@@ -165,23 +160,23 @@ def test_validate_takes_the_measured_acceptance_and_only_that(tiny, tiny_profile
     assert abs(spec["relative_error"]["kv_peak_bytes"]) <= 0.02
 
 
-def test_without_the_speed_check_nothing_is_taken_from_the_measurement(tiny, tiny_profile,
+def test_without_the_speed_check_nothing_is_taken_from_the_measurement(scenario, tiny_profile,
                                                                        capsys):
     profile = tiny_profile
-    path = _scenario(tiny, {"kind": "fp16"})
+    path = scenario({"kind": "fp16"})
     assert main(["validate", path, "--backend", "torch", "--profile", str(profile),
                  "--no-speed-check", "--json"]) == 0
     [run] = json.loads(capsys.readouterr().out)["runs"]
     assert run["conditioned_on"] == {}
 
 
-def test_validate_predicts_kivi_memory_when_a_prefill_delays_a_demotion(tiny, tiny_profile,
+def test_validate_predicts_kivi_memory_when_a_prefill_delays_a_demotion(scenario, tiny_profile,
                                                                          tmp_path, capsys):
     # A (80 prompt tokens) is prefilled alone; B arrives meanwhile and is prefilled next, before
     # A's first decode step.  KIVI demotes A's old blocks when A joins, but the executor applies
     # tiers to the requests of a step only: after B's prefill it still holds A's 80 tokens at
     # FP16 (the peak).  A simulator that counted the demotion at once was 20 % low here.
-    doc = yaml.safe_load(open(_scenario(tiny, {"kind": "kivi", "residual_tokens": 16})))
+    doc = yaml.safe_load(open(scenario({"kind": "kivi", "residual_tokens": 16})))
     (tmp_path / "trace.csv").write_text("arrival_s,prompt_tokens,output_tokens\n"
                                         "0,80,10\n0.0001,20,10\n")
     doc["workload"]["arrival"] = {"kind": "trace", "path": "trace.csv"}

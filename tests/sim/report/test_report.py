@@ -14,7 +14,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import yaml
 
 import sim
 from sim.cli import main
@@ -141,36 +140,21 @@ def test_kv_timeline_is_recorded_after_every_step_and_plotted_by_precision(sim_d
 
 # -- validate --out ---------------------------------------------------------------------------
 
-LLAMA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=256, initializer_range=0.2, bos_token_id=0,
-             eos_token_id=None, pad_token_id=None, max_position_embeddings=512)
-
-
 @pytest.fixture(scope="module")
-def val_dir(tmp_path_factory) -> Path:
+def val_dir(tmp_path_factory, write_llama, write_scenario) -> Path:
     """``validate --out`` of a tiny random Llama on the torch backend: two variants, 4 requests."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("val")
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).eval()
-    model.save_pretrained(root / "model", safe_serialization=True)
-    doc = {
-        "name": "tiny-validate", "seed": 1, "model": {"spec": str(root / "model")},
-        "hardware": "cpu-2core-avx512",
-        "workload": {"arrival": {"kind": "closed", "concurrency": 2}, "num_requests": 4,
-                     "prompt_tokens": {"kind": "uniform", "low": 20, "high": 40},
-                     "output_tokens": {"kind": "uniform", "low": 6, "high": 12},
-                     "prompt_text": "random"},
-        "engine": {"max_batch": 2, "block_tokens": 16, "kv_quant_group": 16},
-        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float32"},
-        "policies": {"tiering": {"kind": "fp16"}, "buffers": {"kind": "exact"},
-                     "speculation": {"kind": "off"},
-                     "scheduling": {"kind": "single", "device": "cpu"}},
-        "variants": {"fp16": {}, "int8": {"policies.tiering": {"kind": "uniform",
-                                                               "precision": "int8"}}},
-    }
-    (root / "scn.yaml").write_text(yaml.safe_dump(doc))
+    model = write_llama(root / "model", 0, layers=2)
+    write_scenario(root, model, "tiny-validate", seed=1,
+                   workload__arrival={"kind": "closed", "concurrency": 2},
+                   workload__num_requests=4,
+                   workload__prompt_tokens={"kind": "uniform", "low": 20, "high": 40},
+                   workload__output_tokens={"kind": "uniform", "low": 6, "high": 12},
+                   engine__max_batch=2, policies__buffers={"kind": "exact"},
+                   variants={"fp16": {}, "int8": {"policies.tiering": {"kind": "uniform",
+                                                                       "precision": "int8"}}})
     out = root / "out"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["validate", str(root / "scn.yaml"), "--backend", "torch", "--cost-model",
