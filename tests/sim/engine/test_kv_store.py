@@ -180,7 +180,7 @@ def ceil_blocks(tokens: int) -> int:
 
 
 class KVStoreMachine(RuleBasedStateMachine):
-    """Random admit / append / append_many / set_precision / apply_tiers / free against a dict
+    """Random admit / append / append_many / set_precision / ``layout.apply`` / free against a dict
     of ``Req``."""
 
     @initialize()
@@ -301,7 +301,7 @@ class KVStoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
-    def apply_tiers(self, data):
+    def apply_layout(self, data):
         rids = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, unique=True))
         # the executor's tokens never shrink and may run a few past the store's (drafts
         # accepted past a request's output length)
