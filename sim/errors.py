@@ -25,5 +25,14 @@ class BackendUnavailable(Exception):
     exit_code = 3
 
 
-class InfeasibleDecision(RuntimeError):
-    """A policy returned a decision the engine cannot carry out (a bug in the policy)."""
+class PolicyFailure(RuntimeError):
+    """A policy broke a run (a bug in the policy, exit status 1): the run ends there and every
+    request not yet finished fails with this message as its reason."""
+
+
+class InfeasibleDecision(PolicyFailure):
+    """A policy returned a decision the engine cannot carry out."""
+
+
+class PolicyRaised(PolicyFailure):
+    """A policy's ``decide`` raised an exception."""

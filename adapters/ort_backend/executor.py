@@ -57,6 +57,7 @@ from adapters.kv.paged import BITS
 from adapters.ort_backend.array_pool import ArrayPool
 from adapters.torch_backend.executor import TorchExecutor
 from sim.config.hardware import HardwareProfile
+from sim.config.policy_registry import observes_blocks
 from sim.config.scenario import Scenario
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import DeviceInfo, StepPlan, StepResult, profile_device
@@ -315,7 +316,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     model, tokenizer = load_shared(spec, scn.workload.prompt_text, "float32", "cpu")
     prompts = make_prompts(scn, requests, tokenizer, model.cfg.vocab)
     kv_dtype = KV_DTYPES[be.kv_dtype]
-    observe = scn.policies.tiering.observes_blocks
+    observe = observes_blocks(scn.policies.tiering)
     export = export_onnx(model, kv_dtype, observe=observe)
     mode = op.quantize_mode(provider, scn)
     path = prepare_model(export.path, mode, calibration=_calibration_feeds(

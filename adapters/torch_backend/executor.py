@@ -43,6 +43,7 @@ from adapters.model.transformer import Transformer, prefill
 from adapters.torch_backend.tensor_pool import TensorPool
 from policies import Precision
 from sim.config.hardware import HardwareProfile
+from sim.config.policy_registry import observes_blocks
 from sim.config.scenario import Scenario
 from sim.config.seeds import random_stream
 from sim.engine.buffer_pool import BufferPool
@@ -325,7 +326,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     return TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,
                          group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
                          device_label=describe_device(device),
-                         measure_attention=scn.policies.tiering.observes_blocks)
+                         measure_attention=observes_blocks(scn.policies.tiering))
 
 
 def make_prompts(scn: Scenario, requests: Requests, tokenizer, vocab: int) -> list[list[int]]:

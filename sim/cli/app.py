@@ -16,10 +16,11 @@ import scenarios
 from sim.cli import sweep as sweep_cli
 from sim.config.hardware import bundled_profiles
 from sim.config.model_spec import PRESETS
-from sim.config.policy_registry import FAMILIES, kind_of
+from sim.config.policy_check import FAMILY_NAMES
+from sim.config.policy_registry import BUILTIN_SOURCE, catalogue
 from sim.config.scenario import read_yaml, resolve_runs
 from sim.costs.calibrated import load_calibration
-from sim.errors import BackendUnavailable, InfeasibleDecision, UserError
+from sim.errors import BackendUnavailable, PolicyFailure, UserError
 from sim.run import output
 from sim.run.backends import backend_names, load_backend
 from sim.run.runner import check_scenario, run_scenario
@@ -41,9 +42,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in scenarios.names():
         desc = read_yaml(_scenario_path(name)).get("description", "")
         out.print(f"  {name:<22} {desc}", markup=False)
-    out.print("[bold]policies[/bold]")
-    for family, classes in FAMILIES.items():
-        out.print(f"  {family:<12} {', '.join(kind_of(c) for c in classes)}")
+    _list_policies(out)
     out.print("[bold]sweeps[/bold]")
     for name in sweep_cli.sweep_names():
         desc = read_yaml(sweep_cli.locate(name)).get("description", "")
@@ -52,6 +51,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     out.print(f"[bold]hardware profiles[/bold]\n  {', '.join(bundled_profiles())}")
     out.print(f"[bold]models[/bold]\n  {', '.join(PRESETS)}")
     return 0
+
+
+def _list_policies(out: Console) -> None:
+    """Every policy by family: name, parameters (type = default) and, for a plugin, the
+    package it comes from; a plugin that cannot be used is listed with the reason."""
+    listed = catalogue()
+    out.print("[bold]policies[/bold] (kind: parameters; plugins with their package; "
+              "write your own: docs/policies.md)")
+    for family in FAMILY_NAMES:
+        out.print(f"  {family}")
+        for p in (p for p in listed if p.family == family):
+            params = ", ".join(f"{n}: {t} = {d!r}" if d is not ... else f"{n}: {t}"
+                               for n, t, d in p.parameters)
+            out.print(f"    {p.name:<18} {params or '-'}", markup=False)
+            if p.source != BUILTIN_SOURCE:
+                out.print(f"    {'':<18} from {p.source} ({p.target})", markup=False)
+    for p in (p for p in listed if p.error):
+        out.print(f"  unusable: {p.name} [{p.source}: {p.target}]: {p.error}", markup=False)
 
 
 class _Progress:
@@ -131,10 +148,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                      record_trace=trace, on_done=progress, calibration=profile,
                                      acceptance_replay=replay,
                                      setup=replace(setups[variant], scenario=given_scn))
+            errors = [f"{side}: {r.error}" for side, r in (("measured", measured),
+                                                            ("predicted", predicted)) if r.error]
             out.append({"variant": variant, "cost_model": cost_model,
                         **compare(predicted, measured), "conditioned_on": conditioned}
                        | ({"calibration": profile.machine} if cost_model == "calibrated"
-                          else {}))
+                          else {}) | ({"error": "; ".join(errors)} if errors else {}))
             run_outputs += [predicted, measured]
     finally:
         progress.close()
@@ -147,7 +166,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "validation.json").write_text(output.dumps(doc) + "\n")
         output.write_run_files(Path(args.out), run_outputs)  # both sides, for `report`
-    return 0
+    return output.report_failures(run_outputs, Console(stderr=True, highlight=False,
+                                                       soft_wrap=True))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -228,7 +248,7 @@ def _run(args: argparse.Namespace, backend: str) -> int:
         if not args.json:
             Console(stderr=True).print(f"wrote results, per-request CSVs, Chrome traces and KV "
                                        f"timelines to {args.out} (`infer-os report` draws them)")
-    return 0
+    return output.report_failures(runs, Console(stderr=True, highlight=False, soft_wrap=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, BackendUnavailable) as e:
         err.print(f"infer-os: error: {e}", markup=False)
         return e.exit_code
-    except InfeasibleDecision as e:
-        err.print(f"infer-os: infeasible policy decision: {e}", markup=False)
+    except PolicyFailure as e:  # before any run started (e.g. the initial placement)
+        err.print(f"infer-os: error: {e}", markup=False)
         return 1

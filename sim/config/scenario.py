@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
-from sim.config import quality_profile
+from sim.config import policy_registry, quality_profile
 from sim.config.frozen import Frozen
-from sim.config.policy_registry import FAMILIES, by_kind, param_names
+from sim.config.policy_check import FAMILY_NAMES
 from sim.errors import UserError
 
 
@@ -210,6 +210,9 @@ class CoefficientConfig(Frozen):
 
 
 class PoliciesConfig(Frozen):
+    """One policy object per family, from ``{kind: ..., parameters}`` or given as an object
+    (sim/config/policy_registry.py: built-in names, registered plugins, import paths)."""
+
     tiering: Any = None
     buffers: Any = None
     speculation: Any = None
@@ -222,28 +225,14 @@ class PoliciesConfig(Frozen):
             raise ValueError("expected a mapping of family -> {kind: ..., params}")
         out = {}
         for family, spec in data.items():
-            if family not in FAMILIES:
+            if family not in FAMILY_NAMES:
                 raise ValueError(f"unknown policy family {family!r}")
-            out[family] = _build_policy(family, spec)
+            try:
+                out[family] = policy_registry.build(family, spec)
+            except UserError as err:  # named at the policy's field (validate adds the file)
+                where = f"policies.{family}" + (f".{err.field}" if err.field else "")
+                raise err.at(field=where) from None
         return out
-
-
-def _build_policy(family: str, spec: Any):
-    kinds = by_kind(family)
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise ValueError(f"{family}: expected a mapping with a 'kind' ({', '.join(kinds)})")
-    cls = kinds.get(spec["kind"])
-    if cls is None:
-        raise ValueError(f"{family}: unknown policy kind {spec['kind']!r} "
-                         f"(known: {', '.join(kinds)})")
-    unknown = set(spec) - param_names(cls)
-    if unknown:
-        raise ValueError(f"{family}: unknown parameter {sorted(unknown)[0]!r} for kind "
-                         f"{spec['kind']!r}")
-    try:
-        return cls(**spec)
-    except TypeError as err:
-        raise ValueError(f"{family}: {err}") from None
 
 
 class Scenario(Frozen):
@@ -266,7 +255,7 @@ class Scenario(Frozen):
 
     @model_validator(mode="after")
     def _complete(self):
-        for family in FAMILIES:
+        for family in FAMILY_NAMES:
             if getattr(self.policies, family) is None:
                 raise ValueError(f"policies.{family} is required")
         if "coefficient" in self.cost_models and self.coefficient is None:

@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from policies import BufferDecision, BufferObservation, BufferPolicy
+from sim.engine.policy_call import ask
 from sim.errors import InfeasibleDecision
 
 HISTORY_LEN = 16
@@ -44,7 +45,7 @@ class BufferPool:
         history = self.history.setdefault(name, deque(maxlen=HISTORY_LEN))
         current = self.held.get(name, 0)
         obs = BufferObservation(name, requested, current, tuple(history), tuple(self.pool))
-        decision: BufferDecision = self.policy.decide(obs)
+        decision: BufferDecision = ask(self.policy, "buffers", obs)
         history.append(requested)
         held_before = self.held.get(name)
         allocs, alloc_bytes = self._apply(name, requested, current, decision)

@@ -16,13 +16,15 @@ import numpy as np
 import simpy
 
 from policies import DeviceLoad, Placement, SchedulingObservation
+from sim.config.policy_registry import observes_blocks, observes_load
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import Executor, StepPlan, StepResult
 from sim.engine.kv_store import Admission, PagedKVStore
 from sim.engine.planner import Planner
-from sim.engine.state import RunState
+from sim.engine.policy_call import ask
+from sim.engine.state import PENDING, RunState
 from sim.engine.workload import Requests
-from sim.errors import InfeasibleDecision
+from sim.errors import InfeasibleDecision, PolicyFailure
 
 
 class Engine:
@@ -65,7 +67,15 @@ class Engine:
                 self._next_user_request()
         self.env.process(self._prefill_loop())
         self.env.process(self._decode_loop())
-        self.env.run()
+        try:
+            self.env.run()
+        except PolicyFailure as err:  # a bug in a policy ends the run; nobody is lost
+            step = sum(self.state.num_steps.values()) + 1
+            left = int(np.count_nonzero(self.state.status == PENDING))
+            self.state.abort(self.env.now, err, f"{err} (at engine step {step}, decode step "
+                                                f"{self.planner.decode_steps}, t = "
+                                                f"{self.env.now:.6g} s on the engine clock)")
+            self._on_done(left)
         self.state.finish(self.env.now, self.store)
         return self.state
 
@@ -226,7 +236,7 @@ class Engine:
             self.running.extend(batch[~is_done].tolist())
             # Tier the new prompt blocks at once (in the executor's layout the decision reaches
             # each request at the end of its next step: ``TokenTailLayout.apply``).
-            if self.planner.tiering.observes_blocks:
+            if observes_blocks(self.planner.tiering):
                 self.planner.retier(self.store, self.running)
         if not self._kv_measured:
             self.state.observe_kv(self.store, self.env.now)
@@ -260,13 +270,13 @@ class Engine:
         estimates = self.planner.op_estimates(self.store, self.running, head, list(self.devices))
         self._estimates = {(e.op, e.device): e.seconds for e in estimates}
         obs = SchedulingObservation(loads, len(self.waiting), len(self.running), estimates)
-        placement = self.planner.scheduling.decide(obs)
+        placement = ask(self.planner.scheduling, "scheduling", obs)
         for device in placement.devices:
             if device not in self.devices:
                 raise InfeasibleDecision(f"scheduling policy {self.planner.scheduling.kind!r} "
                                          f"placed work on unknown device {device!r} "
                                          f"(devices: {', '.join(self.devices)})")
-        if not getattr(self.planner.scheduling, "observes_load", True):
+        if not observes_load(self.planner.scheduling):
             self._fixed_placement = placement
         return placement
 

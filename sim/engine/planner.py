@@ -19,6 +19,7 @@ from sim.engine.acceptance import Acceptance
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import StepPlan, StepResult
 from sim.engine.kv_store import PagedKVStore
+from sim.engine.policy_call import ask
 from sim.engine.retier import Retierer
 from sim.engine.spec_signals import SpecSignals
 from sim.engine.workload import Requests
@@ -163,7 +164,8 @@ class Planner:
     # -- speculation -------------------------------------------------------------------------
     def _draft_len(self, batch_size: int) -> int:
         limit = self.limits.max_draft_len
-        k = self.speculation.decide(self.signals.observation(limit, batch_size)).draft_len
+        k = ask(self.speculation, "speculation",
+                self.signals.observation(limit, batch_size)).draft_len
         if not 0 <= k <= limit:
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r}: draft length "
                                      f"{k} outside [0, {limit}]")

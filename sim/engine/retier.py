@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import BlockInfo, Precision, TieringObservation, TieringPolicy, TierPressure
+from sim.config.policy_registry import observes_blocks
 from sim.engine.kv_store import Move, PagedKVStore
+from sim.engine.policy_call import ask
 from sim.errors import InfeasibleDecision
 from sim.quality.attention import AttentionModel
 from sim.quality.model import request_delta_ppl
@@ -50,7 +52,7 @@ class Retierer:
                          store.device_budget_bytes),
             TierPressure("host", store.host_used_bytes, store.host_budget_bytes))
         obs = TieringObservation(blocks, pressures, store.block_tokens, delta, step)
-        decision = self.policy.decide(obs)
+        decision = ask(self.policy, "tiering", obs)
         kind = self.policy.kind
         if not Precision(decision.new_block_precision).is_resident:
             raise InfeasibleDecision(f"tiering policy {kind!r}: new blocks cannot be written "
@@ -83,7 +85,7 @@ class Retierer:
         """Advance the attention model; build block infos only for a policy that reads them.
         The quality signal is the attention-weighted penalty of the precision mix."""
         mixed = np.count_nonzero(store.counts) > 1
-        if not (self.policy.observes_blocks or mixed):
+        if not (observes_blocks(self.policy) or mixed):
             present = np.flatnonzero(store.counts)
             delta = float(self.penalty[present[0]]) if len(present) else 0.0
             self.quality_samples.append(delta)
@@ -96,7 +98,7 @@ class Retierer:
             resident = precs <= Precision.INT2
             shares = self.attention.advance(rid, resident, steps)
             deltas.append(request_delta_ppl(self.attention.shares(rid, n), precs, self.penalty))
-            if self.policy.observes_blocks:
+            if observes_blocks(self.policy):
                 infos.extend(self._infos(rid, precs, shares, store))
         delta = float(np.mean(deltas)) if deltas else 0.0
         self.quality_samples.append(delta)

@@ -34,6 +34,8 @@ class RunState:
         self.kv_fp16_equiv_peak_bytes = 0
         self.kv_bytes_by_precision_at_peak: dict[str, int] = {}
         self.end_s = 0.0
+        self.error: Exception | None = None  # what ended the run early (a policy failure)
+        self.error_message: str | None = None
         self.record_trace = record_trace
         self.trace: list[tuple[str, str, float, float, tuple[int, ...]]] = []
         # with the trace: KV bytes by precision after every step, on the engine clock
@@ -98,6 +100,12 @@ class RunState:
             self.kv_timeline[-1] = (now, by_precision)
         else:
             self.kv_timeline.append((now, by_precision))
+
+    def abort(self, now: float, error: Exception, reason: str) -> None:
+        """The run ends early (``error``): every request not ended fails with ``reason``."""
+        self.error, self.error_message = error, reason
+        for rid in np.nonzero(self.status == PENDING)[0].tolist():
+            self.fail(rid, now, reason)
 
     def finish(self, now: float, store: PagedKVStore) -> None:
         self.end_s = now

@@ -33,7 +33,17 @@ def add_speedups(runs: list[RunOutput]) -> None:
 def document(scenario: str, backend: str, runs: list[RunOutput]) -> dict:
     return {"scenario": scenario, "backend": backend,
             "runs": [{"variant": r.variant, "cost_model": r.cost_model, "metrics": r.metrics}
-                     for r in runs]}
+                     | ({"error": r.error} if r.error else {}) for r in runs]}
+
+
+def report_failures(runs: list[RunOutput], console: Console) -> int:
+    """Exit status 1 naming each run a policy ended early, else 0."""
+    for r in runs:
+        if r.error:
+            model = f", {r.cost_model or 'measured'}"
+            console.print(f"infer-os: error: run {r.variant}{model} ended early: {r.error}",
+                          markup=False)
+    return 1 if any(r.error for r in runs) else 0
 
 
 def dumps(doc: dict) -> str:

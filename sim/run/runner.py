@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.config.model_spec import ModelSpec
+from sim.config.policy_registry import observes_blocks
 from sim.config.scenario import Scenario
 from sim.config.seeds import random_stream
 from sim.costs.calibrated import CalibratedModel, CalibrationProfile
@@ -42,6 +43,11 @@ class RunOutput:
     executor: object | None = None  # a real executor, for inspection (its tokens)
     report: ExecutorReport | None = None  # what a measuring executor reported
 
+    @property
+    def error(self) -> str | None:
+        """Why the run ended early (a policy failed), else None."""
+        return self.state.error_message
+
 
 def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
                 calibration: CalibrationProfile | None) -> CalibratedModel:
@@ -51,7 +57,7 @@ def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
     return CalibratedModel(calibration, model, draft=draft,
                            draft_source=scn.speculation.draft_source,
                            speculating=scn.policies.speculation.kind != "off",
-                           observing=scn.policies.tiering.observes_blocks)
+                           observing=observes_blocks(scn.policies.tiering))
 
 
 def check_scenario(scn: Scenario, base_dir: Path) -> RunSetup:

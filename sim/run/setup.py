@@ -14,6 +14,7 @@ from sim.config.hardware import HardwareProfile, load_profile
 from sim.config.model_spec import PRESETS, ModelSpec, resolve_model
 from sim.config.paths import resolve_path
 from sim.config.scenario import Scenario
+from sim.engine.policy_call import ask
 from sim.engine.workload import Requests, make_requests
 from sim.errors import UserError
 
@@ -105,7 +106,8 @@ def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
     eng = scn.engine
     idle = SchedulingObservation(tuple(DeviceLoad(d.name, d.kind, 0, 0.0, 0.0)
                                        for d in hw.devices), 0, 0)
-    placement = scn.policies.scheduling.decide(idle)  # the initial placement sizes the budget
+    # the initial placement sizes the budget
+    placement = ask(scn.policies.scheduling, "scheduling", idle)
     bus = hw.bus(hw.device(placement.decode_attention).memory)
     shared = scn.speculation.draft_source == "layer-skip"  # the draft is the target's layers
     weights = model.weight_bytes + (draft.weight_bytes if draft and not shared else 0.0)

@@ -41,6 +41,9 @@ def run_point(point: Point) -> dict:
     except Exception as err:  # a failed point is recorded and the sweep goes on
         return {**record, "status": "failed", "error": f"{type(err).__name__}: {err}",
                 "metrics": {}}
+    if run.state.error is not None:  # a policy ended the run early
+        return {**record, "status": "failed",
+                "error": f"{type(run.state.error).__name__}: {run.error}", "metrics": {}}
     return {**record, "status": "ok", "error": "", "metrics": flat_metrics(run.metrics)}
 
 

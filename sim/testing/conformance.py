@@ -28,7 +28,6 @@ from policies import (
 )
 from sim.testing.strategies import (
     DEVICE_NAMES,
-    FAMILY_OF_OBSERVATION,
     STRATEGIES,
     scheduling_observations,
     tiering_observations,
@@ -110,16 +109,16 @@ def pure_call(fn: Callable, *args):
 
 # -- conformance -----------------------------------------------------------------------------
 def family_of(policy) -> str:
-    """The family a policy belongs to, from its ``decide`` annotation or its kind's registry."""
-    from sim.config.policy_registry import FAMILIES
-    for family, classes in FAMILIES.items():
-        if isinstance(policy, classes):
-            return family
-    hints = getattr(type(policy).decide, "__annotations__", {})
-    for family, obs_type in FAMILY_OF_OBSERVATION.items():
-        if hints.get("obs") in (obs_type, obs_type.__name__):
-            return family
-    raise TypeError(f"cannot tell the family of {policy!r}: pass family=...")
+    """The family a policy belongs to: its ``family`` class attribute or its ``decide``
+    annotation, as a scenario would check it (sim/config/policy_check.py)."""
+    from sim.config.policy_check import check_class
+    from sim.errors import UserError
+    cls = type(policy)
+    try:
+        return check_class(cls, f"{cls.__module__}:{cls.__qualname__}")
+    except UserError as err:
+        raise TypeError(f"cannot tell the family of {policy!r} ({err}): pass family=...") \
+            from None
 
 
 def _resulting(obs: TieringObservation, d: TieringDecision) -> dict[tuple[int, int], Precision]:

@@ -17,9 +17,9 @@ from policies import (
     TieringObservation,
     TierPressure,
 )
+from sim.config.policy_check import OBSERVATION
 
-FAMILY_OF_OBSERVATION = {"tiering": TieringObservation, "buffers": BufferObservation,
-                         "speculation": SpecObservation, "scheduling": SchedulingObservation}
+FAMILY_OF_OBSERVATION = OBSERVATION  # family -> its observation type
 
 
 # -- strategies ------------------------------------------------------------------------------

@@ -78,8 +78,8 @@ def test_unknown_policy_parameter_is_rejected_naming_it(tmp_path, base_scenario,
         resolve_runs(path, [])
     err = info.value
     assert err.file == str(path)
-    assert err.field == "policies"
-    assert "'bits'" in err.message and "tiering" in err.message and "'uniform'" in err.message
+    assert err.field == "policies.tiering.bits"
+    assert "'bits'" in err.message and "'uniform'" in err.message and "precision" in err.message
 
 
 def test_unknown_policy_kind_lists_the_known_ones(tmp_path, base_scenario, scenario_file):

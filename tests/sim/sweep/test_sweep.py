@@ -25,9 +25,10 @@ from sim.sweep.run import ExecutorSpec, run_sweep
 from sim.sweep.spec import RangeAxis, SweepFile, expand, load_sweep
 
 TIMEOUT_S = 120
+REPO = Path(__file__).resolve().parents[3]
 INT8 = {"kind": "uniform", "precision": "int8"}
 # passes validation, fails when the engine writes the first block: a genuine failed point
-BAD_TIERING = {"kind": "uniform", "precision": "offloaded"}
+BAD_TIERING = {"kind": "tests.plugin_policies:InfeasibleTiering"}
 
 
 def write_sweep(tmp_path: Path, axes: dict, name: str = "small", **extra) -> Path:
@@ -45,8 +46,9 @@ def small_axes() -> dict:
 
 
 def start_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # tests.plugin_policies importable
     return subprocess.Popen([sys.executable, "-m", "sim.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, env=env)
 
 
 # -- sweep files -> points ---------------------------------------------------------------------
@@ -214,7 +216,7 @@ def test_a_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     summary = json.loads(stdout)  # exactly one JSON object on stdout
     assert (summary["num_points"], summary["num_ok"], summary["num_failed"]) == (3, 2, 1)
     rows = {r["policies.tiering"]: r for r in read_table(out)}
-    failed = rows["uniform(precision=offloaded)"]
+    failed = rows["tests.plugin_policies:InfeasibleTiering"]
     assert failed["status"] == "failed" and "InfeasibleDecision" in failed["error"]
     assert failed["throughput_tok_s"] is None
     assert rows["uniform(precision=int8)"]["status"] == "ok"
