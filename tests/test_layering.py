@@ -5,8 +5,8 @@ name):
 - ``policies`` imports only the standard library (and itself), and importing it loads nothing else;
 - ``sim`` never imports ``adapters``;
 - inside ``sim``, ``errors`` is below everything, then config < quality < engine < costs < run <
-  sweep < report = testing < api < cli: a module imports only from its own sub-package or from one of a
-  lower rank;
+  sweep < report = testing < api < cli: a module imports only from its own sub-package or from one
+  of a lower rank;
 - inside ``adapters``: kv < model < decoding < torch_backend < ort_backend < calibration < commands;
 - no import cycle among the modules of ``sim`` and ``adapters`` (an import under
   ``if TYPE_CHECKING:`` never runs and closes no cycle; the layers count it all the same);
