@@ -13,7 +13,7 @@ class SpecObservation:
     acceptance: float  # EWMA of accepted / proposed draft tokens, in [0, 1]
     acceptance_history: tuple[float, ...]  # per-step acceptance fractions, oldest first
     last_draft_len: int  # k used in the previous step (0 = no speculation)
-    last_all_accepted: bool  # every draft token of the previous step was accepted
+    last_all_accepted: bool  # every draft token of the last step that proposed any was accepted
     draft_token_s: float  # cost of one draft token (predicted or measured; 0 = not yet known)
     verify_s: float  # cost of a target pass over the last token alone, k = 0 (0 = not yet known)
     max_draft_len: int  # the engine's hard limit on k

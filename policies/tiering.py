@@ -15,7 +15,8 @@ class BlockInfo:
     request_id: int
     index: int  # position of the block in its request's sequence, 0 = oldest
     precision: Precision
-    age_steps: int  # decode steps since the block was filled
+    age_steps: int  # tokens written to the request since the block filled (= decode steps
+    #                 without speculation; more per step with it)
     attention_mass: float  # attention the block received, summed over steps (each step sums to 1)
     access_count: int  # decode steps in which the block drew more than a uniform share of attention
     relevance: float = 0.0  # semantic relevance (cosine of mean key to recent queries), [-1, 1]

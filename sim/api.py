@@ -79,16 +79,18 @@ def _path(source: str | Path) -> Path:
     return path
 
 
-def load_variants(source: str | Path, sets: list[str] | tuple[str, ...] = ()) -> dict[str, Run]:
-    """Every variant of a scenario file or bundled name, validated, ``--set`` items applied."""
+def load_variants(source: str | Path, sets: list[str] | tuple[str, ...] = (),
+                  only: list[str] | None = None) -> dict[str, Run]:
+    """Every variant (or those in ``only``) of a scenario file or bundled name, validated, with
+    ``sets`` (``--set`` items, ``"dotted.key=value"``) applied."""
     path = _path(source)
-    return {name: Run(scn, name, path) for name, scn in resolve_runs(path, list(sets))}
+    return {name: Run(scn, name, path) for name, scn in resolve_runs(path, list(sets), only)}
 
 
 def load_scenario(source: str | Path, variant: str | None = None,
                   sets: list[str] | tuple[str, ...] = ()) -> Run:
     """One variant of a scenario (``variant`` may be omitted when the file has one)."""
-    runs = load_variants(source, sets)
+    runs = load_variants(source, sets, None if variant is None else [variant])
     if variant is None and len(runs) == 1:
         return next(iter(runs.values()))
     if variant not in runs:

@@ -192,14 +192,7 @@ def _resolve(args: argparse.Namespace):
     """The scenario path, its name, its (variant, scenario) runs and each variant's
     ``RunSetup``, checked before anything runs; ``--variant`` selects some."""
     path = _scenario_path(args.scenario)
-    runs_cfg = resolve_runs(path, args.set or [])
-    if args.variant:
-        known = [v for v, _ in runs_cfg]
-        for v in args.variant:
-            if v not in known:
-                raise UserError(f"unknown variant {v!r} (variants: {', '.join(known)})",
-                                file=str(path), field="--variant")
-        runs_cfg = [(v, s) for v, s in runs_cfg if v in args.variant]
+    runs_cfg = resolve_runs(path, args.set or [], args.variant)
     setups = {}
     for variant, scn in runs_cfg:  # reject bad input before anything runs; built once
         try:

@@ -310,16 +310,24 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def resolve_runs(path: Path, sets: list[str]) -> list[tuple[str, Scenario]]:
-    """Every variant of the scenario at ``path``, fully validated, with ``--set`` applied last."""
+def resolve_runs(path: Path, sets: list[str],
+                 only: list[str] | None = None) -> list[tuple[str, Scenario]]:
+    """Every variant of the scenario at ``path`` (or those named in ``only``), fully validated,
+    with ``--set`` applied last: a ``--set`` need only make sense for the variants selected."""
     base = read_yaml(path)
     overrides = [parse_set(s) for s in sets]
     variants = base.get("variants") or {"default": {}}
     if not isinstance(variants, dict):
         raise UserError("expected a mapping of variant name -> overrides", file=str(path),
                         field="variants")
+    unknown = [v for v in only or [] if v not in variants]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r} (variants: "
+                        f"{', '.join(map(str, variants))})", file=str(path), field="--variant")
     runs = []
     for name, changes in variants.items():
+        if only is not None and name not in only:
+            continue
         if changes is not None and not isinstance(changes, dict):
             raise UserError("expected a mapping of dotted.key -> value", file=str(path),
                             field=f"variants.{name}")

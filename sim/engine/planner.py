@@ -166,9 +166,9 @@ class Planner:
         limit = self.limits.max_draft_len
         k = ask(self.speculation, "speculation",
                 self.signals.observation(limit, batch_size)).draft_len
-        if not 0 <= k <= limit:
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= limit:
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r}: draft length "
-                                     f"{k} outside [0, {limit}]")
+                                     f"{k!r} is not an integer in [0, {limit}]")
         if k and self.draft is None and self.limits.draft_source != "ngram":
             raise InfeasibleDecision(f"speculation policy {self.speculation.kind!r} drafts "
                                      "tokens but the scenario names no model.draft")

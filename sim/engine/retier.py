@@ -54,16 +54,22 @@ class Retierer:
         obs = TieringObservation(blocks, pressures, store.block_tokens, delta, step)
         decision = ask(self.policy, "tiering", obs)
         kind = self.policy.kind
-        if not Precision(decision.new_block_precision).is_resident:
+        new = _precision(decision.new_block_precision, kind)
+        if not new.is_resident:
             raise InfeasibleDecision(f"tiering policy {kind!r}: new blocks cannot be written "
-                                     f"{Precision(decision.new_block_precision).name}")
-        self.new_block_precision = Precision(decision.new_block_precision)
-        for rid, index, precision in decision.changes:
+                                     f"{new.name}")
+        self.new_block_precision = new
+        for change in decision.changes:
+            try:
+                rid, index, precision = change
+            except (TypeError, ValueError):
+                raise InfeasibleDecision(f"tiering policy {kind!r}: a change is (request_id, "
+                                         f"block index, precision), not {change!r}") from None
             if rid not in store or not 0 <= index < store.req_blocks[rid]:
                 raise InfeasibleDecision(f"tiering policy {kind!r}: no block {index} of "
                                          f"request {rid}")
             try:
-                move = store.set_precision(rid, index, Precision(precision),
+                move = store.set_precision(rid, index, _precision(precision, kind),
                                            decision.keep_backup)
             except MemoryError as err:
                 raise InfeasibleDecision(f"tiering policy {kind!r}: {err}") from None
@@ -117,3 +123,11 @@ class Retierer:
 
     def forget(self, rid: int) -> None:
         self.attention.forget(rid)
+
+
+def _precision(value, kind: str) -> Precision:
+    try:
+        return Precision(value)
+    except (ValueError, TypeError):
+        raise InfeasibleDecision(f"tiering policy {kind!r}: {value!r} is not a precision "
+                                 f"({', '.join(p.name for p in Precision)})") from None

@@ -16,7 +16,7 @@ from sim.config.paths import resolve_path
 from sim.config.scenario import Scenario
 from sim.engine.policy_call import ask
 from sim.engine.workload import Requests, make_requests
-from sim.errors import UserError
+from sim.errors import InfeasibleDecision, UserError
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,11 @@ def _kv_budgets(scn: Scenario, hw: HardwareProfile, model: ModelSpec,
                                        for d in hw.devices), 0, 0)
     # the initial placement sizes the budget
     placement = ask(scn.policies.scheduling, "scheduling", idle)
+    unknown = [d for d in placement.devices if d not in hw.device_names]
+    if unknown:
+        raise InfeasibleDecision(f"scheduling policy {scn.policies.scheduling.kind!r} placed "
+                                 f"work on unknown device {unknown[0]!r} (devices: "
+                                 f"{', '.join(hw.device_names)})")
     bus = hw.bus(hw.device(placement.decode_attention).memory)
     shared = scn.speculation.draft_source == "layer-skip"  # the draft is the target's layers
     weights = model.weight_bytes + (draft.weight_bytes if draft and not shared else 0.0)
