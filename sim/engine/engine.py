@@ -56,18 +56,18 @@ class Engine:
         self._fixed_placement: Placement | None = None
         self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
         self._kv_measured = executor.capabilities.reports_kv_bytes
-        planner.retier(store, [])  # the precision new blocks are written at, from the start
 
     # -- arrivals ----------------------------------------------------------------------------
     def run(self) -> RunState:
-        if self.requests.concurrency is None:
-            self.env.process(self._open_arrivals())
-        else:
-            for _ in range(min(self.requests.concurrency, len(self.requests))):
-                self._next_user_request()
-        self.env.process(self._prefill_loop())
-        self.env.process(self._decode_loop())
         try:
+            self.planner.retier(self.store, [])  # the precision new blocks are written at
+            if self.requests.concurrency is None:
+                self.env.process(self._open_arrivals())
+            else:
+                for _ in range(min(self.requests.concurrency, len(self.requests))):
+                    self._next_user_request()
+            self.env.process(self._prefill_loop())
+            self.env.process(self._decode_loop())
             self.env.run()
         except PolicyFailure as err:  # a bug in a policy ends the run; nobody is lost
             step = sum(self.state.num_steps.values()) + 1
