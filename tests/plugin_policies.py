@@ -118,3 +118,17 @@ class NoKind:
 
     def decide(self, obs: TieringObservation) -> TieringDecision:
         return TieringDecision()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenTiering:
+    """A planted bug: restores blocks to FP16 when pressure is HIGH (the comparison is flipped).
+    ``sim.testing.check_conformance`` must catch it."""
+
+    kind: Literal["broken"] = "broken"
+    observes_blocks: ClassVar[bool] = True
+
+    def decide(self, obs: TieringObservation) -> TieringDecision:
+        target = Precision.FP16 if obs.pressure("device") > 0.5 else Precision.INT4
+        return TieringDecision(tuple((b.request_id, b.index, target) for b in obs.blocks
+                                     if b.precision.is_resident and b.precision != target))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-DOCS = ("README.md", "docs/*.md", "benchmarks/README.md")
+DOCS = ("README.md", "docs/*.md", "docs/examples/*/README.md", "benchmarks/README.md")
 
 
 def _slug(heading: str) -> str:
@@ -40,6 +40,20 @@ def _documents(root: Path) -> list[Path]:
 
 def test_the_readme_is_at_most_200_lines(repo_root: Path):
     assert len((repo_root / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_readmes_own_policy_example_runs(repo_root: Path, capsys):
+    """The "Your own policy" section's code, as written: the policy passes the testing kit and
+    the Python API snippet simulates with it."""
+    from sim.testing import check_conformance
+
+    section = (repo_root / "README.md").read_text().split("## Your own policy", 1)[1]
+    policy_code, api_code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
+    namespace: dict = {"__name__": "__main__"}  # as pasted into a script or a notebook
+    exec(compile(policy_code + api_code, "README.md", "exec", dont_inherit=True), namespace)
+    check_conformance(namespace["OldBlocksInt8"](keep=1), max_examples=50)
+    saved = float(capsys.readouterr().out)
+    assert 0 < saved < 0.5  # FP16 -> INT8 on all but the newest blocks
 
 
 def test_every_relative_link_resolves(repo_root: Path):

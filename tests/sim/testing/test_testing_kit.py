@@ -1,40 +1,27 @@
-"""The policy-testing kit (sim.testing) on a user's example policy, and on planted bugs."""
+"""The policy-testing kit (sim.testing) on a user's policy (tests/plugin_policies.py), and on
+planted bugs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from policies import SpecDecision, SpecObservation
 from sim.testing import check_conformance, check_in_simulator
-
-EXAMPLE = Path("docs") / "examples" / "recency_tiering.py"  # under the repository root
-
-
-@pytest.fixture
-def example(repo_root):
-    """The user's example module (docs/examples/recency_tiering.py), freshly loaded."""
-    spec = importlib.util.spec_from_file_location("recency_tiering", repo_root / EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
+from tests.plugin_policies import BrokenTiering, KeepOldest
 
 
-def test_a_users_policy_passes_the_kit(example):
-    policy = example.RecencyTiering(recent_blocks=2)
+def test_a_users_policy_passes_the_kit():
+    policy = KeepOldest(keep=2)
     check_conformance(policy)
     check_in_simulator(policy, max_examples=10)
 
 
-def test_the_kit_catches_precision_raised_under_pressure_with_a_shrunk_example(example):
+def test_the_kit_catches_precision_raised_under_pressure_with_a_shrunk_example():
     with pytest.raises(AssertionError) as err:
-        check_conformance(example.BrokenTiering())
+        check_conformance(BrokenTiering())
     text = str(err.value) + "".join(str(n) for n in getattr(err.value, "__notes__", []))
     assert "more pressure raised its precision" in text
     # Hypothesis shrinks to the smallest failing case: a single block
