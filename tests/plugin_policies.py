@@ -132,3 +132,15 @@ class BrokenTiering:
         target = Precision.FP16 if obs.pressure("device") > 0.5 else Precision.INT4
         return TieringDecision(tuple((b.request_id, b.index, target) for b in obs.blocks
                                      if b.precision.is_resident and b.precision != target))
+
+
+@dataclass(frozen=True, slots=True)
+class AnyFamily:
+    """Neither states nor annotates its family: the scenario key decides (this one can only
+    work as a buffers policy)."""
+
+    kind: Literal["any-family"] = "any-family"
+
+    def decide(self, obs):
+        from policies import BufferDecision
+        return BufferDecision(alloc_bytes=obs.requested_bytes)

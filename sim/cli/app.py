@@ -67,6 +67,9 @@ def _list_policies(out: Console) -> None:
             out.print(f"    {p.name:<18} {params or '-'}", markup=False)
             if p.source != BUILTIN_SOURCE:
                 out.print(f"    {'':<18} from {p.source} ({p.target})", markup=False)
+    for p in (p for p in listed if p.family is None and not p.error):
+        out.print(f"  any family (the scenario key decides): {p.name} [{p.source}: {p.target}]",
+                  markup=False)
     for p in (p for p in listed if p.error):
         out.print(f"  unusable: {p.name} [{p.source}: {p.target}]: {p.error}", markup=False)
 

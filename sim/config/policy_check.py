@@ -3,7 +3,8 @@ built-in and plugin policies alike (docs/policies.md).
 
 - a frozen dataclass, with a ``kind`` field whose string default is its name, and ``decide``;
 - of one family: stated by ``family: ClassVar[str]`` or read from the annotation of
-  ``decide``'s observation argument (both, when given, must agree);
+  ``decide``'s observation argument (both, when given, must agree); with neither, the family is
+  the scenario key the policy stands under;
 - parameters validated from the fields' type hints (pydantic): unknown names, wrong types and
   non-finite floats are refused, each naming the parameter.
 """
@@ -51,9 +52,10 @@ def kind_of(cls: type) -> str:
 
 
 @functools.cache
-def check_class(cls: Any, name: str) -> str:
-    """``cls`` checked as a policy class; returns its family.  ``name`` says where it came from
-    (an import path) in the error."""
+def check_class(cls: Any, name: str) -> str | None:
+    """``cls`` checked as a policy class; returns its family (None: neither stated nor
+    annotated, so whatever key it stands under).  ``name`` says where it came from in the
+    error."""
     if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
         raise _not_a_policy(name, "a policy is a frozen dataclass (@dataclass(frozen=True))")
     if not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
@@ -68,11 +70,7 @@ def check_class(cls: Any, name: str) -> str:
     if stated and inferred and stated != inferred:
         raise _not_a_policy(name, f"it states family {stated!r} but its decide takes a "
                                   f"{OBSERVATION[inferred].__name__} ({inferred})")
-    family = stated or inferred
-    if family is None:
-        raise _not_a_policy(name, "its family is unknown: annotate decide's observation (e.g. "
-                                  "obs: TieringObservation) or set family: ClassVar[str]")
-    return family
+    return stated or inferred
 
 
 def _stated_family(cls: type, name: str) -> str | None:
@@ -165,7 +163,7 @@ def check_instance(policy: Any, family: str) -> Any:
     """A policy object given directly (the Python API), checked like a named one."""
     cls = type(policy)
     found = check_class(cls, f"{cls.__module__}:{cls.__qualname__}")
-    if found != family:
+    if found not in (None, family):
         raise UserError(f"a {found} policy ({kind_of(cls)!r}) cannot be the {family} policy")
     for name, _hint in _fields(cls).items():
         value = getattr(policy, name)

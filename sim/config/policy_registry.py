@@ -162,7 +162,7 @@ def known(family: str) -> list[str]:
     out = []
     for name in table():
         try:
-            if check_class(resolve(name), name) == family:
+            if check_class(resolve(name), name) in (family, None):
                 out.append(name)
         except UserError:
             continue
@@ -189,7 +189,7 @@ def build(family: str, spec: Any) -> Any:
                  "'package.module:Class')" if err.message.startswith("unknown") else "")
         raise UserError(err.message + extra, field="kind") from None
     found = check_class(cls, kind)
-    if found != family:
+    if found not in (None, family):
         raise UserError(f"{kind!r} is a {found} policy, not a {family} one", field="kind")
     return instantiate(cls, {k: v for k, v in spec.items() if k != "kind"})
 
@@ -199,7 +199,9 @@ def builtin_classes() -> dict[str, tuple[type, ...]]:
     out: dict[str, list[type]] = {f: [] for f in FAMILY_NAMES}
     for target in BUILTIN.values():
         cls = load(target)
-        out[check_class(cls, target)].append(cls)
+        family = check_class(cls, target)
+        assert family is not None, f"{target}: a built-in states or annotates its family"
+        out[family].append(cls)
     return {f: tuple(c) for f, c in out.items()}
 
 
@@ -225,7 +227,7 @@ class Listed:
     """One policy as ``infer-os list`` shows it (``error`` set when it cannot be used)."""
 
     name: str
-    family: str | None
+    family: str | None  # None: any (the class says nothing; the scenario key decides)
     source: str
     target: str
     parameters: tuple[tuple[str, str, Any], ...] = ()

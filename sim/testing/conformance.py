@@ -115,10 +115,13 @@ def family_of(policy) -> str:
     from sim.errors import UserError
     cls = type(policy)
     try:
-        return check_class(cls, f"{cls.__module__}:{cls.__qualname__}")
+        family = check_class(cls, f"{cls.__module__}:{cls.__qualname__}")
     except UserError as err:
-        raise TypeError(f"cannot tell the family of {policy!r} ({err}): pass family=...") \
-            from None
+        raise TypeError(f"{policy!r} is not a policy ({err})") from None
+    if family is None:
+        raise TypeError(f"cannot tell the family of {policy!r} (no family class attribute, no "
+                        "annotated observation): pass family=...")
+    return family
 
 
 def _resulting(obs: TieringObservation, d: TieringDecision) -> dict[tuple[int, int], Precision]:

@@ -30,10 +30,12 @@ def check_in_simulator(policy, family: str | None = None, max_examples: int = 25
     the store's books balance."""
     import tempfile
 
+    from sim.config.policy_check import check_instance
     from sim.config.scenario import resolve_runs
     from sim.run.runner import run_scenario
 
     family = family or family_of(policy)
+    check_instance(policy, family)  # what a scenario would refuse, refused here too
     base = Path(tmp_dir or tempfile.mkdtemp(prefix="infer-os-kit-"))
 
     @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,

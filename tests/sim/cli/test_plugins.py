@@ -206,3 +206,15 @@ def test_in_a_fresh_process_a_broken_import_is_one_line_without_traceback(scenar
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "RuntimeError: this module is broken on purpose" in proc.stderr
+
+
+def test_a_class_that_says_nothing_of_its_family_takes_the_scenario_keys(capsys, scenario):
+    status, _ = run_cli(capsys, "simulate", str(scenario), "--json", "--set",
+                        f"policies.buffers={{kind: '{PLUGINS}:AnyFamily'}}")
+    assert status == 0
+    assert json.loads(capsys.stdout)["runs"][0]["metrics"]["num_completed"] == 4
+    # under a key whose decisions it cannot make, the run ends at its first answer
+    status, lines = run_cli(capsys, "simulate", str(scenario), "--set",
+                            f"policies.tiering={{kind: '{PLUGINS}:AnyFamily'}}")
+    assert status == 1
+    assert "tiering policy 'any-family' raised AttributeError" in lines[-1]
