@@ -144,7 +144,6 @@ def test_the_pack_scenario_simulates_every_variant(cli):
 # -- sweep -------------------------------------------------------------------------------------
 
 def test_the_pack_sweep_gives_identical_tables_on_a_local_pool_and_on_dask(cli, tmp_path):
-    pytest.importorskip("dask.distributed")
     tables = {}
     for executor in ("local", "dask"):
         out = tmp_path / executor
