@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
 from sim.config import policy_registry, quality_profile
+from sim.config.faults import FaultsConfig
 from sim.config.frozen import Frozen
 from sim.config.policy_check import FAMILY_NAMES
 from sim.errors import UserError
@@ -102,6 +103,9 @@ class EngineConfig(Frozen):
     kv_quant_group: int = Field(default=64, ge=8)  # values per INT8/INT4/INT2 scale group
     tiering_interval_steps: int = Field(default=32, ge=1)
     max_draft_len: int = Field(default=8, ge=0)
+    # requests waiting for admission beyond this many are rejected (failed with a reason) on
+    # arrival; None = an unbounded queue
+    max_waiting: int | None = Field(default=None, ge=0)
     # the batch's KV also kept in one contiguous buffer that the buffer policy sizes, its contents
     # copied on every reallocation (HF's concatenating cache, ORT without IOBinding)
     contiguous_kv: bool = False
@@ -251,6 +255,7 @@ class Scenario(Frozen):
     attention: AttentionConfig = AttentionConfig()
     quality: QualityConfig = QualityConfig()
     policies: PoliciesConfig
+    faults: FaultsConfig = FaultsConfig()
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
