@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from adapters.decoding.perplexity import tiered_nll  # noqa: E402
 from adapters.model.loading import load_model  # noqa: E402
 from adapters.model.text import play_text  # noqa: E402
-from sim.config.scenario import _build_policy as build_policy  # noqa: E402
+from sim.config.policy_registry import build as build_policy  # noqa: E402
 
 POLICIES = [
     ("fp16", {"kind": "fp16"}),

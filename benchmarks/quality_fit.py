@@ -58,7 +58,7 @@ def measure(args: argparse.Namespace) -> tuple[list[QualityRun], str]:
     from adapters.model.loading import load_model
     from adapters.model.text import play_text
     from benchmarks.perplexity_tiering import text_windows
-    from sim.config.scenario import _build_policy as build_policy
+    from sim.config.policy_registry import build as build_policy
 
     torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")

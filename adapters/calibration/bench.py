@@ -119,6 +119,8 @@ class StepBench:
 
     def __init__(self, model, spec: ModelSpec, kv_dtype: torch.dtype, block_tokens: int,
                  group: int, seed: int = 0, backend: str = "torch"):
+        if block_tokens < 1 or group < 1:  # a block of 0 tokens never fills: a loop for ever
+            raise ValueError(f"block_tokens ({block_tokens}) and group ({group}) must be >= 1")
         self.model, self.spec = model, spec
         w = model.tok_embeddings.weight
         self.device, self.dtype = w.device, w.dtype

@@ -3,6 +3,13 @@
 is given no profile.  Profiles are cached per machine, backend, model and settings under
 ``$INFER_OS_CACHE`` (default ``~/.cache/infer-os``)/calibration.
 
+Bounds of ``infer-os calibrate``, checked before any work (exit 2 naming the flag): ``--threads``
+1 to 1024, ``--block-tokens`` 1 to 4096, ``--kv-quant-group`` 8 to 4096 (a scenario's
+``engine.kv_quant_group`` starts at 8 too; a group need not divide the block: a short last group
+is padded), ``--budget-s`` 0.1 to 86400; ``--out`` a file that can be written.  The profile is
+written whole or not at all (a temporary file, then ``os.replace``): Ctrl-C or SIGTERM leaves no
+partial profile, and the CLI's ``main`` ends the command with status 130 / 143 and one line.
+
 This module imports torch only when a calibration runs (the CLI registers it without torch).
 """
 
@@ -15,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from adapters.calibration.checks import BACKENDS, check_args, check_model, check_out, write_profile
 from sim.config.paths import cache_folder
 from sim.costs.calibrated import CalibrationProfile, dump_calibration, load_calibration
 from sim.errors import UserError
 
 DEFAULT_BUDGET_S = 120.0
-BACKENDS = ("torch", "ort")
 
 
 def cache_dir() -> Path:
@@ -105,8 +112,7 @@ def for_scenario(scn, base_dir: Path, progress: bool = True,
                         kv_dtype=be.kv_dtype, threads=be.threads,
                         block_tokens=scn.engine.block_tokens, group=scn.engine.kv_quant_group,
                         progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_calibration(profile))
+    write_profile(path, dump_calibration(profile))
     return profile, path
 
 
@@ -252,21 +258,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--kv-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--block-tokens", type=int, default=64)
-    p.add_argument("--kv-quant-group", type=int, default=64)
-    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                   help=f"time budget in seconds (default {DEFAULT_BUDGET_S:.0f})")
-    p.set_defaults(func=run)
+    p.add_argument("--threads", default=None, help="torch CPU threads, 1 to 1024 (default: "
+                   "torch's)")
+    p.add_argument("--block-tokens", default=64, help="tokens per KV block, 1 to 4096 "
+                   "(default 64)")
+    p.add_argument("--kv-quant-group", default=64, help="values per INT8/INT4/INT2 scale group, "
+                   "8 to 4096 (default 64)")
+    p.add_argument("--budget-s", default=DEFAULT_BUDGET_S,
+                   help=f"time budget in seconds, 0.1 to 86400 (default {DEFAULT_BUDGET_S:.0f})")
+    # the CLI's main turns SIGTERM into exit 143 with one line for commands that ask for it
+    p.set_defaults(func=run, stop_on_sigterm=True)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.backend not in BACKENDS:
-        raise UserError(f"cannot calibrate backend {args.backend!r} (calibrators: "
-                        f"{', '.join(BACKENDS)})", field="--backend")
-    if args.threads is not None and args.threads < 1:
-        raise UserError("must be >= 1", field="--threads")
+    check_args(args)
+    check_model(args.model)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -281,13 +288,15 @@ def run(args: argparse.Namespace) -> int:
         _check_ort(args)
     settings = (args.model, args.device, args.dtype, args.kv_dtype, args.threads,
                 args.block_tokens, args.kv_quant_group, args.backend)
+    out = Path(args.out) if args.out else cache_dir() / f"{cache_key(*settings)}.yaml"
+    check_out(out)
+    _info(f"calibrating the {args.backend} backend for {args.model} (budget "
+          f"{args.budget_s:g} s; the profile goes to {out})")
     profile = calibrate(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                         kv_dtype=args.kv_dtype, threads=args.threads,
                         block_tokens=args.block_tokens, group=args.kv_quant_group,
                         budget_s=args.budget_s)
-    out = Path(args.out) if args.out else cache_dir() / f"{cache_key(*settings)}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dump_calibration(profile))
+    write_profile(out, dump_calibration(profile))
     fit = profile.fit
     _info(f"calibrated in {profile.seconds:.0f} s on {profile.device}: {fit.num_points} steps, "
           f"|error| median {fit.median_abs_error:.1%}, max {fit.max_abs_error:.1%}"

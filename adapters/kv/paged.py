@@ -88,6 +88,8 @@ class PagedKV:
                  group: int = 64, dtype: torch.dtype = torch.float16,
                  device: torch.device | str = "cpu", grow: Grow | None = None,
                  reuse: Callable[[int], torch.Tensor | None] | None = None):
+        if block_tokens < 1 or group < 1:  # a zero would make append loop forever
+            raise ValueError(f"block_tokens ({block_tokens}) and group ({group}) must be >= 1")
         self.L, self.K, self.D = num_layers, num_kv_heads, head_dim
         self.bt, self.group, self.dtype = block_tokens, group, dtype
         self.device = torch.device(device)
@@ -146,7 +148,8 @@ class PagedKV:
         much more); a move copies the live contents."""
         self._ensure(rid, self._fp_tokens(self.requests[rid]) + new_tokens)
 
-    def _ensure(self, rid: int, need: int) -> None:
+    def _ensure(self, rid: int, need: int, used: int | None = None) -> None:
+        """``used``: the arena's live tokens, when a block is between tiers (``_put``)."""
         r = self.requests[rid]
         if need <= r.capacity:
             return
@@ -154,7 +157,7 @@ class PagedKV:
         if cap < need:
             raise ValueError(f"grow policy gave {cap} tokens, {need} needed")
         arena = self._alloc(cap)
-        used = self._fp_tokens(r)
+        used = self._fp_tokens(r) if used is None else used
         arena[:, :, :, :used] = r.arena[:, :, :, :used]
         self.copy_bytes += used * self.token_bytes()
         r.arena = arena
@@ -276,8 +279,9 @@ class PagedKV:
         r = self.requests[rid]
         if precision == Precision.FP16:
             i = sum(b < block for b in r.fp_blocks)
-            used = self._fp_tokens(r)
-            self._ensure(rid, used + self.bt)
+            # the block was taken from its tier (_take): _fp_tokens counts it in the arena's tail
+            used = self._fp_tokens(r) - self.bt
+            self._ensure(rid, used + self.bt, used)
             r = self.requests[rid]
             s = i * self.bt
             r.arena[:, :, :, s + self.bt:used + self.bt] = r.arena[:, :, :, s:used].clone()

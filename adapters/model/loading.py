@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import gguf
 import torch
 
+from adapters.model.gguf_file import open_gguf
 from adapters.model.gguf_loader import find_smollm2_gguf, read_gguf
 from adapters.model.hf_loader import load_hf_dir, model_from_state_dict, read_config
 from adapters.model.tokenizer import (
     TextTokenizer,
+    gguf_has_tokenizer,
+    tokenizer_file,
     tokenizer_from_dir,
     tokenizer_from_reader,
 )
@@ -36,11 +38,12 @@ DEVICES = ("cpu", "cuda", "auto")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to run: weights on ``model``'s device, its tokenizer, the HF-style config dict
-    it was built from, and where it came from (a file or directory path)."""
+    """A model ready to run: weights on ``model``'s device, its tokenizer (None only when the
+    model has none and none was required), the HF-style config dict it was built from, and where
+    it came from (a file or directory path)."""
 
     model: Transformer
-    tokenizer: TextTokenizer
+    tokenizer: TextTokenizer | None
     config: dict[str, Any]
     source: str
 
@@ -96,8 +99,12 @@ def _unknown(name_or_path: str) -> UserError:
 
 
 def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32",
-               device: str = "cpu") -> LoadedModel:
-    """Load ``smollm2-135m``, a ``.gguf`` path or a local HF directory onto ``device``."""
+               device: str = "cpu", require_tokenizer: bool = True) -> LoadedModel:
+    """Load ``smollm2-135m``, a ``.gguf`` path or a local HF directory onto ``device``.
+
+    With ``require_tokenizer`` false, a model that has no tokenizer at all (no tokenizer.json, no
+    ``tokenizer.ggml.*`` metadata) loads with ``tokenizer`` None; one that is there but damaged is
+    still a ``UserError``.  The tokenizer refuses ids the model has no embedding for."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     path = Path(name_or_path)
     if name_or_path == SMOLLM2:
@@ -105,14 +112,22 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32",
     elif not path.exists():
         raise _unknown(name_or_path)
     if path.is_file() and path.suffix == ".gguf":
-        reader = gguf.GGUFReader(path)  # parsed once for the weights and the tokenizer
+        reader = open_gguf(path)  # parsed once for the weights and the tokenizer
         config, state = read_gguf(path, reader=reader)  # fp32, cast once on the device below
-        model = model_from_state_dict(config, state, dtype=torch_dtype, device=torch_device)
-        return LoadedModel(model, tokenizer_from_reader(reader), config, str(path))
-    if path.is_dir():
+        model = model_from_state_dict(config, state, dtype=torch_dtype, device=torch_device,
+                                      source=str(path))
+        tok = tokenizer_from_reader(reader) \
+            if require_tokenizer or gguf_has_tokenizer(reader) else None
+    elif path.is_dir():
         model = load_hf_dir(path, dtype=torch_dtype, device=torch_device)
-        return LoadedModel(model, tokenizer_from_dir(path), read_config(path), str(path))
-    raise _unknown(name_or_path)
+        config = read_config(path)
+        tok = tokenizer_from_dir(path) \
+            if require_tokenizer or tokenizer_file(path).exists() else None
+    else:
+        raise _unknown(name_or_path)
+    if tok is not None:
+        tok = replace(tok, model_vocab=model.cfg.vocab)
+    return LoadedModel(model, tok, config, str(path))
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,15 +135,17 @@ def load_shared(spec: str, prompt_text: str, dtype: str, device: str
                 ) -> tuple[Transformer, TextTokenizer | None]:
     """(model, tokenizer or None) for a run of the real executors (``spec`` as
     ``resolve_spec`` gives it), loaded once per process: the variants of a scenario share the
-    weights (a run never modifies them).  With ``prompt_text`` ``random`` a Hugging Face
-    directory is loaded without its tokenizer.  A ``UserError`` names ``model.spec``."""
+    weights (a run never modifies them).  With ``prompt_text`` ``random`` no tokenizer is needed:
+    a Hugging Face directory is loaded without its tokenizer, a GGUF file without tokenizer
+    metadata gives None.  A ``UserError`` names ``model.spec``."""
     path = Path(spec)
     if path.name == "config.json":
         path = path.parent
     if prompt_text == "random" and path.is_dir():  # no tokenizer needed
         return load_hf_dir(path, dtype=resolve_dtype(dtype), device=resolve_device(device)), None
     try:
-        loaded = load_model(str(path) if path.exists() else spec, dtype=dtype, device=device)
+        loaded = load_model(str(path) if path.exists() else spec, dtype=dtype, device=device,
+                            require_tokenizer=prompt_text != "random")
     except UserError as err:
         raise err.at(file=err.file, field="model.spec") from None
     return loaded.model, loaded.tokenizer

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.kv.cache import ContiguousKVCache, KVCache
+from adapters.model.config_check import check_hf_config
 from sim.config.model_spec import spec_from_hf_dict
 from sim.errors import UserError
 
@@ -51,8 +52,13 @@ class ModelConfig:
 
 
 def config_from_hf(cfg: dict[str, Any], file: str | None = None) -> ModelConfig:
-    """Parse a ``config.json`` dict; unsupported options are a ``UserError`` naming the field."""
+    """Parse a ``config.json`` dict; unsupported options and values of the wrong type or out of
+    range are a ``UserError`` naming the field."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"expected a JSON object, got {type(cfg).__name__}", file=file)
     kind = cfg.get("model_type")
+    if kind in ("gpt2", *_LLAMA_TYPES):
+        check_hf_config(cfg, "gpt2" if kind == "gpt2" else "llama", file)
     try:
         if kind == "gpt2":
             return _gpt2_config(cfg, file)
@@ -71,7 +77,7 @@ def _gpt2_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if cfg.get(flag):
             raise UserError("not supported", file=file, field=flag)
-    s = spec_from_hf_dict(cfg, "gpt2")
+    s = spec_from_hf_dict(cfg, "gpt2", file=file)
     return ModelConfig(
         "gpt2", s.num_layers, s.hidden, s.num_heads, s.num_kv_heads, s.head_dim, s.ffn_hidden,
         s.vocab, s.tied_embeddings, cfg.get("layer_norm_epsilon", 1e-5), s.max_context_tokens,
@@ -89,7 +95,7 @@ def _llama_config(cfg: dict[str, Any], file: str | None) -> ModelConfig:
     if rope_type != "default":
         field = "rope_parameters" if "rope_parameters" in cfg else "rope_scaling"
         raise UserError(f"RoPE type {rope_type!r} is not supported yet", file=file, field=field)
-    s = spec_from_hf_dict(cfg, "llama")
+    s = spec_from_hf_dict(cfg, "llama", file=file)
     return ModelConfig(
         "llama", s.num_layers, s.hidden, s.num_heads, s.num_kv_heads, s.head_dim, s.ffn_hidden,
         s.vocab, s.tied_embeddings, cfg.get("rms_norm_eps", 1e-6), s.max_context_tokens,

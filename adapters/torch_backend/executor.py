@@ -23,6 +23,10 @@ Choices (recorded here, see also the README):
   (``sim.quality.attention.MeasuredAttention``): each step, the attention probabilities of its query
   tokens averaged over layers and heads, summed per block (one extra q.K product per layer, paid
   only for such policies).
+- Injected faults (``sim.engine.faults``) that can be made real: a slowed device (after the
+  step's work, a sleep of (factor - 1) x its time, measured as a ``slow`` segment) and an
+  allocation cap on the KV arenas (a request whose arena cannot grow within it fails with the
+  reason, through ``StepFailed``; the step runs for the others).
 """
 
 from __future__ import annotations
@@ -55,12 +59,17 @@ from sim.engine.executor import (
     StepResult,
     profile_device,
 )
+from sim.engine.faults import FaultSchedule, StepFailed
 from sim.engine.kv_store import PagedKVStore
 from sim.engine.workload import Requests
 from sim.errors import BackendUnavailable, UserError
 from sim.quality.attention import MeasuredAttention
 
 FREE_ARENAS = 8  # released KV arenas kept for reuse
+
+
+class ArenaCapExceeded(Exception):
+    """A KV arena could not grow within the injected allocation cap."""
 
 
 class TorchExecutor:
@@ -74,7 +83,7 @@ class TorchExecutor:
     def __init__(self, model: Transformer, prompts: list[list[int]], store: PagedKVStore,
                  device_info: DeviceInfo, *, kv_dtype: torch.dtype, group: int,
                  buffers: BufferPool, drafter: Any = None, device_label: str = "cpu",
-                 measure_attention: bool = False):
+                 measure_attention: bool = False, faults: FaultSchedule | None = None):
         self.model, self.prompts, self.store = model, prompts, store
         self.info, self.device_label = device_info, device_label
         w = model.tok_embeddings.weight
@@ -100,6 +109,8 @@ class TorchExecutor:
         self.accepted_log: dict[int, list[int]] = {}  # per request: accepted per proposal
         # what the tiering policy observes: attention measured in the model, per block
         self.attention = MeasuredAttention() if measure_attention else None
+        self.faults = faults if faults else None  # injected: a slowdown, an allocation cap
+        self._clock_s = 0.0  # the engine clock when the current step started
 
     # -- protocol ------------------------------------------------------------------------------
     def devices(self) -> tuple[DeviceInfo, ...]:
@@ -109,12 +120,18 @@ class TorchExecutor:
                 plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]:
         rids = [int(r) for r in plan.request_ids]
         segments: list[tuple[str, str, float]] = []
+        self._clock_s = env.now
+        failed: dict[int, str] = {}  # requests whose KV arena could not grow (injected cap)
         t0 = self._now()
         emitted = proposed = None
         with torch.inference_mode():
             if plan.phase == "prefill":
                 for rid in rids:
-                    self.prefill_request(rid)
+                    try:
+                        self.prefill_request(rid)
+                    except ArenaCapExceeded as err:
+                        failed[rid] = str(err)
+                rids = [r for r in rids if r not in failed]
                 t1 = self._now()
                 segments.append((self.info.name, "prefill", t1 - t0))
                 self._apply_tiers(rids)  # new blocks at the precision they were admitted at
@@ -124,17 +141,76 @@ class TorchExecutor:
                 t1 = self._now()
                 if t1 > t0:
                     segments.append((self.info.name, "retier", t1 - t0))
-                emitted, proposed = self.decode_step(rids, plan.draft_len, segments, t1)
+                step_rids = self._reserve(rids, plan.draft_len + 1 if plan.draft_len else 1,
+                                          failed)
+                emitted, proposed = (self.decode_step(step_rids, plan.draft_len, segments, t1)
+                                     if step_rids else (np.ones(0, dtype=np.int64), None))
+                if failed:  # rows for every request of the plan (the failed ones ignored)
+                    emitted, proposed = self._all_rows(rids, step_rids, emitted, proposed)
                 t2 = self._now()
-                self._apply_tiers(rids)  # blocks that filled in this step, at once
+                self._apply_tiers(step_rids)  # blocks that filled in this step, at once
                 t3 = self._now()
                 if t3 - t2 > 1e-4:
                     segments.append((self.info.name, "retier", t3 - t2))
+        self._slow_down(env.now, t0, segments)
         elapsed = self._now() - t0
         self.steps_s += elapsed
         yield env.timeout(elapsed)
-        return StepResult(elapsed, {self.info.name: elapsed}, segments, emitted, proposed,
-                          self.kv.bytes_by_precision(), self.kv.fp16_equiv_bytes())
+        result = StepResult(elapsed, {self.info.name: elapsed}, segments, emitted, proposed,
+                            self.kv.bytes_by_precision(), self.kv.fp16_equiv_bytes())
+        if failed:
+            raise StepFailed(failed, result)
+        return result
+
+    # -- injected faults ---------------------------------------------------------------------
+    def _slow_down(self, now_s: float, t0: float, segments: list) -> None:
+        """A slowed device: sleep (factor - 1) x the step's time so far, for real."""
+        factor = self.faults.slow_factor(self.info.name, now_s) if self.faults else 1.0
+        if factor > 1.0:
+            t1 = self._now()
+            time.sleep((factor - 1.0) * (t1 - t0))
+            segments.append((self.info.name, "slow", self._now() - t1))
+
+    def _reserve(self, rids: list[int], num_new: int, failed: dict[int, str]) -> list[int]:
+        """Grow each request's arena for the step; those that cannot (the allocation cap) go
+        to ``failed`` -> the requests the step runs for."""
+        if not (self.faults and self.faults.caps):
+            return rids
+        out = []
+        for rid in rids:
+            try:
+                self.kv.reserve(rid, num_new)
+                out.append(rid)
+            except ArenaCapExceeded as err:
+                failed[rid] = str(err)
+        return out
+
+    @staticmethod
+    def _all_rows(rids: list[int], step_rids: list[int], emitted: np.ndarray,
+                  proposed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-row results of the requests that ran, spread over every request of the plan
+        (one emitted token and no proposal for the others)."""
+        row = {rid: i for i, rid in enumerate(step_rids)}
+        all_emitted = np.ones(len(rids), dtype=np.int64)
+        all_proposed = None if proposed is None else np.zeros(len(rids), dtype=np.int64)
+        for i, rid in enumerate(rids):
+            if rid in row:
+                all_emitted[i] = emitted[row[rid]]
+                if all_proposed is not None:
+                    all_proposed[i] = proposed[row[rid]]
+        return all_emitted, all_proposed
+
+    def _check_cap(self, rid: int, need_bytes: int) -> None:
+        """Raise ``ArenaCapExceeded`` when growing ``rid``'s arena to ``need_bytes`` would take
+        the KV arenas held past the active allocation cap (its own old arena is let go)."""
+        cap = self.faults.alloc_cap(self._clock_s) if self.faults else None
+        if cap is None:
+            return
+        tb = self._token_bytes
+        held = sum(r.capacity * tb for other, r in self.kv.requests.items() if other != rid)
+        if held + need_bytes > cap:
+            raise ArenaCapExceeded(f"KV allocation of {need_bytes} bytes failed: {held} of the "
+                                   f"{int(cap)}-byte allocation cap in use (injected fault)")
 
     def release(self, request_id: int) -> None:
         """Free what an ended request holds (its KV arena back to the buffer policy); keep its
@@ -287,6 +363,7 @@ class TorchExecutor:
     # -- KV arenas through the buffer policy ------------------------------------------------
     def _grow(self, rid: int, need_tokens: int, cap_tokens: int) -> int:
         tb = self._token_bytes
+        self._check_cap(rid, need_tokens * tb)
         live = self.kv.arena_tokens(rid) * tb if rid in self.kv else 0
         self.pool.request(f"kv{rid}", need_tokens * tb, live)
         return max(self.pool.held[f"kv{rid}"] // tb, need_tokens)
@@ -326,7 +403,8 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     return TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,
                          group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
                          device_label=describe_device(device),
-                         measure_attention=observes_blocks(scn.policies.tiering))
+                         measure_attention=observes_blocks(scn.policies.tiering),
+                         faults=FaultSchedule(scn.faults))
 
 
 def make_prompts(scn: Scenario, requests: Requests, tokenizer, vocab: int) -> list[list[int]]:

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import scenarios
 from sim.cli import sweep as sweep_cli
+from sim.cli.interrupts import STOPPED, exit_status, sigterm_raises
 from sim.config.hardware import bundled_profiles
 from sim.config.model_spec import PRESETS
 from sim.config.policy_check import FAMILY_NAMES
@@ -75,19 +76,22 @@ def _list_policies(out: Console) -> None:
 
 
 class _Progress:
-    """A progress bar on stderr that appears only once a run has lasted a moment."""
+    """A progress bar on a terminal's stderr that appears only once a run has lasted a moment
+    (none on a file or pipe: a transient bar would leave an empty line there)."""
 
     def __init__(self, total_requests: int, label: str = "simulating"):
         self.total, self.done, self.t0 = total_requests, 0, time.monotonic()
         self.label = label
         self.bar: Progress | None = None
+        self.console = Console(stderr=True)
 
     def __call__(self, n: int = 1) -> None:
         self.done += n
-        if self.bar is None and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
+        if (self.bar is None and self.console.is_terminal
+                and time.monotonic() - self.t0 > PROGRESS_AFTER_S):
             self.bar = Progress(TextColumn(self.label), BarColumn(),
                                 TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
+                                console=self.console, transient=True)
             self.bar.start()
             self.task = self.bar.add_task("", total=self.total, completed=self.done)
         elif self.bar is not None and self.done % 64 == 0:
@@ -122,62 +126,77 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         field="--backend")
     load_backend(backend)
     path, name, runs_cfg, setups = _resolve(args)
+    out_dir = _prepare_out(args, "validation.json")
     progress = _Progress(2 * sum(s.workload.num_requests for _, s in runs_cfg),
                          f"validating ({backend})")
-    out, run_outputs = [], []
-    trace = args.out is not None
+    out, run_outputs, sinks = [], [], []
     given = load_calibration(Path(args.profile)) if args.profile else None
     try:
-        for variant, scn in runs_cfg:
-            cost_model = args.cost_model or "calibrated"
-            profile = speed = calibrator = None
-            if cost_model == "calibrated":
-                calibrator = _calibrator(backend)
-                progress.close()  # a calibration draws its own progress bar
-                profile = given or calibrator.for_scenario(scn, path.parent)[0]
-                if args.speed_check:
-                    speed = calibrator.speed_check(profile, scn, path.parent)
-            measured = run_scenario(scn, variant, None, path.parent, record_trace=trace,
-                                    on_done=progress, backend=backend, setup=setups[variant])
-            given_scn, conditioned = conditioned_on(scn, measured)
-            if speed is not None:  # the machine's speed before and after the measured run
-                speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
-                profile = profile.model_copy(update={"speed_factor": speed})
-                conditioned["machine_speed"] = float(f"{speed:.4g}")
-            replay = acceptance_replay(measured) if conditioned else None
-            if replay:
-                conditioned["acceptance_replay"] = "measured accepted counts per request"
-            predicted = run_scenario(given_scn, variant, cost_model, path.parent,
-                                     record_trace=trace, on_done=progress, calibration=profile,
-                                     acceptance_replay=replay,
-                                     setup=replace(setups[variant], scenario=given_scn))
-            errors = [f"{side}: {r.error}" for side, r in (("measured", measured),
-                                                            ("predicted", predicted)) if r.error]
-            out.append({"variant": variant, "cost_model": cost_model,
-                        **compare(predicted, measured), "conditioned_on": conditioned}
-                       | ({"calibration": profile.machine} if cost_model == "calibrated"
-                          else {}) | ({"error": "; ".join(errors)} if errors else {}))
-            run_outputs += [predicted, measured]
+        try:
+            for variant, scn in runs_cfg:
+                cost_model = args.cost_model or "calibrated"
+                profile = speed = calibrator = None
+                if cost_model == "calibrated":
+                    calibrator = _calibrator(backend)
+                    progress.close()  # a calibration draws its own progress bar
+                    profile = given or calibrator.for_scenario(scn, path.parent)[0]
+                    if args.speed_check:
+                        speed = calibrator.speed_check(profile, scn, path.parent)
+                sinks.append(output.trace_sink(out_dir, variant, None))
+                measured = run_scenario(scn, variant, None, path.parent, record_trace=sinks[-1],
+                                        on_done=progress, backend=backend,
+                                        setup=setups[variant])
+                given_scn, conditioned = conditioned_on(scn, measured)
+                if speed is not None:  # the machine's speed before and after the measured run
+                    speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
+                    profile = profile.model_copy(update={"speed_factor": speed})
+                    conditioned["machine_speed"] = float(f"{speed:.4g}")
+                replay = acceptance_replay(measured) if conditioned else None
+                if replay:
+                    conditioned["acceptance_replay"] = "measured accepted counts per request"
+                sinks.append(output.trace_sink(out_dir, variant, cost_model))
+                predicted = run_scenario(given_scn, variant, cost_model, path.parent,
+                                         record_trace=sinks[-1], on_done=progress,
+                                         calibration=profile, acceptance_replay=replay,
+                                         setup=replace(setups[variant], scenario=given_scn))
+                errors = [f"{side}: {r.error}" for side, r in (("measured", measured),
+                                                                ("predicted", predicted))
+                          if r.error]
+                out.append({"variant": variant, "cost_model": cost_model,
+                            **compare(predicted, measured), "conditioned_on": conditioned}
+                           | ({"calibration": profile.machine} if cost_model == "calibrated"
+                              else {}) | ({"error": "; ".join(errors)} if errors else {}))
+                run_outputs += [predicted, measured]
+        except STOPPED as stop:
+            progress.close()
+            doc = output.incomplete({"scenario": name, "backend": backend, "runs": out},
+                                    len(run_outputs), 2 * len(runs_cfg))
+            return _interrupted(stop, out_dir, doc, run_outputs, "validation.json")
+        finally:
+            progress.close()
+        doc = {"scenario": name, "backend": backend, "runs": out}
+        if args.json:
+            sys.stdout.write(output.dumps(doc) + "\n")
+        else:
+            output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
+        if out_dir is not None:  # both sides' files, for `report`
+            output.write_out(out_dir, doc, run_outputs, "validation.json")
     finally:
-        progress.close()
-    doc = {"scenario": name, "backend": backend, "runs": out}
-    if args.json:
-        sys.stdout.write(output.dumps(doc) + "\n")
-    else:
-        output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "validation.json").write_text(output.dumps(doc) + "\n")
-        output.write_run_files(Path(args.out), run_outputs)  # both sides, for `report`
+        _discard(sinks)
     return output.report_failures(run_outputs, Console(stderr=True, highlight=False,
                                                        soft_wrap=True))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write DIR/report.html (plots from a ``--out`` folder) and print its path."""
+    """Write DIR/report.html (plots from a ``--out`` folder) and print its path; what is
+    damaged or missing in the folder, or an interrupted run's folder, is said on stderr."""
     from sim.report.render import write_report
 
-    print(write_report(Path(args.dir)))
+    notes: list[str] = []
+    print(write_report(Path(args.dir), notes))
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in notes:
+        err.print(f"infer-os: note: {line}", markup=False)
     return 0
 
 
@@ -196,15 +215,20 @@ def _resolve(args: argparse.Namespace):
     ``RunSetup``, checked before anything runs; ``--variant`` selects some."""
     path = _scenario_path(args.scenario)
     runs_cfg = resolve_runs(path, args.set or [], args.variant)
-    setups = {}
+    setups, errors = {}, {}
     for variant, scn in runs_cfg:  # reject bad input before anything runs; built once
         try:
             setups[variant] = check_scenario(scn, path.parent)
         except UserError as e:
-            if e.file:
-                raise
-            where = "" if variant == "default" else f"variants.{variant} -> "
-            raise e.at(file=str(path), field=where + (e.field or "")) from None
+            errors[variant] = e
+    if errors:
+        variant, e = next(iter(errors.items()))
+        if e.file:
+            raise e
+        # an error every variant has is the base file's (or a --set's): blamed plainly
+        shared = len(errors) == len(runs_cfg) and len({str(x) for x in errors.values()}) == 1
+        where = "" if variant == "default" or shared else f"variants.{variant} -> "
+        raise e.at(file=str(path), field=where + (e.field or ""))
     return path, runs_cfg[0][1].name, runs_cfg, setups
 
 
@@ -218,33 +242,77 @@ def _run(args: argparse.Namespace, backend: str) -> int:
         jobs = [(v, s, cm) for v, s in runs_cfg for cm in s.cost_models]
     else:  # measured once per variant: cost models predict, they are not measured
         jobs = [(v, s, None) for v, s in runs_cfg]
+    out_dir = _prepare_out(args, "results.json")
     progress = _Progress(sum(s.workload.num_requests for _, s, _ in jobs),
                          "simulating" if backend == "sim" else f"measuring ({backend})")
-    runs = []
+    runs, sinks = [], []
     try:
-        for variant, scn, cm in jobs:
-            runs.append(run_scenario(scn, variant, cm, path.parent,
-                                     record_trace=args.out is not None, on_done=progress,
-                                     backend=backend, calibration=profile,
-                                     setup=setups[variant]))
+        try:
+            for variant, scn, cm in jobs:
+                sinks.append(output.trace_sink(out_dir, variant, cm))
+                runs.append(run_scenario(scn, variant, cm, path.parent, record_trace=sinks[-1],
+                                         on_done=progress, backend=backend,
+                                         calibration=profile, setup=setups[variant]))
+        except STOPPED as stop:
+            progress.close()
+            output.add_speedups(runs)
+            doc = output.incomplete(output.document(name, backend, runs), len(runs), len(jobs))
+            return _interrupted(stop, out_dir, doc, runs, "results.json")
+        finally:
+            progress.close()
+        output.add_speedups(runs)
+        doc = output.document(name, backend, runs)
+        _print_runs(args, backend, name, doc, runs)
+        if out_dir is not None:
+            output.write_out(out_dir, doc, runs)
+            if not args.json:
+                Console(stderr=True).print(f"wrote results, per-request CSVs, Chrome traces and "
+                                           f"KV timelines to {out_dir} (`infer-os report` draws "
+                                           "them)")
     finally:
-        progress.close()
-    output.add_speedups(runs)
-    doc = output.document(name, backend, runs)
+        _discard(sinks)
+    return output.report_failures(runs, Console(stderr=True, highlight=False, soft_wrap=True))
+
+
+def _print_runs(args: argparse.Namespace, backend: str, name: str, doc: dict, runs) -> None:
+    """The document on stdout (``--json``), else the table (and the measuring device)."""
     if args.json:
         sys.stdout.write(output.dumps(doc) + "\n")
+        return
+    output.print_table(name, runs, Console(width=None if sys.stdout.isatty() else 150),
+                       "simulate" if backend == "sim" else f"measure --backend {backend}")
+    if backend != "sim":
+        devices = sorted({r.metrics["measured"]["device"] for r in runs})
+        Console(stderr=True).print(f"measured on {', '.join(devices)}", markup=False)
+
+
+def _prepare_out(args: argparse.Namespace, marker: str) -> Path | None:
+    """``--out`` checked before anything runs (exit 2 when it cannot be written)."""
+    if args.out is None:
+        return None
+    output.prepare_out(Path(args.out), marker)
+    return Path(args.out)
+
+
+def _interrupted(stop: BaseException, out_dir: Path | None, doc: dict, runs: list,
+                 marker: str) -> int:
+    """Ctrl-C or SIGTERM during the runs: the finished runs written (marked incomplete), one
+    line on stderr; the run that was going on is dropped."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if out_dir is None:
+        err.print("infer-os: interrupted", markup=False)
     else:
-        output.print_table(name, runs, Console(width=None if sys.stdout.isatty() else 150),
-                           "simulate" if backend == "sim" else f"measure --backend {backend}")
-        if backend != "sim":
-            devices = sorted({r.metrics["measured"]["device"] for r in runs})
-            Console(stderr=True).print(f"measured on {', '.join(devices)}", markup=False)
-    if args.out:
-        output.write_out(Path(args.out), doc, runs)
-        if not args.json:
-            Console(stderr=True).print(f"wrote results, per-request CSVs, Chrome traces and KV "
-                                       f"timelines to {args.out} (`infer-os report` draws them)")
-    return output.report_failures(runs, Console(stderr=True, highlight=False, soft_wrap=True))
+        output.write_out(out_dir, doc, runs, marker)
+        err.print(f"infer-os: interrupted: wrote {len(runs)} of "
+                  f"{doc['incomplete']['runs_planned']} runs to {out_dir}", markup=False)
+    return exit_status(stop)
+
+
+def _discard(sinks: list) -> None:
+    """Remove what the sinks of runs not written left (temporary files)."""
+    for sink in sinks:
+        if sink:
+            sink.discard()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,14 +363,25 @@ def _scenario_command(sub, name: str, help_text: str, out_help: str, func):
     return p
 
 
+# SIGTERM: exit 143 (a command from an entry point opts in with stop_on_sigterm=True)
+RUN_COMMANDS = (cmd_simulate, cmd_measure, cmd_validate, cmd_report)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        if args.func in RUN_COMMANDS or getattr(args, "stop_on_sigterm", False):
+            with sigterm_raises():
+                return args.func(args)
         return args.func(args)
     except (UserError, BackendUnavailable) as e:
-        err.print(f"infer-os: error: {e}", markup=False)
+        for line in getattr(e, "lines", None) or (str(e),):  # several errors: a line each
+            err.print(f"infer-os: error: {line}", markup=False)
         return e.exit_code
     except PolicyFailure as e:  # before any run started (e.g. the initial placement)
         err.print(f"infer-os: error: {e}", markup=False)
         return 1
+    except STOPPED as stop:  # anywhere else (a command's runs write what finished first)
+        err.print("infer-os: interrupted", markup=False)
+        return exit_status(stop)

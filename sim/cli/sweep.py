@@ -20,7 +20,8 @@ from rich.progress import (
 
 import scenarios
 from sim.errors import UserError
-from sim.sweep.run import ExecutorSpec, run_sweep
+from sim.sweep.interrupt import Interrupted, on_signals
+from sim.sweep.run import MAX_WORKERS, ExecutorSpec, SweepRun, run_sweep
 from sim.sweep.spec import load_sweep
 
 SWEEP_DIR = Path(scenarios.__file__).parent / "sweeps"
@@ -58,26 +59,39 @@ class _Bar:
         failed = f" ({self.num_failed} failed)" if self.num_failed else ""
         self.bar.update(self.task, advance=1, description=failed)
 
+    def warn(self, text: str) -> None:
+        self.bar.console.print(f"infer-os: warning: {text}", markup=False, highlight=False,
+                               soft_wrap=True)
+
     def close(self) -> None:
         self.bar.stop()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    spec = ExecutorSpec.parse(args.executor, args.workers or 0)
-    sweep = load_sweep(locate(args.sweep))  # every point checked before anything runs
-    out_dir = Path(args.out or f"sweeps/{sweep.spec.name}")
+    spec = ExecutorSpec.parse(args.executor, args.workers)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    err.print(f"sweep {sweep.spec.name}: {len(sweep.points)} points on {spec.describe()} -> "
-              f"{out_dir}", markup=False)
-    bar = _Bar(len(sweep.points))
-    try:
-        result = run_sweep(sweep, out_dir, spec, on_point=bar)
-    except KeyboardInterrupt:
-        bar.close()
-        err.print(f"interrupted: finished points are in {out_dir}; rerun the same command to "
-                  "run only the missing ones", markup=False)
-        return 130
-    bar.close()
+    with on_signals():  # SIGINT/SIGTERM: stop the workers, write the results, exit 130/143
+        try:
+            sweep = load_sweep(locate(args.sweep))  # every point checked before anything runs
+            out_dir = Path(args.out or f"sweeps/{sweep.spec.name}")
+            err.print(f"sweep {sweep.spec.name}: {len(sweep.points)} points on "
+                      f"{spec.describe()} -> {out_dir}", markup=False)
+            bar = _Bar(len(sweep.points))
+            try:
+                result = run_sweep(sweep, out_dir, spec, on_point=bar, on_warning=bar.warn)
+            finally:
+                bar.close()
+        except Interrupted as stop:  # before the first point was sent
+            err.print(f"infer-os: interrupted ({stop}) before any point ran", markup=False)
+            return stop.exit_code
+    if result.interrupted:
+        err.print(f"infer-os: interrupted: {result.num_done} of {result.num_points} points done; "
+                  "rerun to resume", markup=False)
+        return 128 + result.interrupted
+    return _summary(args, result, out_dir, err)
+
+
+def _summary(args: argparse.Namespace, result: SweepRun, out_dir: Path, err: Console) -> int:
     summary = result.summary()
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -101,7 +115,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="local process pool (default), a Dask LocalCluster (dask) or the Dask "
                         "scheduler at ADDRESS (dask=tcp://host:8786)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="processes of the local pool or the LocalCluster (default: all cores)")
+                   help="processes of the local pool or the LocalCluster, 1 to "
+                        f"{MAX_WORKERS} (default: all cores)")
     p.add_argument("--out", metavar="DIR",
                    help="results folder (default sweeps/NAME); a rerun resumes it")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")

@@ -3,7 +3,8 @@
 A profile is a YAML data file (``sim/config/profiles/NAME.yaml`` for the bundled ones, or any
 path).  Every numeric figure of a device or a memory bus must be cited in that object's
 ``sources`` map (same key), so a projection can always be traced back to a datasheet, a
-measurement or a derivation.
+measurement or a derivation.  Every figure is finite and within physical bounds
+(docs/simulator-notes.md#limits-and-validation).
 """
 
 from __future__ import annotations
@@ -11,13 +12,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from sim.config.frozen import Frozen
+from sim.config.frozen import MAX_BYTES, Frozen, user_error
+from sim.config.paths import exists
+from sim.config.yaml_io import load_yaml
 from sim.errors import UserError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# A rate (FLOP/s, bytes/s) below one per second turns a step's work into times that overflow to
+# inf (1e-300 FLOP/s); above the maximums is beyond any device made (an H200: ~1e15 FLOP/s dense
+# BF16, 4.8e12 B/s).  Test profiles use rates of a few thousand per second.
+MIN_RATE = 1.0
+MAX_FLOPS_PER_S = 1.0e18
+MAX_BYTES_PER_S = 1.0e15
+MIN_CAPACITY_BYTES = 1.0
+MIN_EFFICIENCY = 1.0e-3  # of a peak: below this the peak figure itself is wrong
+MAX_LATENCY_S = 1.0  # per kernel, command or allocation: real ones are microseconds
+
+
+def _rate(maximum: float, **kw):
+    return Field(ge=MIN_RATE, le=maximum, **kw)
+
+
+def _latency():
+    return Field(ge=0, le=MAX_LATENCY_S)
 
 
 class _Cited(Frozen):
@@ -36,9 +55,10 @@ class MemoryBus(_Cited):
     """One memory system; all devices naming it share its bandwidth while their work overlaps."""
 
     name: str
-    capacity_bytes: float = Field(gt=0)
-    bandwidth_bytes_per_s: float = Field(gt=0)
-    efficiency: float = Field(gt=0, le=1)  # sustainable fraction of the peak bandwidth
+    capacity_bytes: float = Field(ge=MIN_CAPACITY_BYTES, le=MAX_BYTES)
+    bandwidth_bytes_per_s: float = _rate(MAX_BYTES_PER_S)
+    # sustainable fraction of the peak bandwidth
+    efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
 
     @property
     def usable_bytes_per_s(self) -> float:
@@ -52,13 +72,16 @@ class Device(_Cited):
     name: str
     kind: Literal["cpu", "gpu", "npu"]
     memory: str  # name of the MemoryBus it reads from
-    peak_flops_per_s: float = Field(gt=0)  # in the precision it runs LLM matmuls at (FP16/BF16)
-    compute_efficiency: float = Field(gt=0, le=1)
-    bandwidth_ceiling_bytes_per_s: float | None = Field(default=None, gt=0)  # e.g. an NPU's DMA
-    launch_overhead_s: float = Field(ge=0)  # per kernel / per op dispatched
-    command_latency_s: float = Field(ge=0)  # per handoff of work into this device
-    alloc_latency_s: float = Field(ge=0)  # per buffer allocation
-    alloc_bytes_per_s: float = Field(gt=0)  # first-touch / zeroing rate of a new allocation
+    # in the precision it runs LLM matmuls at (FP16/BF16)
+    peak_flops_per_s: float = _rate(MAX_FLOPS_PER_S)
+    compute_efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
+    # e.g. an NPU's DMA
+    bandwidth_ceiling_bytes_per_s: float | None = _rate(MAX_BYTES_PER_S, default=None)
+    launch_overhead_s: float = _latency()  # per kernel / per op dispatched
+    command_latency_s: float = _latency()  # per handoff of work into this device
+    alloc_latency_s: float = _latency()  # per buffer allocation
+    # first-touch / zeroing rate of a new allocation
+    alloc_bytes_per_s: float = _rate(MAX_BYTES_PER_S)
 
 
 class HardwareProfile(Frozen):
@@ -78,6 +101,8 @@ class HardwareProfile(Frozen):
             raise ValueError(f"host_memory names unknown memory {self.host_memory!r}")
         if len({d.name for d in self.devices}) != len(self.devices):
             raise ValueError("device names must be unique")
+        if len(buses) != len(self.memories):
+            raise ValueError("memory names must be unique")
         return self
 
     def device(self, name: str) -> Device:
@@ -106,17 +131,11 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
+        if not exists(path):
             raise UserError(f"unknown hardware profile {name_or_path!r} "
                             f"(bundled: {', '.join(bundled_profiles())})")
+    data = load_yaml(path, "hardware profile")
     try:
-        data = yaml.safe_load(path.read_text())
         return HardwareProfile.model_validate(data)
-    except OSError as err:
-        raise UserError(f"cannot read hardware profile ({err.strerror})", file=str(path)) from None
-    except yaml.YAMLError as err:
-        raise UserError(f"invalid YAML ({err})".replace("\n", " "), file=str(path)) from None
     except ValidationError as err:
-        e = err.errors()[0]
-        field = ".".join(str(x) for x in e["loc"])
-        raise UserError(e["msg"], file=str(path), field=field) from None
+        raise user_error(err, data, file=str(path)) from None

@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sim.config.frozen import MAX_LAYERS, MAX_TOKENS
+from sim.config.paths import exists
+from sim.config.yaml_io import load_json
 from sim.errors import UserError
 
 
@@ -80,33 +83,99 @@ PRESETS: dict[str, ModelSpec] = {
 }
 
 
+# Bounds of a config.json's sizes (docs/simulator-notes.md#limits-and-validation): well above any
+# published model (hidden 25,600, FFN 4 x that, vocabularies of 256k), low enough that parameter
+# and byte counts stay exact in float64.
+MAX_HIDDEN = 2**18  # also bounds heads and key/value heads
+MAX_HEAD_DIM = 2**14
+MAX_FFN_HIDDEN = 2**20
+MAX_VOCAB = 2**24
+_REQUIRED = object()
+
+
 def from_hf_config(path: Path) -> ModelSpec:
     """Read a Hugging Face ``config.json`` (Llama/Mistral/Qwen2-style or GPT-2)."""
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read model config ({err})", file=str(path)) from None
-    try:
-        return spec_from_hf_dict(cfg, Path(path).parent.name or cfg.get("model_type", "model"))
-    except KeyError as err:
-        raise UserError(f"missing key {err.args[0]!r}", file=str(path)) from None
+    cfg = load_json(path, "model config")
+    if not isinstance(cfg, dict):
+        raise UserError("expected a JSON object (a Hugging Face config.json)", file=str(path))
+    return spec_from_hf_dict(cfg, Path(path).parent.name or str(cfg.get("model_type", "model")),
+                             file=str(path))
 
 
-def spec_from_hf_dict(cfg: dict, name: str) -> ModelSpec:
+def spec_from_hf_dict(cfg: dict, name: str, file: str | None = None) -> ModelSpec:
     """The shape in a ``config.json`` dict, GPT-2 or Llama-style (Llama, Mistral, Qwen2); the one
-    parser both the simulator and the torch adapter use.  Raises ``KeyError`` for a missing key."""
-    if cfg.get("model_type") == "gpt2":
-        hidden, heads = cfg["n_embd"], cfg["n_head"]
-        return ModelSpec(name, cfg["n_layer"], hidden, heads, heads, hidden // heads,
-                         cfg.get("n_inner") or 4 * hidden, cfg["vocab_size"],
-                         bool(cfg.get("tie_word_embeddings", True)), False,
-                         cfg.get("n_positions", 1024))
-    heads = cfg["num_attention_heads"]
-    return ModelSpec(
-        name, cfg["num_hidden_layers"], cfg["hidden_size"], heads,
-        cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        cfg["intermediate_size"], cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)),
-        True, cfg.get("max_position_embeddings", 4096))
+    parser both the simulator and the torch adapter use.  Every key read is checked (a positive
+    integer within bounds, flags true or false; heads divide the hidden size unless ``head_dim``
+    is given, key/value heads divide heads); ``UserError`` at ``file`` with a line per bad key."""
+    r = _Reader(cfg, file)
+    kind = cfg.get("model_type")
+    if kind is not None and not isinstance(kind, str):
+        r.fail("model_type", f"expected a string, got {_shown(kind)}")
+    gpt2 = kind == "gpt2"
+    # (key in a GPT-2 config, key in a Llama-style one)
+    key_hidden, key_heads = ("n_embd", "n_head") if gpt2 else ("hidden_size", "num_attention_heads")
+    hidden, heads = r.size(key_hidden, MAX_HIDDEN), r.size(key_heads, MAX_HIDDEN)
+    if gpt2:
+        kv_heads, head_dim = heads, None
+        layers, ffn = r.size("n_layer", MAX_LAYERS), r.size("n_inner", MAX_FFN_HIDDEN, 4 * hidden)
+        context = r.size("n_positions", MAX_TOKENS, 1024)
+    else:
+        kv_heads = r.size("num_key_value_heads", MAX_HIDDEN, heads)
+        head_dim = r.size("head_dim", MAX_HEAD_DIM, None)
+        layers = r.size("num_hidden_layers", MAX_LAYERS)
+        ffn = r.size("intermediate_size", MAX_FFN_HIDDEN)
+        context = r.size("max_position_embeddings", MAX_TOKENS, 4096)
+    vocab, tied = r.size("vocab_size", MAX_VOCAB), r.flag("tie_word_embeddings", gpt2)
+    if head_dim is None and not r.bad & {key_hidden, key_heads} and hidden % heads:
+        r.fail(key_heads, f"{heads} heads do not divide the hidden size {hidden}")
+    if not r.bad & {key_heads, "num_key_value_heads"} and heads % kv_heads:
+        r.fail("num_key_value_heads", f"{kv_heads} key/value heads do not divide {heads} heads")
+    if r.errors:
+        raise UserError.collect(r.errors)
+    return ModelSpec(name, layers, hidden, heads, kv_heads, head_dim or hidden // heads, ffn,
+                     vocab, tied, not gpt2, context)
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Reader:
+    """A config.json's values, each checked as read; the problems collected (``errors``), the
+    keys that had one in ``bad``."""
+
+    def __init__(self, cfg: dict, file: str | None):
+        self.cfg, self.file = cfg, file
+        self.errors: list[UserError] = []
+        self.bad: set[str] = set()
+
+    def fail(self, key: str, message: str) -> None:
+        self.errors.append(UserError(message, file=self.file, field=key))
+        self.bad.add(key)
+
+    def size(self, key: str, maximum: int, default: object = _REQUIRED) -> int:
+        """An integer in 1..maximum; ``default`` when absent or null (a required key when
+        none).  A bad value is reported and read as 1."""
+        value = self.cfg.get(key)
+        if value is None and default is not _REQUIRED:
+            return default  # type: ignore[return-value]
+        if value is None:
+            self.fail(key, "expected an integer, got null" if key in self.cfg else "missing key")
+        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            self.fail(key, f"expected an integer in 1..{maximum:,}, got {_shown(value)}")
+        else:
+            return value
+        return 1
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.cfg.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {_shown(value)}")
+            return default
+        return value
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
@@ -114,9 +183,9 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
     path = Path(name_or_path)
-    if path.is_dir():
+    if exists(path) and path.is_dir():
         path = path / "config.json"
-    if path.suffix == ".json" and path.exists():
+    if path.suffix == ".json" and exists(path):
         return from_hf_config(path)
     raise UserError(f"unknown model {name_or_path!r} (presets: {', '.join(PRESETS)}, "
                     "or a path to a Hugging Face config.json)")

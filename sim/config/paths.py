@@ -5,7 +5,9 @@ acceptance traces, provider config files):
 - a relative path is the file next to the scenario when it exists there, else the one relative to
   the working directory when that exists;
 - a relative path found in neither place is reported next to the scenario (where the error
-  message will point).
+  message will point);
+- a path the system cannot even look up (too long, a NUL character) exists nowhere: reading it
+  is then the error (``sim.config.yaml_io.read_text``).
 
 Bundled names (a model preset, a hardware or quality profile) are not paths: callers check them
 first (a model spec that names a preset is that preset).
@@ -23,7 +25,15 @@ def resolve_path(value: str | os.PathLike, base_dir: Path | None) -> Path:
     if path.is_absolute() or base_dir is None:
         return path
     near = Path(base_dir) / path
-    return path if path.exists() and not near.exists() else near
+    return path if exists(path) and not exists(near) else near
+
+
+def exists(path: Path) -> bool:
+    """``path.exists()``, False where the system refuses to look the path up."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def cache_folder(name: str) -> Path:

@@ -13,11 +13,14 @@ errors, the runs themselves) is the record of where they came from.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from sim.config.paths import resolve_path
+from sim.config.frozen import MAX_PPL, Frozen, user_error
+from sim.config.paths import exists, resolve_path
+from sim.config.yaml_io import load_yaml
 from sim.errors import UserError
 
 QUALITY_PROFILE_DIR = Path(__file__).parent / "profiles" / "quality"
@@ -25,6 +28,29 @@ FIELD = "quality.profile"
 # the file's penalty names -> QualityConfig fields
 PENALTY_FIELDS = {"int8": "int8_delta_ppl", "int4": "int4_delta_ppl", "int2": "int2_delta_ppl",
                   "missing": "missing_delta_ppl"}
+
+
+# a number in the file: an int or a float, finite (never a string or a bool)
+_Number = Annotated[float, Strict()]
+
+
+def _penalty():
+    return Field(ge=0, le=MAX_PPL)  # delta-PPL per unit of attention share
+
+
+class _Penalties(Frozen):
+    int8: _Number = _penalty()
+    int4: _Number = _penalty()
+    int2: _Number = _penalty()
+    missing: _Number = _penalty()
+
+
+class _Fitted(BaseModel):
+    """The figures the simulator takes from the file; the rest of it is the record."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    base_ppl: _Number = Field(gt=0, le=MAX_PPL)
+    penalties: _Penalties
 
 
 def bundled_quality_profiles() -> list[str]:
@@ -36,7 +62,7 @@ def resolve(name_or_path: str, base_dir: Path | None = None) -> Path:
     if Path(name_or_path).suffix:
         return resolve_path(name_or_path, base_dir)
     path = QUALITY_PROFILE_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
+    if not exists(path):
         raise UserError(f"unknown quality profile {name_or_path!r} "
                         f"(bundled: {', '.join(bundled_quality_profiles()) or 'none'})",
                         field=FIELD)
@@ -44,25 +70,29 @@ def resolve(name_or_path: str, base_dir: Path | None = None) -> Path:
 
 
 def read(name_or_path: str, base_dir: Path | None = None) -> dict[str, Any]:
-    """The whole file, checked to hold a positive ``base_ppl`` and the four penalties (>= 0)."""
+    """The whole file, checked to hold a positive ``base_ppl`` and the four penalties (>= 0),
+    all finite.  A ``UserError`` is said of ``quality.profile`` (the scenario's field), with the
+    file's own key in the message, one line per problem."""
     path = resolve(name_or_path, base_dir)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"cannot read quality profile {str(path)!r} ({err.strerror})",
-                        field=FIELD) from None
-    except yaml.YAMLError:
-        raise UserError(f"quality profile {str(path)!r} is not valid YAML", field=FIELD) from None
-    pens = data.get("penalties") if isinstance(data, dict) else None
-    if not isinstance(pens, dict) or set(pens) != set(PENALTY_FIELDS):
-        raise UserError(f"quality profile {str(path)!r} needs 'penalties' with exactly "
-                        f"{', '.join(PENALTY_FIELDS)}", field=FIELD)
-    values = [data.get("base_ppl"), *pens.values()]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
-            or data["base_ppl"] <= 0 or min(pens.values()) < 0:
-        raise UserError(f"quality profile {str(path)!r}: base_ppl must be > 0 and penalties "
-                        f">= 0", field=FIELD)
+        data = load_yaml(path, "quality profile")
+        if not isinstance(data, dict):
+            raise UserError("expected a mapping", file=str(path))
+        _Fitted.model_validate(data)
+    except ValidationError as err:
+        raise _restated(user_error(err, data), path) from None
+    except UserError as err:
+        raise _restated(err, path) from None
     return data
+
+
+def _restated(err: UserError, path: Path) -> UserError:
+    """``err``'s problems as the scenario reports them: at ``quality.profile``, naming the file
+    (and the key in it)."""
+    return UserError.collect([
+        UserError(f"quality profile {str(path)!r}: " + (f"{e.field}: " if e.field else "")
+                  + e.message, field=FIELD)
+        for e in err.errors])
 
 
 def config_fields(name_or_path: str, base_dir: Path | None = None) -> dict[str, Any]:

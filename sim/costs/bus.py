@@ -48,6 +48,18 @@ class SharedBus:
         self._reschedule()
         return done
 
+    def cancel(self, done: simpy.Event) -> None:
+        """Stop the transfer ``transfer`` returned ``done`` for (its step was lost): its bytes
+        stop taking bandwidth; ``done`` never fires.  A finished transfer is left alone."""
+        key = next((k for k, job in self._jobs.items() if job[3] is done), None)
+        if key is None:
+            return
+        self._advance()
+        del self._jobs[key]
+        self._version += 1  # the pending wake-up is stale
+        if self._jobs:
+            self._reschedule()
+
     def _advance(self) -> None:
         dt = self.env.now - self._last_s
         if dt > 0:

@@ -25,15 +25,16 @@ the state it measured, this model from the engine's step plan.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
 from pydantic import Field, ValidationError
 
 from policies import Precision
-from sim.config.frozen import Frozen
+from sim.config.frozen import Frozen, user_error
 from sim.config.model_spec import ModelSpec
+from sim.config.yaml_io import load_yaml
 from sim.costs.cost_model import Segment
 from sim.engine.executor import StepPlan
 from sim.errors import UserError
@@ -43,6 +44,23 @@ FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weigh
             "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
             "dequant_int2_values", "concat_bytes", "observed_scores")
 QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
+Feature = Literal[FEATURES]  # type: ignore[valid-type]
+MAX_THREADS = 1024
+MAX_BLOCK_TOKENS = 2**16  # also the largest quantization group
+
+
+def _seconds(default: float | None = None):
+    """Seconds (per unit of something): >= 0 (a negative one would run time backwards)."""
+    return Field(ge=0) if default is None else Field(default=default, ge=0)
+
+
+Seconds = Annotated[float, _seconds()]
+
+
+def _rate(default: float):
+    """Bytes per second: > 0; ``.inf`` (written by hand, never by ``calibrate``) makes the
+    work it times free."""
+    return Field(default=default, gt=0, allow_inf_nan=True)
 
 
 class ExecutorLayout(Frozen):
@@ -55,41 +73,44 @@ class FitQuality(Frozen):
     """Signed relative errors of the fitted model on measured steps: in-sample and on points
     held out of the fit (every fifth)."""
 
-    num_points: int
-    median_abs_error: float
-    p90_abs_error: float
-    max_abs_error: float
-    holdout_median_abs_error: float | None = None
-    holdout_max_abs_error: float | None = None
+    num_points: int = Field(ge=0)
+    median_abs_error: float = Field(ge=0)
+    p90_abs_error: float = Field(ge=0)
+    max_abs_error: float = Field(ge=0)
+    holdout_median_abs_error: float | None = Field(default=None, ge=0)
+    holdout_max_abs_error: float | None = Field(default=None, ge=0)
 
 
 class CalibrationProfile(Frozen):
     """What ``infer-os calibrate`` writes: who was measured, the raw microbenchmarks, and the
     fitted seconds per unit of each feature (``coefficients``, keys of ``FEATURES``) plus the
-    costs of re-tiering and allocation."""
+    costs of re-tiering and allocation.  Every number is finite
+    (docs/simulator-notes.md#limits-and-validation) but the two documented rates."""
 
     kind: Literal["infer-os-calibration"] = "infer-os-calibration"
-    version: int = 1
+    version: int = Field(default=1, ge=1)
     backend: str
     device: str
     machine: str  # a fingerprint of the CPU/GPU, core count and library versions
     model: str
     dtype: str
     kv_dtype: str
-    threads: int
-    block_tokens: int
-    kv_quant_group: int
+    threads: int = Field(ge=1, le=MAX_THREADS)
+    block_tokens: int = Field(ge=1, le=MAX_BLOCK_TOKENS)
+    kv_quant_group: int = Field(ge=1, le=MAX_BLOCK_TOKENS)
     layout: ExecutorLayout = ExecutorLayout()
     primitives: dict[str, float] = Field(default_factory=dict)  # informative, not used
-    coefficients: dict[str, float]
-    quantize_s_per_value: dict[str, float] = Field(default_factory=dict)  # by precision
-    retier_s_per_block: float = 0.0
-    copy_bytes_per_s: float = 1e10
-    alloc_s: float = 0.0
-    alloc_bytes_per_s: float = 1e10
-    draft_ngram_s_per_token: float = 0.0  # an n-gram lookup, per token of the sequence
+    # seconds per unit of each feature (a feature left out costs nothing)
+    coefficients: dict[Feature, Seconds]
+    quantize_s_per_value: dict[Literal["int8", "int4", "int2"], Seconds] = Field(
+        default_factory=dict)  # by precision
+    retier_s_per_block: float = _seconds(0.0)
+    copy_bytes_per_s: float = _rate(1e10)
+    alloc_s: float = _seconds(0.0)
+    alloc_bytes_per_s: float = _rate(1e10)
+    draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token of the sequence
     fit: FitQuality | None = None
-    seconds: float = 0.0  # how long the calibration took
+    seconds: float = _seconds(0.0)  # how long the calibration took
     # set at run time, never stored: how much slower the machine runs now than when the
     # profile was fitted (``validate``'s speed check); every predicted time is scaled by it
     speed_factor: float = Field(default=1.0, gt=0, exclude=True)
@@ -99,18 +120,17 @@ class CalibrationProfile(Frozen):
 
 
 def load_calibration(path: Path, field: str = "--profile") -> CalibrationProfile:
+    """The profile at ``path``; ``UserError`` with a line per problem, each at ``path`` and
+    the key in it (``field``, the option that named the file, for the whole file)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read calibration profile: {err}", file=str(path),
-                        field=field) from None
-    try:
+        raw = load_yaml(path, "calibration profile")
         return CalibrationProfile.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or field
-        raise UserError(f"not a calibration profile: {first['msg']}", file=str(path),
-                        field=where) from None
+        bad = user_error(err, raw, file=str(path), prefix="not a calibration profile: ")
+    except UserError as err:
+        bad = err
+    raise UserError.collect([UserError(e.message, file=e.file, field=e.field or field)
+                             for e in bad.errors])
 
 
 def dump_calibration(profile: CalibrationProfile) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from itertools import groupby
 from typing import Any
 
@@ -10,7 +10,7 @@ import simpy
 
 from sim.config.hardware import HardwareProfile
 from sim.costs.bus import SharedBus
-from sim.costs.cost_model import CoefficientModel, RooflineModel
+from sim.costs.cost_model import CoefficientModel, RooflineModel, Segment
 from sim.engine.executor import Capabilities, DeviceInfo, StepPlan, StepResult
 
 
@@ -23,8 +23,11 @@ class CostModelExecutor:
     capabilities = Capabilities()  # predicts times; measures and holds nothing
     attention = None  # the tiering policy observes the synthetic attention model
 
-    def __init__(self, hw: HardwareProfile, cost_model: RooflineModel | CoefficientModel):
+    def __init__(self, hw: HardwareProfile, cost_model: RooflineModel | CoefficientModel,
+                 slowdown: Callable[[str, float], float] | None = None):
         self.hw, self.cost_model = hw, cost_model
+        # injected faults: (device, time a step starts) -> how many times longer it takes there
+        self.slowdown = slowdown
         self._buses: dict[str, SharedBus] = {}
         self._bus_of = {d.name: d.memory for d in hw.devices}
         # a bus with one device cannot see overlapping work: its steps skip the sharing model
@@ -52,6 +55,8 @@ class CostModelExecutor:
                 plan: StepPlan) -> Generator[simpy.Event, Any, StepResult]:
         start = env.now
         segments = self.cost_model.segments(plan)
+        if self.slowdown is not None:
+            segments = self._slowed(segments, start)
         alone = sum(s.variable_s + s.fixed_s for s in segments)
         buses = [self._bus_of[s.device] for s in segments]
         if not self._shared.intersection(buses):
@@ -68,6 +73,16 @@ class CostModelExecutor:
             result.segments.append((s.device, s.op, seconds))
         return result
 
+    def _slowed(self, segments: list[Segment], now: float) -> list[Segment]:
+        """Each segment's time x its device's slowdown factor at ``now`` (its bytes unchanged,
+        so a slowed device also asks less of a shared bus)."""
+        out = []
+        for s in segments:
+            f = self.slowdown(s.device, now)
+            out.append(s if f == 1.0 else Segment(s.device, s.op, s.bytes, s.variable_s * f,
+                                                   s.fixed_s * f))
+        return out
+
     def _shared_bus_steps(self, env: simpy.Environment, segments: list, buses: list[str]):
         """Consecutive segments on one bus move their bytes as one transfer on that bus."""
         for bus_name, pairs in groupby(zip(buses, segments), key=lambda pair: pair[0]):
@@ -76,7 +91,13 @@ class CostModelExecutor:
             variable_s = sum(s.variable_s for s in group)
             fixed_s = sum(s.fixed_s for s in group)
             if num_bytes > 0 and variable_s > 0 and bus_name in self._shared:
-                yield self._bus(env, bus_name).transfer(num_bytes, num_bytes / variable_s)
+                bus = self._bus(env, bus_name)
+                done = bus.transfer(num_bytes, num_bytes / variable_s)
+                try:
+                    yield done
+                except simpy.Interrupt:  # the step was lost (its device failed)
+                    bus.cancel(done)
+                    raise
             else:
                 fixed_s += variable_s
             if fixed_s > 0:

@@ -5,7 +5,8 @@ FCFS while the batch and the KV budget allow, let the planner ask the policies f
 -> run (the executor takes the step's predicted or measured time) -> postprocess (record, credit
 the emitted tokens, retire finished requests).  Prefill and decode are separate processes; when
 their devices differ they overlap (and share a memory bus if the devices do), when they share a
-device they take turns on it.
+device they take turns on it.  Injected faults (``sim.engine.fault_driver``) and a bounded waiting
+queue (``max_waiting``) end requests early, each failed with a reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import simpy
 from policies import DeviceLoad, Placement, SchedulingObservation
 from sim.config.policy_registry import observes_blocks, observes_load
 from sim.engine.buffer_pool import BufferPool
+from sim.engine.devices import DeviceLock, Held, acquire, release
 from sim.engine.executor import Executor, StepPlan, StepResult
+from sim.engine.fault_driver import FaultDriver, NoDevice
+from sim.engine.faults import FaultSchedule
 from sim.engine.kv_store import Admission, PagedKVStore
 from sim.engine.planner import Planner
 from sim.engine.policy_call import ask
@@ -33,11 +37,13 @@ class Engine:
 
     def __init__(self, planner: Planner, requests: Requests, executor: Executor,
                  store: PagedKVStore, *, max_batch: int, max_prefill_tokens: int,
-                 max_context_tokens: int, record_trace: bool = False, on_done=None):
+                 max_context_tokens: int, record_trace: bool = False, on_done=None,
+                 max_waiting: int | None = None, faults: FaultSchedule | None = None):
         self.env = simpy.Environment()
         self.planner, self.requests, self.executor, self.store = planner, requests, executor, store
         self.max_batch, self.max_prefill_tokens = max_batch, max_prefill_tokens
-        self.max_context_tokens = max_context_tokens
+        self.max_context_tokens, self.max_waiting = max_context_tokens, max_waiting
+        self.num_rejected = 0  # arrivals turned away by a full waiting queue
         self.state = RunState(len(requests), record_trace)
         self.devices = {d.name: DeviceLock(self.env) for d in executor.devices()}
         self.kinds = {d.name: d.kind for d in executor.devices()}
@@ -55,12 +61,15 @@ class Engine:
         self._wake_decode = self.env.event()
         self._fixed_placement: Placement | None = None
         self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
-        self._kv_measured = executor.capabilities.reports_kv_bytes
+        self.kv_measured = executor.capabilities.reports_kv_bytes
+        self.faults = FaultDriver(self, faults) if faults else None
 
     # -- arrivals ----------------------------------------------------------------------------
     def run(self) -> RunState:
         try:
             self.planner.retier(self.store, [])  # the precision new blocks are written at
+            if self.faults is not None:
+                self.faults.start()
             if self.requests.concurrency is None:
                 self.env.process(self._open_arrivals())
             else:
@@ -68,7 +77,10 @@ class Engine:
                     self._next_user_request()
             self.env.process(self._prefill_loop())
             self.env.process(self._decode_loop())
-            self.env.run()
+            if self.faults is None:
+                self.env.run()
+            else:
+                self.faults.run()
         except PolicyFailure as err:  # a bug in a policy ends the run; nobody is lost
             step = sum(self.state.num_steps.values()) + 1
             left = int(np.count_nonzero(self.state.status == PENDING))
@@ -97,27 +109,41 @@ class Engine:
         self.env.timeout(self.requests.think_s).callbacks.append(
             lambda _e: self._next_user_request())
 
+    def total_tokens(self, rid: int) -> int:
+        return int(self.requests.prompt_tokens[rid]) + int(self.requests.output_tokens[rid])
+
     def _arrive(self, rid: int) -> None:
         self.state.arrival_s[rid] = self.env.now
-        prompt = int(self.requests.prompt_tokens[rid])
-        total = prompt + int(self.requests.output_tokens[rid])
+        total = self.total_tokens(rid)
         if total > self.max_context_tokens:
-            return self._fail(rid, f"{total} tokens exceed the model's context of "
-                                   f"{self.max_context_tokens}")
+            return self.fail(rid, f"{total} tokens exceed the model's context of "
+                                  f"{self.max_context_tokens}")
         if self.store.can_admit(total, self.planner.new_block_precision) is Admission.NEVER:
             need = self.store.blocks_for(total) * int(
                 self.store.device_block_bytes[self.planner.new_block_precision])
-            return self._fail(rid, f"needs {need} bytes of KV cache, more than the whole budget "
-                                   f"of {self.store.device_budget_bytes}")
+            return self.fail(rid, f"needs {need} bytes of KV cache, more than the whole budget "
+                                  f"of {self.store.device_budget_bytes}")
+        if self.max_waiting is not None:
+            # the waiting room: requests waiting beyond the free batch slots
+            free = self.max_batch - len(self.running) - self.num_prefilling
+            if len(self.waiting) - max(free, 0) >= self.max_waiting:
+                self.num_rejected += 1
+                return self.fail(rid, f"rejected: waiting queue full (max_waiting "
+                                      f"{self.max_waiting})")
         self.waiting.append(rid)
-        self._wake(prefill=True)
+        self.wake(prefill=True)
 
-    def _fail(self, rid: int, reason: str) -> None:
+    def fail(self, rid: int, reason: str) -> None:
         self.state.fail(rid, self.env.now, reason)
+        self._ended()
+
+    def _ended(self) -> None:
         self._on_done()
+        if self.faults is not None:
+            self.faults.num_ended += 1
         self._user_done()
 
-    def _wake(self, prefill: bool = False, decode: bool = False) -> None:
+    def wake(self, prefill: bool = False, decode: bool = False) -> None:
         if prefill and not self._wake_prefill.triggered:
             self._wake_prefill.succeed()
         if decode and not self._wake_decode.triggered:
@@ -127,8 +153,7 @@ class Engine:
     def _head_fits(self) -> bool:
         if not self.waiting or len(self.running) + self.num_prefilling >= self.max_batch:
             return False
-        rid = self.waiting[0]
-        total = int(self.requests.prompt_tokens[rid] + self.requests.output_tokens[rid])
+        total = self.total_tokens(self.waiting[0])
         return self.store.can_admit(total, self.planner.new_block_precision) is Admission.OK
 
     def _admit_batch(self) -> list[int]:
@@ -144,6 +169,10 @@ class Engine:
                 break
             if self.store.can_admit(total, prec) is not Admission.OK:
                 break  # FCFS: the head waits for memory, nobody overtakes it
+            if self.faults is not None and not self.kv_measured and \
+                    self.faults.refuse_allocation(rid, self.store.blocks_for(prompt) * int(
+                        self.store.device_block_bytes[prec])):
+                continue  # an injected allocation failure ended it
             self.store.admit(rid, prompt, total, prec)
             self.waiting.popleft()
             self.state.admitted_s[rid] = self.env.now
@@ -157,19 +186,31 @@ class Engine:
                 self._wake_prefill = self.env.event()
                 yield self._wake_prefill
                 continue
-            placement = self._placement()
+            try:
+                placement = self._placement(lambda p: (p.prefill,))
+            except NoDevice as err:
+                for rid in list(self.waiting):
+                    self.faults.end_request(rid, str(err))
+                continue
             locks = yield from self._acquire((placement.prefill,))
-            batch = self._admit_batch()  # admitted once the device is ours: nobody is left out
+            batch = self._admit_batch() if locks.usable else []  # once the device is ours
             if batch:
                 self.num_prefilling += len(batch)
                 plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
                                                  self.buffers)
                 self._expect(("prefill", placement.prefill))
-                result = yield from self.executor.execute(self.env, plan)
+                result = yield from (self.executor.execute(self.env, plan) if self.faults is None
+                                     else self.faults.execute(plan, locks, (placement.prefill,)))
                 self.num_prefilling -= len(batch)
-                self._record(plan, result)
-                for rid in batch:  # the prefill pass emits each request's first token
-                    self.state.first_token_s[rid] = self.env.now
+                if result is None:  # lost: planned again from the queue
+                    self.faults.requeue(batch)
+                    batch = []
+                else:
+                    self._record(plan, result)
+                    if self.faults is not None:
+                        batch = [r for r in batch if self.state.status[r] == PENDING]
+                    for rid in batch:  # the prefill pass emits each request's first token
+                        self.state.first_token_s[rid] = self.env.now
             self._release(locks)
             if batch:
                 self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64),
@@ -183,36 +224,70 @@ class Engine:
                 self._wake_decode = self.env.event()
                 yield self._wake_decode
                 continue
-            plan, emitted, locks = yield from self._schedule_decode()
-            result = yield from self.executor.execute(self.env, plan)
+            try:
+                plan, emitted, locks = yield from self._schedule_decode()
+            except NoDevice as err:
+                for rid in list(self.running):
+                    self.faults.end_request(rid, str(err))
+                continue
+            if plan is None:
+                continue
+            result = yield from (self.executor.execute(self.env, plan) if self.faults is None
+                                 else self.faults.execute(plan, locks, self._devices_of(plan)))
             self._release(locks)
-            self._postprocess_decode(plan, emitted, result)
+            if result is None:
+                self.planner.replan(plan)  # lost: the running requests take another step
+            else:
+                self._postprocess_decode(plan, emitted, result)
+
+    def _draft_device(self, plan: StepPlan) -> str | None:
+        if not plan.draft_len:
+            return None
+        return self.planner.limits.draft_device or plan.placement.decode_ffn
+
+    def _devices_of(self, plan: StepPlan) -> tuple[str, ...]:
+        """The devices a decode step runs on (a failure of any of them loses it)."""
+        p = plan.placement
+        return tuple(d for d in (p.decode_attention, p.decode_ffn, self._draft_device(plan)) if d)
 
     def _schedule_decode(self):
         """Take the devices the placement names, then plan the step over everyone running
         (re-tiering first when due); returns the plan, the drawn tokens each sequence emits and
-        the locks held."""
-        placement = self._placement()
+        the locks held (no plan when a device it needs failed meanwhile or nobody is left)."""
+        placement = self._placement(lambda p: (p.decode_attention, p.decode_ffn))
         locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
+        if not (locks.usable and self.running):
+            self._release(locks)
+            return None, None, None
         batch = np.array(self.running)  # taken once the devices are ours
         self.planner.maybe_retier(self.store, self.running)
         plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers)
         if plan.draft_len:
-            draft_device = self.planner.limits.draft_device or placement.decode_ffn
+            draft_device = self._draft_device(plan)
             if self.devices[draft_device] not in locks:
-                locks += yield from self._acquire((draft_device,))
+                more = yield from self._acquire((draft_device,))
+                locks.extend(more)
+                locks.complete &= more.complete
         self._expect(("decode_attention", placement.decode_attention),
                      ("decode_ffn", placement.decode_ffn))
         return plan, emitted, locks
 
     def _postprocess_decode(self, plan: StepPlan, emitted: np.ndarray,
                             result: StepResult) -> None:
-        if result.emitted is not None:  # measured acceptance replaces the drawn one
-            emitted = result.emitted
+        batch = plan.request_ids
+        measured, proposed = result.emitted, result.proposed
+        if self.faults is not None:  # requests a fault ended during the step drop out
+            keep = self.faults.alive(batch)
+            if not keep.all():
+                batch, emitted = np.asarray(batch)[keep], emitted[keep]
+                measured = None if measured is None else measured[keep]
+                proposed = None if proposed is None else proposed[keep]
+        if measured is not None:  # measured acceptance replaces the drawn one
+            emitted = measured
             if plan.draft_len:
-                self.planner.record_acceptance(result.proposed, emitted - 1)
+                self.planner.record_acceptance(proposed, emitted - 1)
         self._record(plan, result)
-        self._advance(plan.request_ids, emitted)
+        self._advance(batch, emitted)
 
     def _record(self, plan: StepPlan, result: StepResult) -> None:
         self.planner.observe(plan, result)
@@ -224,7 +299,9 @@ class Engine:
     def _advance(self, batch: np.ndarray, emitted: np.ndarray, joining: bool = False) -> None:
         """Credit emitted tokens (capped at each request's output length); retire the done.
         ``joining``: the batch has just been prefilled and joins the decode set."""
-        if not self._kv_measured:
+        if self.faults is not None:
+            batch, emitted = self.faults.capped_growth(batch, emitted)
+        if not self.kv_measured:
             self.store.layout.step_ended(batch, emitted)  # before emitted is capped
         left = self.requests.output_tokens[batch] - self.state.generated[batch]
         emitted = np.minimum(emitted, left)
@@ -238,7 +315,7 @@ class Engine:
             # each request at the end of its next step: ``TokenTailLayout.apply``).
             if observes_blocks(self.planner.tiering):
                 self.planner.retier(self.store, self.running)
-        if not self._kv_measured:
+        if not self.kv_measured:
             self.state.observe_kv(self.store, self.env.now)
         if len(done):
             done_set = set(done.tolist())
@@ -249,25 +326,43 @@ class Engine:
                 self.executor.release(rid)
                 self.planner.forget(rid)
                 self.state.complete(rid, self.env.now)
-                self._on_done()
-                self._user_done()
-            self._wake(prefill=True)
+                self._ended()
+            self.wake(prefill=True)
         if self.running:
-            self._wake(decode=True)
+            self.wake(decode=True)
 
     # -- devices -----------------------------------------------------------------------------
-    def _placement(self) -> Placement:
-        if self._fixed_placement is not None:
-            return self._fixed_placement
+    def reset_placement(self) -> None:
+        """The devices up changed: the scheduling policy is asked again."""
+        self._fixed_placement = None
+
+    def _placement(self, needs) -> Placement:
+        """Ask the scheduling policy (the devices up, their loads, the op estimates); raises
+        ``NoDevice`` when a device ``needs(placement)`` names is down or none is up."""
+        placement = self._fixed_placement
+        if placement is None:
+            placement = self._ask_placement()
+        if self.faults is not None:
+            for device in needs(placement):
+                if self.devices[device].down:
+                    raise NoDevice(f"{self.faults.why_down(device)} and scheduling policy "
+                                   f"{self.planner.scheduling.kind!r} placed work on it")
+        return placement
+
+    def _ask_placement(self) -> Placement:
         busy = self.state.device_busy_s
         now = max(self.env.now, 1e-12)
-        loads = tuple(DeviceLoad(name, self.kinds[name], len(lock.waiters), busy.get(name, 0.0),
-                                 min(busy.get(name, 0.0) / now, 1.0),
+        up = [name for name, lock in self.devices.items() if not lock.down]
+        if not up:
+            raise NoDevice("every device has failed: " + "; ".join(
+                self.faults.why_down(d) for d in self.devices))
+        loads = tuple(DeviceLoad(name, self.kinds[name], len(self.devices[name].waiters),
+                                 busy.get(name, 0.0), min(busy.get(name, 0.0) / now, 1.0),
                                  max(self.busy_until[name] - self.env.now, 0.0),
                                  self.handoff[name])
-                      for name, lock in self.devices.items())
+                      for name in up)
         head = int(self.requests.prompt_tokens[self.waiting[0]]) if self.waiting else 0
-        estimates = self.planner.op_estimates(self.store, self.running, head, list(self.devices))
+        estimates = self.planner.op_estimates(self.store, self.running, head, up)
         self._estimates = {(e.op, e.device): e.seconds for e in estimates}
         obs = SchedulingObservation(loads, len(self.waiting), len(self.running), estimates)
         placement = ask(self.planner.scheduling, "scheduling", obs)
@@ -287,37 +382,9 @@ class Engine:
             self.busy_until[device] = max(self.busy_until[device], self.env.now) + seconds
 
     def _acquire(self, devices: tuple[str, ...]):
-        """Take every named device's lock, waiting in FIFO order for busy ones.  Only the decode
-        process ever holds more than one device, so no two processes can deadlock."""
-        locks = [self.devices[name] for name in sorted(set(devices))]
-        for lock in locks:
-            if lock.busy:
-                yield lock.wait()
-            else:
-                lock.busy = True
-        return locks
+        """Take every named device's lock (``sim.engine.devices.acquire``) -> ``Held``."""
+        return acquire([self.devices[name] for name in sorted(set(devices))])
 
     @staticmethod
-    def _release(locks: list[DeviceLock]) -> None:
-        for lock in locks:
-            lock.release()
-
-
-class DeviceLock:
-    """A FIFO lock on one device: cheaper than a ``simpy.Resource`` because taking a free device
-    costs no event.  ``wait()`` returns an event fired when the lock is handed over."""
-
-    def __init__(self, env: simpy.Environment):
-        self.env, self.busy = env, False
-        self.waiters: deque[simpy.Event] = deque()
-
-    def wait(self) -> simpy.Event:
-        ev = self.env.event()
-        self.waiters.append(ev)
-        return ev
-
-    def release(self) -> None:
-        if self.waiters:
-            self.waiters.popleft().succeed()  # handed over: stays busy
-        else:
-            self.busy = False
+    def _release(locks: Held) -> None:
+        release(locks)

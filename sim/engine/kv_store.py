@@ -60,6 +60,8 @@ class PagedKVStore:
     """Contract: ``device_used_bytes + reserved_bytes <= device_budget_bytes`` and
     ``host_used_bytes <= host_budget_bytes`` after every call; a call that would break either
     raises ``MemoryError`` and changes nothing.  ``free`` of an admitted request is always safe.
+    The one exception is ``set_device_budget`` (an injected fault), which may leave the device
+    tier over its budget until requests are freed.
 
     Request ids are small integers below ``capacity`` (the engine's request index), which lets the
     per-request token counts and block counts by precision live in numpy arrays: a decode step
@@ -121,7 +123,24 @@ class PagedKVStore:
         self.append_tokens(rid, prompt_tokens, precision)
         assert len(self._blocks[rid]) == now
 
+    def set_device_budget(self, budget_bytes: int) -> None:
+        """A new device budget (an injected fault).  A smaller one may leave what is held and
+        reserved above it: moves that free device memory and growth within reservations still
+        work, anything else raises until the caller has freed enough (``free``)."""
+        self.device_budget_bytes = int(budget_bytes)
+
     # -- growth ------------------------------------------------------------------------------
+    def growth_bytes(self, rids: np.ndarray, num_tokens: np.ndarray,
+                     precision: Precision) -> np.ndarray:
+        """Per request, the device bytes of the new blocks ``num_tokens`` more tokens would
+        allocate (at the precision ``append_tokens_many`` writes them at)."""
+        tokens = self.req_tokens[rids] + num_tokens
+        need = np.maximum((tokens + (self.block_tokens - 1)) // self.block_tokens
+                          - self.req_blocks[rids], 0)
+        reserve = np.array([self._future[int(r)][1] for r in rids], dtype=np.int64)
+        precs = np.maximum(reserve, int(precision))
+        return need * self.device_block_bytes[precs]
+
     def append_tokens(self, rid: int, num_tokens: int, precision: Precision) -> int:
         """Add tokens to one request; returns the number of new blocks."""
         return self.append_tokens_many(np.array([rid]), np.array([num_tokens]), precision)
@@ -142,7 +161,8 @@ class PagedKVStore:
                 raise ValueError("append_tokens_many: a request id appears twice")
             # checked first, over the whole batch, so that a failure changes nothing
             extra = sum(self._extra_bytes(rid_list[i], need_list[i], precision) for i in grow)
-            if self.device_used_bytes + self.reserved_bytes + extra > self.device_budget_bytes:
+            if extra and (self.device_used_bytes + self.reserved_bytes + extra
+                          > self.device_budget_bytes):
                 raise MemoryError("requests grew past their reservations and the budget")
             self._grow([rid_list[i] for i in grow], [need_list[i] for i in grow], int(precision))
         self.req_tokens[rids] = tokens
@@ -206,7 +226,8 @@ class PagedKVStore:
         dev = int(self.device_block_bytes[new] - self.device_block_bytes[old])
         host = int(self.host_block_bytes[new] - self.host_block_bytes[old]) + fp16 * (
             int(backup) - int(had))
-        if self.device_used_bytes + self.reserved_bytes + dev > self.device_budget_bytes:
+        if dev > 0 and self.device_used_bytes + self.reserved_bytes + dev > \
+                self.device_budget_bytes:
             raise MemoryError(f"block {index} of request {rid}: no device memory for {new.name}")
         if self.host_used_bytes + host > self.host_budget_bytes:
             if move is not Move.REQUANTIZE_BACKUP:

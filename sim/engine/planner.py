@@ -81,6 +81,14 @@ class Planner:
     def forget(self, rid: int) -> None:
         self.retierer.forget(rid)
 
+    def replan(self, plan: StepPlan) -> None:
+        """``plan`` never ran to the end (a device failed under it): the re-tiering work it was
+        to pay is left for the next step."""
+        pending = self.retierer.pending
+        pending.copy_bytes += plan.kv_copy_bytes
+        pending.requant_values += plan.kv_requant_values
+        pending.recompute_tokens += plan.kv_recompute_tokens
+
     # -- scheduling estimates ----------------------------------------------------------------
     def op_estimates(self, store: PagedKVStore, running: list[int], head_prompt: int,
                      devices: list[str]) -> tuple[OpEstimate, ...]:

@@ -1,5 +1,6 @@
 """What a run records: per-request times and outcomes, per-step engine state, device busy time,
-KV memory peaks and (optionally) the timeline for a Chrome trace."""
+KV memory peaks and (optionally) the timeline for a Chrome trace: held in memory
+(``record_trace=True``) or streamed to disk as it happens (a ``TraceSink``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import numpy as np
 
 from sim.engine.executor import StepPlan, StepResult
 from sim.engine.kv_store import PagedKVStore
+from sim.engine.trace_sink import TraceSink
 
 PENDING, COMPLETED, FAILED = 0, 1, 2
 
 
 class RunState:
-    def __init__(self, num_requests: int, record_trace: bool):
+    def __init__(self, num_requests: int, record_trace: bool | TraceSink):
         n = num_requests
         self.arrival_s = np.full(n, np.nan)
         self.admitted_s = np.full(n, np.nan)
@@ -36,7 +38,9 @@ class RunState:
         self.end_s = 0.0
         self.error: Exception | None = None  # what ended the run early (a policy failure)
         self.error_message: str | None = None
-        self.record_trace = record_trace
+        # the timeline: none (False), in ``trace`` and ``kv_timeline`` (True), or on disk (a sink)
+        self.sink = record_trace if isinstance(record_trace, TraceSink) else None
+        self.record_trace = bool(record_trace)
         self.trace: list[tuple[str, str, float, float, tuple[int, ...]]] = []
         # with the trace: KV bytes by precision after every step, on the engine clock
         self.kv_timeline: list[tuple[float, dict[str, int]]] = []
@@ -61,7 +65,12 @@ class RunState:
         for _device, op, seconds in result.segments:
             if op == "alloc":
                 self.alloc_s += seconds
-        if self.record_trace:
+        if self.sink is not None:
+            t, batch = now - result.elapsed_s, len(plan.request_ids)
+            for device, op, seconds in result.segments:
+                self.sink.device_op(device, op, t, seconds, batch)
+                t += seconds
+        elif self.record_trace:
             ids = tuple(int(i) for i in plan.request_ids)
             t = now - result.elapsed_s
             for device, op, seconds in result.segments:
@@ -96,7 +105,9 @@ class RunState:
 
     def _timeline(self, now: float, by_precision: dict[str, int]) -> None:
         """One point per instant: a second observation at the same time replaces the first."""
-        if self.kv_timeline and self.kv_timeline[-1][0] == now:
+        if self.sink is not None:
+            self.sink.kv_point(now, by_precision)
+        elif self.kv_timeline and self.kv_timeline[-1][0] == now:
             self.kv_timeline[-1] = (now, by_precision)
         else:
             self.kv_timeline.append((now, by_precision))

@@ -1,20 +1,17 @@
-"""HTML building blocks of the ``infer-os report`` pages: page parts (page, table, note, figure,
-fold), readers of a results folder's files (results JSON, per-request and KV CSVs, Chrome traces)
-and the per-run charts (device timeline, KV memory by precision)."""
+"""HTML building blocks of the ``infer-os report`` pages: page parts (page, table, note, warning,
+figure, fold) and the per-run charts (device timeline, KV memory by precision); the folder's
+files are read by ``sim.report.files``."""
 
 from __future__ import annotations
 
-import csv
-import json
-import math
+from collections.abc import Callable
 from pathlib import Path
 
-from sim.errors import UserError
 from sim.report import svg
+from sim.report.files import Damaged, kv_timeline
 from sim.run.units import bytes_unit, time_unit
 
 MAX_SPANS = 1500  # Gantt bars per chart; a longer run shows its beginning (and says so)
-MAX_KV_POINTS = 1500  # KV timeline points per chart (the peak of each bucket is kept)
 DEVICE_PRECISIONS = ("fp16", "int8", "int4", "int2")  # device tier; the rest live on the host
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
@@ -24,61 +21,10 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{padding:.25em .7em;border-bottom:1px solid #e5e5e5;text-align:right}
 th:first-child,td:first-child,th.l,td.l{text-align:left}
 .note{color:#555;font-size:.9em;max-width:60em}.sub{color:#555;margin-top:0}
+.warn{color:#a40;font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:.5em 0}svg{max-width:100%;height:auto}
 summary{cursor:pointer;font-weight:600;margin:.5em 0}
 """
-
-
-# -- reading a results folder -----------------------------------------------------------------
-
-def read_json(path: Path) -> dict:
-    """A results document (``results.json``, ``validation.json``); ``UserError`` unless it is
-    an object with a list of runs."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read it as JSON ({err})", file=str(path)) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
-        raise UserError("expected an object with a list of runs", file=str(path), field="runs")
-    return doc
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header, as dicts."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def trace_spans(path: Path) -> list[svg.Span]:
-    """The device ops of a Chrome trace (pid 1, complete events), times in seconds."""
-    events = json.loads(path.read_text())["traceEvents"]
-    lanes = {e["tid"]: e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("pid") == 1 and e.get("name") == "thread_name"}
-    return [svg.Span(lanes.get(e["tid"], str(e["tid"])), e["ts"] / 1e6, e["dur"] / 1e6,
-                     e["name"], f"batch {e['args']['batch']}" if "batch" in e.get("args", {})
-                     else "")
-            for e in events if e.get("ph") == "X" and e.get("pid") == 1]
-
-
-def kv_timeline(path: Path) -> tuple[list[float], dict[str, list[float]]]:
-    """Times (s) and bytes per precision: the rows where the bytes change (a step chart holds
-    the value in between) and the last, thinned to ``MAX_KV_POINTS`` rows by keeping the row
-    with the most bytes in each bucket (peaks survive)."""
-    rows = read_csv(path)
-    names = [k for k in (rows[0] if rows else {}) if k != "time_s"]
-    rows = [r for i, r in enumerate(rows) if i in (0, len(rows) - 1)
-            or any(r[k] != rows[i - 1][k] for k in names)]
-    step = max(1, math.ceil(len(rows) / MAX_KV_POINTS))
-    kept = [max(rows[i:i + step], key=lambda r: sum(int(r[k]) for k in names))
-            for i in range(0, len(rows), step)]
-    return ([float(r["time_s"]) for r in kept],
-            {k: [float(r[k]) for r in kept] for k in names})
-
-
-def run_files(out_dir: Path, stem: str) -> tuple[Path, Path, Path]:
-    """A run's trace, KV timeline and per-request CSV (``stem``: see ``sim.run.output``)."""
-    return (out_dir / f"trace.{stem}.json", out_dir / f"kv.{stem}.csv",
-            out_dir / f"requests.{stem}.csv")
 
 
 # -- page parts -------------------------------------------------------------------------------
@@ -103,6 +49,32 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def note(text: str) -> str:
     """A paragraph of explanatory text (escaped)."""
     return f'<p class="note">{svg.escape(text)}</p>'
+
+
+def warning(text: str) -> str:
+    """A paragraph that stands out: something in the folder is wrong or missing (escaped)."""
+    return f'<p class="warn">{svg.escape(text)}</p>'
+
+
+def damaged(err: Damaged, notes: list[str]) -> str:
+    """A warning saying the file ``err`` names is damaged and not drawn (and in ``notes``, for
+    the command line)."""
+    notes.append(f"{err.path}: {err.problem}: not drawn")
+    return warning(f"{err}: not drawn.")
+
+
+def missing(path: Path, notes: list[str]) -> str:
+    """A warning that a run's file is not in the folder (and in ``notes``)."""
+    notes.append(f"{path}: missing: not drawn")
+    return warning(f"{path.name} is missing: not drawn.")
+
+
+def drawn(draw: Callable[[], str], notes: list[str]) -> str:
+    """``draw()``, or the ``damaged`` warning in its place when it meets a damaged file."""
+    try:
+        return draw()
+    except Damaged as err:
+        return damaged(err, notes)
 
 
 def figure(chart: str, caption: str = "") -> str:

@@ -6,52 +6,77 @@ from __future__ import annotations
 from pathlib import Path
 
 from sim.report import svg
+from sim.report.files import Damaged, incomplete_note, run_files, trace_spans
 from sim.report.html import (
     FOLD_NOTE,
     KV_NOTE,
     TIMELINE_NOTE,
+    damaged,
+    drawn,
     figure,
     fold,
     kv_chart,
+    missing,
     note,
     page,
-    run_files,
     table,
     timeline_chart,
-    trace_spans,
+    warning,
 )
 from sim.run.units import format_bytes, format_number, format_seconds
 
 
-def results_page(out_dir: Path, doc: dict) -> str:
-    """The whole page for ``out_dir`` holding ``doc`` (its ``results.json``)."""
+def results_page(out_dir: Path, doc: dict, notes: list[str] | None = None) -> str:
+    """The whole page for ``out_dir`` holding ``doc`` (its ``results.json``, checked by
+    ``sim.report.files.read_document``); what is damaged or missing is said on the page and
+    appended to ``notes``."""
+    notes = [] if notes is None else notes
     backend = doc.get("backend", "sim")
     command = "simulate" if backend == "sim" else f"measure --backend {backend}"
     runs = doc["runs"]
-    body = ["<h2>Runs</h2>", metrics_table(runs),
-            note("Throughput counts output tokens of completed requests over the makespan; "
-                 "TTFT = time to first token, TPOT = time per output token after the first, "
-                 "E2E = arrival to last token; KV saved = 1 - KV peak / the same tokens at FP16.")]
+    body = []
+    if (incomplete := incomplete_note(doc)) is not None:
+        notes.append(f"{out_dir}: {incomplete}")
+        body.append(warning(f"This folder was {incomplete}."))
+    body += ["<h2>Runs</h2>", metrics_table(runs),
+             note("Throughput counts output tokens of completed requests over the makespan; "
+                  "TTFT = time to first token, TPOT = time per output token after the first, "
+                  "E2E = arrival to last token; KV saved = 1 - KV peak / the same tokens at "
+                  "FP16.")]
     series: dict[str, list[float | None]] = {}
     variants = list(dict.fromkeys(r["variant"] for r in runs))
     for r in runs:
-        name = r["cost_model"] or "measured"
+        name = r.get("cost_model") or "measured"
         series.setdefault(name, [None] * len(variants))[variants.index(r["variant"])] = \
-            r["metrics"]["throughput_tok_s"]
-    body.append(figure(svg.bars(variants, list(series.items()), y_label="throughput (tok/s)",
-                                title="Throughput by variant"), "Higher is better."))
-    spans = {_stem(r): trace_spans(path) for r in runs
-             if (path := run_files(out_dir, _stem(r))[0]).exists()}
-    colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
+            r["metrics"].get("throughput_tok_s")
+    if runs:
+        body.append(figure(svg.bars(variants, list(series.items()),
+                                    y_label="throughput (tok/s)", title="Throughput by variant"),
+                           "Higher is better."))
+    spans: dict[str, list[svg.Span] | Damaged] = {}
+    for r in runs:
+        if (path := run_files(out_dir, _stem(r))[0]).exists():
+            try:
+                spans[_stem(r)] = trace_spans(path)
+            except Damaged as err:
+                spans[_stem(r)] = err
+    colors = svg.color_map(sorted({s.key for ss in spans.values() if isinstance(ss, list)
+                                   for s in ss}))
     body += ["<h2>Device timelines</h2>", note(TIMELINE_NOTE + FOLD_NOTE)]
     for i, r in enumerate(runs):
-        chart = (timeline_chart(spans[_stem(r)], _label(r), colors=colors)
-                 if _stem(r) in spans else note(f"trace.{_stem(r)}.json is missing."))
+        got = spans.get(_stem(r))
+        if got is None:
+            chart = missing(run_files(out_dir, _stem(r))[0], notes)
+        elif isinstance(got, Damaged):
+            chart = damaged(got, notes)
+        else:
+            chart = timeline_chart(got, _label(r), colors=colors)
         body.append(fold(_label(r), chart, i < 2))
     body += ["<h2>KV memory over time</h2>", note(KV_NOTE + FOLD_NOTE)]
     for i, r in enumerate(runs):
         path = run_files(out_dir, _stem(r))[1]
-        chart = kv_chart(path, _label(r)) if path.exists() else note(f"{path.name} is missing.")
+        chart = (drawn(lambda p=path, r=r: kv_chart(p, _label(r)), notes) if path.exists()
+                 else missing(path, notes))
         body.append(fold(_label(r), chart, i < 2))
     return page(f"infer-os {command}: {doc.get('scenario', '?')}",
                 f"backend {backend}; {len(runs)} run(s); from {out_dir}", body)
@@ -63,7 +88,7 @@ def metrics_table(runs: list[dict]) -> str:
     for r in runs:
         m = r["metrics"]
         saved = m.get("kv_memory_saved_frac")
-        rows.append([r["variant"], r["cost_model"] or "measured",
+        rows.append([r["variant"], r.get("cost_model") or "measured",
                      format_number(m["throughput_tok_s"], ".2f"),
                      format_number(m.get("speedup_vs_baseline"), ".2f") + "x",
                      format_seconds(m["ttft_s"]["p50"]), format_seconds(m["tpot_s"]["p50"]),
@@ -75,8 +100,8 @@ def metrics_table(runs: list[dict]) -> str:
 
 
 def _stem(run: dict) -> str:
-    return f"{run['variant']}.{run['cost_model'] or 'measured'}".replace("/", "_")
+    return f"{run['variant']}.{run.get('cost_model') or 'measured'}".replace("/", "_")
 
 
 def _label(run: dict) -> str:
-    return f"{run['variant']} ({run['cost_model'] or 'measured'})"
+    return f"{run['variant']} ({run.get('cost_model') or 'measured'})"

@@ -6,18 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from sim.report import svg
+from sim.report.files import Damaged, incomplete_note, read_csv, run_files, trace_spans
 from sim.report.html import (
     KV_NOTE,
     TIMELINE_NOTE,
+    damaged,
+    drawn,
     figure,
     kv_chart,
+    missing,
     note,
     page,
-    read_csv,
-    run_files,
     table,
     timeline_chart,
-    trace_spans,
+    warning,
 )
 from sim.run.metrics import metric_value
 from sim.run.units import bytes_unit
@@ -39,27 +41,36 @@ PER_REQUEST_NOTE = ("Each request is replayed identically in both runs (same pro
                     "end-to-end time, over the requests completed in both runs.")
 
 
-def validation_page(out_dir: Path, doc: dict) -> str:
-    """The whole page for ``out_dir`` holding ``doc`` (its ``validation.json``)."""
+def validation_page(out_dir: Path, doc: dict, notes: list[str] | None = None) -> str:
+    """The whole page for ``out_dir`` holding ``doc`` (its ``validation.json``, checked by
+    ``sim.report.files.read_document``); what is damaged or missing is said on the page and
+    appended to ``notes``."""
+    notes = [] if notes is None else notes
     runs = doc["runs"]
     backend = doc.get("backend", "?")
-    body = ["<h2>Predicted against measured</h2>", note(SIGN_NOTE), error_table(runs),
-            "<h3>Per metric</h3>", note(SCATTER_NOTE),
-            '<div class="grid">' + "".join(metric_scatter(runs, m) for m in SHOWN) + "</div>",
-            "<h3>Signed relative error</h3>", error_bars(runs),
-            "<h2>Per-request errors</h2>", note(PER_REQUEST_NOTE),
-            percentile_table(runs)]
-    body += [per_request(out_dir, r) for r in runs]
+    body = []
+    if (incomplete := incomplete_note(doc)) is not None:
+        notes.append(f"{out_dir}: {incomplete}")
+        body.append(warning(f"This folder was {incomplete}."))
+    body += ["<h2>Predicted against measured</h2>", note(SIGN_NOTE), error_table(runs),
+             "<h3>Per metric</h3>", note(SCATTER_NOTE),
+             '<div class="grid">' + "".join(metric_scatter(runs, m) for m in SHOWN) + "</div>",
+             "<h3>Signed relative error</h3>", error_bars(runs),
+             "<h2>Per-request errors</h2>", note(PER_REQUEST_NOTE),
+             percentile_table(runs)]
+    body += [f"<h3>{svg.escape(r['variant'])}</h3>"
+             + drawn(lambda r=r: per_request(out_dir, r), notes) for r in runs]
     body += ["<h2>Device timelines</h2>",
              note(TIMELINE_NOTE + "  Predicted and measured runs of a variant share one time "
                   "axis.")]
-    body += [timelines(out_dir, r) for r in runs]
+    body += [timelines(out_dir, r, notes) for r in runs]
     body += ["<h2>KV memory over time</h2>", note(KV_NOTE)]
     for r in runs:
         for stem, side in _sides(r):
             path = run_files(out_dir, stem)[1]
-            body.append(kv_chart(path, f"{r['variant']} {side}") if path.exists()
-                        else note(f"{path.name} is missing: not drawn."))
+            body.append(drawn(lambda p=path, r=r, side=side: kv_chart(p, f"{r['variant']} {side}"),
+                              notes) if path.exists()
+                        else missing(path, notes))
     cost_models = ", ".join(sorted({r["cost_model"] for r in runs}))
     return page(f"infer-os validate: {doc.get('scenario', '?')} on {backend}",
                 f"backend {backend}; predictions by the {cost_models} cost model; "
@@ -155,18 +166,18 @@ def paired_requests(out_dir: Path, run: dict) -> list[tuple[str, dict, dict]] | 
     p_path, m_path = run_files(out_dir, p_stem)[2], run_files(out_dir, m_stem)[2]
     if not (p_path.exists() and m_path.exists()):
         return None
-    measured = {row["request_id"]: row for row in read_csv(m_path)}
+    columns, numbers = ("request_id", "status", "ttft_s", "e2e_s"), ("ttft_s", "e2e_s")
+    measured = {row["request_id"]: row for row in read_csv(m_path, columns, numbers)}
     return [(row["request_id"], row, measured[row["request_id"]])
-            for row in read_csv(p_path) if row["status"] == "completed"
+            for row in read_csv(p_path, columns, numbers) if row["status"] == "completed"
             and measured.get(row["request_id"], {}).get("status") == "completed"]
 
 
 def per_request(out_dir: Path, run: dict) -> str:
     """A histogram of the per-request signed errors and a scatter of their E2E times."""
     pairs = paired_requests(out_dir, run)
-    head = f"<h3>{svg.escape(run['variant'])}</h3>"
     if pairs is None:
-        return head + note("No per-request CSVs in this folder (older `validate --out`): "
+        return note("No per-request CSVs in this folder (older `validate --out`): "
                            "only the percentiles above.")
     errors: dict[str, list[float]] = {"TTFT": [], "E2E": []}
     xs, ys, tips = [], [], []  # measured and predicted E2E (ms) per request
@@ -186,16 +197,23 @@ def per_request(out_dir: Path, run: dict) -> str:
     title = f"{run['variant']}: per-request E2E" + (" (log axes)" if log else "")
     scatter = svg.scatter([points], x_label="measured E2E (ms)", y_label="predicted E2E (ms)",
                           title=title, diagonal=True, log=log, width=360)
-    return head + '<div class="grid">' + figure(hist) + figure(scatter) + "</div>"
+    return '<div class="grid">' + figure(hist) + figure(scatter) + "</div>"
 
 
-def timelines(out_dir: Path, run: dict) -> str:
+def timelines(out_dir: Path, run: dict, notes: list[str]) -> str:
+    """Both sides' device timelines on one time axis; a damaged trace is said in its place."""
     paths = [(run_files(out_dir, stem)[0], side) for stem, side in _sides(run)]
     present = [(p, side) for p, side in paths if p.exists()]
     if not present:
         return note(f"{run['variant']}: no traces in this folder.")
-    spans = {p: trace_spans(p) for p, _ in present}
+    spans, broken = {}, {}
+    for p, _ in present:
+        try:
+            spans[p] = trace_spans(p)
+        except Damaged as err:
+            broken[p] = err
     end_s = max((s.start + s.duration for ss in spans.values() for s in ss), default=1.0)
     colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
     return "".join(timeline_chart(spans[p], f"{run['variant']} {side}", end_s, colors)
+                   if p in spans else damaged(broken[p], notes)
                    for p, side in present)

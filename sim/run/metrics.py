@@ -23,7 +23,8 @@ def _f(x: float) -> float:
 
 
 def run_metrics(state: RunState, output_tokens: np.ndarray, spec_proposed: int,
-                spec_accepted: int, buffer_stats) -> dict:
+                spec_accepted: int, buffer_stats, num_rejected: int = 0) -> dict:
+    """``num_rejected``: requests turned away by a full waiting queue (among ``num_failed``)."""
     done = state.status == COMPLETED
     start = float(np.nanmin(state.arrival_s)) if np.isfinite(state.arrival_s).any() else 0.0
     ends = state.finish_s[np.isfinite(state.finish_s)]
@@ -41,6 +42,7 @@ def run_metrics(state: RunState, output_tokens: np.ndarray, spec_proposed: int,
         "num_requests": int(len(state.status)),
         "num_completed": int(done.sum()),
         "num_failed": int((state.status == FAILED).sum()),
+        "num_rejected": int(num_rejected),
         "ttft_s": summary(ttft),
         "tpot_s": summary(tpot),
         "e2e_s": summary((state.finish_s - state.arrival_s)[done]),

@@ -1,11 +1,18 @@
 """What a run leaves behind: the JSON document, the readable table, the per-request CSV, the
 Chrome-trace timeline (open in chrome://tracing or https://ui.perfetto.dev) and the KV-by-precision
-timeline (``infer-os report DIR`` draws them)."""
+timeline (``infer-os report DIR`` draws them).
+
+A ``--out`` folder is written so that it is never half-written under a final name: every file
+goes to a temporary name in the folder and is renamed into place whole, and ``results.json``
+(``validation.json``) comes last, so its presence means every file it lists is whole; an
+interrupted run writes it for the runs that finished, with ``"incomplete"`` saying how many.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +20,17 @@ from rich.console import Console
 from rich.table import Table
 
 from sim.engine.state import COMPLETED, FAILED
+from sim.engine.trace_sink import (
+    HEAD_EVENTS,
+    PartFile,
+    TraceSink,
+    device_events,
+    kv_rows,
+    request_events,
+    write_atomic,
+    write_failed,
+)
+from sim.errors import UserError
 from sim.run.metrics import metric_value
 from sim.run.runner import RunOutput
 from sim.run.units import format_bytes, format_number
@@ -80,7 +98,8 @@ def print_table(scenario: str, runs: list[RunOutput], console: Console,
 
 def write_requests_csv(run: RunOutput, path: Path) -> None:
     s, req = run.state, run.requests
-    with path.open("w", newline="") as f:
+    f = PartFile(path, newline="")
+    try:
         w = csv.writer(f)
         w.writerow(["request_id", "status", "arrival_s", "admitted_s", "first_token_s",
                     "finish_s", "prompt_tokens", "output_tokens", "generated_tokens", "ttft_s",
@@ -95,35 +114,17 @@ def write_requests_csv(run: RunOutput, path: Path) -> None:
                         int(s.generated[rid]), "" if np.isnan(ttft) else f"{ttft:.9g}",
                         "" if np.isnan(e2e) or s.status[rid] != COMPLETED else f"{e2e:.9g}",
                         s.fail_reason.get(rid, "")])
+        f.commit()
+    finally:
+        f.discard()
 
 
 def chrome_trace(run: RunOutput) -> dict:
     """One track per device (pid 1) and one per request (pid 2); times in microseconds."""
     s = run.state
-    events: list[dict] = [
-        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "devices"}},
-        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "requests"}}]
-    tids: dict[str, int] = {}
-    for device, op, start, dur, ids in s.trace:
-        if device not in tids:
-            tids[device] = len(tids)
-            events.append({"ph": "M", "pid": 1, "tid": tids[device], "name": "thread_name",
-                           "args": {"name": device}})
-        events.append({"ph": "X", "pid": 1, "tid": tids[device], "name": op,
-                       "ts": round(start * 1e6, 3), "dur": round(dur * 1e6, 3),
-                       "args": {"batch": len(ids)}})
-    for rid in range(len(run.requests)):
-        spans = (("queued", s.arrival_s[rid], s.admitted_s[rid]),
-                 ("prefill", s.admitted_s[rid], s.first_token_s[rid]),
-                 ("decode", s.first_token_s[rid], s.finish_s[rid]))
-        for name, a, b in spans:
-            if np.isfinite(a) and np.isfinite(b) and b >= a:
-                events.append({"ph": "X", "pid": 2, "tid": rid, "name": name,
-                               "ts": round(a * 1e6, 3), "dur": round((b - a) * 1e6, 3)})
-        if rid in s.fail_reason:
-            events.append({"ph": "i", "pid": 2, "tid": rid, "name": "failed", "s": "t",
-                           "ts": round(s.finish_s[rid] * 1e6, 3),
-                           "args": {"reason": s.fail_reason[rid]}})
+    ops = ((device, op, start, dur, len(ids)) for device, op, start, dur, ids in s.trace)
+    events = [*HEAD_EVENTS, *device_events(ops, {}),
+              *request_events(s, range(len(run.requests)))]
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
@@ -132,33 +133,74 @@ def write_kv_csv(run: RunOutput, path: Path) -> None:
     engine clock, then one column per precision ("backup": FP16 host copies of re-quantized
     blocks; "offloaded": host tier)."""
     timeline = run.state.kv_timeline
-    names = list(dict.fromkeys(k for _, by in timeline for k in by))
-    with path.open("w", newline="") as f:
+    names = dict.fromkeys(k for _, by in timeline for k in by)
+    f = PartFile(path, newline="")
+    try:
         w = csv.writer(f)
         w.writerow(["time_s", *names])
-        for t, by in timeline:
-            w.writerow([f"{t:.9g}", *(int(by.get(k, 0)) for k in names)])
+        w.writerows(kv_rows(timeline, names))
+        f.commit()
+    finally:
+        f.discard()
+
+
+def stem(variant: str, cost_model: str | None) -> str:
+    """``{variant}.{cost model}`` of a simulated run, ``{variant}.measured`` of a measured one."""
+    return f"{variant}.{cost_model or 'measured'}".replace("/", "_")
 
 
 def run_stem(run: RunOutput) -> str:
-    """``{variant}.{cost model}`` of a simulated run, ``{variant}.measured`` of a measured one."""
-    return f"{run.variant}.{run.cost_model or 'measured'}".replace("/", "_")
+    return stem(run.variant, run.cost_model)
+
+
+def prepare_out(out_dir: Path, marker: str) -> None:
+    """Before anything runs: ``out_dir`` is created if need be and must take files (else a
+    ``UserError`` naming ``--out``); a ``marker`` (``results.json``, ``validation.json``) left
+    by an earlier run is removed, so the folder reads as complete only once this run is."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".infer-os-probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+        (out_dir / marker).unlink(missing_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write to {out_dir} ({err.strerror or err})",
+                        field="--out") from None
+
+
+def trace_sink(out_dir: Path | None, variant: str, cost_model: str | None) -> TraceSink | bool:
+    """``record_trace`` of a run: its timeline streamed into ``out_dir``, or none without one."""
+    return False if out_dir is None else TraceSink(out_dir, stem(variant, cost_model))
 
 
 def write_run_files(out_dir: Path, runs: list[RunOutput]) -> None:
-    """Per run: ``requests.{stem}.csv``, ``trace.{stem}.json`` and ``kv.{stem}.csv``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Per run: ``requests.{stem}.csv``, ``trace.{stem}.json`` and ``kv.{stem}.csv`` (the last
+    two streamed during the run when it was recorded with a ``TraceSink``)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failed(out_dir, err) from None
     for r in runs:
-        stem = run_stem(r)
-        write_requests_csv(r, out_dir / f"requests.{stem}.csv")
-        (out_dir / f"trace.{stem}.json").write_text(json.dumps(chrome_trace(r)))
-        write_kv_csv(r, out_dir / f"kv.{stem}.csv")
+        name = run_stem(r)
+        write_requests_csv(r, out_dir / f"requests.{name}.csv")
+        if r.state.sink is not None:
+            r.state.sink.commit(r.state)
+            continue
+        write_atomic(out_dir / f"trace.{name}.json", json.dumps(chrome_trace(r)))
+        write_kv_csv(r, out_dir / f"kv.{name}.csv")
 
 
-def write_out(out_dir: Path, doc: dict, runs: list[RunOutput]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(dumps(doc) + "\n")
+def incomplete(doc: dict, runs_written: int, runs_planned: int) -> dict:
+    """``doc`` of an interrupted run: ``"incomplete"`` says how many runs it holds."""
+    return doc | {"incomplete": {"runs_written": runs_written, "runs_planned": runs_planned,
+                                 "reason": "interrupted"}}
+
+
+def write_out(out_dir: Path, doc: dict, runs: list[RunOutput],
+              marker: str = "results.json") -> None:
+    """The runs' files, then ``marker`` holding ``doc`` (last: it says the folder is whole)."""
     write_run_files(out_dir, runs)
+    write_atomic(out_dir / marker, dumps(doc) + "\n")
 
 
 def print_validation(doc: dict, console: Console) -> None:

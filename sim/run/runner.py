@@ -18,6 +18,7 @@ from sim.engine.acceptance import Acceptance
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.engine import Engine
 from sim.engine.executor import ExecutorReport
+from sim.engine.faults import FaultSchedule
 from sim.engine.kv_layout import KV_LAYOUTS, BlockLayout
 from sim.engine.kv_store import PagedKVStore, block_bytes
 from sim.engine.planner import Planner, PlannerLimits
@@ -62,12 +63,20 @@ def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
 
 def check_scenario(scn: Scenario, base_dir: Path) -> RunSetup:
     """Everything ``run_scenario`` would reject, without running: models, hardware, devices,
-    the KV budget and the workload file.  Raises ``UserError``; returns the setup to run with."""
-    return RunSetup.build(scn, base_dir)
+    the KV budget, the workload file and the devices faults name.  Raises ``UserError``;
+    returns the setup to run with."""
+    setup = RunSetup.build(scn, base_dir)
+    names = setup.hardware.device_names
+    for name, event in sorted(scn.faults.events.items()):
+        device = getattr(event, "device", None)
+        if device is not None and device not in names:
+            raise UserError(f"unknown device {device!r} on {setup.hardware.name} (devices: "
+                            f"{', '.join(names)})", field=f"faults.events.{name}.device")
+    return setup
 
 
 def _executor(setup: RunSetup, cost_model: str | None, backend: str, store: PagedKVStore,
-              calibration: CalibrationProfile | None):
+              calibration: CalibrationProfile | None, faults: FaultSchedule):
     """The cost-model executor (backend ``sim``) or a real backend's, and the buffer pool a real
     backend allocates its KV arenas through (None for a prediction)."""
     scn, hw = setup.scenario, setup.hardware
@@ -82,7 +91,7 @@ def _executor(setup: RunSetup, cost_model: str | None, backend: str, store: Page
         cm = _calibrated(scn, setup.model, setup.draft, calibration)
     else:
         cm = RooflineModel(hw, setup.model, setup.draft, scn.speculation.draft_device)
-    return CostModelExecutor(hw, cm), None
+    return CostModelExecutor(hw, cm, faults.slow_factor if faults.slow else None), None
 
 
 def _kv_layout(cost_model: str | None, calibration: CalibrationProfile | None):
@@ -103,7 +112,7 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
     calibrate``); ``acceptance_replay`` (per request, the accepted count of each measured
     proposal) replaces drawn acceptance while it lasts.  ``setup``: the variant's setup from
     ``check_scenario`` (built here when not given)."""
-    setup = setup or RunSetup.build(scn, base_dir)
+    setup = setup or check_scenario(scn, base_dir)
     if setup.scenario is not scn:
         raise ValueError("run_scenario: the setup was built from another scenario")
     model, requests, eng = setup.model, setup.requests, scn.engine
@@ -112,7 +121,8 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
                                      eng.kv_quant_group),
                          setup.kv_budget_bytes, setup.host_budget_bytes, len(requests),
                          layout=_kv_layout(cost_model, calibration))
-    executor, pool = _executor(setup, cost_model, backend, store, calibration)
+    faults = FaultSchedule(scn.faults)
+    executor, pool = _executor(setup, cost_model, backend, store, calibration, faults)
     caps = executor.capabilities
     attention = executor.attention or AttentionModel(scn.attention, scn.seed)
     retierer = Retierer(scn.policies.tiering, attention,
@@ -127,12 +137,15 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, record_trace=record_trace,
-                    on_done=on_done)
+                    on_done=on_done, max_waiting=eng.max_waiting, faults=faults or None)
     wall0 = time.perf_counter()
     state = engine.run()
     wall_s = time.perf_counter() - wall0
     metrics = run_metrics(state, requests.output_tokens, planner.signals.num_proposed,
-                          planner.signals.num_accepted, (pool or engine.buffers).stats)
+                          planner.signals.num_accepted, (pool or engine.buffers).stats,
+                          num_rejected=engine.num_rejected)
+    if engine.faults is not None:
+        metrics["faults"] = dict(engine.faults.counts)
     metrics["quality"] = quality_metrics(retierer.quality_samples, scn.quality.base_ppl)
     metrics["kv_moves"] = dict(sorted(retierer.moves.items()))
     if cost_model == "coefficient":

@@ -14,6 +14,7 @@ from sim.config.hardware import HardwareProfile, load_profile
 from sim.config.model_spec import PRESETS, ModelSpec, resolve_model
 from sim.config.paths import resolve_path
 from sim.config.scenario import Scenario
+from sim.config.yaml_io import read_text
 from sim.engine.policy_call import ask
 from sim.engine.workload import Requests, make_requests
 from sim.errors import InfeasibleDecision, UserError
@@ -47,10 +48,13 @@ class RunSetup:
 
 
 def _spec(value: str, base_dir: Path, field: str) -> ModelSpec:
-    """A preset name, or a path by the scenario path rule."""
+    """A preset name, or a path by the scenario path rule.  An error in the model's
+    ``config.json`` names that file and its key; any other names the scenario's ``field``."""
     try:
         return resolve_model(value if value in PRESETS else str(resolve_path(value, base_dir)))
     except UserError as err:
+        if err.file:
+            raise
         raise err.at(field=field) from None
 
 
@@ -136,10 +140,9 @@ def _acceptance_trace(scn: Scenario, base_dir: Path) -> np.ndarray | None:
         return None
     path = resolve_path(name, base_dir)
     try:
-        raw = path.read_text().replace(",", " ").split()
-    except OSError as err:
-        raise UserError(f"cannot read acceptance trace ({err.strerror})", file=str(path),
-                        field="speculation.acceptance_trace") from None
+        raw = read_text(path, "acceptance trace").replace(",", " ").split()
+    except UserError as err:
+        raise err.at(file=str(path), field="speculation.acceptance_trace") from None
     if not raw or any(x not in ("0", "1") for x in raw):
         raise UserError("expected 0/1 outcomes, one per draft token", file=str(path),
                         field="speculation.acceptance_trace")

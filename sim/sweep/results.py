@@ -6,7 +6,8 @@ results table (one row per point, Parquet and CSV) and the ``sweep.json`` manife
     DIR/results.csv      the same table
     DIR/sweep.json       the manifest: the sweep file, axes, point counts, executor, wall time
 
-A kill loses at most the points in flight: every finished one is already a line in the log.
+A kill loses at most the points in flight: every finished one is already a line in the log; the
+table and the manifest are each replaced whole (written aside, then renamed).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import json
 import os
 from pathlib import Path
 
+from sim.errors import UserError
+from sim.sweep.pointlog import POINTS_FILE as POINTS_FILE  # the log's name, with the others
 from sim.sweep.spec import Point, label
 
-POINTS_FILE = "points.jsonl"
 MANIFEST_FILE = "sweep.json"
 PARQUET_FILE = "results.parquet"
 CSV_FILE = "results.csv"
@@ -55,42 +57,6 @@ def flat_metrics(metrics: dict) -> dict:
             node = node.get(part) if isinstance(node, dict) else None
         out[column] = node
     return out
-
-
-class PointLog:
-    """The append-only log of finished points.  ``append`` writes one whole line and flushes, so
-    a killed run leaves every finished point readable; a torn last line (killed mid-write) is
-    cut off when the log is opened again."""
-
-    def __init__(self, out_dir: Path):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = out_dir / POINTS_FILE
-        self._cut_torn_tail()
-        self._file = self.path.open("a")
-
-    def _cut_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-
-    def records(self) -> dict[str, dict]:
-        """point_id -> its record (the last one written wins)."""
-        out = {}
-        for line in self.path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                out[record["point_id"]] = record
-        return out
-
-    def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def rows(points: list[Point], records: dict[str, dict]) -> list[dict]:
@@ -146,10 +112,12 @@ def write_table(out_dir: Path, table: list[dict]) -> list[str]:
     types = column_types(table)
     typed = [{c: _cast(r[c], types[c]) for c in types} for r in table]
     written = [CSV_FILE]
-    with (out_dir / CSV_FILE).open("w", newline="") as f:
+    tmp = out_dir / (CSV_FILE + ".tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(types))
         writer.writeheader()
         writer.writerows({c: "" if v is None else v for c, v in r.items()} for r in typed)
+    os.replace(tmp, out_dir / CSV_FILE)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -157,7 +125,9 @@ def write_table(out_dir: Path, table: list[dict]) -> list[str]:
         return written
     arrow = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
     schema = pa.schema([(c, arrow[t]) for c, t in types.items()])
-    pq.write_table(pa.Table.from_pylist(typed, schema=schema), out_dir / PARQUET_FILE)
+    tmp = out_dir / (PARQUET_FILE + ".tmp")
+    pq.write_table(pa.Table.from_pylist(typed, schema=schema), tmp)
+    os.replace(tmp, out_dir / PARQUET_FILE)
     return [PARQUET_FILE, *written]
 
 
@@ -183,8 +153,28 @@ def _from_csv(text: str, kind: str):
 
 
 def read_manifest(out_dir: Path) -> dict:
+    """The folder's manifest ({} when there is none); a corrupt one is a user error."""
+    doc, problem = load_manifest(out_dir)
+    if problem:
+        raise UserError(f"{problem}: rerun the sweep into this folder to rewrite it",
+                        file=str(out_dir / MANIFEST_FILE))
+    return doc
+
+
+def load_manifest(out_dir: Path) -> tuple[dict, str | None]:
+    """The folder's manifest and, when it cannot be read as one, why ({} and the reason)."""
     path = out_dir / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        doc = json.loads(path.read_bytes().decode())
+    except FileNotFoundError:
+        return {}, None
+    except OSError as err:
+        return {}, f"cannot read it ({err.strerror or err})"
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        return {}, f"not JSON ({type(err).__name__})"
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs", []), list):
+        return {}, "not a sweep manifest (a JSON object with a list of runs)"
+    return doc, None
 
 
 def write_manifest(out_dir: Path, doc: dict) -> None:

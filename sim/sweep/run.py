@@ -10,26 +10,32 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim.errors import BackendUnavailable, UserError
 from sim.run.runner import run_scenario
+from sim.sweep.interrupt import Interrupted, deferred, pending_raise, take_pending
+from sim.sweep.pointlog import PointLog, checked
 from sim.sweep.results import (
-    PointLog,
+    MANIFEST_FILE,
     column_types,
     flat_metrics,
-    read_manifest,
+    load_manifest,
     rows,
     write_manifest,
     write_table,
 )
 from sim.sweep.spec import Point, Sweep
+
+MAX_WORKERS = 256  # --workers at most (or the number of cores, when there are more)
+STOP_WAIT_S = 10.0  # for a terminated worker to end before it is killed
 
 
 def run_point(point: Point) -> dict:
@@ -56,12 +62,18 @@ class ExecutorSpec:
     num_workers: int = 0  # 0: all cores
 
     @classmethod
-    def parse(cls, text: str, num_workers: int = 0) -> ExecutorSpec:
+    def parse(cls, text: str, num_workers: int | None = None) -> ExecutorSpec:
+        """``--executor`` and ``--workers`` (None: all cores)."""
         kind, _, address = text.partition("=")
         if kind not in ("local", "dask") or (kind == "local" and address):
             raise UserError(f"unknown executor {text!r} (local, dask or dask=ADDRESS)",
                             field="--executor")
-        return cls(kind, address or None, num_workers)
+        cores = os.cpu_count() or 1
+        most = max(MAX_WORKERS, cores)
+        if num_workers is not None and not 1 <= num_workers <= most:
+            raise UserError(f"expected 1 to {most} processes, not {num_workers} (default: one "
+                            f"per core, {cores} here)", field="--workers")
+        return cls(kind, address or None, num_workers or 0)
 
     @property
     def workers(self) -> int:
@@ -85,13 +97,51 @@ def _local(points: list[Point], fn: Callable, spec: ExecutorSpec) -> Iterator[Ou
     context = mp.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(["sim.sweep.run"])
-    pool = ProcessPoolExecutor(max_workers=spec.workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=spec.workers, mp_context=context,
+                               initializer=_ignore_sigint)
     try:
-        futures = {pool.submit(fn, p): p for p in points}
+        with deferred(), _sigint_blocked():  # submitting starts the forkserver and workers
+            futures = {pool.submit(fn, p): p for p in points}
+        pending_raise()
         for future in as_completed(futures):
             yield futures[future], future.exception() or future.result()
-    finally:  # on an interrupt: drop the queued points, keep what was logged
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
+    except BaseException:  # an interrupt, or the caller stopped: drop the queued points
+        _stop(pool)
+        raise
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back while the pool starts its processes: they inherit the block, so Ctrl-C
+    (sent to the whole process group) cannot end one half started; here it arrives after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _ignore_sigint() -> None:
+    """A worker's: Ctrl-C reaches the whole process group, and the sweep stops its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued points and end the workers now (their points in flight are lost, as
+    they would be to a kill: a rerun runs them)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's pool
+    for process in processes:
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(STOP_WAIT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(STOP_WAIT_S)
 
 
 def _dask(points: list[Point], fn: Callable, spec: ExecutorSpec) -> Iterator[Outcome]:
@@ -145,6 +195,8 @@ class SweepRun:
     lost: list[str] = field(default_factory=list)  # executor errors: not logged, rerun retries
     wall_s: float = 0.0
     files: list[str] = field(default_factory=list)
+    num_done: int = 0  # points with a record (this run's and earlier ones')
+    interrupted: int | None = None  # the signal that stopped the run (then it is incomplete)
 
     def summary(self) -> dict:
         return {"sweep": self.sweep, "out": str(self.out_dir), "executor": self.executor,
@@ -157,38 +209,63 @@ class SweepRun:
 
 def run_sweep(sweep: Sweep, out_dir: Path, spec: ExecutorSpec,
               on_point: Callable[[dict], None] | None = None,
-              fn: Callable[[Point], dict] = run_point) -> SweepRun:
+              fn: Callable[[Point], dict] = run_point,
+              on_warning: Callable[[str], None] | None = None) -> SweepRun:
     """Run the points not yet in ``out_dir``; log each as it ends; write table and manifest.
-    ``on_point`` sees every record as it is logged (a progress bar).  Worker processes import
-    the caller's main module: a script calling this needs ``if __name__ == "__main__":``."""
+    ``on_point`` sees every record as it is logged (a progress bar); ``on_warning`` is told of
+    a corrupt log line or manifest (skipped, replaced).  Under ``interrupt.on_signals`` a
+    SIGINT/SIGTERM stops the workers and the results are written, the manifest ``incomplete``,
+    and the run's ``interrupted`` says which signal.  Worker processes import the caller's main
+    module: a script calling this needs ``if __name__ == "__main__":``."""
+    warn = on_warning or logging.getLogger(__name__).warning
     log = PointLog(out_dir)
+    if log.num_corrupt:
+        s = "s" * (log.num_corrupt > 1)
+        warn(f"{log.path}: {log.num_corrupt} corrupt line{s} skipped and removed (the "
+             f"point{s} run again)")
     done = log.records()
     todo = [p for p in sweep.points if p.point_id not in done]
     result = SweepRun(sweep.spec.name, out_dir, spec.describe(), len(sweep.points),
                       num_skipped=len(sweep.points) - len(todo))
-    earlier = read_manifest(out_dir).get("runs", [])  # the folder's previous runs
-    _manifest(sweep, result, "running", [], earlier)
+    manifest, problem = load_manifest(out_dir)
+    if problem:
+        warn(f"{out_dir / MANIFEST_FILE}: {problem}; replaced by this run's manifest (the "
+             "record of earlier runs is lost)")
+    earlier = manifest.get("runs", [])  # the folder's previous runs
     t0 = time.perf_counter()
     try:
+        _manifest(sweep, result, "running", [], earlier)
         with closing(EXECUTORS[spec.kind](todo, fn, spec) if todo else _nothing()) as outcomes:
             for point, outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     result.lost.append(f"{point.point_id}: {type(outcome).__name__}: {outcome}")
                     continue
-                log.append(outcome)
-                done[point.point_id] = outcome
-                result.num_run += 1
+                with deferred():  # a whole line in the log and the point counted, or neither
+                    record = checked(outcome)
+                    log.append(record)
+                    done[point.point_id] = record
+                    result.num_run += 1
+                pending_raise()
                 if on_point is not None:
-                    on_point(outcome)
+                    on_point(record)
+    except Interrupted as stop:
+        result.interrupted = stop.signum
+    except Exception:
+        result.interrupted = take_pending()  # a signal held meanwhile: the error is the stop's
+        if result.interrupted is None:  # (the process group's signal ended a worker starting)
+            raise
     finally:
-        result.wall_s = time.perf_counter() - t0
-        log.close()
-        table = rows(sweep.points, done)
-        result.num_ok = sum(r["status"] == "ok" for r in table)
-        result.num_failed = sum(r["status"] == "failed" for r in table)
-        result.files = write_table(out_dir, table) if table else []
-        complete = len(table) == len(sweep.points)
-        _manifest(sweep, result, "complete" if complete else "incomplete", table, earlier)
+        with deferred():  # the results are written whole, whatever arrives meanwhile
+            result.wall_s = time.perf_counter() - t0
+            log.close()
+            table = rows(sweep.points, done)
+            result.num_done = len(table)
+            result.num_ok = sum(r["status"] == "ok" for r in table)
+            result.num_failed = sum(r["status"] == "failed" for r in table)
+            result.files = write_table(out_dir, table) if table else []
+            complete = len(table) == len(sweep.points)
+            _manifest(sweep, result, "complete" if complete else "incomplete", table, earlier)
+        result.interrupted = result.interrupted or take_pending()
     return result
 
 

@@ -32,30 +32,52 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 import scenarios
 from sim.config.frozen import Frozen
 from sim.config.scenario import Scenario, apply_override, read_yaml, validate
 from sim.errors import UserError
 from sim.run.runner import check_scenario
+from sim.sweep.values import INT64, canonical, problem
 
 SPECIAL_AXES = ("cost_model", "variant")  # not scenario keys: the run's cost model, a variant
-MAX_POINTS = 200_000
+MAX_POINTS = 200_000  # grid points, samples and a range's num
+MAX_SEED = 2**32 - 1  # as a scenario's seed
 _SAMPLE_TRIES = 20  # random draws per wanted point before giving up on finding new ones
+_NAME = re.compile(r"[^/\\\x00]+")  # a sweep's name: the default results folder sweeps/NAME
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's true is not the number 1 here
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+Number = Annotated[int | float, BeforeValidator(_not_bool)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class RangeAxis(Frozen):
     """Values from ``low`` to ``high`` (both included): every ``step``, or ``num`` evenly spaced
     (evenly in log with ``log``).  Integers when ``low``, ``high`` and ``step`` are."""
 
-    low: int | float
-    high: int | float
-    step: int | float | None = Field(default=None, gt=0)
-    num: int | None = Field(default=None, ge=1)
+    low: Number
+    high: Number
+    step: Number | None = Field(default=None, gt=0)
+    num: Count | None = Field(default=None, ge=1, le=MAX_POINTS)
     log: bool = False
+
+    @field_validator("low", "high", "step")
+    @classmethod
+    def _finite(cls, value: int | float | None) -> int | float | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            raise ValueError("an integer beyond the 64-bit range")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -65,30 +87,42 @@ class RangeAxis(Frozen):
             raise ValueError("give step or num, not both")
         if self.log and (self.low <= 0 or self.step is not None):
             raise ValueError("log needs low > 0 and num (not step)")
+        if not math.isfinite(float(self.high) - float(self.low)):
+            raise ValueError("high - low is beyond the floating-point range")
+        if self.step is not None and not math.isfinite((self.high - self.low) / self.step):
+            raise ValueError("step is too small for the range")
         return self
 
     @property
     def is_integer(self) -> bool:
         return all(isinstance(x, int) for x in (self.low, self.high, self.step or 1))
 
+    @property
+    def count(self) -> int | None:
+        """How many values the range has (None: continuous), computed without making them."""
+        if self.step is not None:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return self.num
+
+    def at(self, i: int) -> int | float:
+        """The range's ``i``-th value (0 <= i < count)."""
+        if self.step is not None:
+            return self._cast(self.low + i * self.step)
+        if self.num == 1:
+            return self._cast(self.low)
+        f, g = (math.log, math.exp) if self.log else (float, float)
+        lo, hi = f(self.low), f(self.high)
+        return self._cast(g(lo + (hi - lo) * i / (self.num - 1)))
+
     def grid(self) -> list | None:
         """The values, or None for a continuous range (neither step nor num)."""
-        if self.step is not None:
-            n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-            return [self._cast(self.low + i * self.step) for i in range(n)]
-        if self.num is not None:
-            if self.num == 1:
-                return [self._cast(self.low)]
-            f, g = (math.log, math.exp) if self.log else (float, float)
-            lo, hi = f(self.low), f(self.high)
-            return [self._cast(g(lo + (hi - lo) * i / (self.num - 1)))
-                    for i in range(self.num)]
-        return None
+        n = self.count
+        return None if n is None else [self.at(i) for i in range(n)]
 
     def sample(self, rng: random.Random):
-        values = self.grid()
-        if values is not None:
-            return rng.choice(values)
+        n = self.count
+        if n is not None:  # the same draw as rng.choice(self.grid()), without the grid
+            return self.at(rng.randrange(n))
         if self.log:
             return self._cast(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
         return self._cast(rng.uniform(self.low, self.high))
@@ -106,8 +140,8 @@ class SweepFile(Frozen):
     overrides: dict[str, Any] = Field(default_factory=dict)
     cost_model: Literal["roofline", "coefficient"] | None = None  # default: the base's first
     axes: dict[str, list[Any] | RangeAxis] = Field(min_length=1)
-    samples: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    samples: Count | None = Field(default=None, ge=1, le=MAX_POINTS)
+    seed: Count = Field(default=0, ge=0, le=MAX_SEED)
     baseline: dict[str, Any] | None = None
 
     @model_validator(mode="before")
@@ -123,19 +157,70 @@ class SweepFile(Frozen):
                 data = {**data, "baseline": {k: _number(v) for k, v in data["baseline"].items()}}
         return data
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError("expected a name without '/', '\\' or NUL (the results folder is "
+                             "sweeps/NAME)")
+        return name
+
     def check(self, path: Path) -> None:
-        """What the field types cannot say, each error naming its axis."""
+        """What the field types cannot say, each error naming its axis; the grid's size is
+        computed from the axes' lengths, so a grid too large is refused before it is made."""
         for key, axis in self.axes.items():
             if isinstance(axis, list) and not axis:
                 raise UserError("the axis has no values", file=str(path), field=f"axes.{key}")
-            if isinstance(axis, RangeAxis) and self.samples is None and axis.grid() is None:
+            if isinstance(axis, RangeAxis) and self.samples is None and axis.count is None:
                 raise UserError("a grid needs step or num (a continuous range is for random "
                                 "sampling: samples: N)", file=str(path), field=f"axes.{key}")
             if key in SPECIAL_AXES and not isinstance(axis, list):
                 raise UserError("expected a list", file=str(path), field=f"axes.{key}")
-        for key in self.baseline or {}:
+            for value in axis if isinstance(axis, list) else ():
+                _check_value(key, value, path, f"axes.{key}")
+        for key, value in self.overrides.items():
+            _check_value("", value, path, f"overrides.{key}")  # a scenario key, not special
+        for key, value in (self.baseline or {}).items():
             if key not in self.axes:
                 raise UserError("not an axis", file=str(path), field=f"baseline.{key}")
+            _check_value(key, value, path, f"baseline.{key}")
+        if self.samples is None:
+            _check_grid_size(self, path)
+
+
+COST_MODELS = ("roofline", "coefficient", "calibrated")
+
+
+def _check_value(key: str, value: Any, path: Path, field: str) -> None:
+    why = problem(value)
+    if why is None and key == "cost_model" and value not in COST_MODELS:
+        why = f"unknown cost model {_short(value)} ({', '.join(COST_MODELS)})"
+    if why is None and key == "variant" and not isinstance(value, str):
+        why = f"expected a variant's name, not {_short(value)}"
+    if why is not None:
+        raise UserError(why, file=str(path), field=field)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def grid_size(spec: SweepFile) -> tuple[int, str]:
+    """The number of grid points (the product of the axes' lengths, nothing built) and the axis
+    with the most values."""
+    lengths = {k: len(a) if isinstance(a, list) else (a.count or 1) for k, a in spec.axes.items()}
+    return math.prod(lengths.values()), max(lengths, key=lambda k: lengths[k])
+
+
+def _check_grid_size(spec: SweepFile, path: Path | None) -> None:
+    size, longest = grid_size(spec)
+    if size > MAX_POINTS:
+        n = len(a) if isinstance(a := spec.axes[longest], list) else a.count
+        shown = f"{size:,}" if size < 10**15 else f"over 10^{int(math.log10(size))}"
+        raise UserError(f"the grid has {shown} points (at most {MAX_POINTS:,}; this axis has "
+                        f"{n:,} values): use samples: N or fewer values",
+                        file=str(path) if path else None, field=f"axes.{longest}")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -194,7 +279,11 @@ def load_sweep(path: Path) -> Sweep:
     spec.check(path)
     base_path = _base_path(spec.base, path)
     base = read_yaml(base_path)
-    context = json.dumps([base, spec.variant, spec.overrides], sort_keys=True, default=str)
+    try:
+        context = json.dumps([base, spec.variant, spec.overrides], sort_keys=True, default=str)
+    except (TypeError, ValueError, RecursionError) as err:  # e.g. keys of mixed types
+        raise UserError(f"cannot be hashed for the point ids ({type(err).__name__}: {err})",
+                        file=str(base_path)) from None
     digest = hashlib.sha256(context.encode()).hexdigest()[:16]
     points = _resolve(spec, path, base, base_path, digest)
     return Sweep(path, spec, base_path, digest, points)
@@ -206,6 +295,7 @@ def _invalid(err: ValidationError, path: Path) -> UserError:
     errors = err.errors()
     e = next((x for x in errors if "list[any]" not in x["loc"]), errors[0])
     loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-after", "list["))]
+    loc = [x for i, x in enumerate(loc) if i < 3 or x not in ("int", "float")]  # Number's tag
     msg = e["msg"].removeprefix("Value error, ")
     if len(loc) == 2 and loc[0] == "axes" and e["type"] == "model_type":
         msg = "expected a list of values or a range {low, high, step or num}"
@@ -228,28 +318,32 @@ def expand(spec: SweepFile) -> list[dict[str, Any]]:
     """The axis values of every point: the grid in file order, or ``samples`` distinct seeded
     random draws; the baseline's values first when they are not among them."""
     if spec.samples is None:
+        _check_grid_size(spec, None)
         columns = [a if isinstance(a, list) else a.grid() for a in spec.axes.values()]
-        size = math.prod(len(c) for c in columns)
-        if size > MAX_POINTS:
-            raise UserError(f"the grid has {size:,} points (at most {MAX_POINTS:,}): use "
-                            "samples: N", field="axes")
-        rows = [dict(zip(spec.axes, combo)) for combo in itertools.product(*columns)]
-    else:
-        rng, seen, rows = random.Random(spec.seed), set(), []
-        for _ in range(spec.samples * _SAMPLE_TRIES):
-            values = {k: rng.choice(a) if isinstance(a, list) else a.sample(rng)
-                      for k, a in spec.axes.items()}
-            key = json.dumps(values, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                rows.append(values)
-            if len(rows) == spec.samples:
-                break
+        return [dict(zip(spec.axes, combo)) for combo in itertools.product(*columns)]
+    # a draw is known by its values' JSON, each list value's written once (not once per draw)
+    texts = {k: [canonical(v) for v in a] for k, a in spec.axes.items() if isinstance(a, list)}
+    rng, seen, rows = random.Random(spec.seed), set(), []
+    for _ in range(spec.samples * _SAMPLE_TRIES):
+        values, key = {}, []
+        for k, a in spec.axes.items():
+            if isinstance(a, list):  # the same draw as rng.choice(a)
+                i = rng.randrange(len(a))
+                values[k] = a[i]
+                key.append(texts[k][i])
+            else:
+                values[k] = a.sample(rng)
+                key.append(canonical(values[k]))
+        if tuple(key) not in seen:
+            seen.add(tuple(key))
+            rows.append(values)
+        if len(rows) == spec.samples:
+            break
     return rows
 
 
 def baseline_values(spec: SweepFile) -> dict[str, Any]:
-    first = {k: a[0] if isinstance(a, list) else (a.grid() or [a.low])[0]
+    first = {k: a[0] if isinstance(a, list) else a.at(0) if a.count else a.low
              for k, a in spec.axes.items()}
     return {**first, **(spec.baseline or {})}
 
@@ -257,6 +351,9 @@ def baseline_values(spec: SweepFile) -> dict[str, Any]:
 def _resolve(spec: SweepFile, path: Path, base: dict, base_path: Path,
              context: str) -> list[Point]:
     variants = base.pop("variants", None) or {}
+    if not isinstance(variants, dict):
+        raise UserError("expected a mapping of variant name -> overrides", file=str(base_path),
+                        field="variants")
     rows = expand(spec)
     baseline = {k: v for k, v in baseline_values(spec).items() if k != "cost_model"}
     checked: dict[str, None] = {}  # check_scenario's inputs already checked
@@ -290,7 +387,11 @@ def _point(spec: SweepFile, path: Path, origin: tuple[dict, Path, str], variants
             raise UserError(f"unknown variant {variant!r} of {base_path.name} (variants: "
                             f"{', '.join(map(str, variants)) or 'none'})", file=str(path),
                             field="axes.variant" if "variant" in values else "variant")
-        for key, value in (variants[variant] or {}).items():
+        changes = variants[variant] or {}
+        if not isinstance(changes, dict):
+            raise UserError("expected a mapping of dotted.key -> value", file=str(base_path),
+                            field=f"variants.{variant}")
+        for key, value in changes.items():
             apply_override(data, key, value)
     for key, value in spec.overrides.items():
         apply_override(data, key, value)

@@ -207,3 +207,28 @@ def test_measured_attention_keeps_the_share_of_an_absent_block():
     assert np.allclose(att.advance(7, resident, 4), [0, 0.6, 0.4])
     rel = att.relevance(7, 3)  # shares x 3 = [1, 1.2, 0.8]
     assert abs(rel[0]) < 1e-9 and rel[1] > 0 > rel[2]
+
+
+@pytest.mark.parametrize("away, tol", [(Precision.OFFLOADED, 0.0), (Precision.INT8, 0.01)])
+def test_a_block_restored_into_a_full_exact_size_arena_keeps_every_token(away, tol):
+    """Restoring a block grows a full arena: the copy covers the arena's live tokens only (the
+    block being restored is not in it yet).  Found by benchmarks/soak.py."""
+    bt = 4
+    kv = PagedKV(num_layers=1, num_kv_heads=1, head_dim=2, block_tokens=bt, group=4,
+                 dtype=torch.float32, grow=lambda rid, need, cap: need)  # exact-size arenas
+    kv.add(0, capacity_tokens=10)
+
+    def put(n: int) -> None:
+        offset, start = kv.arena_tokens(0), kv.num_tokens(0)
+        kv.reserve(0, n)
+        x = torch.arange(start, start + n, dtype=torch.float32).reshape(1, n, 1).expand(1, n, 2)
+        kv.write(0, 0, x, x, offset)
+        kv.append(0, n)
+
+    with torch.inference_mode():
+        put(10)  # blocks 0 and 1 full, 2 tokens in the tail
+        kv.set_precision(0, 0, away)
+        put(4)  # the arena is full again
+        kv.set_precision(0, 0, Precision.FP16)  # grows the arena
+        k, _ = kv.layer_kv(0, 0)
+    assert torch.allclose(k[0, :, 0], torch.arange(14, dtype=torch.float32), atol=tol, rtol=0)

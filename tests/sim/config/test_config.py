@@ -109,12 +109,16 @@ def test_resolve_runs_names_the_variant_in_the_field(tmp_path, base_scenario, sc
     assert str(err).startswith(f"{path}: variants.bad -> engine.max_batch: ")
 
 
-def test_error_from_a_set_names_the_variant_it_broke(tmp_path, base_scenario, scenario_file):
-    variants = {"first": {}, "second": {}}
+def test_an_error_from_a_set_is_blamed_plainly_not_on_a_variant(tmp_path, base_scenario,
+                                                                 scenario_file):
+    variants = {"first": {}, "second": {"workload.num_requests": 0}}
     path = scenario_file(tmp_path, base_scenario(variants=variants))
     with pytest.raises(UserError) as info:
-        resolve_runs(path, ["workload.num_requests=-1"])
-    assert info.value.field == "variants.first -> workload.num_requests"
+        resolve_runs(path, ["engine.max_batch=-1"])
+    assert info.value.field == "engine.max_batch"  # every variant has it: the --set's own
+    with pytest.raises(UserError) as info:
+        resolve_runs(path, [])
+    assert info.value.field == "variants.second -> workload.num_requests"  # the variant's own
 
 
 def test_unknown_key_is_rejected_naming_the_field(tmp_path, base_scenario, scenario_file):
