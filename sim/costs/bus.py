@@ -9,6 +9,7 @@ is left equally.  Alone, a transfer takes exactly bytes / demand, i.e. its roofl
 from __future__ import annotations
 
 import itertools
+import math
 
 import simpy
 
@@ -80,8 +81,11 @@ class SharedBus:
         if version != self._version:
             return  # superseded by a later arrival or completion
         self._advance()
-        # a job is done when what is left would take under a nanosecond at its rate
-        done = [k for k, j in self._jobs.items() if j[0] <= j[2] * 1e-9]
+        # a job is done when what is left would take under a nanosecond at its rate, or under
+        # the clock's resolution (late in a long run a float clock cannot advance by less, and
+        # the wake-up would repeat forever)
+        tick_s = max(1e-9, 4 * math.ulp(self.env.now))
+        done = [k for k, j in self._jobs.items() if j[0] <= j[2] * tick_s]
         for key in done:
             self._jobs.pop(key)[3].succeed()
         if self._jobs:
