@@ -61,6 +61,7 @@ from sim.config.policy_registry import observes_blocks
 from sim.config.scenario import Scenario
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import DeviceInfo, StepPlan, StepResult, profile_device
+from sim.engine.faults import FaultSchedule
 from sim.engine.kv_store import PagedKVStore
 from sim.engine.workload import Requests
 from sim.errors import UserError
@@ -120,11 +121,11 @@ class OrtExecutor(TorchExecutor):
                  kv_dtype: torch.dtype, group: int, buffers: BufferPool, drafter: Any = None,
                  use_binding: bool = True, name: str = "ort", device_label: str = "cpu",
                  measure_attention: bool = False,
-                 shapes: dict[str, Shapes] | None = None):
+                 shapes: dict[str, Shapes] | None = None, faults: FaultSchedule | None = None):
         first = next(iter(infos.values()))
         super().__init__(model, prompts, store, first, kv_dtype=kv_dtype, group=group,
                          buffers=buffers, drafter=drafter, device_label=device_label,
-                         measure_attention=measure_attention)
+                         measure_attention=measure_attention, faults=faults)
         self.name, self.use_binding = name, use_binding
         self.shapes = shapes or {}  # per device (default: the true shapes)
         self.sessions, self.infos = sessions, infos
@@ -337,7 +338,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     ex = OrtExecutor(model, sessions, infos, prompts, store, kv_dtype=kv_dtype,
                      group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
                      use_binding=be.ort_binding, name=backend, measure_attention=observe,
-                     device_label=label, shapes=shapes)
+                     device_label=label, shapes=shapes, faults=FaultSchedule(scn.faults))
     speculating = scn.policies.speculation.kind != "off"
     longest = int((requests.prompt_tokens + requests.output_tokens).max())
     ex.warm_up(batch=scn.engine.max_batch, past_tokens=longest,

@@ -264,6 +264,10 @@ class Engine:
         plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers)
         if plan.draft_len:
             draft_device = self._draft_device(plan)
+            if self.devices[draft_device].down:  # (only with faults) nowhere to draft
+                self._release(locks)
+                raise NoDevice(f"{self.faults.why_down(draft_device)} and the draft model runs "
+                               "on it (speculation.draft_device)")
             if self.devices[draft_device] not in locks:
                 more = yield from self._acquire((draft_device,))
                 locks.extend(more)

@@ -209,6 +209,24 @@ def test_when_every_device_has_failed_every_request_left_fails(tmp_path, toy_sce
     assert_every_request_ended(out)
 
 
+def test_a_failed_draft_device_fails_the_drafting_decode_steps_requests(tmp_path, toy_scenario,
+                                                                        toy_run):
+    path = with_faults(toy_scenario(tmp_path, rows=[(0, 128, 8), (0.05, 128, 8)],
+                                    scheduling=HYBRID),
+                       {"cpu-dies": {"kind": "device-failure", "device": "cpu", "start_s": 0.2}})
+    doc = yaml.safe_load(path.read_text())
+    doc["policies"]["speculation"] = {"kind": "fixed", "k": 2}
+    doc["speculation"] = {"draft_source": "layer-skip", "draft_layers": 1, "draft_device": "cpu"}
+    path.write_text(yaml.safe_dump(doc))
+    out = toy_run(path)
+    # decode moves nowhere (the gpu is up) but its drafts must run on the cpu
+    why = ("device cpu failed at t = 0.2 s (fault 'cpu-dies') and the draft model runs on it "
+           "(speculation.draft_device)")
+    assert set(reasons(out).values()) == {why}
+    assert out.metrics["num_failed"] == 2
+    assert_every_request_ended(out)
+
+
 # -- a step error ----------------------------------------------------------------------------------
 def test_a_step_error_fails_that_steps_requests_and_the_run_goes_on(tmp_path, toy_scenario,
                                                                     toy_run, toy_steps):
