@@ -218,7 +218,7 @@ def _resolve(args: argparse.Namespace):
     setups, errors = {}, {}
     for variant, scn in runs_cfg:  # reject bad input before anything runs; built once
         try:
-            setups[variant] = check_scenario(scn, path.parent)
+            setups[variant] = check_scenario(scn, path.parent, getattr(args, "backend", "sim"))
         except UserError as e:
             errors[variant] = e
     if errors:

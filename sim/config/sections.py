@@ -128,6 +128,12 @@ class EngineConfig(Frozen):
     # requests waiting for admission beyond this many are rejected (failed with a reason) on
     # arrival; None = an unbounded queue
     max_waiting: int | None = Field(default=None, ge=0)
+    # "none": admission reserves a request's whole KV (prompt + output) up front.  "recompute" /
+    # "swap": it reserves the prompt plus one block, requests grow block by block, and when a
+    # step's growth does not fit the most recently admitted running requests are preempted: their
+    # KV freed and recomputed on resumption, or swapped to the host tier and copied back
+    # (recompute when the host is full).  Simulator only (sim.engine.preemption).
+    preemption: Literal["none", "recompute", "swap"] = "none"
     # the batch's KV also kept in one contiguous buffer that the buffer policy sizes, its contents
     # copied on every reallocation (HF's concatenating cache, ORT without IOBinding)
     contiguous_kv: bool = False

@@ -6,7 +6,8 @@ FCFS while the batch and the KV budget allow, let the planner ask the policies f
 the emitted tokens, retire finished requests).  Prefill and decode are separate processes; when
 their devices differ they overlap (and share a memory bus if the devices do), when they share a
 device they take turns on it.  Injected faults (``sim.engine.fault_driver``) and a bounded waiting
-queue (``max_waiting``) end requests early, each failed with a reason.
+queue (``max_waiting``) end requests early, each failed with a reason.  ``preemption``: see
+``sim.engine.preemption``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sim.engine.faults import FaultSchedule
 from sim.engine.kv_store import Admission, PagedKVStore
 from sim.engine.planner import Planner
 from sim.engine.policy_call import ask
+from sim.engine.preemption import Preemptor
 from sim.engine.state import PENDING, RunState
 from sim.engine.workload import Requests
 from sim.errors import InfeasibleDecision, PolicyFailure
@@ -38,7 +40,8 @@ class Engine:
     def __init__(self, planner: Planner, requests: Requests, executor: Executor,
                  store: PagedKVStore, *, max_batch: int, max_prefill_tokens: int,
                  max_context_tokens: int, record_trace: bool = False, on_done=None,
-                 max_waiting: int | None = None, faults: FaultSchedule | None = None):
+                 max_waiting: int | None = None, faults: FaultSchedule | None = None,
+                 preemption: str = "none"):
         self.env = simpy.Environment()
         self.planner, self.requests, self.executor, self.store = planner, requests, executor, store
         self.max_batch, self.max_prefill_tokens = max_batch, max_prefill_tokens
@@ -63,6 +66,7 @@ class Engine:
         self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
         self.kv_measured = executor.capabilities.reports_kv_bytes
         self.faults = FaultDriver(self, faults) if faults else None
+        self.preempt = Preemptor(self, preemption) if preemption != "none" else None
 
     # -- arrivals ----------------------------------------------------------------------------
     def run(self) -> RunState:
@@ -151,10 +155,14 @@ class Engine:
 
     # -- prefill -----------------------------------------------------------------------------
     def _head_fits(self) -> bool:
-        if not self.waiting or len(self.running) + self.num_prefilling >= self.max_batch:
-            return False
-        total = self.total_tokens(self.waiting[0])
-        return self.store.can_admit(total, self.planner.new_block_precision) is Admission.OK
+        return (bool(self.waiting) and len(self.running) + self.num_prefilling < self.max_batch
+                and self._fits(self.waiting[0]))
+
+    def _fits(self, rid: int) -> bool:
+        prec = self.planner.new_block_precision
+        if self.preempt is not None:
+            return self.preempt.fits(rid, prec)
+        return self.store.can_admit(self.total_tokens(rid), prec) is Admission.OK
 
     def _admit_batch(self) -> list[int]:
         batch: list[int] = []
@@ -163,19 +171,24 @@ class Engine:
         while (self.waiting
                and len(self.running) + self.num_prefilling + len(batch) < self.max_batch):
             rid = self.waiting[0]
-            prompt = int(self.requests.prompt_tokens[rid])
-            total = prompt + int(self.requests.output_tokens[rid])
+            prompt = int(self.requests.prompt_tokens[rid]) if self.preempt is None else \
+                self.preempt.prefill_tokens(rid)
             if batch and tokens + prompt > self.max_prefill_tokens:
                 break
-            if self.store.can_admit(total, prec) is not Admission.OK:
+            if not self._fits(rid):
                 break  # FCFS: the head waits for memory, nobody overtakes it
+            if self.preempt is not None and self.preempt.swap_in(rid):
+                self.waiting.popleft()  # swapped out, copied back: it rejoins the running set
+                continue
             if self.faults is not None and not self.kv_measured and \
                     self.faults.refuse_allocation(rid, self.store.blocks_for(prompt) * int(
                         self.store.device_block_bytes[prec])):
                 continue  # an injected allocation failure ended it
-            self.store.admit(rid, prompt, total, prec)
+            admit = self.store.admit if self.preempt is None else self.preempt.admit
+            admit(rid, prompt, self.total_tokens(rid), prec)
             self.waiting.popleft()
-            self.state.admitted_s[rid] = self.env.now
+            if np.isnan(self.state.admitted_s[rid]):  # a preempted request keeps its first
+                self.state.admitted_s[rid] = self.env.now
             batch.append(rid)
             tokens += prompt
         return batch
@@ -196,8 +209,9 @@ class Engine:
             batch = self._admit_batch() if locks.usable else []  # once the device is ours
             if batch:
                 self.num_prefilling += len(batch)
-                plan = self.planner.prefill_plan(batch, self.requests, self.store, placement,
-                                                 self.buffers)
+                plan = self.planner.prefill_plan(
+                    batch, self.requests, self.store, placement, self.buffers,
+                    None if self.preempt is None else self.preempt.prefill_array(batch))
                 self._expect(("prefill", placement.prefill))
                 result = yield from (self.executor.execute(self.env, plan) if self.faults is None
                                      else self.faults.execute(plan, locks, (placement.prefill,)))
@@ -210,7 +224,8 @@ class Engine:
                     if self.faults is not None:
                         batch = [r for r in batch if self.state.status[r] == PENDING]
                     for rid in batch:  # the prefill pass emits each request's first token
-                        self.state.first_token_s[rid] = self.env.now
+                        if np.isnan(self.state.first_token_s[rid]):  # (not a recompute's)
+                            self.state.first_token_s[rid] = self.env.now
             self._release(locks)
             if batch:
                 self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64),
@@ -256,6 +271,8 @@ class Engine:
         the locks held (no plan when a device it needs failed meanwhile or nobody is left)."""
         placement = self._placement(lambda p: (p.decode_attention, p.decode_ffn))
         locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
+        if locks.usable and self.running and self.preempt is not None:
+            self.preempt.make_room()  # (may preempt requests)
         if not (locks.usable and self.running):
             self._release(locks)
             return None, None, None

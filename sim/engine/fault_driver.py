@@ -110,8 +110,13 @@ class FaultDriver:
         if new < old:
             eng.planner.retier(store, eng.running)  # tiering under sudden pressure
             why = f"the KV budget shrank to {new} bytes at t = {t:.6g} s"
+            if eng.preempt is not None:  # running requests are preempted rather than failed
+                eng.preempt.fit_budget()
             # the youngest admitted first (as vLLM preempts the latest), until it all fits
-            held = sorted(store.request_ids(), key=lambda r: (eng.state.admitted_s[r], r))
+            # (a request swapped out holds no device memory)
+            held = sorted((r for r in store.request_ids()
+                           if eng.preempt is None or r not in eng.preempt.swapped),
+                          key=lambda r: (eng.state.admitted_s[r], r))
             while store.device_used_bytes + store.reserved_bytes > new and held:
                 self.end_request(held.pop(), f"{why} and its KV no longer fits")
             prec = eng.planner.new_block_precision
@@ -196,8 +201,12 @@ class FaultDriver:
         eng.wake(prefill=True)
 
     def alive(self, batch: np.ndarray) -> np.ndarray:
-        """The rows of ``batch`` still pending."""
-        return self.engine.state.status[batch] == PENDING
+        """The rows of ``batch`` still pending (and not preempted during the step)."""
+        keep = self.engine.state.status[batch] == PENDING
+        preempt = self.engine.preempt
+        if preempt is not None and preempt.stale:
+            keep &= ~np.isin(batch, list(preempt.stale))
+        return keep
 
     def end_request(self, rid: int, reason: str) -> None:
         """Fail a pending request wherever it is (waiting, prefilling, running)."""

@@ -123,6 +123,28 @@ class PagedKVStore:
         self.append_tokens(rid, prompt_tokens, precision)
         assert len(self._blocks[rid]) == now
 
+    def reserve(self, rid: int, blocks: int) -> None:
+        """Reserve ``blocks`` more blocks for an admitted request (at its reserved precision),
+        for the growth of its next step (preemption: admission reserves little up front)."""
+        future, prec = self._future[rid]
+        extra = blocks * int(self.device_block_bytes[prec])
+        if extra and self.device_used_bytes + self.reserved_bytes + extra > \
+                self.device_budget_bytes:
+            raise MemoryError(f"request {rid}: no device memory for {blocks} more blocks")
+        self._future[rid] = (future + blocks, prec)
+        self.reserved_bytes += extra
+
+    def release_reservation(self, rid: int) -> None:
+        """Give back what ``rid`` has reserved and not used (a request swapped out)."""
+        future, prec = self._future[rid]
+        self.reserved_bytes -= future * int(self.device_block_bytes[prec])
+        self._future[rid] = (0, prec)
+
+    def reservation(self, rid: int) -> tuple[int, Precision]:
+        """The blocks ``rid`` has reserved and not used, and their precision."""
+        future, prec = self._future[rid]
+        return future, Precision(prec)
+
     def set_device_budget(self, budget_bytes: int) -> None:
         """A new device budget (an injected fault).  A smaller one may leave what is held and
         reserved above it: moves that free device memory and growth within reservations still

@@ -122,8 +122,12 @@ class Planner:
         return a1 + a2 + a3, b1 + b2 + b3, copied
 
     def prefill_plan(self, batch: list[int], requests: Requests, store: PagedKVStore,
-                     placement: Placement, pool: BufferPool) -> StepPlan:
-        prompts = requests.prompt_tokens[batch].astype(np.float64)
+                     placement: Placement, pool: BufferPool,
+                     prefill_tokens: np.ndarray | None = None) -> StepPlan:
+        """``prefill_tokens``: per request, the tokens prefilled (default: the prompts; more for
+        a request preempted for recompute)."""
+        rows = requests.prompt_tokens[batch] if prefill_tokens is None else prefill_tokens
+        prompts = rows.astype(np.float64)
         num_tokens = int(prompts.sum())
         allocs, alloc_bytes, _ = self._buffers(pool, num_tokens, len(batch))
         # K/V of the prompt are written once; attention reads them from on-chip tiles
@@ -132,7 +136,7 @@ class Planner:
                         attended_pairs=float((prompts * (prompts + 1) / 2).sum()),
                         kv_read_bytes=0.0, kv_dequant_values=0.0, placement=placement,
                         num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self.techniques,
-                        row_tokens=requests.prompt_tokens[batch],
+                        row_tokens=rows,
                         row_block_counts=store.req_counts[batch])
 
     def decode_plan(self, batch: np.ndarray, store: PagedKVStore, placement: Placement,

@@ -61,10 +61,14 @@ def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
                            observing=observes_blocks(scn.policies.tiering))
 
 
-def check_scenario(scn: Scenario, base_dir: Path) -> RunSetup:
+def check_scenario(scn: Scenario, base_dir: Path, backend: str = "sim") -> RunSetup:
     """Everything ``run_scenario`` would reject, without running: models, hardware, devices,
-    the KV budget, the workload file and the devices faults name.  Raises ``UserError``;
-    returns the setup to run with."""
+    the KV budget, the workload file, the devices faults name and (``backend`` not ``sim``)
+    settings only the simulator has.  Raises ``UserError``; returns the setup to run with."""
+    if backend != "sim" and scn.engine.preemption != "none":
+        raise UserError(f"{scn.engine.preemption!r} is simulator-only for now: backend "
+                        f"{backend!r} reserves each request's whole KV up front (set it to "
+                        "'none', or use `infer-os simulate`)", field="engine.preemption")
     setup = RunSetup.build(scn, base_dir)
     names = setup.hardware.device_names
     for name, event in sorted(scn.faults.events.items()):
@@ -112,7 +116,7 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
     calibrate``); ``acceptance_replay`` (per request, the accepted count of each measured
     proposal) replaces drawn acceptance while it lasts.  ``setup``: the variant's setup from
     ``check_scenario`` (built here when not given)."""
-    setup = setup or check_scenario(scn, base_dir)
+    setup = setup or check_scenario(scn, base_dir, backend)
     if setup.scenario is not scn:
         raise ValueError("run_scenario: the setup was built from another scenario")
     model, requests, eng = setup.model, setup.requests, scn.engine
@@ -137,7 +141,8 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
     engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
                     max_prefill_tokens=eng.max_prefill_tokens,
                     max_context_tokens=model.max_context_tokens, record_trace=record_trace,
-                    on_done=on_done, max_waiting=eng.max_waiting, faults=faults or None)
+                    on_done=on_done, max_waiting=eng.max_waiting, faults=faults or None,
+                    preemption=eng.preemption)
     wall0 = time.perf_counter()
     state = engine.run()
     wall_s = time.perf_counter() - wall0
@@ -146,6 +151,9 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
                           num_rejected=engine.num_rejected)
     if engine.faults is not None:
         metrics["faults"] = dict(engine.faults.counts)
+    if engine.preempt is not None:  # (absent without preemption: outputs stay as they were)
+        metrics["num_preemptions"] = engine.preempt.counts["num_preemptions"]
+        metrics["preemption"] = {"mode": eng.preemption, **engine.preempt.counts}
     metrics["quality"] = quality_metrics(retierer.quality_samples, scn.quality.base_ppl)
     metrics["kv_moves"] = dict(sorted(retierer.moves.items()))
     if cost_model == "coefficient":
