@@ -33,7 +33,7 @@ FIRST_PARTY = ("sim", "adapters", "policies")
 SIM_LAYERS = {"errors": 0, "config": 1, "quality": 2, "engine": 3, "costs": 4, "run": 5,
               "sweep": 6, "report": 7, "testing": 7, "api": 8, "cli": 9}
 ADAPTERS_LAYERS = {"kv": 0, "model": 1, "decoding": 2, "torch_backend": 3, "ort_backend": 4,
-                   "calibration": 5, "commands": 6}
+                   "calibration": 5, "commands": 6, "serving": 6}
 LAYERS = {"sim": SIM_LAYERS, "adapters": ADAPTERS_LAYERS}
 PACKAGE_INIT = "(package)"  # the layer of sim/__init__.py and adapters/__init__.py
 

@@ -339,6 +339,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
                      group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
                      use_binding=be.ort_binding, name=backend, measure_attention=observe,
                      device_label=label, shapes=shapes, faults=FaultSchedule(scn.faults))
+    ex.tokenizer = tokenizer  # (None without one) for a server's text in and out
     speculating = scn.policies.speculation.kind != "off"
     longest = int((requests.prompt_tokens + requests.output_tokens).max())
     ex.warm_up(batch=scn.engine.max_batch, past_tokens=longest,

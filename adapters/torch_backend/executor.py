@@ -74,6 +74,7 @@ class TorchExecutor(InjectedFaults):
     (``adapters.ort_backend.executor``) is this class with ``forward`` replaced."""
 
     name = "torch"
+    sampler = None  # greedy; a server sets per-request sampling (adapters.serving.sampling)
     capabilities = Capabilities(measures_acceptance=True, reports_kv_bytes=True,
                                 is_measured=True)
 
@@ -203,7 +204,9 @@ class TorchExecutor(InjectedFaults):
         self.kv.add(rid, capacity_tokens=len(prompt) + 1)
         logits, step = self.forward([rid], [prompt], last_only=True)  # head on the last token
         step.commit()
-        self.tokens[rid] = [*prompt, int(logits[0, -1].argmax())]
+        first = int(logits[0, -1].argmax()) if self.sampler is None else \
+            self.sampler.first(rid, logits[0, -1])
+        self.tokens[rid] = [*prompt, first]
         self._actual[rid] = np.zeros(0, dtype=np.uint8)
         if self.drafter is not None:
             self.drafter.prefill(rid, self.tokens[rid])
@@ -226,16 +229,20 @@ class TorchExecutor(InjectedFaults):
         rows = [[self.tokens[rid][-1], *d, *[0] * (T - 1 - len(d))]
                 for rid, d in zip(rids, drafts or [[]] * len(rids))]
         logits, step = self.forward(rids, rows)
-        target = logits.argmax(dim=-1).tolist()  # [B, T]: greedy
+        target = logits.argmax(dim=-1).tolist() if self.sampler is None else None  # greedy
         kept, emitted = [], []
         for b, rid in enumerate(rids):
             d = drafts[b] if k else []
-            a = 0
-            while a < len(d) and d[a] == target[b][a]:
-                a += 1
+            if target is None:  # a server's per-request sampling (rejection sampling drafts)
+                a, token = self.sampler.accept(rid, d, logits[b])
+            else:
+                a = 0
+                while a < len(d) and d[a] == target[b][a]:
+                    a += 1
+                token = target[b][a]
             if k:  # the draft source saw tokens + d; only tokens + d[:a] survived
                 self.drafter.rollback(rid, len(self.tokens[rid]) + a)
-            self.tokens[rid].extend([*d[:a], target[b][a]])
+            self.tokens[rid].extend([*d[:a], token])
             self.draft_accepted += a
             self.draft_rejections += 0 < len(d) and a < len(d)
             self.draft_empty += k > 0 and not d
@@ -347,11 +354,13 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     info = profile_device(hw, kind)
     kv_dtype = resolve_dtype(be.kv_dtype)
     drafter = make_drafter(scn, model, base_dir, be.dtype, be.device)
-    return TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,
-                         group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
-                         device_label=describe_device(device),
-                         measure_attention=observes_blocks(scn.policies.tiering),
-                         faults=FaultSchedule(scn.faults))
+    ex = TorchExecutor(model, prompts, store, info, kv_dtype=kv_dtype,
+                       group=scn.engine.kv_quant_group, buffers=buffers, drafter=drafter,
+                       device_label=describe_device(device),
+                       measure_attention=observes_blocks(scn.policies.tiering),
+                       faults=FaultSchedule(scn.faults))
+    ex.tokenizer = tokenizer  # (None without one) for a server's text in and out
+    return ex
 
 
 def make_prompts(scn: Scenario, requests: Requests, tokenizer, vocab: int) -> list[list[int]]:

@@ -41,8 +41,8 @@ class Engine:
                  store: PagedKVStore, *, max_batch: int, max_prefill_tokens: int,
                  max_context_tokens: int, record_trace: bool = False, on_done=None,
                  max_waiting: int | None = None, faults: FaultSchedule | None = None,
-                 preemption: str = "none"):
-        self.env = simpy.Environment()
+                 preemption: str = "none", env: simpy.Environment | None = None):
+        self.env = env if env is not None else simpy.Environment()
         self.planner, self.requests, self.executor, self.store = planner, requests, executor, store
         self.max_batch, self.max_prefill_tokens = max_batch, max_prefill_tokens
         self.max_context_tokens, self.max_waiting = max_context_tokens, max_waiting
@@ -74,11 +74,7 @@ class Engine:
             self.planner.retier(self.store, [])  # the precision new blocks are written at
             if self.faults is not None:
                 self.faults.start()
-            if self.requests.concurrency is None:
-                self.env.process(self._open_arrivals())
-            else:
-                for _ in range(min(self.requests.concurrency, len(self.requests))):
-                    self._next_user_request()
+            self.start_arrivals()
             self.env.process(self._prefill_loop())
             self.env.process(self._decode_loop())
             if self.faults is None:
@@ -94,6 +90,15 @@ class Engine:
             self._on_done(left)
         self.state.finish(self.env.now, self.store)
         return self.state
+
+    def start_arrivals(self) -> None:
+        """The requests' arrivals: open (at their times) or a closed loop of users.  A server
+        replaces it with requests arriving live (``adapters.serving.live``)."""
+        if self.requests.concurrency is None:
+            self.env.process(self._open_arrivals())
+        else:
+            for _ in range(min(self.requests.concurrency, len(self.requests))):
+                self._next_user_request()
 
     def _open_arrivals(self):
         for rid, t in enumerate(self.requests.arrival_s):

@@ -105,6 +105,56 @@ def _kv_layout(cost_model: str | None, calibration: CalibrationProfile | None):
     return BlockLayout
 
 
+@dataclass
+class Assembly:
+    """The parts of one run, wired: what ``run_scenario`` runs and ``infer-os serve`` serves."""
+
+    engine: Engine
+    planner: Planner
+    store: PagedKVStore
+    executor: object
+    pool: BufferPool | None  # a real backend's KV arena allocations (None for a prediction)
+    retierer: Retierer
+
+
+def assemble(setup: RunSetup, requests: Requests, *, cost_model: str | None = None,
+             backend: str = "sim", calibration: CalibrationProfile | None = None,
+             acceptance_replay: dict[int, list[int]] | None = None, record_trace=False,
+             on_done=None, make_executor=None, engine_cls=Engine, **engine_kw) -> Assembly:
+    """KV store, executor, planner and engine for ``requests`` (``setup.requests`` for a
+    scripted run; a server's live request slots).  ``make_executor(store, pool)`` replaces the
+    backend's factory; ``engine_cls`` and ``engine_kw`` the engine (the server's real-time one)."""
+    scn, model, eng = setup.scenario, setup.model, setup.scenario.engine
+    store = PagedKVStore(eng.block_tokens,
+                         block_bytes(model.kv_values_per_token, eng.block_tokens,
+                                     eng.kv_quant_group),
+                         setup.kv_budget_bytes, setup.host_budget_bytes, len(requests),
+                         layout=_kv_layout(cost_model, calibration))
+    faults = FaultSchedule(scn.faults)
+    if make_executor is not None:
+        pool = BufferPool(scn.policies.buffers)
+        executor = make_executor(store, pool)
+    else:
+        executor, pool = _executor(setup, cost_model, backend, store, calibration, faults)
+    caps = executor.capabilities
+    attention = executor.attention or AttentionModel(scn.attention, scn.seed)
+    retierer = Retierer(scn.policies.tiering, attention,
+                        penalties(scn.quality), model.kv_values_per_token * eng.block_tokens)
+    spec = scn.speculation
+    limits = PlannerLimits(eng.max_draft_len, eng.tiering_interval_steps, spec.draft_device,
+                           spec.draft_source, eng.contiguous_kv)
+    acceptance = Acceptance(spec.alpha, random_stream(scn.seed, "acceptance"),
+                            setup.acceptance_trace, acceptance_replay, caps.measures_acceptance)
+    planner = Planner(scn.policies, model, setup.draft, limits=limits, retierer=retierer,
+                      acceptance=acceptance, estimator=RooflineModel(setup.hardware, model))
+    kw = dict(max_batch=eng.max_batch, max_prefill_tokens=eng.max_prefill_tokens,
+              max_context_tokens=model.max_context_tokens, record_trace=record_trace,
+              on_done=on_done, max_waiting=eng.max_waiting, faults=faults or None,
+              preemption=eng.preemption) | engine_kw
+    engine = engine_cls(planner, requests, executor, store, **kw)
+    return Assembly(engine, planner, store, executor, pool, retierer)
+
+
 def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: Path,
                  record_trace: bool = False, on_done=None, backend: str = "sim",
                  calibration: CalibrationProfile | None = None,
@@ -119,30 +169,12 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
     setup = setup or check_scenario(scn, base_dir, backend)
     if setup.scenario is not scn:
         raise ValueError("run_scenario: the setup was built from another scenario")
-    model, requests, eng = setup.model, setup.requests, scn.engine
-    store = PagedKVStore(eng.block_tokens,
-                         block_bytes(model.kv_values_per_token, eng.block_tokens,
-                                     eng.kv_quant_group),
-                         setup.kv_budget_bytes, setup.host_budget_bytes, len(requests),
-                         layout=_kv_layout(cost_model, calibration))
-    faults = FaultSchedule(scn.faults)
-    executor, pool = _executor(setup, cost_model, backend, store, calibration, faults)
-    caps = executor.capabilities
-    attention = executor.attention or AttentionModel(scn.attention, scn.seed)
-    retierer = Retierer(scn.policies.tiering, attention,
-                        penalties(scn.quality), model.kv_values_per_token * eng.block_tokens)
-    spec = scn.speculation
-    limits = PlannerLimits(eng.max_draft_len, eng.tiering_interval_steps, spec.draft_device,
-                           spec.draft_source, eng.contiguous_kv)
-    acceptance = Acceptance(spec.alpha, random_stream(scn.seed, "acceptance"),
-                            setup.acceptance_trace, acceptance_replay, caps.measures_acceptance)
-    planner = Planner(scn.policies, model, setup.draft, limits=limits, retierer=retierer,
-                      acceptance=acceptance, estimator=RooflineModel(setup.hardware, model))
-    engine = Engine(planner, requests, executor, store, max_batch=eng.max_batch,
-                    max_prefill_tokens=eng.max_prefill_tokens,
-                    max_context_tokens=model.max_context_tokens, record_trace=record_trace,
-                    on_done=on_done, max_waiting=eng.max_waiting, faults=faults or None,
-                    preemption=eng.preemption)
+    requests, eng = setup.requests, scn.engine
+    built = assemble(setup, requests, cost_model=cost_model, backend=backend,
+                     calibration=calibration, acceptance_replay=acceptance_replay,
+                     record_trace=record_trace, on_done=on_done)
+    engine, planner, pool, retierer = built.engine, built.planner, built.pool, built.retierer
+    executor, store, caps = built.executor, built.store, built.executor.capabilities
     wall0 = time.perf_counter()
     state = engine.run()
     wall_s = time.perf_counter() - wall0
