@@ -49,7 +49,7 @@ def build_app(session: Session, metrics, model_name: str, chat_template) -> Fast
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, err: ApiError):
-        if err.status != 499:
+        if not err.counted:
             metrics.failed(err.status)
         headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else None
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
@@ -135,7 +135,7 @@ def build_app(session: Session, metrics, model_name: str, chat_template) -> Fast
         first = await job.events.get()
         if first[0] == "error":
             raise ApiError(first[1], first[2], retry_after_s=RETRY_AFTER_S
-                           if first[1] == 503 else None)
+                           if first[1] == 503 else None, counted=True)
         if not stream:
             text = []
             while True:
@@ -145,7 +145,7 @@ def build_app(session: Session, metrics, model_name: str, chat_template) -> Fast
                 elif event[0] == "done":
                     return final("".join(text), event[1], event[2])
                 else:
-                    raise ApiError(event[1], event[2])
+                    raise ApiError(event[1], event[2], counted=True)
         return StreamingResponse(_events(job, chunk, include_usage), media_type=
                                  "text/event-stream", headers={"Cache-Control": "no-cache"})
 

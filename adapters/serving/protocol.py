@@ -27,8 +27,10 @@ class ApiError(Exception):
              500: "server_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, retry_after_s: int | None = None):
+                 code: str | None = None, retry_after_s: int | None = None,
+                 counted: bool = False):
         super().__init__(message)
+        self.counted = counted  # already counted as a failure (by the engine's end)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.retry_after_s = retry_after_s
 

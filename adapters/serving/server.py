@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 
 import uvicorn
@@ -114,5 +115,9 @@ def serve(setup, args, variant: str, max_waiting: int, meta: dict, record: Path 
 
     app.router.lifespan_context = lifespan
     session.start()
+    # uvicorn handles SIGINT/SIGTERM while it serves, then raises the signal again under the
+    # handlers it found: these take it, so that a graceful shutdown exits 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     server.run()
     return 1 if session.error else 0

@@ -120,6 +120,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Simulate and measure every variant on identical requests; report the errors."""
     from sim.run.validate import acceptance_replay, compare, conditioned_on
 
+    if args.trace is not None:  # served traffic, recorded by `infer-os serve --record`
+        from sim.cli.trace_validate import validate_trace
+
+        return validate_trace(args)
+    if args.scenario is None or args.backend is None:
+        raise UserError("needs SCENARIO and --backend (or --trace DIR)",
+                        field="SCENARIO" if args.scenario is None else "--backend")
     backend = args.backend
     if backend == "sim":
         raise UserError("validate compares the simulator with a real backend",
@@ -329,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, help="an installed backend (infer-os list)")
     p = _scenario_command(sub, "validate", "simulate and measure on identical requests: the "
                           "errors", "write validation.json and both runs' CSVs, traces and KV "
-                          "timelines", cmd_validate)
-    p.add_argument("--backend", required=True, help="a real backend (infer-os list)")
+                          "timelines", cmd_validate, optional_scenario=True)
+    p.add_argument("--backend", help="a real backend (infer-os list)")
+    p.add_argument("--trace", metavar="DIR", help="instead of SCENARIO: predict the traffic "
+                   "`infer-os serve --record DIR` recorded and compare with what it measured")
     p.add_argument("--cost-model", choices=["calibrated", "roofline", "coefficient"],
                    default=None, help="the prediction's cost model (default: calibrated)")
     p.add_argument("--profile", metavar="PROFILE.yaml",
@@ -349,10 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scenario_command(sub, name: str, help_text: str, out_help: str, func):
+def _scenario_command(sub, name: str, help_text: str, out_help: str, func,
+                      optional_scenario: bool = False):
     """A subcommand over a scenario's variants: SCENARIO, --set, --variant, --json, --out."""
     p = sub.add_parser(name, help=help_text)
-    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file")
+    p.add_argument("scenario", help="a bundled scenario name or a path to a YAML file",
+                   nargs="?" if optional_scenario else None)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a dotted key (value parsed as YAML); repeatable")
     p.add_argument("--variant", action="append", metavar="NAME",
