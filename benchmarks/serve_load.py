@@ -335,7 +335,8 @@ def measure(scenario: Path, variant: str) -> dict:
             "ttft_p50_ms": ms(m["ttft_s"]["p50"]), "ttft_p99_ms": ms(m["ttft_s"]["p99"]),
             "tpot_p50_ms": ms(m["tpot_s"]["p50"]), "tpot_p99_ms": ms(m["tpot_s"]["p99"]),
             "e2e_p50_ms": ms(m["e2e_s"]["p50"]),
-            "errors": m["num_failed"] + m.get("num_rejected", 0), "error_detail": []}
+            "errors": m["num_failed"] + m.get("num_rejected", 0), "error_detail": [],
+            "load_1min": os.getloadavg()[0]}
 
 
 VALIDATE_METRICS = ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50")
@@ -374,6 +375,7 @@ def serve_once(scenario: Path, variant: str, args, seed: int, work: Path, cost_m
         code, stop_s = server.stop()
     completed = args.requests - res["errors"]
     res.update({"start_s": start_s, "stop_s": stop_s, "exit_code": code,
+                "load_1min": os.getloadavg()[0],
                 "metrics_success": success,
                 "recording": check_recording(record, completed), "validate": {}})
     if success != completed:
@@ -410,14 +412,15 @@ def load_mode(args) -> dict:
                 runs["server"].append(s)
                 log(f"{variant} repeat {rep + 1}: server {fmt(s['throughput_tok_s'], '.2f')} "
                     f"tok/s, {s['errors']} errors, exit {s['exit_code']}, recording "
-                    f"{s['recording']} ({time.perf_counter() - t:.0f} s)")
+                    f"{s['recording']} ({time.perf_counter() - t:.0f} s, "
+                    f"load {s['load_1min']:.1f})")
                 if args.no_measure:
                     continue
                 t = time.perf_counter()
                 m = measure(scenario, variant)
                 runs["measure"].append(m)
                 log(f"{variant} repeat {rep + 1}: measure {m['throughput_tok_s']:.2f} tok/s "
-                    f"({time.perf_counter() - t:.0f} s)")
+                    f"({time.perf_counter() - t:.0f} s, load {m['load_1min']:.1f})")
             doc["variants"][variant] = aggregate(runs, cost_models)
     return doc
 
@@ -473,7 +476,8 @@ def print_load(doc: dict) -> None:
                   f"(of the medians; per repeat {per}; goal <= 10 % at concurrency 4)")
         for s in v["runs"]["server"]:
             extra = "; ".join(s["error_detail"])
-            print(f"  server run: start {s['start_s']:.1f} s, stop {s['stop_s']:.1f} s, exit "
+            print(f"  server run: load {s['load_1min']:.1f}, start {s['start_s']:.1f} s, "
+                  f"stop {s['stop_s']:.1f} s, exit "
                   f"{s['exit_code']}, /metrics success {s['metrics_success']:g}, recording "
                   f"{s['recording']}" + (f"; {extra}" if extra else ""))
         for cm, errs in v["validate"].items():

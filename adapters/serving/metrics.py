@@ -202,8 +202,9 @@ class ServeMetrics:
                            "kv_bytes": {name: [p["kv"][name] for p in points]
                                         for name in PRECISIONS},
                            "acceptance": col("acceptance")},
-                "latency": {name: {f"p{q}": lat.get(f"{name}_p{q}_ms") for q in (50, 90, 99)}
-                            for name in ("ttft", "tpot", "e2e")} | {},
+                "latency": {f"{name}_ms": {f"p{q}": lat.get(f"{name}_p{q}_ms")
+                                           for q in (50, 90, 99)}
+                            for name in ("ttft", "tpot", "e2e")},
                 "latency_series": {"t": col("t"), **{key: col(key) for key in (
                     "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")}},
                 "timeline": [{"device": d, "op": op, "start_s": round(t, 6),

@@ -41,6 +41,20 @@ def chromium_available() -> str | None:
     return None
 
 
+def require_chromium() -> None:
+    """Skip without a usable Chromium here; under CI (``CI`` set: ``.ci/run`` installs it) a
+    missing Chromium is a failure, so that the browser tests cannot pass by not running."""
+    import os
+
+    import pytest
+
+    reason = chromium_available()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser tests: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
 def open_dashboard(url: str, screenshot: Path | None = None, min_polls: int = 3,
                    timeout_s: float = 30, viewport: tuple[int, int] = (1400, 900)
                    ) -> dict[str, Any]:

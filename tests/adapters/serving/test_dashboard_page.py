@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.adapters.serving.dashboard_browser import CHART_IDS, chromium_available, open_dashboard
+from tests.adapters.serving.dashboard_browser import CHART_IDS, open_dashboard, require_chromium
 
 PAGE = Path(__file__).resolve().parents[3] / "adapters" / "serving" / "static" / "dashboard.html"
 OPS = ("prefill", "decode", "verify", "draft", "retier", "alloc", "slow")
@@ -66,9 +66,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def dashboard_url():
-    reason = chromium_available()
-    if reason:
-        pytest.skip(reason)
+    require_chromium()
     plotly = pytest.importorskip("plotly")
     uvicorn = pytest.importorskip("uvicorn")
     from starlette.applications import Starlette

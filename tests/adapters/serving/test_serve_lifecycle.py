@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.adapters.serving.conftest import MODEL, start_server
-from tests.adapters.serving.dashboard_browser import chromium_available, open_dashboard
+from tests.adapters.serving.dashboard_browser import open_dashboard, require_chromium
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,7 @@ def _traffic(srv, n: int, stop: threading.Event | None = None) -> list:
 
 
 def test_dashboard_draws_live_data(recorded, tmp_path):
-    reason = chromium_available()
-    if reason:
-        pytest.skip(reason)
+    require_chromium()
     srv, _ = recorded
     stop = threading.Event()
     out: list = []
