@@ -79,6 +79,9 @@ def _variant(args):
         raise UserError(f"the scenario has {len(runs)} variants: serve one with --variant "
                         f"({', '.join(v for v, _ in runs)})", field="--variant")
     variant, scn = runs[0]
+    if scn.faults.events:
+        raise UserError("injected faults are for scripted runs (simulate, measure, validate); "
+                        "a server takes none", file=str(path), field="faults")
     # the server reads and writes text: the tokenizer is loaded whatever the scenario feeds
     scn = scn.model_copy(update={"workload": scn.workload.model_copy(
         update={"prompt_text": "shakespeare"})})

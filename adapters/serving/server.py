@@ -21,7 +21,7 @@ from adapters.serving.app import build_app
 from adapters.serving.chat import chat_renderer
 from adapters.serving.metrics import SAMPLE_S, ServeMetrics
 from adapters.serving.record import Recorder, engine_counters
-from adapters.serving.session import Session, _status
+from adapters.serving.session import Session, http_status
 from sim.errors import UserError
 
 
@@ -57,7 +57,7 @@ def serve(setup, args, variant: str, max_waiting: int, meta: dict, record: Path 
     def on_end(job, row):
         holder["metrics"].request_ended(job, row)
         if not row["completed"]:
-            holder["metrics"].failed(_status(row["reason"] or "", job.cancelled is not None))
+            holder["metrics"].failed(http_status(row["reason"] or "", job.cancelled is not None))
         if recorder is not None:
             recorder.request(job, row)
 

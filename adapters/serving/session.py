@@ -252,7 +252,7 @@ class Session:
         else:
             reason = job.cancelled or st.fail_reason.get(rid, "failed")
             job.finish_reason = "error"
-            job.post("error", _status(reason, job.cancelled is not None), reason)
+            job.post("error", http_status(reason, job.cancelled is not None), reason)
         row = {"arrival_s": float(st.arrival_s[rid]), "admitted_s": float(st.admitted_s[rid]),
                "first_token_s": float(st.first_token_s[rid]),
                "finish_s": float(st.finish_s[rid]), "completed": completed,
@@ -270,7 +270,7 @@ class Session:
                 "total_tokens": len(job.prompt_ids) + len(job.kept)}
 
 
-def _status(reason: str, cancelled: bool) -> int:
+def http_status(reason: str, cancelled: bool) -> int:
     """The HTTP status of a request the engine failed."""
     if reason.startswith("rejected: waiting queue full"):
         return 503

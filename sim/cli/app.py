@@ -23,7 +23,7 @@ from sim.config.scenario import read_yaml, resolve_runs
 from sim.costs.calibrated import load_calibration
 from sim.errors import BackendUnavailable, PolicyFailure, UserError
 from sim.run import output
-from sim.run.backends import backend_names, load_backend
+from sim.run.backends import backend_names, load_backend, load_calibrator
 from sim.run.runner import check_scenario, run_scenario
 
 PROGRESS_AFTER_S = 0.5  # show a progress bar only for runs longer than this
@@ -208,13 +208,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _calibrator(backend: str):
-    """The ``infer_os.calibrators`` entry point of ``backend``: ``for_scenario(scn, base_dir)``
-    -> (profile, path), cached or measured now; ``speed_check(profile, scn, base_dir)``."""
-    for ep in entry_points(group="infer_os.calibrators"):
-        if ep.name == backend:
-            return ep.load()
-    raise UserError(f"backend {backend!r} has no calibrator: pass --cost-model roofline",
-                    field="--backend")
+    return load_calibrator(backend)
 
 
 def _resolve(args: argparse.Namespace):

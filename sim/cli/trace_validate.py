@@ -21,14 +21,13 @@ from sim.config.scenario import TraceFile, resolve_runs
 from sim.costs.calibrated import load_calibration
 from sim.errors import UserError
 from sim.run import output
+from sim.run.backends import load_calibrator
 from sim.run.runner import check_scenario, run_scenario
 from sim.run.served import load_recording, measured_run
 from sim.run.validate import compare, conditioned_on
 
 
 def validate_trace(args: argparse.Namespace) -> int:
-    from sim.cli.app import _calibrator, _prepare_out
-
     if args.scenario is not None:
         raise UserError("give SCENARIO or --trace DIR, not both (the recording names its "
                         "scenario)", field="--trace")
@@ -46,14 +45,16 @@ def validate_trace(args: argparse.Namespace) -> int:
     scn = scn.model_copy(update={"workload": workload, "engine": engine})
     backend = args.backend or meta["backend"]
     setup = check_scenario(scn, path.parent, "sim")
-    out_dir = _prepare_out(args, "validation.json")
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        output.prepare_out(out_dir, "validation.json")
     measured = measured_run(rec, variant)
     given_scn, conditioned = conditioned_on(scn, measured)
     cost_model = args.cost_model or "calibrated"
     profile = None
     if cost_model == "calibrated":
         profile = load_calibration(Path(args.profile)) if args.profile else \
-            _calibrator(backend).for_scenario(scn, path.parent)[0]
+            load_calibrator(backend).for_scenario(scn, path.parent)[0]
     predicted = run_scenario(given_scn, variant, cost_model, path.parent, calibration=profile,
                              setup=replace(setup, scenario=given_scn))
     run = {"variant": variant, "cost_model": cost_model, **compare(predicted, measured),

@@ -26,3 +26,13 @@ def load_backend(name: str):
                     f"installed here (pip install 'infer-os[{extra}]')") from None
     raise UserError(f"unknown backend {name!r} (installed: {', '.join(backend_names()) or 'none'})",
                     field="--backend")
+
+
+def load_calibrator(backend: str):
+    """The ``infer_os.calibrators`` entry point of ``backend``: ``for_scenario(scn, base_dir)``
+    -> (profile, path), cached or measured now; ``speed_check(profile, scn, base_dir)``."""
+    for ep in entry_points(group="infer_os.calibrators"):
+        if ep.name == backend:
+            return ep.load()
+    raise UserError(f"backend {backend!r} has no calibrator: pass --cost-model roofline",
+                    field="--backend")

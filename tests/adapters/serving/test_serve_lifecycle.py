@@ -116,3 +116,38 @@ class open_metrics:
 def _counter(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_a_policy_failure_fails_the_request_and_stops_the_server(scenario_file):
+    """A tiering policy that raises mid-run: the request in flight gets a 500 naming the
+    policy's exception, the server shuts itself down, the command exits 1."""
+    import openai
+
+    srv = start_server(scenario_file, "--variant", "baseline", "--set",
+                       'policies.tiering={kind: "tests.plugin_policies:RaisingTiering", '
+                       'after_step: 3}')
+    try:
+        with pytest.raises(openai.InternalServerError) as err:
+            srv.client().completions.create(model=MODEL, prompt="Once", max_tokens=30,
+                                            temperature=0, extra_body={"ignore_eos": True})
+        assert "planted bug" in str(err.value) and "raising" in str(err.value)
+        assert srv.proc.wait(60) == 1
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+    assert any("infer-os: error: the engine stopped" in line for line in srv.stderr)
+
+
+def test_serve_refuses_bad_input_before_loading(scenario_file):
+    """One line naming the flag or field, exit 2, no traceback."""
+    for args, needle in ((["--backend", "torch"], "--variant"),
+                         (["--backend", "sim", "--variant", "baseline"], "--backend"),
+                         (["--backend", "torch", "--variant", "baseline", "--port", "70000"],
+                          "--port"),
+                         (["--backend", "torch", "--variant", "baseline", "--record-text"],
+                          "--record-text"),
+                         (["--backend", "torch", "--variant", "nope"], "nope")):
+        res = subprocess.run([sys.executable, "-m", "sim.cli", "serve", str(scenario_file),
+                              *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr and needle in res.stderr, (args, res.stderr)
