@@ -3,7 +3,7 @@ client, against ``infer-os measure`` on the same workload, and ``infer-os valida
 what the server recorded; or a ``--soak``: mixed traffic against one server for a bounded time.
 
     python benchmarks/serve_load.py [--requests 16] [--concurrency 4] [--prompt-tokens 128]
-        [--output-tokens 32] [--variant baseline]... [--repeats 1] [--json]
+        [--output-tokens 32] [--variant baseline]... [--threads N] [--repeats 1] [--json]
     python benchmarks/serve_load.py --soak MINUTES [--concurrency 4] [--sample-s 60] [--json]
 
 The workload is a temporary scenario: ``smollm2-cpu``'s model, hardware and backend (SmolLM2-135M,
@@ -124,7 +124,8 @@ def write_scenario(path: Path, args, soak: bool = False) -> None:
         "engine": {"max_batch": args.concurrency, "block_tokens": 64, "kv_quant_group": 64,
                    "tiering_interval_steps": 8, "max_draft_len": 4},
         "speculation": {"draft_source": "ngram", "draft_layers": 8},
-        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float16"},
+        "backend": {"device": "cpu", "dtype": "float32", "kv_dtype": "float16"}
+        | ({"threads": args.threads} if args.threads else {}),
         "policies": {"tiering": {"kind": "fp16"}, "buffers": {"kind": "adaptive"},
                      "speculation": {"kind": "off"},
                      "scheduling": {"kind": "single", "device": "cpu"}},
@@ -289,17 +290,19 @@ def drive(url: str, args, seed: int) -> dict:
                 rows.append(row)
 
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    cpu0 = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    client_cpu_s = time.process_time() - cpu0  # this process's CPU: the client's share
     ok = [r for r in rows if r["error"] is None]
     wall = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return summary(sum(r["tokens"] for r in ok), wall,
                    [r["ttft_s"] for r in ok if r["ttft_s"] is not None],
                    [r["tpot_s"] for r in ok if r["tpot_s"] is not None],
                    [r["e2e_s"] for r in ok], len(rows) - len(ok),
-                   [r["error"] for r in rows if r["error"]])
+                   [r["error"] for r in rows if r["error"]]) | {"client_cpu_s": client_cpu_s}
 
 
 def summary(tokens: int, wall_s: float, ttft, tpot, e2e, errors: int, why=()) -> dict:
@@ -342,10 +345,16 @@ def measure(scenario: Path, variant: str) -> dict:
 VALIDATE_METRICS = ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50")
 
 
-def calibration_cached() -> bool:
+def calibration_cached(threads: int | None) -> bool:
+    """Whether a calibration profile for this model, dtype and thread count is cached (else
+    ``validate --cost-model calibrated`` would calibrate first, minutes of CPU)."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "infer-os" \
         / "calibration"
-    return any(cache.glob("torch-smollm2-135m-*.yaml"))
+    return any(cache.glob(f"torch-smollm2-135m-float32-t{threads}-*.yaml"))
 
 
 def validate(record: Path, cost_model: str, timeout_s: float = 300) -> dict:
@@ -395,9 +404,10 @@ def fmt(x, spec: str = ".1f") -> str:
 
 
 def load_mode(args) -> dict:
-    cost_models = ["roofline"] + (["calibrated"] if calibration_cached() else [])
+    cost_models = ["roofline"] + (["calibrated"] if calibration_cached(args.threads) else [])
     if len(cost_models) == 1:
-        log("no cached calibration profile: validating with the roofline cost model only")
+        log("no cached calibration profile for this thread count: validating with the "
+            "roofline cost model only")
     doc = {"mode": "load", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "args": {k: v for k, v in vars(args).items() if k != "json"}, "variants": {}}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
@@ -454,7 +464,8 @@ def aggregate(runs: dict, cost_models) -> dict:
 
 def print_load(doc: dict) -> None:
     a = doc["args"]
-    print(f"serve_load: {a['requests']} requests, concurrency {a['concurrency']}, prompt "
+    print(f"serve_load: {a['requests']} requests, concurrency {a['concurrency']}, torch "
+          f"threads {a.get('threads') or 'default'}, prompt "
           f"{a['prompt_tokens']} / output {a['output_tokens']} tokens, {a['repeats']} repeat(s), "
           f"medians ({doc['date']})")
     print()
@@ -476,7 +487,8 @@ def print_load(doc: dict) -> None:
                   f"(of the medians; per repeat {per}; goal <= 10 % at concurrency 4)")
         for s in v["runs"]["server"]:
             extra = "; ".join(s["error_detail"])
-            print(f"  server run: load {s['load_1min']:.1f}, start {s['start_s']:.1f} s, "
+            print(f"  server run: load {s['load_1min']:.1f}, client CPU "
+                  f"{s['client_cpu_s']:.1f} s in {s['wall_s']:.1f} s, start {s['start_s']:.1f} s, "
                   f"stop {s['stop_s']:.1f} s, exit "
                   f"{s['exit_code']}, /metrics success {s['metrics_success']:g}, recording "
                   f"{s['recording']}" + (f"; {extra}" if extra else ""))
@@ -643,6 +655,8 @@ def main() -> int:
     ap.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                     help="a smollm2-cpu variant (repeatable; default baseline; --soak: the first)")
     ap.add_argument("--repeats", type=bounded(1, 20), default=1)
+    ap.add_argument("--threads", type=bounded(1, 64),
+                    help="backend.threads: torch CPU threads (default: torch's own)")
     ap.add_argument("--no-measure", action="store_true", help="only the server side")
     ap.add_argument("--request-timeout-s", type=bounded(1, 3600, float), default=600.0,
                     help="the client's timeout per request")

@@ -70,13 +70,19 @@ class ServeMetrics:
         waiting = Gauge(P + "num_requests_waiting", "Requests waiting for admission", names,
                         registry=r).labels(model)
         waiting.set_function(lambda: len(eng.waiting))
-        self.kv_bytes = Gauge(P + "kv_cache_bytes", "KV-cache bytes by precision (true tensor "
-                              "bytes after the last step; offloaded: host copies)",
-                              names + ["precision"], registry=r)
-        self.kv_usage = Gauge(P + "kv_cache_usage_perc", "Device KV bytes / the KV budget",
-                              names, registry=r).labels(model)
-        self.kv_saved = Gauge(P + "kv_cache_saved_frac", "1 - device KV bytes / their FP16 size",
-                              names, registry=r).labels(model)
+        kv_bytes = Gauge(P + "kv_cache_bytes", "KV-cache bytes by precision (true tensor bytes "
+                         "after the last step or request end; offloaded: host copies)",
+                         names + ["precision"], registry=r)
+        for name in PRECISIONS:
+            kv_bytes.labels(model, name).set_function(
+                lambda name=name: session.last_kv.get(name, 0))
+        Gauge(P + "kv_cache_usage_perc", "Device KV bytes / the KV budget", names,
+              registry=r).labels(model).set_function(
+            lambda: _device_bytes(session.last_kv) / max(session.store.device_budget_bytes, 1))
+        Gauge(P + "kv_cache_saved_frac", "1 - device KV bytes / their FP16 size", names,
+              registry=r).labels(model).set_function(
+            lambda: 1 - _device_bytes(session.last_kv) / session.last_kv_fp16
+            if session.last_kv_fp16 else 0.0)
         self.busy = Counter(P + "device_busy_seconds", "Measured step time, by device",
                             names + ["device"], registry=r)
         self.busy_frac = Gauge(P + "device_busy_frac", f"Busy fraction over the last "
@@ -119,14 +125,6 @@ class ServeMetrics:
                     for _ in range(n):
                         self.itl.observe((now - job._prev_at) / n)
                 job._counted, job._prev_at = len(job.kept), now
-        by = session.last_kv
-        if by:
-            for name in PRECISIONS:
-                self.kv_bytes.labels(model, name).set(by.get(name, 0))
-            device = sum(v for k, v in by.items() if k not in ("offloaded", "evicted"))
-            self.kv_usage.set(device / max(session.store.device_budget_bytes, 1))
-            if session.last_kv_fp16:
-                self.kv_saved.set(1 - device / session.last_kv_fp16)
 
     def request_ended(self, job, row: dict) -> None:
         model = self.labels["model"]
@@ -209,6 +207,10 @@ class ServeMetrics:
                     "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")}},
                 "timeline": [{"device": d, "op": op, "start_s": round(t, 6),
                               "dur_s": round(sec, 6), "batch": b} for d, op, t, sec, b in ops]}
+
+
+def _device_bytes(by_precision: dict) -> int:
+    return sum(v for k, v in by_precision.items() if k not in ("offloaded", "evicted"))
 
 
 def _percentiles(recent: list, qs=(50, 99)) -> dict:

@@ -1,10 +1,11 @@
 """One served scenario variant: the engine on its own thread, the requests in flight, their
 tokens streamed back to the HTTP side as text.
 
-Threads: the HTTP server runs an asyncio loop; the engine (``adapters.serving.live``) runs on
-one thread of its own and is the only one that touches the engine, the executor and the KV
-store.  The HTTP side hands a request over with ``submit`` (a free slot, filled, queued for the
-engine) and receives its events on an ``asyncio.Queue`` through ``loop.call_soon_threadsafe``:
+Threads: the engine (``adapters.serving.live``) runs on the main thread (``run_engine``) and is
+the only one that touches the engine, the executor and the KV store; the HTTP server runs an
+asyncio loop on another thread.  The HTTP side hands a request over with ``submit`` (a free
+slot, filled, queued for the engine) and receives its events on an ``asyncio.Queue`` through
+``loop.call_soon_threadsafe``:
 ``("queued",)``, ``("delta", text, tokens)``, then ``("done", finish_reason, usage)`` or
 ``("error", status, message)``.  Every request ends with exactly one of the last two.
 
@@ -67,7 +68,10 @@ class Job:
 
     def post(self, *event: Any) -> None:
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+            try:
+                self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+            except RuntimeError:  # the HTTP side has shut down: nobody is listening
+                pass
 
 
 class Session:
@@ -111,13 +115,8 @@ class Session:
         self.started = time.monotonic()
         self.last_kv: dict[str, int] = {}
         self.last_kv_fp16 = 0
-        self._thread = threading.Thread(target=self._run, name="infer-os-engine", daemon=True)
-        self.on_stopped: Callable[[], None] = lambda: None
 
     # -- the HTTP side -----------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
     def submit(self, job: Job) -> None:
         """Queue ``job`` for the engine; ``ServerBusy`` when it cannot be taken."""
         with self._lock:
@@ -146,23 +145,25 @@ class Session:
         with self._lock:
             self.closing = self.closing or reason
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """End what is still in flight (failed: the server is shutting down), stop the engine
-        and wait for its thread."""
+    def close(self) -> None:
+        """End what is still in flight (failed: the server is shutting down) and stop the
+        engine: ``run_engine`` returns once the requests in flight have ended."""
         self.begin_drain()
         with self._lock:
             jobs = list(self.jobs.values())
         for job in jobs:
             self.cancel(job, "the server shut down before the request finished")
         self.engine.stop()
-        self._thread.join(timeout_s)
 
     @property
     def num_in_flight(self) -> int:
         return len(self.jobs)
 
     # -- the engine thread -------------------------------------------------------------------
-    def _run(self) -> None:
+    def run_engine(self) -> None:
+        """The engine's run, on the calling thread (the main thread: torch's CPU threads run
+        a third slower when their parallel regions start from another thread, measured), until
+        ``close`` or a failure."""
         try:
             state = self.engine.run()
             if state.error_message:
@@ -175,7 +176,6 @@ class Session:
             for job in jobs:
                 job.ended_at = time.monotonic()
                 job.post("error", 500, self.error)
-        self.on_stopped()
 
     def _queued(self, rid: int) -> None:
         self.jobs[rid].post("queued")
@@ -257,6 +257,9 @@ class Session:
                "first_token_s": float(st.first_token_s[rid]),
                "finish_s": float(st.finish_s[rid]), "completed": completed,
                "reason": None if completed else (job.cancelled or st.fail_reason.get(rid))}
+        if rid not in self.raw.kv:  # what its tensors held is freed: the gauges say so at once
+            self.last_kv = self.raw.kv.bytes_by_precision()
+            self.last_kv_fp16 = self.raw.kv.fp16_equiv_bytes()
         self._hooks[1](job, row)
         self.raw.finished.pop(rid, None)
         self.raw.accepted_log.pop(rid, None)
