@@ -59,6 +59,9 @@ VARIANTS = {
     "int4-kv": {"policies.tiering": {"kind": "uniform", "precision": "int4"}},
     "progressive": {"policies.tiering": {"kind": "progressive"}},
     "spec-ngram": {"policies.speculation": {"kind": "dynamic"}},
+    # not in smollm2-cpu: both at once, for the soak
+    "progressive-spec": {"policies.tiering": {"kind": "progressive"},
+                         "policies.speculation": {"kind": "dynamic"}},
 }
 ANNOUNCE = re.compile(r"infer-os: serving .* at (http://\S+)")
 START_TIMEOUT_S = 180.0

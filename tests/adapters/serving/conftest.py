@@ -70,9 +70,11 @@ def write_scenario(folder: Path) -> Path:
 
 
 def start_server(scenario: Path, *args: str) -> Server:
-    """``infer-os serve SCENARIO --backend torch --port 0 ARGS``, once it listens."""
-    cmd = [sys.executable, "-m", "sim.cli", "serve", str(scenario), "--backend", "torch",
-           "--port", "0", *args]
+    """``infer-os serve SCENARIO --port 0 ARGS`` (``--backend torch`` unless ARGS name one),
+    once it listens."""
+    backend = [] if "--backend" in args else ["--backend", "torch"]
+    cmd = [sys.executable, "-m", "sim.cli", "serve", str(scenario), *backend, "--port", "0",
+           *args]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=env)

@@ -151,3 +151,20 @@ def test_serve_refuses_bad_input_before_loading(scenario_file):
                               *args], capture_output=True, text=True, timeout=120)
         assert res.returncode == 2, (args, res.stderr)
         assert "Traceback" not in res.stderr and needle in res.stderr, (args, res.stderr)
+
+
+def test_the_ort_backend_serves_too(scenario_file):
+    """The same server over ONNX Runtime's executor: text in and out, streamed, sampled."""
+    pytest.importorskip("onnxruntime")
+    srv = start_server(scenario_file, "--variant", "baseline", "--backend", "ort")
+    try:
+        client = srv.client()
+        out = client.completions.create(model=MODEL, prompt="The old house", max_tokens=8,
+                                        temperature=0, extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 8 and out.choices[0].text
+        chunks = list(client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+            temperature=0.5, seed=1, stream=True))
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    finally:
+        assert srv.stop() == 0
