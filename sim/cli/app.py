@@ -118,6 +118,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Simulate and measure every variant on identical requests; report the errors."""
+    from sim.run.shadow import shadow_of, write_shadow_csvs
     from sim.run.validate import acceptance_replay, compare, conditioned_on
 
     if args.trace is not None:  # served traffic, recorded by `infer-os serve --record`
@@ -152,7 +153,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 sinks.append(output.trace_sink(out_dir, variant, None))
                 measured = run_scenario(scn, variant, None, path.parent, record_trace=sinks[-1],
                                         on_done=progress, backend=backend,
-                                        setup=setups[variant])
+                                        setup=setups[variant],
+                                        shadow=cost_model == "calibrated")
                 given_scn, conditioned = conditioned_on(scn, measured)
                 if speed is not None:  # the machine's speed before and after the measured run
                     speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
@@ -169,8 +171,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 errors = [f"{side}: {r.error}" for side, r in (("measured", measured),
                                                                 ("predicted", predicted))
                           if r.error]
+                shadow = shadow_of(measured, replace(setups[variant], scenario=given_scn),
+                                   profile)
                 out.append({"variant": variant, "cost_model": cost_model,
                             **compare(predicted, measured), "conditioned_on": conditioned}
+                           | ({"shadow": shadow} if shadow else {})
                            | ({"calibration": profile.machine} if cost_model == "calibrated"
                               else {}) | ({"error": "; ".join(errors)} if errors else {}))
                 run_outputs += [predicted, measured]
@@ -187,6 +192,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
         if out_dir is not None:  # both sides' files, for `report`
+            write_shadow_csvs(out_dir, run_outputs)
             output.write_out(out_dir, doc, run_outputs, "validation.json")
     finally:
         _discard(sinks)

@@ -217,5 +217,18 @@ def print_validation(doc: dict, console: Console) -> None:
             table.add_row(f"{run['variant']} ({run['cost_model']})", name, format_number(p),
                           format_number(m), "-" if err is None else f"{err:+.1%}")
     console.print(table)
+    shadows = [(run["variant"], run["shadow"]) for run in doc["runs"] if run.get("shadow")]
+    if shadows:
+        table = Table(title="shadow: the calibrated model on each measured step (cost model "
+                      "error alone)", title_justify="left")
+        for col in ("variant", "step kind", "steps", "median error", "p10 .. p90",
+                    "median |error|"):
+            table.add_column(col, justify="left" if col in ("variant", "step kind") else
+                             "right")
+        for variant, shadow in shadows:
+            for kind, e in shadow.items():
+                table.add_row(variant, kind, str(e["steps"]), f"{e['median']:+.1%}",
+                              f"{e['p10']:+.0%} .. {e['p90']:+.0%}", f"{e['median_abs']:.1%}")
+        console.print(table)
     console.print("error = (predicted - measured) / measured; per-request percentiles and both "
                   "runs' engine state are in --json", style="dim")

@@ -31,6 +31,7 @@ from sim.quality.model import penalties, quality_metrics
 from sim.run.backends import load_backend
 from sim.run.metrics import run_metrics
 from sim.run.setup import RunSetup
+from sim.run.shadow import ShadowRecorder
 
 
 @dataclass
@@ -43,11 +44,18 @@ class RunOutput:
     store: PagedKVStore | None = None
     executor: object | None = None  # a real executor, for inspection (its tokens)
     report: ExecutorReport | None = None  # what a measuring executor reported
+    shadow_steps: list | None = None  # with ``shadow``: each step's plan and measured segments
+    shadow_rows: list | None = None  # and the calibrated model's prediction of each (validate)
 
     @property
     def error(self) -> str | None:
         """Why the run ended early (a policy failed), else None."""
         return self.state.error_message
+
+
+def calibrated_model(setup: RunSetup, calibration: CalibrationProfile) -> CalibratedModel:
+    """The calibrated cost model of ``setup``'s scenario (the shadow's predictor)."""
+    return _calibrated(setup.scenario, setup.model, setup.draft, calibration)
 
 
 def _calibrated(scn: Scenario, model: ModelSpec, draft: ModelSpec | None,
@@ -120,10 +128,12 @@ class Assembly:
 def assemble(setup: RunSetup, requests: Requests, *, cost_model: str | None = None,
              backend: str = "sim", calibration: CalibrationProfile | None = None,
              acceptance_replay: dict[int, list[int]] | None = None, record_trace=False,
-             on_done=None, make_executor=None, engine_cls=Engine, **engine_kw) -> Assembly:
+             on_done=None, make_executor=None, wrap_executor=None, engine_cls=Engine,
+             **engine_kw) -> Assembly:
     """KV store, executor, planner and engine for ``requests`` (``setup.requests`` for a
     scripted run; a server's live request slots).  ``make_executor(store, pool)`` replaces the
-    backend's factory; ``engine_cls`` and ``engine_kw`` the engine (the server's real-time one)."""
+    backend's factory, ``wrap_executor(executor)`` wraps what it made; ``engine_cls`` and
+    ``engine_kw`` replace the engine (the server's real-time one)."""
     scn, model, eng = setup.scenario, setup.model, setup.scenario.engine
     store = PagedKVStore(eng.block_tokens,
                          block_bytes(model.kv_values_per_token, eng.block_tokens,
@@ -136,6 +146,8 @@ def assemble(setup: RunSetup, requests: Requests, *, cost_model: str | None = No
         executor = make_executor(store, pool)
     else:
         executor, pool = _executor(setup, cost_model, backend, store, calibration, faults)
+    if wrap_executor is not None:
+        executor = wrap_executor(executor)
     caps = executor.capabilities
     attention = executor.attention or AttentionModel(scn.attention, scn.seed)
     retierer = Retierer(scn.policies.tiering, attention,
@@ -159,20 +171,22 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
                  record_trace: bool = False, on_done=None, backend: str = "sim",
                  calibration: CalibrationProfile | None = None,
                  acceptance_replay: dict[int, list[int]] | None = None,
-                 setup: RunSetup | None = None) -> RunOutput:
+                 setup: RunSetup | None = None, shadow: bool = False) -> RunOutput:
     """One run: simulated under ``cost_model`` (backend ``sim``), or measured on a real
     backend (``cost_model`` None).  ``on_done`` (optional) is called once per request that
     ends.  The ``calibrated`` cost model needs ``calibration`` (a profile from ``infer-os
     calibrate``); ``acceptance_replay`` (per request, the accepted count of each measured
     proposal) replaces drawn acceptance while it lasts.  ``setup``: the variant's setup from
-    ``check_scenario`` (built here when not given)."""
+    ``check_scenario`` (built here when not given); ``shadow``: keep every measured step's plan
+    (``sim.run.shadow``), for the cost model to predict afterwards."""
     setup = setup or check_scenario(scn, base_dir, backend)
     if setup.scenario is not scn:
         raise ValueError("run_scenario: the setup was built from another scenario")
     requests, eng = setup.requests, scn.engine
     built = assemble(setup, requests, cost_model=cost_model, backend=backend,
                      calibration=calibration, acceptance_replay=acceptance_replay,
-                     record_trace=record_trace, on_done=on_done)
+                     record_trace=record_trace, on_done=on_done,
+                     wrap_executor=ShadowRecorder if shadow and backend != "sim" else None)
     engine, planner, pool, retierer = built.engine, built.planner, built.pool, built.retierer
     executor, store, caps = built.executor, built.store, built.executor.capabilities
     wall0 = time.perf_counter()
@@ -201,4 +215,5 @@ def run_scenario(scn: Scenario, variant: str, cost_model: str | None, base_dir: 
             "engine_overhead_s": round(max(wall_s - report.steps_s, 0.0), 6),
         }
     return RunOutput(variant, cost_model, metrics, state, requests, store,
-                     executor if caps.is_measured else None, report)
+                     executor if caps.is_measured else None, report,
+                     executor.steps if isinstance(executor, ShadowRecorder) else None)

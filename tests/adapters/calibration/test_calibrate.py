@@ -189,3 +189,30 @@ def test_validate_predicts_kivi_memory_when_a_prefill_delays_a_demotion(scenario
     # 4 layers x 2 (K, V) x 2 KV heads x 16 dims x 2 bytes = 512 bytes a token
     assert run["measured"]["kv_peak_bytes"] == (80 + 20) * 512
     assert run["relative_error"]["kv_peak_bytes"] == 0.0
+
+
+def test_validate_shadows_every_measured_step_and_writes_steps_csv(scenario, tiny_profile,
+                                                                   tmp_path, capsys):
+    """The calibrated model predicts each step the measured run took: one CSV row per step
+    (as many decode rows as the measured run's decode steps), a summary per step kind."""
+    import csv
+
+    path = scenario({"kind": "uniform", "precision": "int8"})
+    out = tmp_path / "out"
+    assert main(["validate", path, "--backend", "torch", "--profile", str(tiny_profile),
+                 "--no-speed-check", "--json", "--out", str(out)]) == 0
+    [run] = json.loads(capsys.readouterr().out)["runs"]
+    shadow = run["shadow"]
+    engine = run["engine_state"]["measured"]["engine"]
+    assert shadow["decode"]["steps"] == engine["num_decode_steps"]
+    assert shadow["prefill"]["steps"] == engine["num_prefill_steps"]
+    assert shadow["step"]["steps"] == engine["num_decode_steps"] + engine["num_prefill_steps"]
+    for kind in ("prefill", "decode", "step"):
+        assert shadow[kind]["p10"] <= shadow[kind]["median"] <= shadow[kind]["p90"]
+    with (out / f"steps.{run['variant']}.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == shadow["step"]["steps"]
+    decode = [r for r in rows if r["phase"] == "decode"]
+    assert all(float(r["measured_decode_s"]) > 0 and float(r["predicted_decode_s"]) > 0
+               for r in decode)
+    assert all(int(r["kv_dequant_values"]) > 0 for r in decode[1:])  # INT8 blocks are read

@@ -1,0 +1,155 @@
+"""Shadow prediction: the cost model asked, step by step, about the exact steps a measured run took.
+
+A free-running prediction mixes two errors: the cost model's (how long a given step takes) and
+the schedule's (the simulated run takes other steps: other batches, draft lengths, admissions).
+The shadow removes the second: while ``measure`` or ``validate`` runs on a real backend,
+``ShadowRecorder`` keeps every ``StepPlan`` the engine executed with its measured segments; after
+the run the cost model predicts each of those plans (``predict``), and the signed error per step
+kind (``prefill``, ``decode``, ``verify``, ``draft``, ``retier``; ``step`` = the whole step) is
+the cost model's error alone.  ``--out`` writes ``steps.{variant}.csv``: one row per step, the
+plan's summary, predicted and measured seconds per kind.
+
+Signed relative error = (predicted - measured) / measured, as ``validate``'s; a kind is counted
+in a step only when both sides have it and the measured time is positive.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sim.engine.executor import StepPlan, StepResult
+from sim.engine.faults import StepFailed
+
+KINDS = ("prefill", "decode", "verify", "draft", "retier")
+PLAN_COLUMNS = ("phase", "batch", "num_tokens", "num_rows", "attended_pairs", "kv_read_bytes",
+                "kv_dequant_values", "draft_len", "kv_copy_bytes", "kv_requant_values",
+                "kv_recompute_tokens")
+
+
+@dataclass
+class ShadowRecorder:
+    """Wraps a real executor (the executor protocol, ``sim.engine.executor``): every step it runs
+    is kept, plan and measured segments, for ``predict`` after the run."""
+
+    inner: object
+    steps: list[tuple[StepPlan, dict[str, float], float]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.name, self.capabilities = self.inner.name, self.inner.capabilities
+
+    @property
+    def attention(self):
+        return self.inner.attention
+
+    def devices(self):
+        return self.inner.devices()
+
+    def release(self, request_id: int) -> None:
+        self.inner.release(request_id)
+
+    def report(self):
+        return self.inner.report()
+
+    def __getattr__(self, name):  # anything else a caller reads off the real executor
+        return getattr(self.__dict__["inner"], name)
+
+    def execute(self, env, plan: StepPlan):
+        try:
+            result = yield from self.inner.execute(env, plan)
+        except StepFailed as failed:
+            if failed.result is not None:
+                self._keep(plan, failed.result)
+            raise
+        self._keep(plan, result)
+        return result
+
+    def _keep(self, plan: StepPlan, result: StepResult) -> None:
+        measured: dict[str, float] = {}
+        for _device, op, seconds in result.segments:
+            measured[op] = measured.get(op, 0.0) + seconds
+        self.steps.append((plan, measured, result.elapsed_s))
+
+
+def predict(steps: list, cost_model) -> list[dict]:
+    """One row per measured step: the plan's summary, and per kind the predicted and measured
+    seconds (``predicted_step_s`` / ``measured_step_s``: the whole step)."""
+    rows = []
+    for i, (plan, measured, elapsed) in enumerate(steps):
+        predicted: dict[str, float] = {}
+        for s in cost_model.segments(plan):
+            predicted[s.op] = predicted.get(s.op, 0.0) + s.variable_s + s.fixed_s
+        row = {"step": i, "phase": plan.phase, "batch": len(plan.request_ids)}
+        for col in PLAN_COLUMNS[2:]:
+            row[col] = getattr(plan, col)
+        for kind in KINDS:
+            row[f"predicted_{kind}_s"] = predicted.get(kind)
+            row[f"measured_{kind}_s"] = measured.get(kind)
+        row["predicted_step_s"] = sum(predicted.values())
+        row["measured_step_s"] = elapsed
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per kind (and ``step``): ``{"steps", "median", "p10", "p90", "median_abs"}`` of the
+    signed relative error over the steps that have it."""
+    out = {}
+    for kind in (*KINDS, "step"):
+        errors = []
+        for r in rows:
+            p, m = r.get(f"predicted_{kind}_s"), r.get(f"measured_{kind}_s")
+            if p is not None and m is not None and m > 0:
+                errors.append((p - m) / m)
+        if not errors:
+            continue
+        e = np.asarray(errors)
+        p10, p50, p90 = np.percentile(e, [10, 50, 90])
+        out[kind] = {"steps": len(e), "median": _f(p50), "p10": _f(p10), "p90": _f(p90),
+                     "median_abs": _f(np.median(np.abs(e)))}
+    return out
+
+
+def _f(x: float) -> float:
+    return float(f"{float(x):.6g}")
+
+
+def write_steps_csv(rows: list[dict], path: Path) -> None:
+    from sim.engine.trace_sink import write_atomic
+
+    if not rows:
+        write_atomic(path, "step\n")
+        return
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if v is None else (f"{v:.9g}" if isinstance(v, float) else v)
+                         for k, v in r.items()})
+    write_atomic(path, buf.getvalue())
+
+
+def shadow_of(measured, setup, profile) -> dict | None:
+    """The shadow summary of a measured run kept with ``shadow`` (None without one), predicted
+    by the calibrated model of ``setup`` under ``profile``; the rows stay on the run for
+    ``write_shadow_csvs``."""
+    if not measured.shadow_steps or profile is None:
+        return None
+    from sim.run.runner import calibrated_model
+
+    measured.shadow_rows = predict(measured.shadow_steps, calibrated_model(setup, profile))
+    return summarize(measured.shadow_rows)
+
+
+def write_shadow_csvs(out_dir: Path, runs: list) -> None:
+    """``steps.{variant}.csv`` for every run that has shadow rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        rows = getattr(run, "shadow_rows", None)
+        if rows is not None:
+            write_steps_csv(rows, out_dir / f"steps.{run.variant}.csv")
