@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from sim.config.scenario import read_yaml, resolve_runs
 from sim.costs.calibrated import load_calibration
 from sim.errors import BackendUnavailable, PolicyFailure, UserError
 from sim.run import output
-from sim.run.backends import backend_names, load_backend, load_calibrator
+from sim.run.backends import backend_names, load_backend
 from sim.run.runner import check_scenario, run_scenario
 
 PROGRESS_AFTER_S = 0.5  # show a progress bar only for runs longer than this
@@ -117,87 +116,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Simulate and measure every variant on identical requests; report the errors."""
-    from sim.run.shadow import shadow_of, write_shadow_csvs
-    from sim.run.validate import acceptance_replay, compare, conditioned_on
+    """Simulate and measure every variant on identical requests; report the errors
+    (``sim.cli.validate``)."""
+    from types import SimpleNamespace
 
-    if args.trace is not None:  # served traffic, recorded by `infer-os serve --record`
-        from sim.cli.trace_validate import validate_trace
+    from sim.cli.validate import cmd_validate as validate
 
-        return validate_trace(args)
-    if args.scenario is None or args.backend is None:
-        raise UserError("needs SCENARIO and --backend (or --trace DIR)",
-                        field="SCENARIO" if args.scenario is None else "--backend")
-    backend = args.backend
-    if backend == "sim":
-        raise UserError("validate compares the simulator with a real backend",
-                        field="--backend")
-    load_backend(backend)
-    path, name, runs_cfg, setups = _resolve(args)
-    out_dir = _prepare_out(args, "validation.json")
-    progress = _Progress(2 * sum(s.workload.num_requests for _, s in runs_cfg),
-                         f"validating ({backend})")
-    out, run_outputs, sinks = [], [], []
-    given = load_calibration(Path(args.profile)) if args.profile else None
-    try:
-        try:
-            for variant, scn in runs_cfg:
-                cost_model = args.cost_model or "calibrated"
-                profile = speed = calibrator = None
-                if cost_model == "calibrated":
-                    calibrator = _calibrator(backend)
-                    progress.close()  # a calibration draws its own progress bar
-                    profile = given or calibrator.for_scenario(scn, path.parent)[0]
-                    if args.speed_check:
-                        speed = calibrator.speed_check(profile, scn, path.parent)
-                sinks.append(output.trace_sink(out_dir, variant, None))
-                measured = run_scenario(scn, variant, None, path.parent, record_trace=sinks[-1],
-                                        on_done=progress, backend=backend,
-                                        setup=setups[variant],
-                                        shadow=cost_model == "calibrated")
-                given_scn, conditioned = conditioned_on(scn, measured)
-                if speed is not None:  # the machine's speed before and after the measured run
-                    speed = (speed + calibrator.speed_check(profile, scn, path.parent)) / 2
-                    profile = profile.model_copy(update={"speed_factor": speed})
-                    conditioned["machine_speed"] = float(f"{speed:.4g}")
-                replay = acceptance_replay(measured) if conditioned else None
-                if replay:
-                    conditioned["acceptance_replay"] = "measured accepted counts per request"
-                sinks.append(output.trace_sink(out_dir, variant, cost_model))
-                predicted = run_scenario(given_scn, variant, cost_model, path.parent,
-                                         record_trace=sinks[-1], on_done=progress,
-                                         calibration=profile, acceptance_replay=replay,
-                                         setup=replace(setups[variant], scenario=given_scn))
-                errors = [f"{side}: {r.error}" for side, r in (("measured", measured),
-                                                                ("predicted", predicted))
-                          if r.error]
-                shadow = shadow_of(measured, replace(setups[variant], scenario=given_scn),
-                                   profile)
-                out.append({"variant": variant, "cost_model": cost_model,
-                            **compare(predicted, measured), "conditioned_on": conditioned}
-                           | ({"shadow": shadow} if shadow else {})
-                           | ({"calibration": profile.machine} if cost_model == "calibrated"
-                              else {}) | ({"error": "; ".join(errors)} if errors else {}))
-                run_outputs += [predicted, measured]
-        except STOPPED as stop:
-            progress.close()
-            doc = output.incomplete({"scenario": name, "backend": backend, "runs": out},
-                                    len(run_outputs), 2 * len(runs_cfg))
-            return _interrupted(stop, out_dir, doc, run_outputs, "validation.json")
-        finally:
-            progress.close()
-        doc = {"scenario": name, "backend": backend, "runs": out}
-        if args.json:
-            sys.stdout.write(output.dumps(doc) + "\n")
-        else:
-            output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
-        if out_dir is not None:  # both sides' files, for `report`
-            write_shadow_csvs(out_dir, run_outputs)
-            output.write_out(out_dir, doc, run_outputs, "validation.json")
-    finally:
-        _discard(sinks)
-    return output.report_failures(run_outputs, Console(stderr=True, highlight=False,
-                                                       soft_wrap=True))
+    return validate(args, SimpleNamespace(
+        resolve=_resolve, prepare_out=_prepare_out, progress=_Progress,
+        interrupted=_interrupted, discard=_discard, trace_sink=output.trace_sink))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -211,10 +138,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     for line in notes:
         err.print(f"infer-os: note: {line}", markup=False)
     return 0
-
-
-def _calibrator(backend: str):
-    return load_calibrator(backend)
 
 
 def _resolve(args: argparse.Namespace):
@@ -345,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="PROFILE.yaml",
                    help="calibration profile for the calibrated model (default: the cached one "
                    "for this machine, calibrating first when there is none)")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="measure each variant N times, interleaved; errors against the "
+                   "measured median, flagged noise or model by the measured spread (1-20)")
     p.add_argument("--no-speed-check", dest="speed_check", action="store_false",
                    help="do not re-time reference steps around each measured run (the "
                    "prediction is then not scaled by the machine's current speed)")

@@ -205,17 +205,32 @@ def write_out(out_dir: Path, doc: dict, runs: list[RunOutput],
 
 def print_validation(doc: dict, console: Console) -> None:
     """Predicted, measured and signed relative error of the main metrics, per variant."""
-    table = Table(title=f"infer-os validate {doc['scenario']} --backend {doc['backend']}",
-                  title_justify="left")
-    for col in ("variant", "metric", "predicted", "measured", "error"):
+    where = f"--trace {doc['trace']}" if doc.get("trace") else \
+        f"{doc['scenario']} --backend {doc['backend']}"
+    repeats = doc.get("repeats", 1)
+    table = Table(title=f"infer-os validate {where}" + (f" --repeats {repeats}" if repeats > 1
+                                                        else ""), title_justify="left")
+    cols = ["variant", "metric", "predicted", "measured", "error"]
+    if repeats > 1:
+        cols = [*cols[:3], "measured median", "spread", "error", "verdict"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("variant", "metric") else "right")
     for run in doc["runs"]:
         for name in ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50",
                      "kv_peak_bytes"):
             p, m = metric_value(run["predicted"], name), metric_value(run["measured"], name)
             err = run["relative_error"].get(name)
-            table.add_row(f"{run['variant']} ({run['cost_model']})", name, format_number(p),
-                          format_number(m), "-" if err is None else f"{err:+.1%}")
+            row = [f"{run['variant']} ({run['cost_model']})", name, format_number(p)]
+            if repeats > 1:
+                rep = run.get("repeats", {})
+                med = rep.get("median", {}).get(name)
+                lo, hi = rep.get("min", {}).get(name), rep.get("max", {}).get(name)
+                spread = f"{lo / med - 1:+.0%} .. {hi / med - 1:+.0%}" if med else "-"
+                row += [format_number(med), spread, "-" if err is None else f"{err:+.1%}",
+                        rep.get("verdict", {}).get(name, "-")]
+            else:
+                row += [format_number(m), "-" if err is None else f"{err:+.1%}"]
+            table.add_row(*row)
     console.print(table)
     shadows = [(run["variant"], run["shadow"]) for run in doc["runs"] if run.get("shadow")]
     if shadows:

@@ -12,6 +12,7 @@ import yaml
 
 from sim.cli import main
 from sim.costs.calibration_fit import fit_relative, fit_with_holdout, nnls
+from sim.run.metrics import metric_value
 
 
 def test_nnls_matches_an_unconstrained_solution_when_that_is_feasible():
@@ -216,3 +217,25 @@ def test_validate_shadows_every_measured_step_and_writes_steps_csv(scenario, tin
     assert all(float(r["measured_decode_s"]) > 0 and float(r["predicted_decode_s"]) > 0
                for r in decode)
     assert all(int(r["kv_dequant_values"]) > 0 for r in decode[1:])  # INT8 blocks are read
+
+
+def test_validate_repeats_measures_n_times_and_judges_noise_or_model(scenario, tiny_profile,
+                                                                     capsys):
+    """--repeats 3: the measured median and spread of every metric, the error against the
+    median, and a verdict per metric that agrees with where the prediction falls."""
+    path = scenario({"kind": "fp16"})
+    assert main(["validate", path, "--backend", "torch", "--profile", str(tiny_profile),
+                 "--no-speed-check", "--repeats", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["repeats"] == 3
+    [run] = doc["runs"]
+    rep = run["repeats"]
+    assert rep["n"] == 3
+    for name in ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "kv_peak_bytes"):
+        lo, med, hi = rep["min"][name], rep["median"][name], rep["max"][name]
+        assert lo <= med <= hi
+        p = metric_value(run["predicted"], name)
+        assert run["relative_error"][name] == pytest.approx((p - med) / med, rel=1e-9)
+        assert rep["verdict"][name] == ("noise" if lo <= p <= hi else "model")
+    assert rep["min"]["kv_peak_bytes"] == rep["max"]["kv_peak_bytes"]  # memory: no noise
+    assert main(["validate", path, "--backend", "torch", "--repeats", "0"]) == 2
