@@ -5,8 +5,8 @@ a, b, c again: a slow minute of the machine hits every variant alike), and predi
 every compared metric the table then gives the measured median and spread (min to max over the
 repeats); the error is against the median, and a row is flagged ``noise`` when the prediction
 falls within the measured spread, ``model`` when outside it.  The per-request comparison, the
-engine state, the shadow and the ``--out`` files are those of the first repeat; conditioning
-(acceptance, machine speed) pools every repeat.
+engine state, the shadow, the schedule replay (``sim.run.replay``) and the ``--out`` files are
+those of the first repeat; conditioning (acceptance, machine speed) pools every repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sim.errors import UserError
 from sim.run import output
 from sim.run.backends import load_backend, load_calibrator
 from sim.run.metrics import metric_value
+from sim.run.replay import schedule_fixed
 from sim.run.runner import run_scenario
 from sim.run.shadow import shadow_of, write_shadow_csvs
 from sim.run.validate import (
@@ -113,6 +114,9 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
                                    profile)
                 entry = {"variant": variant, "cost_model": cost_model,
                          **compare(predicted, first), "conditioned_on": conditioned}
+                if first.shadow_rows:  # the same errors with the measured schedule held fixed
+                    entry["schedule_fixed"] = schedule_fixed(first, first.shadow_rows,
+                                                             entry["relative_error"])
                 if n > 1:
                     entry |= noise(predicted.metrics, [r.metrics for r in runs])
                 out.append(entry | ({"shadow": shadow} if shadow else {})

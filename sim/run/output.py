@@ -245,5 +245,30 @@ def print_validation(doc: dict, console: Console) -> None:
                 table.add_row(variant, kind, str(e["steps"]), f"{e['median']:+.1%}",
                               f"{e['p10']:+.0%} .. {e['p90']:+.0%}", f"{e['median_abs']:.1%}")
         console.print(table)
+    fixed = [(run["variant"], run) for run in doc["runs"] if run.get("schedule_fixed")]
+    if fixed:
+        table = Table(title="the error decomposed: cost model (schedule held fixed) and "
+                      "schedule divergence (the rest)", title_justify="left")
+        for col in ("variant", "metric", "free-running", "schedule fixed", "schedule share"):
+            table.add_column(col, justify="left" if col in ("variant", "metric") else "right")
+        for variant, run in fixed:
+            sf = run["schedule_fixed"]
+            for name in ("throughput_tok_s", "ttft_s.p50", "tpot_s.p50", "e2e_s.p50"):
+                free = _first_error(run, name)
+                table.add_row(variant, name, _pct(free), _pct(sf["relative_error"].get(name)),
+                              _pct(sf["schedule_share"].get(name)))
+        console.print(table)
     console.print("error = (predicted - measured) / measured; per-request percentiles and both "
                   "runs' engine state are in --json", style="dim")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def _first_error(run: dict, name: str) -> float | None:
+    """The free-running error against the first measured run (the one replayed)."""
+    from sim.run.validate import relative_error
+
+    return relative_error(metric_value(run["predicted"], name),
+                          metric_value(run["measured"], name))

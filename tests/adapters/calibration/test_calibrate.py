@@ -239,3 +239,20 @@ def test_validate_repeats_measures_n_times_and_judges_noise_or_model(scenario, t
         assert rep["verdict"][name] == ("noise" if lo <= p <= hi else "model")
     assert rep["min"]["kv_peak_bytes"] == rep["max"]["kv_peak_bytes"]  # memory: no noise
     assert main(["validate", path, "--backend", "torch", "--repeats", "0"]) == 2
+
+
+def test_schedule_replay_equals_the_prediction_when_the_schedules_agree(scenario, tiny_profile,
+                                                                         capsys):
+    """The measured schedule replayed with predicted step times: where the free-running
+    prediction took the same steps (same admissions, no speculation), both give the same
+    timing, so the schedule's share of the error is ~0; the decomposition is reported."""
+    path = scenario({"kind": "fp16"})
+    assert main(["validate", path, "--backend", "torch", "--profile", str(tiny_profile),
+                 "--no-speed-check", "--json"]) == 0
+    [run] = json.loads(capsys.readouterr().out)["runs"]
+    fixed = run["schedule_fixed"]
+    assert set(fixed["relative_error"]) >= {"throughput_tok_s", "ttft_s.p50", "tpot_s.p50"}
+    # no timing-dependent policy here: both runs admit the same requests together
+    assert run["same_prefill_batches"]
+    for name in ("throughput_tok_s", "makespan_s", "ttft_s.p50", "e2e_s.p50"):
+        assert abs(fixed["schedule_share"][name]) < 0.01, (name, fixed)
