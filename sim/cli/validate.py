@@ -27,7 +27,7 @@ from sim.run import output
 from sim.run.backends import load_backend, load_calibrator
 from sim.run.metrics import metric_value
 from sim.run.replay import schedule_fixed
-from sim.run.runner import run_scenario
+from sim.run.runner import calibrated_model, run_scenario
 from sim.run.shadow import shadow_of, write_shadow_csvs
 from sim.run.validate import (
     COMPARED,
@@ -110,8 +110,8 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
                 errors = [f"{side}: {r.error}" for side, r in (("measured", first),
                                                                 ("predicted", predicted))
                           if r.error]
-                shadow = shadow_of(first, replace(setups[variant], scenario=given_scn),
-                                   profile)
+                shadow = shadow_of(first, None if profile is None else calibrated_model(
+                    replace(setups[variant], scenario=given_scn), profile))
                 entry = {"variant": variant, "cost_model": cost_model,
                          **compare(predicted, first), "conditioned_on": conditioned}
                 if first.shadow_rows:  # the same errors with the measured schedule held fixed

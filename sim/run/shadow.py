@@ -134,15 +134,13 @@ def write_steps_csv(rows: list[dict], path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def shadow_of(measured, setup, profile) -> dict | None:
+def shadow_of(measured, cost_model) -> dict | None:
     """The shadow summary of a measured run kept with ``shadow`` (None without one), predicted
-    by the calibrated model of ``setup`` under ``profile``; the rows stay on the run for
+    by ``cost_model`` (``sim.run.runner.calibrated_model``); the rows stay on the run for
     ``write_shadow_csvs``."""
-    if not measured.shadow_steps or profile is None:
+    if not measured.shadow_steps or cost_model is None:
         return None
-    from sim.run.runner import calibrated_model
-
-    measured.shadow_rows = predict(measured.shadow_steps, calibrated_model(setup, profile))
+    measured.shadow_rows = predict(measured.shadow_steps, cost_model)
     return summarize(measured.shadow_rows)
 
 
