@@ -67,6 +67,42 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
     profiles, speeds = {}, {v: [] for v, _ in runs_cfg}
     measured: dict[str, list] = {v: [] for v, _ in runs_cfg}
     out, run_outputs, sinks = [], [], []
+
+    def finish(variant: str, scn) -> None:
+        """Predict ``variant`` once its last repeat was measured; compare."""
+        runs = measured[variant]
+        first = runs[0]
+        given_scn, conditioned = conditioned_on(scn, _pooled(runs))
+        profile = profiles.get(variant)
+        if speeds[variant]:  # the machine's speed around every measured run
+            speed = float(np.mean(speeds[variant]))
+            profile = profile.model_copy(update={"speed_factor": speed})
+            conditioned["machine_speed"] = float(f"{speed:.4g}")
+        replay = acceptance_replay(first) if conditioned else None
+        if replay:
+            conditioned["acceptance_replay"] = "measured accepted counts per request"
+        sinks.append(cli.trace_sink(out_dir, variant, cost_model))
+        predicted = run_scenario(given_scn, variant, cost_model, path.parent,
+                                 record_trace=sinks[-1], on_done=progress,
+                                 calibration=profile, acceptance_replay=replay,
+                                 setup=replace(setups[variant], scenario=given_scn))
+        errors = [f"{side}: {r.error}" for side, r in (("measured", first),
+                                                        ("predicted", predicted))
+                  if r.error]
+        shadow = shadow_of(first, None if profile is None else calibrated_model(
+            replace(setups[variant], scenario=given_scn), profile))
+        entry = {"variant": variant, "cost_model": cost_model,
+                 **compare(predicted, first), "conditioned_on": conditioned}
+        if first.shadow_rows:  # the same errors with the measured schedule held fixed
+            entry["schedule_fixed"] = schedule_fixed(first, first.shadow_rows,
+                                                     entry["relative_error"])
+        if n > 1:
+            entry |= noise(predicted.metrics, [r.metrics for r in runs])
+        out.append(entry | ({"shadow": shadow} if shadow else {})
+                   | ({"calibration": profile.machine} if profile is not None else {})
+                   | ({"error": "; ".join(errors)} if errors else {}))
+        run_outputs.extend([predicted, first])
+
     try:
         try:
             if cost_model == "calibrated":
@@ -90,39 +126,8 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
                     if check:
                         speeds[variant].append(calibrator.speed_check(profile, scn,
                                                                       path.parent))
-            for variant, scn in runs_cfg:
-                runs = measured[variant]
-                first = runs[0]
-                given_scn, conditioned = conditioned_on(scn, _pooled(runs))
-                profile = profiles.get(variant)
-                if speeds[variant]:  # the machine's speed around every measured run
-                    speed = float(np.mean(speeds[variant]))
-                    profile = profile.model_copy(update={"speed_factor": speed})
-                    conditioned["machine_speed"] = float(f"{speed:.4g}")
-                replay = acceptance_replay(first) if conditioned else None
-                if replay:
-                    conditioned["acceptance_replay"] = "measured accepted counts per request"
-                sinks.append(cli.trace_sink(out_dir, variant, cost_model))
-                predicted = run_scenario(given_scn, variant, cost_model, path.parent,
-                                         record_trace=sinks[-1], on_done=progress,
-                                         calibration=profile, acceptance_replay=replay,
-                                         setup=replace(setups[variant], scenario=given_scn))
-                errors = [f"{side}: {r.error}" for side, r in (("measured", first),
-                                                                ("predicted", predicted))
-                          if r.error]
-                shadow = shadow_of(first, None if profile is None else calibrated_model(
-                    replace(setups[variant], scenario=given_scn), profile))
-                entry = {"variant": variant, "cost_model": cost_model,
-                         **compare(predicted, first), "conditioned_on": conditioned}
-                if first.shadow_rows:  # the same errors with the measured schedule held fixed
-                    entry["schedule_fixed"] = schedule_fixed(first, first.shadow_rows,
-                                                             entry["relative_error"])
-                if n > 1:
-                    entry |= noise(predicted.metrics, [r.metrics for r in runs])
-                out.append(entry | ({"shadow": shadow} if shadow else {})
-                           | ({"calibration": profile.machine} if profile is not None else {})
-                           | ({"error": "; ".join(errors)} if errors else {}))
-                run_outputs += [predicted, first]
+                    if repeat == n - 1:  # (a variant done is kept if interrupted later)
+                        finish(variant, scn)
         except STOPPED as stop:
             progress.close()
             doc = output.incomplete({"scenario": name, "backend": backend, "runs": out},
