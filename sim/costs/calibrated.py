@@ -42,7 +42,7 @@ from sim.errors import UserError
 FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weight_bytes",
             "matmul_flops",
             "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
-            "dequant_int2_values", "concat_bytes", "observed_scores")
+            "dequant_int2_values", "concat_bytes", "observed_scores", "quant_segment_layer")
 QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
 Feature = Literal[FEATURES]  # type: ignore[valid-type]
 MAX_THREADS = 1024
@@ -170,6 +170,9 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         quantized[0], quantized[1], quantized[2],
         float(S[has_quant].sum()) * L * values_per_layer_token * kv_bytes_per_value,
         spec.num_heads * T * keys * L if observed else 0.0,
+        # per row, per precision it holds quantized blocks in, per layer: the dequantization's
+        # fixed cost (a dozen small ops for K and V, whatever the number of blocks)
+        float((row_quantized > 0).sum()) * L,
     ])
 
 
