@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 4  # of the grid and timing method: a new one makes cached profiles stale
+VERSION = 5  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
