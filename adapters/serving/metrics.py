@@ -117,14 +117,14 @@ class ServeMetrics:
             job = session.jobs.get(rid)
             if job is None or job.last_token_at != now:
                 continue
-            n = len(job.kept) - getattr(job, "_counted", 0)
+            n = len(job.kept) - job.counted
             if n > 0:
                 self.gen_tokens.inc(n)
                 self.totals["generation_tokens"] += n
-                if getattr(job, "_counted", 0):  # not the first token: inter-token latency
+                if job.counted:  # not the first token: inter-token latency
                     for _ in range(n):
-                        self.itl.observe((now - job._prev_at) / n)
-                job._counted, job._prev_at = len(job.kept), now
+                        self.itl.observe((now - job.counted_at) / n)
+                job.counted, job.counted_at = len(job.kept), now
 
     def request_ended(self, job, row: dict) -> None:
         model = self.labels["model"]

@@ -65,6 +65,8 @@ class Job:
     first_token_at: float | None = None
     last_token_at: float | None = None
     ended_at: float | None = None
+    counted: int = 0  # output tokens the metrics have counted (``ServeMetrics.step``)
+    counted_at: float = 0.0  # when they last counted some
 
     def post(self, *event: Any) -> None:
         if self.loop is not None:
