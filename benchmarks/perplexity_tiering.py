@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from adapters.decoding.perplexity import tiered_nll  # noqa: E402
+from adapters.decoding.quality_check import text_windows  # noqa: E402
 from adapters.model.loading import load_model  # noqa: E402
 from adapters.model.text import play_text  # noqa: E402
 from sim.config.policy_registry import build as build_policy  # noqa: E402
@@ -39,12 +40,6 @@ POLICIES = [
     ("streaming (4 sinks + 1024 window)", {"kind": "streaming"}),
     ("progressive (the paper's A.1), budget 1 x FP16", {"kind": "progressive"}),
 ]
-
-
-def text_windows(ids: list[int], num_windows: int, context: int) -> list[list[int]]:
-    """``num_windows`` windows of ``context`` tokens spread evenly over ``ids``."""
-    stride = (len(ids) - context) // max(num_windows, 1)
-    return [ids[i * stride:i * stride + context] for i in range(num_windows)]
 
 
 def main() -> None:

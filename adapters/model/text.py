@@ -48,3 +48,29 @@ def play_text(name: str) -> str:
         stage = _STAGE.match(line)
         lines.append(f"[{stage.group(1)}]" if stage else line.strip())
     return "\n".join(lines) + "\n"
+
+
+PYTHON_DOCS = "python-docs"
+
+
+@lru_cache(maxsize=2)
+def python_docs_text() -> str:
+    """English technical prose from the standard library (``pydoc_data.topics``: the language
+    reference's topics, as ``help()`` shows them): a second genre beside the plays, on every
+    Python, nothing to install."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
+
+
+def text_source(name: str) -> str:
+    """``python-docs`` or ``play:NAME`` (a Shakespeare play, e.g. ``play:hamlet``)."""
+    if name == PYTHON_DOCS:
+        return python_docs_text()
+    if name.startswith("play:"):
+        try:
+            return play_text(name.removeprefix("play:"))
+        except UserError as err:
+            raise err.at(file=err.file, field="--text") from None
+    raise UserError(f"unknown text {name!r} (texts: {PYTHON_DOCS}, play:NAME with NAME one of "
+                    f"{', '.join(play_names())})", field="--text")

@@ -42,7 +42,9 @@ from sim.errors import UserError
 FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weight_bytes",
             "matmul_flops",
             "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
-            "dequant_int2_values", "concat_bytes", "observed_scores", "quant_segment_layer")
+            "dequant_int2_values", "concat_bytes", "observed_scores", "quant_segment_layer",
+            "small_gemm_row_layer")
+SMALL_GEMM_ROWS = 16  # query rows up to which each row of a matrix-matrix product costs extra
 QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
 Feature = Literal[FEATURES]  # type: ignore[valid-type]
 MAX_THREADS = 1024
@@ -109,6 +111,11 @@ class CalibrationProfile(Frozen):
     alloc_s: float = _seconds(0.0)
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token of the sequence
+    # the speed check's reference steps as the calibration measured them (seconds, in the order
+    # ``validate``'s speed check re-times them); empty in profiles from before version 6 and
+    # hand-written ones, where the check compares with the fitted model instead
+    reference_s: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list,
+                                                             max_length=64)
     fit: FitQuality | None = None
     seconds: float = _seconds(0.0)  # how long the calibration took
     # set at run time, never stored: how much slower the machine runs now than when the
@@ -173,6 +180,10 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         # per row, per precision it holds quantized blocks in, per layer: the dequantization's
         # fixed cost (a dozen small ops for K and V, whatever the number of blocks)
         float((row_quantized > 0).sum()) * L,
+        # per query row, up to SMALL_GEMM_ROWS, per layer, when the products are matrix-matrix
+        # ones: a verify pass of a few tokens costs ~3 ms a row here against ~0.3 ms for a
+        # prompt token (small GEMMs use the cores poorly; large ones amortise)
+        float(min(B * T, SMALL_GEMM_ROWS)) * L if B * T > 1 else 0.0,
     ])
 
 

@@ -161,6 +161,26 @@ def test_validate_takes_the_measured_acceptance_and_only_that(scenario, tiny_pro
     assert abs(spec["relative_error"]["kv_peak_bytes"]) <= 0.02
 
 
+def test_the_speed_check_compares_with_the_steps_the_calibration_timed(scenario, tiny_profile):
+    """The profile keeps the reference steps as calibrated; the check divides by those, not by
+    the fit's predictions (which would carry the fit's error at those steps into every run)."""
+    from pathlib import Path
+
+    from adapters.calibration.calibrate import speed_check
+    from sim.config.scenario import resolve_runs
+    from sim.costs.calibrated import load_calibration
+
+    profile = load_calibration(tiny_profile)
+    assert len(profile.reference_s) == 6 and min(profile.reference_s) > 0
+    path = Path(scenario({"kind": "fp16"}))
+    [(_, scn)] = resolve_runs(path, [])
+    # reference steps of 1,000 s each: this machine is then over 10^4 times faster
+    slow = profile.model_copy(update={"reference_s": [1000.0] * 6})
+    assert speed_check(slow, scn, path.parent) < 1e-2
+    # without them (an older profile) the check falls back on the fitted model
+    assert 0 < speed_check(profile.model_copy(update={"reference_s": []}), scn, path.parent)
+
+
 def test_without_the_speed_check_nothing_is_taken_from_the_measurement(scenario, tiny_profile,
                                                                        capsys):
     profile = tiny_profile
