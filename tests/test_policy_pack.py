@@ -16,18 +16,17 @@ import os
 import re
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from sim.sweep.results import read_table
+from tests.sim.report import pages
 
 TIMEOUT_S = 300
 REPO = Path(__file__).resolve().parents[1]
 PACK = REPO / "docs" / "examples" / "policy-pack"
 DIST = "infer-os-example-policies"
-SVG = "{http://www.w3.org/2000/svg}"
 RECENCY = {"kind": "recency", "recent_blocks": 1}  # the newest block at FP16, older at INT8
 
 
@@ -188,14 +187,11 @@ def test_the_plugin_measured_on_torch_and_reported(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out / "report.html")
     text = (out / "report.html").read_text()
-    root = ET.fromstring(text.split("\n", 1)[1])
-    assert root.find("head/title").text == "infer-os measure --backend torch: policy-pack"
-    [row] = [[td.text for td in tr.iter("td")] for tr in root.iter("tr")][1:]
+    assert pages.title(text) == "infer-os measure --backend torch: policy-pack"
+    [row] = pages.rows(text)[1:]
     assert row[:2] == ["recency", "measured"] and row[-1] == "3/0"
-    [kv] = [svg for svg in root.iter(f"{SVG}svg") if svg.get("class") == "lines"
-            and any(t.text == "recency (measured): device KV" for t in svg.iter(f"{SVG}text"))]
-    assert "int8" in {p.get("data-series") for p in kv.iter(f"{SVG}path")
-                      if p.get("class") == "series"}
+    kv = pages.by_title(text)["recency (measured): device KV"]
+    assert "int8" in {trace["name"] for trace in kv["data"]}
 
 
 @pytest.fixture(scope="module")

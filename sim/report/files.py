@@ -11,13 +11,25 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from sim.errors import UserError
-from sim.report import svg
 
 MAX_KV_POINTS = 1500  # KV timeline points per chart (the peak of each bucket is kept)
 RUN_FILE_PREFIXES = ("trace.", "kv.", "requests.")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One op of a device timeline: ``key`` names the op (its colour); ``note`` adds to its
+    hover text; times in seconds."""
+
+    lane: str
+    start: float
+    duration: float
+    key: str
+    note: str = ""
 
 
 class Damaged(Exception):
@@ -169,7 +181,7 @@ def read_csv(path: Path, required: tuple[str, ...] = (),
     return rows
 
 
-def trace_spans(path: Path) -> list[svg.Span]:
+def trace_spans(path: Path) -> list[Span]:
     """The device ops of a Chrome trace (pid 1, complete events), times in seconds;
     ``Damaged`` when it is not one."""
     try:
@@ -181,7 +193,7 @@ def trace_spans(path: Path) -> list[svg.Span]:
     try:
         lanes = {e["tid"]: e["args"]["name"] for e in events
                  if e.get("ph") == "M" and e.get("pid") == 1 and e.get("name") == "thread_name"}
-        return [svg.Span(lanes.get(e["tid"], str(e["tid"])), e["ts"] / 1e6, e["dur"] / 1e6,
+        return [Span(lanes.get(e["tid"], str(e["tid"])), e["ts"] / 1e6, e["dur"] / 1e6,
                          e["name"], f"batch {e['args']['batch']}"
                          if "batch" in e.get("args", {}) else "")
                 for e in events if e.get("ph") == "X" and e.get("pid") == 1]

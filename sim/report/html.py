@@ -1,59 +1,85 @@
 """HTML building blocks of the ``infer-os report`` pages: page parts (page, table, note, warning,
-figure, fold) and the per-run charts (device timeline, KV memory by precision); the folder's
-files are read by ``sim.report.files``."""
+fold) and the per-run charts (device timeline, KV memory by precision), drawn with Plotly
+(``sim.report.plot``); the folder's files are read by ``sim.report.files``."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-from sim.report import svg
-from sim.report.files import Damaged, kv_timeline
-from sim.run.units import bytes_unit, time_unit
+from sim.report import plot, style
+from sim.report.files import Damaged, Span, kv_timeline
+from sim.report.fmt import bytes_unit, format_bytes, format_seconds, scaled, time_unit
 
-MAX_SPANS = 1500  # Gantt bars per chart; a longer run shows its beginning (and says so)
 DEVICE_PRECISIONS = ("fp16", "int8", "int4", "int2")  # device tier; the rest live on the host
 CSS = """
-body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
 h3{font-size:1em;margin:1.2em 0 .3em}
-table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
-th,td{padding:.25em .7em;border-bottom:1px solid #e5e5e5;text-align:right}
+.tbl{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;font-size:.82em;margin:.5em 0;max-width:100%}
+th,td{padding:.25em .45em;border-bottom:1px solid #e5e5e5;text-align:right;
+vertical-align:top;overflow-wrap:break-word}
+th{font-weight:600;background:#f6f8fa}
 th:first-child,td:first-child,th.l,td.l{text-align:left}
-.note{color:#555;font-size:.9em;max-width:60em}.sub{color:#555;margin-top:0}
+td.n{white-space:nowrap;overflow-wrap:normal}
+.note{color:#555;font-size:.9em;max-width:62em}.sub{color:#555;margin-top:0}
 .warn{color:#a40;font-weight:600}
-.grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:.5em 0}svg{max-width:100%;height:auto}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(330px,1fr));gap:0 1em}
+figure{margin:.5em 0;min-width:0}div.chart{width:100%;min-height:120px}
 summary{cursor:pointer;font-weight:600;margin:.5em 0}
 """
 
 
 # -- page parts -------------------------------------------------------------------------------
 
+def escape(text: object) -> str:
+    """Text safe inside HTML elements (quotes kept as they are: never used in attributes)."""
+    return html.escape(str(text), quote=False)
+
+
 def page(title: str, subtitle: str, body: list[str]) -> str:
     """The whole self-contained page: title, subtitle and the ``body`` HTML parts in order."""
-    e = svg.escape
+    sub = f'<p class="sub">{escape(subtitle)}</p>' if subtitle else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
-            f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{e(title)}</h1><p class=\"sub\">{e(subtitle)}</p>"
-            + "\n".join(body) + "</body></html>\n")
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>"
+            f"<title>{escape(title)}</title><style>{CSS}</style>"
+            f"<script>{plot.plotly_js()}</script></head><body>"
+            f"<h1>{escape(title)}</h1>{sub}"
+            + "\n".join(body) + f"<script>{plot.PAGE_SCRIPT}</script></body></html>\n")
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A table of text cells (escaped); the first column left-aligned, the rest right."""
-    e = svg.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """A table of text cells (escaped) that fits the page width: the first ``text_columns``
+    columns left-aligned text that wraps, the rest right-aligned values kept on one line."""
+
+    def cls(i: int, cell: str = "th") -> str:
+        return ' class="l"' if i < text_columns else (' class="n"' if cell == "td" else "")
+
+    head = "".join(f"<th{cls(i)}>{breakable(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{cls(i, 'td')}>"
+                                    f"{breakable(str(c)) if i < text_columns else escape(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return (f'<div class="tbl"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
+
+
+def breakable(text: str) -> str:
+    """``text`` escaped, with line-break opportunities after ``. _ ( , = /`` (identifiers and
+    policy labels wrap there in a narrow table column)."""
+    return re.sub(r"(?<=\w)([._(,=/])(?=[A-Za-z_])", r"\1<wbr>", escape(text))
 
 
 def note(text: str) -> str:
     """A paragraph of explanatory text (escaped)."""
-    return f'<p class="note">{svg.escape(text)}</p>'
+    return f'<p class="note">{escape(text)}</p>'
 
 
 def warning(text: str) -> str:
     """A paragraph that stands out: something in the folder is wrong or missing (escaped)."""
-    return f'<p class="warn">{svg.escape(text)}</p>'
+    return f'<p class="warn">{escape(text)}</p>'
 
 
 def damaged(err: Damaged, notes: list[str]) -> str:
@@ -77,35 +103,23 @@ def drawn(draw: Callable[[], str], notes: list[str]) -> str:
         return damaged(err, notes)
 
 
-def figure(chart: str, caption: str = "") -> str:
-    """A chart (an ``<svg>`` string) with an optional caption (escaped)."""
-    cap = f"<figcaption class=\"note\">{svg.escape(caption)}</figcaption>" if caption else ""
-    return f"<figure>{chart}{cap}</figure>"
-
-
 def fold(summary: str, content: str, is_open: bool) -> str:
-    """A section the reader opens and closes (HTML ``details``: no script)."""
+    """A section the reader opens and closes (HTML ``details``)."""
     attr = ' open="open"' if is_open else ""
-    return f"<details{attr}><summary>{svg.escape(summary)}</summary>{content}</details>"
+    return f"<details{attr}><summary>{escape(summary)}</summary>{content}</details>"
 
 
 # -- per-run charts ---------------------------------------------------------------------------
 
-def timeline_chart(spans: list[svg.Span], title: str, x_max_s: float | None = None,
-                   colors: dict[str, str] | None = None) -> str:
-    """The Gantt chart of one run's trace (its first ``MAX_SPANS`` ops if longer)."""
-    shown = sorted(spans, key=lambda s: s.start)[:MAX_SPANS]
+def timeline_chart(spans: list[Span], title: str, x_max_s: float | None = None) -> str:
+    """The Gantt chart of one run's trace: every op, zoomable (``x_max_s``: a shared axis end,
+    to compare runs)."""
     end_s = x_max_s or max((s.start + s.duration for s in spans), default=1.0)
-    if len(shown) < len(spans):
-        end_s = max(s.start + s.duration for s in shown)
     factor, unit = time_unit(end_s)
-    scaled = [svg.Span(s.lane, s.start * factor, s.duration * factor, s.key, s.note)
-              for s in shown]
-    chart = svg.gantt(scaled, x_label=f"engine clock ({unit})", title=title, colors=colors,
-                      x_max=end_s * factor, unit=unit)
-    more = (f"Only the first {len(shown)} of {len(spans)} ops are drawn."
-            if len(shown) < len(spans) else "")
-    return figure(chart, more)
+    return plot.chart(plot.timeline_fig(spans, title=title, time_factor=factor,
+                                        time_title=f"engine clock ({unit})", x_max=end_s,
+                                        unit=unit),
+                      f"{len(spans):,} ops; drag to zoom, double-click to see the whole run.")
 
 
 def kv_chart(path: Path, title: str) -> str:
@@ -123,13 +137,19 @@ def kv_chart(path: Path, title: str) -> str:
                                   (host, "host tier", False)):
         if not names:
             continue
-        top = max(sum(v) for v in zip(*(by[k] for k in names))) if stacked else \
-            max(max(by[k]) for k in names)
+        totals = [sum(v) for v in zip(*(by[k] for k in names))]
+        top = max(totals) if stacked else max(max(by[k]) for k in names)
         factor, unit = bytes_unit(top)
-        series = [svg.Series(k, xs, [v * factor for v in by[k]]) for k in names]
-        out.append(figure(svg.lines(series, x_label=f"engine clock ({t_unit})",
-                                    y_label=f"{label} ({unit})", stacked=stacked,
-                                    title=f"{title}: {label}")))
+        hover = [f"{format_seconds(t)}: " + ", ".join(f"{k} {format_bytes(by[k][i])}"
+                                                      for k in names)
+                 + (f"; total {format_bytes(totals[i])}" if stacked and len(names) > 1 else "")
+                 for i, t in enumerate(times)]
+        series = [(k, scaled(by[k], factor)) for k in names]
+        colors = {k: style.precision_color(k) for k in names}
+        out.append(plot.chart(plot.line_fig(xs, series, colors, title=f"{title}: {label}",
+                                            x_title=f"engine clock ({t_unit})",
+                                            y_title=f"{label} ({unit})", hover=hover,
+                                            stacked=stacked)))
     return "".join(out)
 
 
@@ -137,7 +157,8 @@ def kv_chart(path: Path, title: str) -> str:
 
 TIMELINE_NOTE = ("Each lane is a device; each bar is one op the engine ran on it (prefill, "
                  "decode, draft, verify, KV moves, buffer allocations), placed on the engine "
-                 "clock; hover a bar for its duration and batch size.")
+                 "clock, every op of the run, coloured by kind (the same colours on every chart); "
+                 "hover a bar for its duration and batch size, drag to zoom in.")
 FOLD_NOTE = "  Click a run's name to open or close its chart."
 KV_NOTE = ("KV-cache bytes held after every engine step, by precision: device tiers (fp16, "
            "int8, int4, int2) stacked, so the top edge is the device KV in use; offloaded blocks "

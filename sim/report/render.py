@@ -1,5 +1,5 @@
-"""``infer-os report DIR``: one self-contained HTML page (inline SVG, no JavaScript) from a
-results folder written by ``--out``, chosen by what the folder holds.
+"""``infer-os report DIR``: one self-contained HTML page (Plotly charts, plotly.js inlined once:
+it reads offline) from a results folder written by ``--out``, chosen by what the folder holds.
 
 ``sweep.json`` -> ``sim.report.sweep.render`` (sweep reports); ``validation.json`` (``validate
 --out``) -> predicted against measured (``sim.report.validation``); ``results.json``

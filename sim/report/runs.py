@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.report import svg
-from sim.report.files import Damaged, incomplete_note, run_files, trace_spans
+from sim.report import plot, style
+from sim.report.files import Damaged, Span, incomplete_note, run_files, trace_spans
+from sim.report.fmt import format_bytes, format_number, format_pct, format_seconds
 from sim.report.html import (
     FOLD_NOTE,
     KV_NOTE,
     TIMELINE_NOTE,
     damaged,
     drawn,
-    figure,
     fold,
     kv_chart,
     missing,
@@ -23,7 +23,6 @@ from sim.report.html import (
     timeline_chart,
     warning,
 )
-from sim.run.units import format_bytes, format_number, format_seconds
 
 
 def results_page(out_dir: Path, doc: dict, notes: list[str] | None = None) -> str:
@@ -50,18 +49,19 @@ def results_page(out_dir: Path, doc: dict, notes: list[str] | None = None) -> st
         series.setdefault(name, [None] * len(variants))[variants.index(r["variant"])] = \
             r["metrics"].get("throughput_tok_s")
     if runs:
-        body.append(figure(svg.bars(variants, list(series.items()),
-                                    y_label="throughput (tok/s)", title="Throughput by variant"),
-                           "Higher is better."))
-    spans: dict[str, list[svg.Span] | Damaged] = {}
+        bars = [(name, values, [f"{v}, {name}: {format_number(x, '.4g')} tok/s"
+                                for v, x in zip(variants, values)])
+                for name, values in series.items()]
+        body.append(plot.chart(plot.bar_fig(variants, bars, style.side_colors(series),
+                                            title="Throughput by variant",
+                                            y_title="throughput (tok/s)"), "Higher is better."))
+    spans: dict[str, list[Span] | Damaged] = {}
     for r in runs:
         if (path := run_files(out_dir, _stem(r))[0]).exists():
             try:
                 spans[_stem(r)] = trace_spans(path)
             except Damaged as err:
                 spans[_stem(r)] = err
-    colors = svg.color_map(sorted({s.key for ss in spans.values() if isinstance(ss, list)
-                                   for s in ss}))
     body += ["<h2>Device timelines</h2>", note(TIMELINE_NOTE + FOLD_NOTE)]
     for i, r in enumerate(runs):
         got = spans.get(_stem(r))
@@ -70,7 +70,7 @@ def results_page(out_dir: Path, doc: dict, notes: list[str] | None = None) -> st
         elif isinstance(got, Damaged):
             chart = damaged(got, notes)
         else:
-            chart = timeline_chart(got, _label(r), colors=colors)
+            chart = timeline_chart(got, _label(r))
         body.append(fold(_label(r), chart, i < 2))
     body += ["<h2>KV memory over time</h2>", note(KV_NOTE + FOLD_NOTE)]
     for i, r in enumerate(runs):
@@ -93,10 +93,10 @@ def metrics_table(runs: list[dict]) -> str:
                      format_number(m.get("speedup_vs_baseline"), ".2f") + "x",
                      format_seconds(m["ttft_s"]["p50"]), format_seconds(m["tpot_s"]["p50"]),
                      format_seconds(m["e2e_s"]["p50"]), format_bytes(m["kv_peak_bytes"]),
-                     "-" if saved is None else f"{saved:.0%}",
+                     format_pct(saved, digits=0),
                      f"{m['num_completed']}/{m['num_failed']}"])
     return table(["variant", "cost model", "tok/s", "speedup", "TTFT p50", "TPOT p50",
-                  "E2E p50", "KV peak", "KV saved", "done/failed"], rows)
+                  "E2E p50", "KV peak", "KV saved", "done/failed"], rows, text_columns=2)
 
 
 def _stem(run: dict) -> str:

@@ -1,18 +1,20 @@
 """The ``infer-os report`` page of a ``validate --out`` folder: predicted against measured, per
-metric and per request, with both runs' timelines and KV memory side by side."""
+metric, per request and (``steps.{variant}.csv``) per step, with both runs' timelines and KV
+memory side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sim.report import svg
+from sim.report import plot, style
 from sim.report.files import Damaged, incomplete_note, read_csv, run_files, trace_spans
+from sim.report.fmt import bytes_unit, format_pct, format_seconds, format_value
 from sim.report.html import (
     KV_NOTE,
     TIMELINE_NOTE,
     damaged,
     drawn,
-    figure,
+    escape,
     kv_chart,
     missing,
     note,
@@ -21,8 +23,8 @@ from sim.report.html import (
     timeline_chart,
     warning,
 )
+from sim.report.steps import STEPS_NOTE, shadow_table, steps_charts
 from sim.run.metrics import metric_value
-from sim.run.units import bytes_unit
 
 # (dotted metric, title, unit, factor from the JSON's unit) for the scatter plots
 SHOWN = (("throughput_tok_s", "throughput", "tok/s", 1.0),
@@ -34,11 +36,14 @@ CLIP_PCT = 200.0  # the error axis stops here
 SIGN_NOTE = ("Signed relative error = (predicted - measured) / measured: positive means the "
              "simulator over-predicts (for throughput: predicts faster than measured; for a "
              "latency: predicts slower), negative means it under-predicts.")
-SCATTER_NOTE = ("One point per variant: measured on x, predicted on y.  On the dashed y = x line "
-                "the prediction is exact; above it the simulator over-predicts.")
+SCATTER_NOTE = ("One point per variant (the same colour on every chart): measured on x, "
+                "predicted on y.  On the dashed y = x line the prediction is exact; above it the "
+                "simulator over-predicts.  Hover a point for its values and error.")
 PER_REQUEST_NOTE = ("Each request is replayed identically in both runs (same prompt and output "
                     "lengths); its error is (predicted - measured) / measured of its own TTFT or "
-                    "end-to-end time, over the requests completed in both runs.")
+                    "end-to-end time, over the requests completed in both runs.  A box spans the "
+                    "middle half of the requests, its line is the median; every request is a "
+                    "dot (hover it for its id and times).")
 
 
 def validation_page(out_dir: Path, doc: dict, notes: list[str] | None = None) -> str:
@@ -48,18 +53,20 @@ def validation_page(out_dir: Path, doc: dict, notes: list[str] | None = None) ->
     notes = [] if notes is None else notes
     runs = doc["runs"]
     backend = doc.get("backend", "?")
+    colors = style.series_colors(r["variant"] for r in runs)
     body = []
     if (incomplete := incomplete_note(doc)) is not None:
         notes.append(f"{out_dir}: {incomplete}")
         body.append(warning(f"This folder was {incomplete}."))
     body += ["<h2>Predicted against measured</h2>", note(SIGN_NOTE), error_table(runs),
              "<h3>Per metric</h3>", note(SCATTER_NOTE),
-             '<div class="grid">' + "".join(metric_scatter(runs, m) for m in SHOWN) + "</div>",
-             "<h3>Signed relative error</h3>", error_bars(runs),
+             '<div class="grid">' + "".join(metric_scatter(runs, m, colors) for m in SHOWN)
+             + "</div>",
+             "<h3>Signed relative error</h3>", error_bars(runs, colors),
              "<h2>Per-request errors</h2>", note(PER_REQUEST_NOTE),
-             percentile_table(runs)]
-    body += [f"<h3>{svg.escape(r['variant'])}</h3>"
-             + drawn(lambda r=r: per_request(out_dir, r), notes) for r in runs]
+             percentile_table(runs), per_request(out_dir, runs, colors, notes)]
+    body += ["<h2>Per-step errors</h2>", note(STEPS_NOTE), shadow_table(runs),
+             steps_charts(out_dir, runs, colors, notes)]
     body += ["<h2>Device timelines</h2>",
              note(TIMELINE_NOTE + "  Predicted and measured runs of a variant share one time "
                   "axis.")]
@@ -91,60 +98,51 @@ def _unit(runs: list[dict], metric: tuple[str, str, str, float]) -> tuple[float,
     return factor, unit
 
 
-def _is_wide(values: list[float]) -> bool:
-    """Positive values spanning more than 30x: drawn on log axes."""
-    pos = [v for v in values if v > 0]
-    return bool(pos) and max(pos) > 30 * min(pos)
-
-
 def error_table(runs: list[dict]) -> str:
     rows = []
     for r in runs:
-        for metric in SHOWN:
-            name, title = metric[:2]
-            factor, unit = _unit(runs, metric)
+        for name, title, *_ in SHOWN:
             p, m = metric_value(r["predicted"], name), metric_value(r["measured"], name)
-            err = r["relative_error"].get(name)
-            rows.append([r["variant"], title, _scaled(p, factor, unit), _scaled(m, factor, unit),
-                         "-" if err is None else f"{err:+.1%}"])
-    return table(["variant", "metric", "predicted", "measured", "error"], rows)
+            rows.append([r["variant"], title, format_value(name, p), format_value(name, m),
+                         format_pct(r["relative_error"].get(name), signed=True)])
+    return table(["variant", "metric", "predicted", "measured", "error"], rows, text_columns=2)
 
 
-def _scaled(x: float | None, factor: float, unit: str) -> str:
-    return "-" if x is None else f"{x * factor:.4g} {unit}"
-
-
-def metric_scatter(runs: list[dict], metric: tuple[str, str, str, float]) -> str:
+def metric_scatter(runs: list[dict], metric: tuple[str, str, str, float],
+                   colors: dict[str, str]) -> str:
     name, title = metric[:2]
     factor, unit = _unit(runs, metric)
-    series = []
+    traces = []
     for r in runs:
         p, m = metric_value(r["predicted"], name), metric_value(r["measured"], name)
         if p is not None and m is not None:
             err = r["relative_error"].get(name)
-            tip = (f"{r['variant']}: predicted {p * factor:.4g} {unit}, measured "
-                   f"{m * factor:.4g} {unit}" + ("" if err is None else f", error {err:+.1%}"))
-            series.append(svg.Series(r["variant"], [m * factor], [p * factor], [tip]))
-    log = _is_wide([v for s in series for v in (*s.xs, *s.ys)])
-    return figure(svg.scatter(series, x_label=f"measured ({unit})",
-                              y_label=f"predicted ({unit})", diagonal=True, log=log,
-                              title=title + (" (log axes)" if log else ""),
-                              width=310, height=300))
+            tip = (f"{r['variant']}, {title}: predicted {format_value(name, p)}, measured "
+                   f"{format_value(name, m)}" + ("" if err is None
+                                                 else f", error {format_pct(err, True)}"))
+            traces.append(plot.points(r["variant"], [m * factor], [p * factor], [tip],
+                                      colors[r["variant"]], {"size": 10}))
+    fig = plot.scatter_fig(traces, title=title, x_title=f"measured ({unit})",
+                           y_title=f"predicted ({unit})", diagonal=True, height=330)
+    fig["layout"]["showlegend"] = False  # the table and the bars below name the variants
+    fig["layout"]["margin"]["t"] = 36
+    return plot.chart(fig)
 
 
-def error_bars(runs: list[dict]) -> str:
-    """The figure: a bar per variant and metric (cut beyond ``CLIP_PCT``, said in the caption)."""
+def error_bars(runs: list[dict], colors: dict[str, str]) -> str:
+    """A bar per variant and metric (the axis stops at ``CLIP_PCT``: said in the caption)."""
     series = []
+    titles = [title for _, title, *_ in SHOWN]
     for r in runs:
         errs = [r["relative_error"].get(name) for name, *_ in SHOWN]
-        series.append((r["variant"], [None if e is None else e * 100 for e in errs]))
-    is_cut = any(abs(v) > CLIP_PCT for _, vs in series for v in vs if v is not None)
-    chart = svg.bars([title for _, title, *_ in SHOWN], series, y_label="signed error (%)",
-                     value_fmt="{:+.1f}%", clip=(-100.0, CLIP_PCT) if is_cut else None,
-                     title="Signed relative error by metric and variant")
-    return figure(chart, SIGN_NOTE + (f"  The axis stops at +{CLIP_PCT:.0f}%: a bar "
-                                      "beyond is cut (a white break) and keeps its value "
-                                      "written." if is_cut else ""))
+        values = [None if e is None else e * 100 for e in errs]
+        hover = [f"{r['variant']}, {t}: {format_pct(e, True)}" for t, e in zip(titles, errs)]
+        series.append((r["variant"], values, hover))
+    is_cut = any(abs(v) > CLIP_PCT for _, vs, _ in series for v in vs if v is not None)
+    fig = plot.bar_fig(titles, series, colors, title="Signed relative error by metric and variant",
+                       y_title="signed error (%)", signed=True, clip=CLIP_PCT)
+    return plot.chart(fig, SIGN_NOTE + (f"  The axis stops at \u00b1{CLIP_PCT:.0f}%: hover a bar "
+                                        "that reaches the edge for its value." if is_cut else ""))
 
 
 def percentile_table(runs: list[dict]) -> str:
@@ -152,11 +150,11 @@ def percentile_table(runs: list[dict]) -> str:
     for r in runs:
         for name, stats in r.get("per_request", {}).items():
             rows.append([r["variant"], name.removesuffix("_s").upper()]
-                        + [("-" if stats.get(k) is None else f"{stats[k]:+.1%}")
+                        + [format_pct(stats.get(k), signed=True)
                            for k in ("mean", "p50", "p90", "p99")]
-                        + ["-" if stats.get("max_abs") is None
-                           else f"{stats['max_abs']:.1%}"])
-    return table(["variant", "time", "mean", "p50", "p90", "p99", "max |error|"], rows)
+                        + [format_pct(stats.get("max_abs"))])
+    return table(["variant", "time", "mean", "p50", "p90", "p99", "max |error|"], rows,
+                 text_columns=2)
 
 
 def paired_requests(out_dir: Path, run: dict) -> list[tuple[str, dict, dict]] | None:
@@ -173,31 +171,49 @@ def paired_requests(out_dir: Path, run: dict) -> list[tuple[str, dict, dict]] | 
             and measured.get(row["request_id"], {}).get("status") == "completed"]
 
 
-def per_request(out_dir: Path, run: dict) -> str:
-    """A histogram of the per-request signed errors and a scatter of their E2E times."""
-    pairs = paired_requests(out_dir, run)
-    if pairs is None:
-        return note("No per-request CSVs in this folder (older `validate --out`): "
-                           "only the percentiles above.")
-    errors: dict[str, list[float]] = {"TTFT": [], "E2E": []}
-    xs, ys, tips = [], [], []  # measured and predicted E2E (ms) per request
-    for rid, p, m in pairs:
-        for label, col in (("TTFT", "ttft_s"), ("E2E", "e2e_s")):
-            if p[col] and m[col] and float(m[col]) > 0:
-                errors[label].append((float(p[col]) - float(m[col])) / float(m[col]) * 100)
-        if p["e2e_s"] and m["e2e_s"]:
-            xs.append(float(m["e2e_s"]) * 1e3)
-            ys.append(float(p["e2e_s"]) * 1e3)
-            tips.append(f"request {rid}: predicted {ys[-1]:.4g} ms, measured {xs[-1]:.4g} ms")
-    points = svg.Series("requests", xs, ys, tips)
-    hist = svg.histogram(list(errors.items()), x_label="(predicted - measured) / measured (%)",
-                         title=f"{run['variant']}: per-request error, {len(pairs)} requests",
-                         bins=min(20, max(5, len(pairs))), width=560)
-    log = _is_wide(xs + ys)
-    title = f"{run['variant']}: per-request E2E" + (" (log axes)" if log else "")
-    scatter = svg.scatter([points], x_label="measured E2E (ms)", y_label="predicted E2E (ms)",
-                          title=title, diagonal=True, log=log, width=360)
-    return '<div class="grid">' + figure(hist) + figure(scatter) + "</div>"
+def per_request(out_dir: Path, runs: list[dict], colors: dict[str, str],
+                notes: list[str]) -> str:
+    """Box plots of the per-request signed errors (TTFT, E2E) per variant, and predicted against
+    measured E2E per request; a damaged CSV is said in place of its variant."""
+    boxes, traces, out, absent = [], [], [], []
+    for r in runs:
+        try:
+            pairs = paired_requests(out_dir, r)
+        except Damaged as err:
+            out.append(damaged(err, notes))
+            continue
+        if pairs is None:
+            absent.append(r["variant"])
+            continue
+        errors: dict[str, tuple[list[float], list[str]]] = {"TTFT": ([], []), "E2E": ([], [])}
+        xs, ys, tips = [], [], []  # measured and predicted E2E (ms) per request
+        for rid, p, m in pairs:
+            for label, col in (("TTFT", "ttft_s"), ("E2E", "e2e_s")):
+                if p[col] and m[col] and float(m[col]) > 0:
+                    pv, mv = float(p[col]), float(m[col])
+                    errors[label][0].append((pv - mv) / mv * 100)
+                    errors[label][1].append(f"{r['variant']}, request {rid}: {label} predicted "
+                                            f"{format_seconds(pv)}, measured {format_seconds(mv)}")
+            if p["e2e_s"] and m["e2e_s"]:
+                xs.append(float(m["e2e_s"]) * 1e3)
+                ys.append(float(p["e2e_s"]) * 1e3)
+                tips.append(f"{r['variant']}, request {rid}: E2E predicted "
+                            f"{format_seconds(ys[-1] / 1e3)}, measured "
+                            f"{format_seconds(xs[-1] / 1e3)}")
+        for label, (values, hover) in errors.items():
+            boxes.append((label, f"{r['variant']} ({len(pairs)})", values, hover))
+        traces.append(plot.points(r["variant"], xs, ys, tips, colors[r["variant"]],
+                                  {"size": 7, "opacity": 0.8}))
+    if absent:
+        out.append(note(f"No per-request CSVs in this folder for {', '.join(absent)} (older "
+                        "`validate --out`): only the percentiles above."))
+    if not traces:
+        return "".join(out)
+    box = plot.box_fig(boxes, style.TIMES, title="Per-request signed error by variant "
+                       "(requests in brackets)", y_title="(predicted - measured) / measured (%)")
+    scatter = plot.scatter_fig(traces, title="Per-request E2E", x_title="measured E2E (ms)",
+                               y_title="predicted E2E (ms)", diagonal=True)
+    return "".join(out) + plot.chart(box) + plot.chart(scatter)
 
 
 def timelines(out_dir: Path, run: dict, notes: list[str]) -> str:
@@ -213,7 +229,6 @@ def timelines(out_dir: Path, run: dict, notes: list[str]) -> str:
         except Damaged as err:
             broken[p] = err
     end_s = max((s.start + s.duration for ss in spans.values() for s in ss), default=1.0)
-    colors = svg.color_map(sorted({s.key for ss in spans.values() for s in ss}))
-    return "".join(timeline_chart(spans[p], f"{run['variant']} {side}", end_s, colors)
-                   if p in spans else damaged(broken[p], notes)
-                   for p, side in present)
+    return f"<h3>{escape(run['variant'])}</h3>" + "".join(
+        timeline_chart(spans[p], f"{run['variant']} {side}", end_s)
+        if p in spans else damaged(broken[p], notes) for p, side in present)

@@ -1,6 +1,7 @@
 """``infer-os report DIR``: the HTML page drawn from ``simulate --out`` and ``validate --out``
-folders is self-contained and well-formed, and what it plots is the folder's data (Gantt bars =
-trace events, KV points = kv.*.csv rows, scatter points and error bars = validation.json)."""
+folders is self-contained (plotly.js inlined once, nothing fetched), and what it plots is the
+folder's data (timeline bars = trace events, KV points = kv.*.csv rows, scatter points and error
+bars = validation.json)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,12 @@ import io
 import json
 import sys
 import types
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-import sim
 from sim.cli import main
-
-SVG = "{http://www.w3.org/2000/svg}"
+from tests.sim.report import pages
 
 
 def _report(folder: Path) -> tuple[int, str]:
@@ -28,25 +26,10 @@ def _report(folder: Path) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
-def _page(folder: Path) -> ET.Element:
-    """The whole page parsed as XML (it is well-formed: every SVG with it)."""
+def _page(folder: Path) -> str:
     text = (folder / "report.html").read_text()
     assert text.startswith("<!DOCTYPE html>\n")
-    return ET.fromstring(text.split("\n", 1)[1])
-
-
-def _charts(root: ET.Element, css_class: str) -> dict[str, ET.Element]:
-    """Charts of one kind by their title (the bold first text)."""
-    out = {}
-    for el in root.iter(f"{SVG}svg"):
-        if el.get("class") == css_class:
-            title = next(t.text for t in el.iter(f"{SVG}text") if t.get("font-weight"))
-            out[title.removesuffix(" (log axes)")] = el
-    return out
-
-
-def _marks(chart: ET.Element, tag: str, css_class: str) -> list[ET.Element]:
-    return [el for el in chart.iter(f"{SVG}{tag}") if el.get("class") == css_class]
+    return text
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -69,41 +52,50 @@ def sim_dir(tmp_path_factory) -> tuple[Path, str]:
 def test_report_prints_its_path_and_the_page_is_self_contained(sim_dir):
     out, printed = sim_dir
     assert printed.strip() == str(out / "report.html")
-    text = (out / "report.html").read_text()
-    assert "<script" not in text and "src=" not in text and "href=" not in text
-    assert "https://" not in text  # nothing fetched: only the SVG namespace is a URL
-    root = _page(out)
-    assert root.find("head/title").text == "infer-os simulate: quickstart"
-    headings = [h.text for h in root.iter("h2")]
-    assert headings == ["Runs", "Device timelines", "KV memory over time"]
+    page = _page(out)
+    assert page.count("<script>") == 2  # plotly.js, once, and the script drawing the charts
+    assert page.count("plotly.js v") == 1 and len(page) < 6_000_000
+    own = page.replace(pages.plotly_js(), "")  # the page less the inlined library
+    assert len(own) < len(page) - 1_000_000
+    assert own.count("Plotly.newPlot") == 1 and "src=" not in own and "href=" not in own
+    assert "http" not in own and "<link" not in own  # nothing fetched
+    assert pages.title(page) == "infer-os simulate: quickstart"
+    assert pages.headings(page) == ["Runs", "Device timelines", "KV memory over time"]
+    figs = pages.figures(page)
+    assert page.count('<div class="chart"') == len(figs) == 5
 
 
 def test_runs_table_shows_each_runs_metrics(sim_dir):
     out, _ = sim_dir
     runs = json.loads((out / "results.json").read_text())["runs"]
-    rows = [[td.text for td in tr.iter("td")] for tr in _page(out).iter("tr")][1:]
+    rows = pages.rows(_page(out))[1:]
     assert [r[:2] for r in rows] == [["fp16-kv", "roofline"], ["int8-kv", "roofline"]]
     for row, run in zip(rows, runs):
         assert row[2] == f"{run['metrics']['throughput_tok_s']:.2f}"
         assert row[-1] == "16/0"
+        assert row[7].endswith(" MB")  # KV peak in units, not bytes
     assert [r[8] for r in rows] == ["0%", "47%"]  # KV saved: INT8 halves the KV (+ scales)
+    [bars] = [f for f in pages.figures(_page(out)) if pages.kind(f) == "bars"]
+    assert bars["data"][0]["y"] == [r["metrics"]["throughput_tok_s"] for r in runs]
+    assert bars["layout"]["yaxis"]["rangemode"] == "tozero"
 
 
-def test_each_trace_event_is_one_gantt_bar_on_its_device_lane(sim_dir):
+def test_each_trace_event_is_one_timeline_bar_on_its_device_lane(sim_dir):
     out, _ = sim_dir
-    gantts = _charts(_page(out), "gantt")
-    assert set(gantts) == {"fp16-kv (roofline)", "int8-kv (roofline)"}
-    for title, chart in gantts.items():
+    timelines = {t: f for t, f in pages.by_title(_page(out)).items()
+                 if pages.kind(f) == "timeline"}
+    assert set(timelines) == {"fp16-kv (roofline)", "int8-kv (roofline)"}
+    for title, fig in timelines.items():
         stem = title.replace(" (", ".").rstrip(")")
         events = [e for e in json.loads((out / f"trace.{stem}.json").read_text())["traceEvents"]
                   if e["ph"] == "X" and e["pid"] == 1]
-        bars = _marks(chart, "rect", "span")
-        assert len(bars) == len(events) > 100
-        assert {b.get("data-lane") for b in bars} == {"cpu"}
-        assert sorted(b.get("data-key") for b in bars) == sorted(e["name"] for e in events)
+        ops = pages.timeline_ops(fig)
+        assert len(ops) == len(events) > 100  # every op, not the first N
+        assert {lane for lane, _, _ in ops} == {"cpu"}
+        assert sorted(op for _, op, _ in ops) == sorted(e["name"] for e in events)
         # the axis is in seconds here (a 15 s run): the first prefill starts at 0
-        first = min(bars, key=lambda b: float(b.get("data-start")))
-        assert (first.get("data-key"), first.get("data-start")) == ("prefill", "0")
+        assert min(ops, key=lambda o: o[2])[1:] == ("prefill", 0)
+        assert fig["layout"]["xaxis"]["title"]["text"] == "engine clock (s)"
 
 
 def test_kv_timeline_is_recorded_after_every_step_and_plotted_by_precision(sim_dir):
@@ -121,21 +113,22 @@ def test_kv_timeline_is_recorded_after_every_step_and_plotted_by_precision(sim_d
     steps = metrics["int8-kv"]["engine"]
     assert len(rows) <= steps["num_prefill_steps"] + steps["num_decode_steps"]
 
-    chart = _charts(_page(out), "lines")["int8-kv (roofline): device KV"]
-    [series] = _marks(chart, "path", "series")  # only the precisions in use are drawn
-    assert series.get("data-series") == "int8"
-    points = [tuple(p.split(",")) for p in series.get("data-points").split()]
-    # units from the axis labels: engine clock (s), device KV (MB)
-    labels = [t.text for t in chart.iter(f"{SVG}text")]
-    assert "engine clock (s)" in labels and "device KV (MB)" in labels
+    fig = pages.by_title(_page(out))["int8-kv (roofline): device KV"]
+    [series] = fig["data"]  # only the precisions in use are drawn
+    assert series["name"] == "int8" and series["line"]["shape"] == "hv"
+    assert fig["layout"]["xaxis"]["title"]["text"] == "engine clock (s)"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "device KV (MB)"
+    assert fig["layout"]["yaxis"]["rangemode"] == "tozero"
+    points = list(zip(series["x"], series["y"]))
     # a step chart: the value drawn at each row's time (held from the last point) is the row's
-    rows_mb = [(f"{float(r['time_s']):.6g}", f"{int(r['int8']) / 1e6:.6g}") for r in rows]
-    plotted, held = dict(points), None
+    rows_mb = [(float(r["time_s"]), int(r["int8"]) / 1e6) for r in rows]
+    plotted, held = {round(t, 9): v for t, v in points}, None
     for t, value in rows_mb:
-        held = plotted.get(t, held)
-        assert held == value, t
-    assert points[0] == rows_mb[0] and points[-1] == rows_mb[-1]
+        held = plotted.get(round(t, 9), held)
+        assert held == pytest.approx(value), t
+    assert points[0] == pytest.approx(rows_mb[0]) and points[-1] == pytest.approx(rows_mb[-1])
     assert len(points) < len(rows)  # a value that holds is drawn once
+    assert "MB" in series["text"][0]  # hover in units
 
 
 # -- validate --out ---------------------------------------------------------------------------
@@ -176,62 +169,57 @@ def test_validate_out_writes_both_runs_files(val_dir):
 
 def test_validation_page_plots_predicted_against_measured(val_dir):
     doc = json.loads((val_dir / "validation.json").read_text())
-    root = _page(val_dir)
-    assert root.find("head/title").text == "infer-os validate: tiny-validate on torch"
-    assert "(predicted - measured) / measured" in "".join(root.itertext())
-    scatters = _charts(root, "scatter")
+    page = _page(val_dir)
+    assert pages.title(page) == "infer-os validate: tiny-validate on torch"
+    assert "(predicted - measured) / measured" in pages.text(page)
+    figs = pages.by_title(page)
     for run in doc["runs"]:
-        tput = [p for p in _marks(scatters["throughput"], "circle", "point")
-                if p.get("data-series") == run["variant"]]
-        assert [(float(p.get("data-x")), float(p.get("data-y"))) for p in tput] == [
-            (pytest.approx(run["measured"]["throughput_tok_s"], rel=1e-5),
-             pytest.approx(run["predicted"]["throughput_tok_s"], rel=1e-5))]
-    assert len(_marks(scatters["TPOT p50"], "line", "identity")) == 1  # the y = x line
-    [bars] = _charts(root, "bars").values()
-    got = {(b.get("data-series"), b.get("data-category")): float(b.get("data-value"))
-           for b in _marks(bars, "rect", "bar")}
+        [tput] = [t for t in figs["throughput"]["data"] if t["name"] == run["variant"]]
+        assert (tput["x"], tput["y"]) == (
+            [pytest.approx(run["measured"]["throughput_tok_s"], rel=1e-9)],
+            [pytest.approx(run["predicted"]["throughput_tok_s"], rel=1e-9)])
+        assert run["variant"] in tput["text"][0] and "throughput" in tput["text"][0]
+    assert figs["TPOT p50"]["data"][0]["line"]["dash"] == "dash"  # the y = x line
+    bars = figs["Signed relative error by metric and variant"]
+    got = {(t["name"], cat): v for t in bars["data"] for cat, v in zip(t["x"], t["y"])}
     for run in doc["runs"]:
         for name, title in (("throughput_tok_s", "throughput"), ("ttft_s.p50", "TTFT p50"),
                             ("kv_peak_bytes", "KV peak")):
             expected = run["relative_error"][name] * 100
-            assert got[(run["variant"], title)] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+            assert got[(run["variant"], title)] == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
 def test_validation_page_shows_per_request_errors_timelines_and_kv(val_dir):
-    root = _page(val_dir)
-    hists = _charts(root, "histogram")
-    assert set(hists) == {"fp16: per-request error, 4 requests",
-                          "int8: per-request error, 4 requests"}
-    for chart in hists.values():  # every request paired by id, once per time
-        counts: dict[str, int] = {}
-        for b in _marks(chart, "rect", "bin"):
-            counts[b.get("data-series")] = counts.get(b.get("data-series"), 0) + int(
-                b.get("data-count"))
-        assert counts == {"TTFT": 4, "E2E": 4}
-    scatters = _charts(root, "scatter")
+    page = _page(val_dir)
+    figs = pages.by_title(page)
+    box = figs["Per-request signed error by variant (requests in brackets)"]
+    counts = {t["name"]: {c: t["x"].count(c) for c in set(t["x"])} for t in box["data"]}
+    # every request paired by id, once per time
+    assert counts == {"TTFT": {"fp16 (4)": 4, "int8 (4)": 4}, "E2E": {"fp16 (4)": 4,
+                                                                     "int8 (4)": 4}}
+    scatter = figs["Per-request E2E"]
     for variant in ("fp16", "int8"):
         measured = {r["request_id"]: r["e2e_s"]
                     for r in _csv(val_dir / f"requests.{variant}.measured.csv")}
-        points = _marks(scatters[f"{variant}: per-request E2E"], "circle", "point")
-        assert sorted(float(p.get("data-x")) for p in points) == pytest.approx(
-            sorted(float(v) * 1e3 for v in measured.values()), rel=1e-5)
-    gantts = _charts(root, "gantt")
-    assert set(gantts) == {f"{v} {s}" for v in ("fp16", "int8")
-                           for s in ("predicted (roofline)", "measured")}
+        [points] = [t for t in scatter["data"] if t["name"] == variant]
+        assert sorted(points["x"]) == pytest.approx(
+            sorted(float(v) * 1e3 for v in measured.values()), rel=1e-9)
+    timelines = {t for t, f in figs.items() if pages.kind(f) == "timeline"}
+    assert timelines == {f"{v} {s}" for v in ("fp16", "int8")
+                         for s in ("predicted (roofline)", "measured")}
     events = [e for e in json.loads((val_dir / "trace.int8.measured.json").read_text())[
         "traceEvents"] if e["ph"] == "X" and e["pid"] == 1]
-    assert len(_marks(gantts["int8 measured"], "rect", "span")) == len(events) > 0
-    kv = _charts(root, "lines")
-    assert {"int8 measured: device KV", "int8 predicted (roofline): device KV"} <= set(kv)
+    assert len(pages.timeline_ops(figs["int8 measured"])) == len(events) > 0
+    assert {"int8 measured: device KV", "int8 predicted (roofline): device KV"} <= set(figs)
 
 
 def test_a_validation_json_alone_still_gets_its_tables_and_error_plots(val_dir, tmp_path):
     (tmp_path / "validation.json").write_text((val_dir / "validation.json").read_text())
     assert _report(tmp_path)[0] == 0
-    root = _page(tmp_path)
-    assert len(_charts(root, "scatter")) == 5 and len(_charts(root, "bars")) == 1
-    assert not _charts(root, "gantt") and not _charts(root, "histogram")
-    assert "No per-request CSVs in this folder" in "".join(root.itertext())
+    page = _page(tmp_path)
+    assert pages.count(page, "scatter") == 5 and pages.count(page, "bars") == 1
+    assert not pages.count(page, "timeline") and not pages.count(page, "box")
+    assert "No per-request CSVs in this folder" in pages.text(page)
 
 
 # -- errors and dispatch ----------------------------------------------------------------------
@@ -250,11 +238,14 @@ def test_a_sweep_folder_is_drawn_by_sim_sweep_report(tmp_path, monkeypatch, caps
     fake = types.ModuleType("sim.report.sweep")
     fake.render = lambda folder: f"<html>sweep of {folder.name}</html>"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "sim.report.sweep", fake)
-    monkeypatch.setattr(sim, "sweep_report", fake, raising=False)
+    import sim.report
+
+    # (an earlier test may have imported the real one: the package's attribute wins then)
+    monkeypatch.setattr(sim.report, "sweep", fake, raising=False)
     assert _report(tmp_path)[0] == 0
     assert (tmp_path / "report.html").read_text() == f"<html>sweep of {tmp_path.name}</html>"
 
     monkeypatch.setitem(sys.modules, "sim.report.sweep", None)  # not importable
-    monkeypatch.delattr(sim, "sweep_report")
+    monkeypatch.delattr(sim.report, "sweep")
     assert main(["report", str(tmp_path)]) == 2
     assert "sim.report.sweep" in capsys.readouterr().err
