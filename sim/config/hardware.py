@@ -9,6 +9,8 @@ measurement or a derivation.  Every figure is finite and within physical bounds
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -134,6 +136,21 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         if not exists(path):
             raise UserError(f"unknown hardware profile {name_or_path!r} "
                             f"(bundled: {', '.join(bundled_profiles())})")
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # reading it is then the error (``load_yaml``)
+        return _load(path)
+    return _cached(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(path: Path, mtime_ns: int, size: int) -> HardwareProfile:
+    """A profile file as last read (a sweep's points name the same few): read again once the
+    file changed.  A frozen profile is safe to share; errors are never kept."""
+    return _load(path)
+
+
+def _load(path: Path) -> HardwareProfile:
     data = load_yaml(path, "hardware profile")
     try:
         return HardwareProfile.model_validate(data)

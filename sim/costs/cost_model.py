@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from sim.config.hardware import HardwareProfile
 from sim.config.model_spec import ModelSpec
 from sim.config.scenario import CoefficientConfig
-from sim.costs.work import Work, attention_work, ffn_work, head_work
+from sim.costs.work import Work, attention_shape, attention_work, ffn_work, head_work
 from sim.engine.executor import StepPlan
+
+REST_CACHE_LEN = 4096  # (tokens, rows) pairs whose FFN + head work a roofline model keeps
 
 
 @dataclass(slots=True)
@@ -28,12 +30,35 @@ class Segment:
     fixed_s: float  # launch overheads and handoff latency
 
 
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """One device's roofline figures, looked up once per cost model."""
+
+    flops_per_s: float  # peak x compute efficiency
+    bytes_per_s: float  # its bus's usable bandwidth, capped by the device's own ceiling
+    launch_s: float  # per kernel
+    command_s: float  # per handoff into the device
+    alloc_s: float  # per allocation
+    alloc_bytes_per_s: float
+
+    @classmethod
+    def of(cls, hw: HardwareProfile, d) -> _Rates:
+        bus = hw.bus(d.memory)
+        return cls(d.peak_flops_per_s * d.compute_efficiency,
+                   min(bus.usable_bytes_per_s, d.bandwidth_ceiling_bytes_per_s or float("inf")),
+                   d.launch_overhead_s, d.command_latency_s, d.alloc_latency_s,
+                   d.alloc_bytes_per_s)
+
+
 class RooflineModel:
     name = "roofline"
 
     def __init__(self, hw: HardwareProfile, model: ModelSpec, draft: ModelSpec | None = None,
                  draft_device: str | None = None):
         self.hw, self.model, self.draft, self.draft_device = hw, model, draft, draft_device
+        self._rates = {d.name: _Rates.of(hw, d) for d in hw.devices}
+        self._attention = attention_shape(model)
+        self._rest: dict[tuple[int, int], Work] = {}  # (tokens, rows) -> FFN + head work
 
     def op_seconds(self, op: str, device: str, num_tokens: int, attended_pairs: float,
                    kv_read_bytes: float) -> float:
@@ -48,27 +73,32 @@ class RooflineModel:
         return seg.variable_s + seg.fixed_s
 
     def _segment(self, device: str, op: str, work: Work, handoff: bool) -> Segment:
-        d = self.hw.device(device)
-        bus = self.hw.bus(d.memory)
-        bandwidth = min(bus.usable_bytes_per_s, d.bandwidth_ceiling_bytes_per_s or float("inf"))
-        compute_s = work.flops / (d.peak_flops_per_s * d.compute_efficiency)
-        fixed = work.kernels * d.launch_overhead_s + (d.command_latency_s if handoff else 0.0)
-        return Segment(device, op, work.bytes, max(compute_s, work.bytes / bandwidth), fixed)
+        r = self._rates[device]
+        compute_s = work.flops / r.flops_per_s
+        fixed = work.kernels * r.launch_s + (r.command_s if handoff else 0.0)
+        return Segment(device, op, work.bytes, max(compute_s, work.bytes / r.bytes_per_s), fixed)
 
     def segments(self, plan: StepPlan) -> list[Segment]:
         p, spec = plan.placement, self.model
-        attn = attention_work(spec, plan.num_tokens, plan.attended_pairs, plan.kv_read_bytes,
-                              plan.kv_dequant_values)
-        rest = ffn_work(spec, plan.num_tokens) + head_work(spec, plan.num_rows)
+        key = (plan.num_tokens, plan.num_rows)
+        rest = self._rest.get(key)
+        if rest is None:
+            if len(self._rest) >= REST_CACHE_LEN:  # (prefills: as many keys as prompt sums)
+                self._rest.clear()
+            rest = self._rest[key] = ffn_work(spec, plan.num_tokens) + head_work(spec,
+                                                                                 plan.num_rows)
+        attn = (plan.num_tokens, plan.attended_pairs, plan.kv_read_bytes, plan.kv_dequant_values)
         out = []
         if plan.draft_len > 0 and self.draft is not None:  # prompt lookup drafts for free
             out.extend(self._draft_segments(plan))
         if plan.phase == "prefill" or p.decode_attention == p.decode_ffn:
             device = p.prefill if plan.phase == "prefill" else p.decode_attention
-            out.append(self._segment(device, plan.phase, attn + rest, handoff=True))
+            out.append(self._segment(device, plan.phase, self._attention.work(*attn, rest),
+                                     handoff=True))
         else:
             # attention and FFN alternate devices every layer: 2 handoffs per layer
-            out.append(self._segment(p.decode_attention, "attention", attn, handoff=False))
+            out.append(self._segment(p.decode_attention, "attention",
+                                     self._attention.work(*attn), handoff=False))
             out.append(self._segment(p.decode_ffn, "ffn", rest, handoff=False))
             lat = self.hw.device(p.decode_attention).command_latency_s
             lat += self.hw.device(p.decode_ffn).command_latency_s
@@ -76,11 +106,11 @@ class RooflineModel:
         if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
             out.append(self._retier_segment(plan))
         if plan.num_allocs:
-            d = self.hw.device(out[-1].device)
-            alloc_s = plan.num_allocs * d.alloc_latency_s + plan.alloc_bytes / d.alloc_bytes_per_s
-            copy = self._segment(d.name, "alloc", Work(0.0, 2.0 * plan.buffer_copy_bytes, 0),
-                                 handoff=False)  # read + write of the moved contents
-            out.append(Segment(d.name, "alloc", copy.bytes, copy.variable_s, alloc_s))
+            device = out[-1].device
+            r = self._rates[device]
+            alloc_s = plan.num_allocs * r.alloc_s + plan.alloc_bytes / r.alloc_bytes_per_s
+            moved = 2.0 * plan.buffer_copy_bytes  # read + write of the moved contents
+            out.append(Segment(device, "alloc", moved, max(0.0, moved / r.bytes_per_s), alloc_s))
         return out
 
     def _retier_segment(self, plan: StepPlan) -> Segment:

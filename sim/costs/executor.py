@@ -57,21 +57,23 @@ class CostModelExecutor:
         segments = self.cost_model.segments(plan)
         if self.slowdown is not None:
             segments = self._slowed(segments, start)
-        alone = sum(s.variable_s + s.fixed_s for s in segments)
-        buses = [self._bus_of[s.device] for s in segments]
+        alone = 0
+        for s in segments:
+            alone += s.variable_s + s.fixed_s
+        buses = [self._bus_of[s.device] for s in segments] if self._shared else ()
         if not self._shared.intersection(buses):
             yield env.timeout(alone)  # nothing can overlap: the roofline time as it is
         else:
             yield from self._shared_bus_steps(env, segments, buses)
         elapsed = env.now - start
         stretch = elapsed / alone if alone > 0 else 0.0
-        result = StepResult(elapsed)
-        busy = result.device_busy_s
+        busy: dict[str, float] = {}
+        out = []
         for s in segments:
             seconds = (s.variable_s + s.fixed_s) * stretch
             busy[s.device] = busy.get(s.device, 0.0) + seconds
-            result.segments.append((s.device, s.op, seconds))
-        return result
+            out.append((s.device, s.op, seconds))
+        return StepResult(elapsed, busy, out)
 
     def _slowed(self, segments: list[Segment], now: float) -> list[Segment]:
         """Each segment's time x its device's slowdown factor at ``now`` (its bytes unchanged,

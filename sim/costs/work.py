@@ -37,6 +37,45 @@ class Work:
         return Work(self.flops * factor, self.bytes * factor, round(self.kernels * factor))
 
 
+@dataclass(frozen=True, slots=True)
+class AttentionShape:
+    """The per-model constants of ``attention_work``, computed once per model (a cost model asks
+    for attention work every step): ``work`` gives the same figures by the same operations."""
+
+    proj_flops_per_token: int  # 2 x attention params x layers
+    pair_flops: int  # 4 x heads x head_dim (x layers, applied last as attention_work does)
+    num_layers: int
+    weight_bytes: float
+    kv_write_bytes_per_token: int
+    act_bytes_per_token: int  # 4 x hidden x ACT_BYTES x layers
+    kernels: int
+
+    def work(self, num_tokens: int, attended_pairs: float, kv_read_bytes: float,
+             kv_dequant_values: float, rest: Work | None = None) -> Work:
+        """``attention_work``; plus ``rest`` (the same as ``+ rest``, one object fewer)."""
+        proj_flops = self.proj_flops_per_token * num_tokens
+        attn_flops = self.pair_flops * attended_pairs * self.num_layers
+        kv_write = num_tokens * self.kv_write_bytes_per_token
+        acts = num_tokens * self.act_bytes_per_token
+        flops = proj_flops + attn_flops + DEQUANT_FLOPS_PER_VALUE * kv_dequant_values
+        nbytes = self.weight_bytes + kv_read_bytes + kv_write + acts
+        if rest is None:
+            return Work(flops, nbytes, self.kernels)
+        return Work(flops + rest.flops, nbytes + rest.bytes, self.kernels + rest.kernels)
+
+
+@lru_cache(maxsize=64)
+def attention_shape(spec: ModelSpec) -> AttentionShape:
+    layers = spec.num_layers
+    return AttentionShape(
+        proj_flops_per_token=2 * spec.attention_params * layers,
+        pair_flops=4 * spec.num_heads * spec.head_dim, num_layers=layers,
+        weight_bytes=spec.attention_params * layers * spec.weight_bits / 8,
+        kv_write_bytes_per_token=spec.kv_values_per_token * ACT_BYTES,
+        act_bytes_per_token=4 * spec.hidden * ACT_BYTES * layers,
+        kernels=KERNELS_ATTENTION * layers)
+
+
 def attention_work(spec: ModelSpec, num_tokens: int, attended_pairs: float,
                    kv_read_bytes: float, kv_dequant_values: float) -> Work:
     """QKV + attention + output projection over all layers for ``num_tokens`` query tokens.
@@ -44,14 +83,8 @@ def attention_work(spec: ModelSpec, num_tokens: int, attended_pairs: float,
     ``kv_read_bytes`` is the resident KV (all layers) read by attention; the new tokens' K and V
     are written at FP16.  ``kv_dequant_values`` counts the INT8/INT4 values dequantized on the fly.
     """
-    layers = spec.num_layers
-    proj_flops = 2 * num_tokens * spec.attention_params * layers
-    attn_flops = 4 * spec.num_heads * spec.head_dim * attended_pairs * layers
-    weights = spec.attention_params * layers * spec.weight_bits / 8
-    kv_write = num_tokens * spec.kv_values_per_token * ACT_BYTES
-    acts = 4 * num_tokens * spec.hidden * ACT_BYTES * layers
-    return Work(proj_flops + attn_flops + DEQUANT_FLOPS_PER_VALUE * kv_dequant_values,
-                weights + kv_read_bytes + kv_write + acts, KERNELS_ATTENTION * layers)
+    return attention_shape(spec).work(num_tokens, attended_pairs, kv_read_bytes,
+                                      kv_dequant_values)
 
 
 @lru_cache(maxsize=4096)

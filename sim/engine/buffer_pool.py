@@ -42,18 +42,22 @@ class BufferPool:
     def request(self, name: str, requested: int, preserve_bytes: int = 0) -> tuple[int, int, int]:
         """Returns (allocations made, bytes allocated, bytes copied) for this request.
         ``preserve_bytes``: the buffer's live contents, copied when it moves to a new buffer."""
-        history = self.history.setdefault(name, deque(maxlen=HISTORY_LEN))
-        current = self.held.get(name, 0)
+        history = self.history.get(name)
+        if history is None:
+            history = self.history[name] = deque(maxlen=HISTORY_LEN)
+        held = self.held
+        current = held.get(name, 0)
         obs = BufferObservation(name, requested, current, tuple(history), tuple(self.pool))
         decision: BufferDecision = ask(self.policy, "buffers", obs)
         history.append(requested)
-        held_before = self.held.get(name)
+        held_before = held.get(name)
         allocs, alloc_bytes = self._apply(name, requested, current, decision)
-        moved = self.held.get(name) != held_before or allocs > 0
+        moved = allocs > 0 or held.get(name) != held_before
         copied = min(preserve_bytes, current) if moved and current else 0
-        self.stats.copy_bytes += copied
-        self.stats.used_bytes_sum += requested
-        self.stats.reserved_bytes_sum += self.held[name]
+        stats = self.stats
+        stats.copy_bytes += copied
+        stats.used_bytes_sum += requested
+        stats.reserved_bytes_sum += held[name]
         return allocs, alloc_bytes, copied
 
     def _apply(self, name: str, requested: int, current: int,

@@ -37,7 +37,12 @@ class Held(list):
     @property
     def usable(self) -> bool:
         """Every device asked for is held and up: the step may run."""
-        return self.complete and not any(lock.down for lock in self)
+        if not self.complete:
+            return False
+        for lock in self:
+            if lock.down:
+                return False
+        return True
 
 
 def acquire(locks: list[DeviceLock]):

@@ -17,20 +17,19 @@ from collections import deque
 import numpy as np
 import simpy
 
-from policies import DeviceLoad, Placement, SchedulingObservation
-from sim.config.policy_registry import observes_blocks, observes_load
+from sim.config.policy_registry import observes_blocks
 from sim.engine.buffer_pool import BufferPool
-from sim.engine.devices import DeviceLock, Held, acquire, release
+from sim.engine.devices import release
 from sim.engine.executor import Executor, StepPlan, StepResult
 from sim.engine.fault_driver import FaultDriver, NoDevice
 from sim.engine.faults import FaultSchedule
 from sim.engine.kv_store import Admission, PagedKVStore
+from sim.engine.placer import Placer
 from sim.engine.planner import Planner
-from sim.engine.policy_call import ask
 from sim.engine.preemption import Preemptor
 from sim.engine.state import PENDING, RunState
 from sim.engine.workload import Requests
-from sim.errors import InfeasibleDecision, PolicyFailure
+from sim.errors import PolicyFailure
 
 
 class Engine:
@@ -48,13 +47,8 @@ class Engine:
         self.max_context_tokens, self.max_waiting = max_context_tokens, max_waiting
         self.num_rejected = 0  # arrivals turned away by a full waiting queue
         self.state = RunState(len(requests), record_trace)
-        self.devices = {d.name: DeviceLock(self.env) for d in executor.devices()}
-        self.kinds = {d.name: d.kind for d in executor.devices()}
-        # splitting a decode step's ops across devices hands work over once per layer
-        layers = planner.model.num_layers
-        self.handoff = {d.name: d.handoff_s * layers for d in executor.devices()}
-        self.busy_until = {d.name: 0.0 for d in executor.devices()}  # predicted, for scheduling
-        self._estimates: dict[tuple[str, str], float] = {}
+        self.placer = Placer(self)
+        self.devices = self.placer.locks
         self.buffers = BufferPool(planner.buffers)
         self.waiting: deque[int] = deque()
         self.num_prefilling = 0
@@ -62,7 +56,6 @@ class Engine:
         self._next_closed = 0
         self._wake_prefill = self.env.event()
         self._wake_decode = self.env.event()
-        self._fixed_placement: Placement | None = None
         self._on_done = on_done or (lambda n=1: None)  # progress callback, one call per request
         self.kv_measured = executor.capabilities.reports_kv_bytes
         self.faults = FaultDriver(self, faults) if faults else None
@@ -205,19 +198,19 @@ class Engine:
                 yield self._wake_prefill
                 continue
             try:
-                placement = self._placement(lambda p: (p.prefill,))
+                placement = self.placer.placement(lambda p: (p.prefill,))
             except NoDevice as err:
                 for rid in list(self.waiting):
                     self.faults.end_request(rid, str(err))
                 continue
-            locks = yield from self._acquire((placement.prefill,))
+            locks = yield from self.placer.acquire((placement.prefill,))
             batch = self._admit_batch() if locks.usable else []  # once the device is ours
             if batch:
                 self.num_prefilling += len(batch)
                 plan = self.planner.prefill_plan(
                     batch, self.requests, self.store, placement, self.buffers,
                     None if self.preempt is None else self.preempt.prefill_array(batch))
-                self._expect(("prefill", placement.prefill))
+                self.placer.expect(("prefill", placement.prefill))
                 result = yield from (self.executor.execute(self.env, plan) if self.faults is None
                                      else self.faults.execute(plan, locks, (placement.prefill,)))
                 self.num_prefilling -= len(batch)
@@ -231,7 +224,7 @@ class Engine:
                     for rid in batch:  # the prefill pass emits each request's first token
                         if np.isnan(self.state.first_token_s[rid]):  # (not a recompute's)
                             self.state.first_token_s[rid] = self.env.now
-            self._release(locks)
+            release(locks)
             if batch:
                 self._advance(np.array(batch), np.ones(len(batch), dtype=np.int64),
                               joining=True)
@@ -254,7 +247,7 @@ class Engine:
                 continue
             result = yield from (self.executor.execute(self.env, plan) if self.faults is None
                                  else self.faults.execute(plan, locks, self._devices_of(plan)))
-            self._release(locks)
+            release(locks)
             if result is None:
                 self.planner.replan(plan)  # lost: the running requests take another step
             else:
@@ -274,28 +267,29 @@ class Engine:
         """Take the devices the placement names, then plan the step over everyone running
         (re-tiering first when due); returns the plan, the drawn tokens each sequence emits and
         the locks held (no plan when a device it needs failed meanwhile or nobody is left)."""
-        placement = self._placement(lambda p: (p.decode_attention, p.decode_ffn))
-        locks = yield from self._acquire((placement.decode_attention, placement.decode_ffn))
-        if locks.usable and self.running and self.preempt is not None:
+        placement = self.placer.placement(lambda p: (p.decode_attention, p.decode_ffn))
+        locks = yield from self.placer.acquire((placement.decode_attention, placement.decode_ffn))
+        usable = locks.usable
+        if usable and self.running and self.preempt is not None:
             self.preempt.make_room()  # (may preempt requests)
-        if not (locks.usable and self.running):
-            self._release(locks)
+        if not (usable and self.running):
+            release(locks)
             return None, None, None
-        batch = np.array(self.running)  # taken once the devices are ours
+        batch = np.array(self.running, dtype=np.int64)  # taken once the devices are ours
         self.planner.maybe_retier(self.store, self.running)
         plan, emitted = self.planner.decode_plan(batch, self.store, placement, self.buffers)
         if plan.draft_len:
             draft_device = self._draft_device(plan)
             if self.devices[draft_device].down:  # (only with faults) nowhere to draft
-                self._release(locks)
+                release(locks)
                 raise NoDevice(f"{self.faults.why_down(draft_device)} and the draft model runs "
                                "on it (speculation.draft_device)")
             if self.devices[draft_device] not in locks:
-                more = yield from self._acquire((draft_device,))
+                more = yield from self.placer.acquire((draft_device,))
                 locks.extend(more)
                 locks.complete &= more.complete
-        self._expect(("decode_attention", placement.decode_attention),
-                     ("decode_ffn", placement.decode_ffn))
+        self.placer.expect(("decode_attention", placement.decode_attention),
+                           ("decode_ffn", placement.decode_ffn))
         return plan, emitted, locks
 
     def _postprocess_decode(self, plan: StepPlan, emitted: np.ndarray,
@@ -329,11 +323,12 @@ class Engine:
             batch, emitted = self.faults.capped_growth(batch, emitted)
         if not self.kv_measured:
             self.store.layout.step_ended(batch, emitted)  # before emitted is capped
-        left = self.requests.output_tokens[batch] - self.state.generated[batch]
-        emitted = np.minimum(emitted, left)
-        self.state.generated[batch] += emitted
+        wanted, generated = self.requests.output_tokens[batch], self.state.generated[batch]
+        emitted = np.minimum(emitted, wanted - generated)
+        generated += emitted
+        self.state.generated[batch] = generated
         self.store.append_tokens_many(batch, emitted, self.planner.new_block_precision)
-        is_done = self.state.generated[batch] >= self.requests.output_tokens[batch]
+        is_done = generated >= wanted
         done = batch[is_done]
         if joining:
             self.running.extend(batch[~is_done].tolist())
@@ -360,57 +355,4 @@ class Engine:
     # -- devices -----------------------------------------------------------------------------
     def reset_placement(self) -> None:
         """The devices up changed: the scheduling policy is asked again."""
-        self._fixed_placement = None
-
-    def _placement(self, needs) -> Placement:
-        """Ask the scheduling policy (the devices up, their loads, the op estimates); raises
-        ``NoDevice`` when a device ``needs(placement)`` names is down or none is up."""
-        placement = self._fixed_placement
-        if placement is None:
-            placement = self._ask_placement()
-        if self.faults is not None:
-            for device in needs(placement):
-                if self.devices[device].down:
-                    raise NoDevice(f"{self.faults.why_down(device)} and scheduling policy "
-                                   f"{self.planner.scheduling.kind!r} placed work on it")
-        return placement
-
-    def _ask_placement(self) -> Placement:
-        busy = self.state.device_busy_s
-        now = max(self.env.now, 1e-12)
-        up = [name for name, lock in self.devices.items() if not lock.down]
-        if not up:
-            raise NoDevice("every device has failed: " + "; ".join(
-                self.faults.why_down(d) for d in self.devices))
-        loads = tuple(DeviceLoad(name, self.kinds[name], len(self.devices[name].waiters),
-                                 busy.get(name, 0.0), min(busy.get(name, 0.0) / now, 1.0),
-                                 max(self.busy_until[name] - self.env.now, 0.0),
-                                 self.handoff[name])
-                      for name in up)
-        head = int(self.requests.prompt_tokens[self.waiting[0]]) if self.waiting else 0
-        estimates = self.planner.op_estimates(self.store, self.running, head, up)
-        self._estimates = {(e.op, e.device): e.seconds for e in estimates}
-        obs = SchedulingObservation(loads, len(self.waiting), len(self.running), estimates)
-        placement = ask(self.planner.scheduling, "scheduling", obs)
-        for device in placement.devices:
-            if device not in self.devices:
-                raise InfeasibleDecision(f"scheduling policy {self.planner.scheduling.kind!r} "
-                                         f"placed work on unknown device {device!r} "
-                                         f"(devices: {', '.join(self.devices)})")
-        if not observes_load(self.planner.scheduling):
-            self._fixed_placement = placement
-        return placement
-
-    def _expect(self, *ops: tuple[str, str]) -> None:
-        """Record when each device should be free again (the estimates the policy saw)."""
-        for op, device in ops:
-            seconds = self._estimates.get((op, device), 0.0)
-            self.busy_until[device] = max(self.busy_until[device], self.env.now) + seconds
-
-    def _acquire(self, devices: tuple[str, ...]):
-        """Take every named device's lock (``sim.engine.devices.acquire``) -> ``Held``."""
-        return acquire([self.devices[name] for name in sorted(set(devices))])
-
-    @staticmethod
-    def _release(locks: Held) -> None:
-        release(locks)
+        self.placer.reset()

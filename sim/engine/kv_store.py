@@ -19,6 +19,8 @@ from policies import Precision
 from sim.engine.kv_layout import BlockLayout, KVLayout
 
 NUM_PRECISIONS = len(Precision)
+_RESIDENT = frozenset(p for p in Precision if p.is_resident)
+_PRECISIONS = tuple(Precision)  # by value
 
 
 class Move(enum.Enum):
@@ -80,9 +82,11 @@ class PagedKVStore:
         self.host_block_bytes = np.zeros(NUM_PRECISIONS, dtype=np.int64)
         self.host_block_bytes[Precision.OFFLOADED] = bytes_by_precision[Precision.FP16]
         self._device_list = self.device_block_bytes.tolist()
+        self._host_list = self.host_block_bytes.tolist()
         self.device_budget_bytes = int(device_budget_bytes)
         self.host_budget_bytes = int(host_budget_bytes)
         self.counts = np.zeros(NUM_PRECISIONS, dtype=np.int64)  # blocks by precision, all requests
+        self.num_blocks = 0  # = counts.sum()
         self.req_counts = np.zeros((capacity, NUM_PRECISIONS), dtype=np.int64)
         self.req_tokens = np.zeros(capacity, dtype=np.int64)
         self.req_blocks = np.zeros(capacity, dtype=np.int64)  # = req_counts.sum(axis=1)
@@ -165,59 +169,71 @@ class PagedKVStore:
 
     def append_tokens(self, rid: int, num_tokens: int, precision: Precision) -> int:
         """Add tokens to one request; returns the number of new blocks."""
-        return self.append_tokens_many(np.array([rid]), np.array([num_tokens]), precision)
+        if precision not in _RESIDENT:
+            raise ValueError(f"new blocks must be resident, not {Precision(precision).name}")
+        tokens = int(self.req_tokens[rid]) + num_tokens
+        added = self._grow([rid], [tokens], int(precision)) \
+            if tokens > int(self.req_blocks[rid]) * self.block_tokens else 0
+        self.req_tokens[rid] = tokens
+        return added
 
     def append_tokens_many(self, rids: np.ndarray, num_tokens: np.ndarray,
                            precision: Precision) -> int:
-        """Add ``num_tokens[i]`` tokens to request ``rids[i]`` (ids distinct).  New blocks are
-        written at ``precision`` (a resident one), or at a request's reserved precision when that
-        is lower."""
-        if not Precision(precision).is_resident:
+        """Add ``num_tokens[i]`` tokens to request ``rids[i]`` (ids distinct; a repeated id that
+        fills a block raises ``ValueError``).  New blocks are written at ``precision`` (a
+        resident one), or at a request's reserved precision when that is lower.  The engine's
+        hot path: the token counts in a few vector operations, the few requests that fill a
+        block (one in ``block_tokens`` a decode step) in plain Python."""
+        if precision not in _RESIDENT:
             raise ValueError(f"new blocks must be resident, not {Precision(precision).name}")
         tokens = self.req_tokens[rids] + num_tokens
-        need = (tokens + (self.block_tokens - 1)) // self.block_tokens - self.req_blocks[rids]
-        grow = np.flatnonzero(need > 0).tolist()
-        if grow:
-            rid_list, need_list = rids.tolist(), need.tolist()
-            if len(set(rid_list)) != len(rid_list):
-                raise ValueError("append_tokens_many: a request id appears twice")
-            # checked first, over the whole batch, so that a failure changes nothing
-            extra = sum(self._extra_bytes(rid_list[i], need_list[i], precision) for i in grow)
-            if extra and (self.device_used_bytes + self.reserved_bytes + extra
-                          > self.device_budget_bytes):
-                raise MemoryError("requests grew past their reservations and the budget")
-            self._grow([rid_list[i] for i in grow], [need_list[i] for i in grow], int(precision))
+        grow = (tokens > self.req_blocks[rids] * self.block_tokens).nonzero()[0]
+        added = self._grow(rids[grow].tolist(), tokens[grow].tolist(), int(precision)) \
+            if len(grow) else 0
         self.req_tokens[rids] = tokens
-        return sum(need[i] for i in grow)
+        return added
 
-    def _extra_bytes(self, rid: int, new: int, precision: Precision) -> int:
-        """Device bytes of ``new`` blocks beyond what the request has reserved."""
-        future, reserve_prec = self._future[rid]
-        prec = max(precision, reserve_prec)
-        return max(new - future, 0) * int(self.device_block_bytes[prec])
-
-    def _grow(self, rids: list[int], news: list[int], precision: int) -> None:
-        """Append ``news[i]`` blocks to ``rids[i]`` (distinct), drawing on their reservations.
-        The engine's hot path: per-request work in plain Python, the counters in one go."""
-        precs = []
-        released = 0
-        for rid, new in zip(rids, news):
-            future, reserve_prec = self._future[rid]
+    def _grow(self, rids: list[int], tokens: list[int], precision: int) -> int:
+        """Grow ``rids[i]`` (distinct) to ``tokens[i]`` tokens, appending the blocks that takes and
+        drawing on their reservations; returns the blocks added.  Checked first, over all of
+        them, so that a failure (growth past the reservations and the budget) changes nothing."""
+        if len(set(rids)) != len(rids):
+            raise ValueError("append_tokens_many: a request id appears twice")
+        bt, dev, futures, held = self.block_tokens, self._device_list, self._future, self._blocks
+        grows = []
+        extra = 0
+        for rid, total in zip(rids, tokens):
+            new = -(-total // bt) - len(held[rid])  # (len: req_blocks[rid])
+            future, reserve_prec = futures[rid]
             prec = precision if precision > reserve_prec else int(reserve_prec)
+            if new > future:
+                extra += (new - future) * dev[prec]
+            grows.append((rid, new, future, reserve_prec, prec))
+        if extra and (self.device_used_bytes + self.reserved_bytes + extra
+                      > self.device_budget_bytes):
+            raise MemoryError("requests grew past their reservations and the budget")
+        by_prec: dict[int, int] = {}
+        released = 0
+        req_counts, req_blocks, backups = self.req_counts, self.req_blocks, self._backups
+        for rid, new, future, reserve_prec, prec in grows:
             take = new if new < future else future
-            released += take * self._device_list[reserve_prec]
-            self._future[rid] = (future - take, reserve_prec)
-            self._blocks[rid].extend(bytes((prec,)) * new)
-            self._backups[rid].extend(bytes(new))
-            precs.append(prec)
+            released += take * dev[reserve_prec]
+            futures[rid] = (future - take, reserve_prec)
+            held[rid].extend(bytes((prec,)) * new)
+            backups[rid].extend(bytes(new))
+            req_counts[rid, prec] += new
+            req_blocks[rid] += new
+            by_prec[prec] = by_prec.get(prec, 0) + new
         self.reserved_bytes -= released
-        idx, prec_arr, new_arr = np.array(rids), np.array(precs), np.array(news)
-        self.req_counts[idx, prec_arr] += new_arr
-        self.req_blocks[idx] += new_arr
-        added = np.bincount(prec_arr, weights=new_arr, minlength=NUM_PRECISIONS).astype(np.int64)
-        self.counts += added
-        self.device_used_bytes += int(added @ self.device_block_bytes)
-        self.host_used_bytes += int(added @ self.host_block_bytes)
+        host = self._host_list
+        added = 0
+        for prec, n in by_prec.items():
+            self.counts[prec] += n
+            self.device_used_bytes += n * dev[prec]
+            self.host_used_bytes += n * host[prec]
+            added += n
+        self.num_blocks += added
+        return added
 
     def set_precision(self, rid: int, index: int, precision: Precision,
                       keep_backup: bool = False) -> Move | None:
@@ -228,10 +244,11 @@ class PagedKVStore:
         offloaded block); with no original anywhere it must be recomputed.
         """
         blocks, backups = self._blocks[rid], self._backups[rid]
-        old, new = Precision(blocks[index]), Precision(precision)
+        old, new = _PRECISIONS[blocks[index]], Precision(precision)
         if old == new:
             return None
-        fp16 = int(self.device_block_bytes[Precision.FP16])
+        dev_bytes, host_bytes = self._device_list, self._host_list
+        fp16 = dev_bytes[Precision.FP16]
         had = bool(backups[index])
         if new > old:  # demotion
             if new == Precision.OFFLOADED:
@@ -245,9 +262,8 @@ class PagedKVStore:
             source = had or old == Precision.OFFLOADED
             move = Move.RESTORE_COPY if source else Move.RECOMPUTE
             backup = had and new != Precision.FP16
-        dev = int(self.device_block_bytes[new] - self.device_block_bytes[old])
-        host = int(self.host_block_bytes[new] - self.host_block_bytes[old]) + fp16 * (
-            int(backup) - int(had))
+        dev = dev_bytes[new] - dev_bytes[old]
+        host = host_bytes[new] - host_bytes[old] + fp16 * (int(backup) - int(had))
         if dev > 0 and self.device_used_bytes + self.reserved_bytes + dev > \
                 self.device_budget_bytes:
             raise MemoryError(f"block {index} of request {rid}: no device memory for {new.name}")
@@ -259,8 +275,13 @@ class PagedKVStore:
         backups[index] = backup
         self.num_backups += int(backup) - int(had)
         self.host_used_bytes += fp16 * (int(backup) - int(had))
-        self._add(rid, old, -1)
-        self._add(rid, new, 1)
+        # one block moves from ``old`` to ``new``: the request's blocks stay as many
+        self.counts[old] -= 1
+        self.counts[new] += 1
+        self.req_counts[rid, old] -= 1
+        self.req_counts[rid, new] += 1
+        self.device_used_bytes += dev
+        self.host_used_bytes += host_bytes[new] - host_bytes[old]
         return move
 
     def has_backup(self, rid: int, index: int) -> bool:
@@ -269,25 +290,22 @@ class PagedKVStore:
     def free(self, rid: int) -> None:
         del self._blocks[rid]
         self.layout.freed(rid)
-        num_backups = sum(self._backups.pop(rid))
+        num_backups = self._backups.pop(rid).count(1)  # (each byte 0 or 1)
+        dev, host = self._device_list, self._host_list
         self.num_backups -= num_backups
-        self.host_used_bytes -= num_backups * int(self.device_block_bytes[Precision.FP16])
+        self.host_used_bytes -= num_backups * dev[Precision.FP16]
         future, prec = self._future.pop(rid)
-        self.reserved_bytes -= future * int(self.device_block_bytes[prec])
-        counts = self.req_counts[rid].copy()
+        self.reserved_bytes -= future * dev[prec]
+        counts = self.req_counts[rid]
         self.counts -= counts
-        self.device_used_bytes -= int(counts @ self.device_block_bytes)
-        self.host_used_bytes -= int(counts @ self.host_block_bytes)
+        self.num_blocks -= int(self.req_blocks[rid])
+        for p, n in enumerate(counts.tolist()):
+            if n:
+                self.device_used_bytes -= n * dev[p]
+                self.host_used_bytes -= n * host[p]
         self.req_counts[rid] = 0
         self.req_tokens[rid] = 0
         self.req_blocks[rid] = 0
-
-    def _add(self, rid: int, precision: Precision, n: int) -> None:
-        self.counts[precision] += n
-        self.req_counts[rid, precision] += n
-        self.req_blocks[rid] += n
-        self.device_used_bytes += n * int(self.device_block_bytes[precision])
-        self.host_used_bytes += n * int(self.host_block_bytes[precision])
 
     # -- views -------------------------------------------------------------------------------
     def tokens(self, rid: int) -> int:
@@ -300,6 +318,11 @@ class PagedKVStore:
         """The request's block precisions as bytes (a view: do not mutate)."""
         return self._blocks[rid]
 
+    def backups_raw(self, rid: int) -> bytearray:
+        """1 where the request's block keeps an FP16 copy in the host tier (a view: do not
+        mutate)."""
+        return self._backups[rid]
+
     def request_ids(self) -> list[int]:
         return list(self._blocks)
 
@@ -309,7 +332,7 @@ class PagedKVStore:
     @property
     def fp16_equiv_bytes(self) -> int:
         """Bytes of every live block of every request at FP16 (evicted and offloaded included)."""
-        return int(self.counts.sum()) * int(self.device_block_bytes[Precision.FP16])
+        return self.num_blocks * self._device_list[Precision.FP16]
 
     def bytes_by_precision(self) -> dict[str, int]:
         """Bytes held per state, device and host together; FP16 backups under "backup"."""
@@ -328,6 +351,7 @@ class PagedKVStore:
             assert len(blocks) == self.req_blocks[rid], rid
             counts += mine
         assert (counts == self.counts).all()
+        assert self.num_blocks == int(counts.sum())
         self.layout.check()
         backups = sum(sum(b) for b in self._backups.values())
         assert backups == self.num_backups

@@ -64,6 +64,7 @@ class Planner:
         self.retierer, self.acceptance, self.estimator = retierer, acceptance, estimator
         self.signals = SpecSignals()
         self.decode_steps = 0
+        self._kv_values = model.kv_values_per_token  # (a property: computed once here)
 
     # -- tiering -----------------------------------------------------------------------------
     @property
@@ -126,7 +127,8 @@ class Planner:
                      prefill_tokens: np.ndarray | None = None) -> StepPlan:
         """``prefill_tokens``: per request, the tokens prefilled (default: the prompts; more for
         a request preempted for recompute)."""
-        rows = requests.prompt_tokens[batch] if prefill_tokens is None else prefill_tokens
+        ids = np.array(batch, dtype=np.int64)
+        rows = requests.prompt_tokens[ids] if prefill_tokens is None else prefill_tokens
         prompts = rows.astype(np.float64)
         num_tokens = int(prompts.sum())
         allocs, alloc_bytes, _ = self._buffers(pool, num_tokens, len(batch))
@@ -137,31 +139,31 @@ class Planner:
                         kv_read_bytes=0.0, kv_dequant_values=0.0, placement=placement,
                         num_allocs=allocs, alloc_bytes=alloc_bytes, enabled=self.techniques,
                         row_tokens=rows,
-                        row_block_counts=store.req_counts[batch])
+                        row_block_counts=store.req_counts.take(ids, axis=0))
 
     def decode_plan(self, batch: np.ndarray, store: PagedKVStore, placement: Placement,
                     pool: BufferPool) -> tuple[StepPlan, np.ndarray]:
         """The step's plan and the tokens each sequence will emit (1 + accepted draft tokens)."""
         b = len(batch)
         k = self._draft_len(b)
-        row_counts = store.req_counts[batch]
-        counts = row_counts.sum(axis=0)
-        tokens = float(store.req_tokens[batch].sum())
-        absent = int(counts[Precision.OFFLOADED] + counts[Precision.EVICTED])
-        resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
-        quantized = int(counts[Precision.INT8] + counts[Precision.INT4] + counts[Precision.INT2])
-        emitted = self._emitted(batch, k)
+        row_counts, row_tokens = store.req_counts.take(batch, axis=0), store.req_tokens[batch]
+        counts = self.acceptance.ones(b) @ row_counts  # the column sums, faster than .sum
         kv_read = float(counts @ store.device_block_bytes)
-        allocs, alloc_bytes, copied = self._buffers(
-            pool, b * (k + 1), b * (k + 1), int(kv_read),
-            b * (k + 1) * self.model.kv_values_per_token * 2)
+        c = counts.tolist()
+        tokens = float(np.add.reduce(row_tokens))
+        absent = c[Precision.OFFLOADED] + c[Precision.EVICTED]
+        resident_tokens = max(tokens - absent * store.block_tokens, 0.0)
+        quantized = c[Precision.INT8] + c[Precision.INT4] + c[Precision.INT2]
+        emitted = self._emitted(batch, k)
+        rows = b * (k + 1)
+        allocs, alloc_bytes, copied = self._buffers(pool, rows, rows, int(kv_read),
+                                                    rows * self._kv_values * 2)
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
         kv_copy_bytes, kv_requant_values, kv_recompute_tokens = self.retierer.pending.take()
         plan = StepPlan(
-            phase="decode", request_ids=batch, num_tokens=b * (k + 1), num_rows=b * (k + 1),
+            phase="decode", request_ids=batch, num_tokens=rows, num_rows=rows,
             attended_pairs=resident_tokens * (k + 1), kv_read_bytes=kv_read,
-            kv_dequant_values=float(quantized * store.block_tokens
-                                    * self.model.kv_values_per_token),
+            kv_dequant_values=float(quantized * store.block_tokens * self._kv_values),
             placement=placement, draft_len=k,
             draft_attended_pairs=tokens if k and self.draft else 0.0,
             draft_kv_read_bytes=draft_kv, num_allocs=allocs, alloc_bytes=alloc_bytes,
@@ -169,7 +171,7 @@ class Planner:
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0,
             kv_copy_bytes=kv_copy_bytes, kv_requant_values=kv_requant_values,
             kv_recompute_tokens=kv_recompute_tokens,
-            row_tokens=store.req_tokens[batch], row_block_counts=row_counts)
+            row_tokens=row_tokens, row_block_counts=row_counts)
         self.decode_steps += 1
         return plan, emitted
 
@@ -206,7 +208,10 @@ class Planner:
         (prompt lookup may find fewer than k)."""
         if plan.phase != "decode":
             return
-        draft_s = sum(s for _, op, s in result.segments if op == "draft")
+        draft_s = 0
+        for _, op, seconds in result.segments:
+            if op == "draft":
+                draft_s += seconds
         k = float(plan.draft_len)
         if plan.draft_len and result.proposed is not None:
             k = float(np.mean(result.proposed))

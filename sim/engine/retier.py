@@ -32,6 +32,9 @@ class PendingMoves:
         return out
 
 
+_PRECISIONS = tuple(Precision)  # by value
+
+
 class Retierer:
     def __init__(self, policy: TieringPolicy, attention: AttentionModel, penalty: np.ndarray,
                  values_per_block: int):
@@ -113,13 +116,16 @@ class Retierer:
     def _infos(self, rid: int, precs: np.ndarray, shares: np.ndarray,
                store: PagedKVStore) -> list[BlockInfo]:
         # Age: tokens written since the block filled (one per decode step without speculation).
+        # (the arrays as lists first: indexing a list is much faster than indexing an array)
         n, tokens, bt = len(precs), store.tokens(rid), store.block_tokens
-        mass, access = self.attention.mass[rid], self.attention.access[rid]
-        relevance = self.attention.relevance(rid, n)
-        return [BlockInfo(rid, i, Precision(int(precs[i])), max(tokens - (i + 1) * bt, 0),
+        mass = self.attention.mass[rid][:n].tolist()
+        access = self.attention.access[rid][:n].tolist()
+        relevance, shares = self.attention.relevance(rid, n).tolist(), shares[:n].tolist()
+        backups = store.backups_raw(rid)
+        return [BlockInfo(rid, i, _PRECISIONS[p], max(tokens - (i + 1) * bt, 0),
                           float(mass[i]), int(access[i]), float(relevance[i]), n - 1 - i,
-                          float(shares[i]), store.has_backup(rid, i))
-                for i in range(n)]
+                          float(shares[i]), bool(backups[i]))
+                for i, p in enumerate(precs.tolist())]
 
     def forget(self, rid: int) -> None:
         self.attention.forget(rid)
