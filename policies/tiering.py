@@ -92,11 +92,11 @@ class Fp16Tiering:
 
 @dataclass(frozen=True, slots=True)
 class UniformTiering:
-    """Every block written at one precision (INT8 or INT4) from the start."""
+    """Every block written at one precision (INT8, INT4 or INT2) from the start."""
 
     kind: Literal["uniform"] = "uniform"
     observes_blocks: ClassVar[bool] = False
-    precision: Literal["int8", "int4"] = "int4"
+    precision: Literal["int8", "int4", "int2"] = "int4"
 
     def decide(self, obs: TieringObservation) -> TieringDecision:
         return TieringDecision(new_block_precision=Precision[self.precision.upper()])

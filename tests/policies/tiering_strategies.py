@@ -108,6 +108,7 @@ mikvs = st.builds(MiKVTiering, heavy_frac=unit, recent_tokens=st.integers(0, 300
 baselines = st.one_of(kivis, streamings, h2os, mikvs)
 all_policies = st.one_of(
     st.sampled_from([Fp16Tiering(), UniformTiering(precision="int8"), UniformTiering(),
+                     UniformTiering(precision="int2"),
                      ProgressiveTiering(), KiviTiering(), StreamingTiering(), H2OTiering(),
                      MiKVTiering()]),
     progressives, baselines)
