@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 6  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 8  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -303,6 +303,10 @@ REFERENCE_POINTS = (("step", [160, 167], Precision.FP16, 1, 1, None),
 def reference_seconds(sb: StepBench) -> tuple[list[np.ndarray], list[float]]:
     """The reference steps, each timed twice (the speed check's measurement, and the one the
     calibration stores to compare it with) -> (features, seconds) in a fixed order."""
+    # fresh rows: each timed run adds a token to a row, and a bench kept warm across many checks
+    # would otherwise time ever longer contexts (which read as the machine slowing down)
+    sb.release([r for rids in sb._rows.values() for r in rids])
+    sb._rows = {}
     saved, sb.m = sb.m, Measurements()
     try:
         for _ in range(2):

@@ -180,10 +180,11 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         # per row, per precision it holds quantized blocks in, per layer: the dequantization's
         # fixed cost (a dozen small ops for K and V, whatever the number of blocks)
         float((row_quantized > 0).sum()) * L,
-        # per query row, up to SMALL_GEMM_ROWS, per layer, when the products are matrix-matrix
-        # ones: a verify pass of a few tokens costs ~3 ms a row here against ~0.3 ms for a
-        # prompt token (small GEMMs use the cores poorly; large ones amortise)
-        float(min(B * T, SMALL_GEMM_ROWS)) * L if B * T > 1 else 0.0,
+        # per query row, up to SMALL_GEMM_ROWS, per layer, of a matrix-matrix forward over a
+        # stored context (verify passes, batched decode): a verify pass of a few tokens costs
+        # ~3 ms a row here against ~0.5 ms for a prompt token; a prompt's forward (nothing
+        # stored) is left to the per-token terms, which fit prompts better on their own
+        float(min(B * T, SMALL_GEMM_ROWS)) * L if B * T > 1 and S.max() > T else 0.0,
     ])
 
 

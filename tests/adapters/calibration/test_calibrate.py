@@ -181,6 +181,18 @@ def test_the_speed_check_compares_with_the_steps_the_calibration_timed(scenario,
     assert 0 < speed_check(profile.model_copy(update={"reference_s": []}), scn, path.parent)
 
 
+def test_the_speed_check_times_the_same_steps_every_time(tiny):
+    """A speed check's bench is kept warm for a whole validate run: each check still times the
+    steps the calibration timed (the same contexts), never the longer ones earlier checks left."""
+    from adapters.calibration import bench
+    from adapters.calibration.calibrate import _reference_bench
+
+    sb = _reference_bench("torch", str(tiny / "model"), "float32", "cpu", "float16", 16, 16)
+    first, _ = bench.reference_seconds(sb)
+    again, _ = bench.reference_seconds(sb)
+    assert len(first) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
 def test_without_the_speed_check_nothing_is_taken_from_the_measurement(scenario, tiny_profile,
                                                                        capsys):
     profile = tiny_profile
