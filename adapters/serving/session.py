@@ -265,6 +265,7 @@ class Session:
         self._hooks[1](job, row)
         self.raw.finished.pop(rid, None)
         self.raw.accepted_log.pop(rid, None)
+        self.raw.proposed_log.pop(rid, None)
         self.sampler.forget(rid)
         with self._lock:
             del self.jobs[rid]

@@ -105,6 +105,8 @@ class TorchExecutor(InjectedFaults):
         # accepted / (accepted + rejections + empty)
         self.draft_accepted = self.draft_rejections = self.draft_empty = 0
         self.accepted_log: dict[int, list[int]] = {}  # per request: accepted per proposal
+        # and the drafts each proposal held (an n-gram may find fewer than k, or none)
+        self.proposed_log: dict[int, list[int]] = {}
         # what the tiering policy observes: attention measured in the model, per block
         self.attention = MeasuredAttention() if measure_attention else None
         self.faults = faults if faults else None  # injected: a slowdown, an allocation cap
@@ -179,7 +181,8 @@ class TorchExecutor(InjectedFaults):
         """Its device, the sum of its measured step times and its speculation counters."""
         return ExecutorReport(self.device_label, self.steps_s, self.draft_accepted,
                               self.draft_rejections, self.draft_empty,
-                              {rid: list(log) for rid, log in self.accepted_log.items()})
+                              {rid: list(log) for rid, log in self.accepted_log.items()},
+                              {rid: list(log) for rid, log in self.proposed_log.items()})
 
     def warm_up(self, *, batch: int, past_tokens: int, new_tokens: int,
                 prompt_tokens: int) -> None:
@@ -248,6 +251,7 @@ class TorchExecutor(InjectedFaults):
             self.draft_empty += k > 0 and not d
             if k:
                 self.accepted_log.setdefault(rid, []).append(a)
+                self.proposed_log.setdefault(rid, []).append(len(d))
             kept.append(1 + a)  # the fed token and the accepted drafts keep their K/V
             emitted.append(1 + a)
         step.commit(kept)

@@ -158,7 +158,8 @@ def _pooled(runs: list):
     pooled = ExecutorReport(reports[0].device_label, sum(r.steps_s for r in reports),
                             sum(r.draft_accepted for r in reports),
                             sum(r.draft_rejections for r in reports),
-                            sum(r.draft_empty for r in reports), reports[0].accepted_log)
+                            sum(r.draft_empty for r in reports), reports[0].accepted_log,
+                            reports[0].proposed_log)
     return replace(runs[0], report=pooled)
 
 

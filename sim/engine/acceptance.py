@@ -24,6 +24,9 @@ class Acceptance:
     measured: bool = False
     _trace_pos: int = 0
     _replay_pos: dict[int, int] = field(default_factory=dict)
+    # per sequence of the last ``accepted`` call, the drafts proposed when a replayed proposal
+    # held fewer than k (None: k each)
+    last_proposed: np.ndarray | None = None
     _ones: dict[int, np.ndarray] = field(default_factory=dict)
 
     def ones(self, b: int) -> np.ndarray:
@@ -36,6 +39,7 @@ class Acceptance:
     def accepted(self, batch: np.ndarray, k: int) -> np.ndarray:
         """Per sequence of ``batch``, how many of ``k`` > 0 drafts are accepted."""
         b = len(batch)
+        self.last_proposed = None
         if self.replay is not None:
             return self._replayed(batch, k)
         if self.trace is not None:
@@ -48,13 +52,20 @@ class Acceptance:
 
     def _replayed(self, batch: np.ndarray, k: int) -> np.ndarray:
         out = np.empty(len(batch), dtype=np.int64)
+        proposed = np.full(len(batch), k, dtype=np.int64)
         for i, rid in enumerate(batch.tolist()):
             counts = self.replay.get(rid, ())
             pos = self._replay_pos.get(rid, 0)
             if pos < len(counts):
-                out[i] = min(counts[pos], k)
+                entry = counts[pos]  # accepted, or (proposed, accepted)
+                if isinstance(entry, tuple):
+                    proposed[i] = min(entry[0], k)
+                    entry = entry[1]
+                out[i] = min(entry, proposed[i])
                 self._replay_pos[rid] = pos + 1
             else:  # more proposals than were measured: draw
                 accept = self.rng.random(k) < self.alpha
                 out[i] = int(np.argmin(np.append(accept, False)))
+        if (proposed < k).any():
+            self.last_proposed = proposed
         return out

@@ -103,6 +103,7 @@ class ExecutorReport:
     draft_rejections: int = 0
     draft_empty: int = 0
     accepted_log: dict[int, list[int]] = field(default_factory=dict)
+    proposed_log: dict[int, list[int]] = field(default_factory=dict)  # drafts per proposal
 
 
 class Executor(Protocol):

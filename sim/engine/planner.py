@@ -195,7 +195,9 @@ class Planner:
         if k == 0 or self.acceptance.measured:
             return self.acceptance.ones(len(batch))
         accepted = self.acceptance.accepted(batch, k)
-        self.record_acceptance(np.full(len(batch), k), accepted)
+        proposed = self.acceptance.last_proposed  # a replayed proposal may hold fewer than k
+        self.record_acceptance(np.full(len(batch), k) if proposed is None else proposed,
+                               accepted)
         return accepted + 1
 
     def record_acceptance(self, proposed: np.ndarray, accepted: np.ndarray) -> None:

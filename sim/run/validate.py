@@ -90,5 +90,13 @@ def acceptance_replay(measured: RunOutput) -> dict[int, list[int]] | None:
     """Per request, the accepted count of each measured proposal, in order: the simulator
     replays them (its k may differ: a count is capped at the k it drafts), so requests advance
     as they did for real; beyond the record it draws with the measured ``alpha``."""
-    log = measured.report.accepted_log if measured.report else None
-    return {rid: list(counts) for rid, counts in log.items()} if log else None
+    report = measured.report
+    log = report.accepted_log if report else None
+    if not log:
+        return None
+    # with the drafts each proposal held: an empty or short one (prompt lookup found fewer
+    # than k) is replayed as such, not as k drafts rejected (which would read as a low
+    # acceptance to a policy that decides on it)
+    sizes = report.proposed_log
+    return {rid: (list(zip(sizes[rid], counts)) if len(sizes.get(rid, ())) == len(counts)
+                  else list(counts)) for rid, counts in log.items()}
