@@ -82,7 +82,7 @@ def test_a_policy_failure_raises_with_the_partial_metrics():
 def test_list_policies_names_the_built_ins_with_their_parameters():
     listed = {p.name: p for p in api.list_policies()}
     assert listed["uniform"].family == "tiering" and listed["uniform"].source == "infer-os"
-    assert ("precision", "Literal['int8', 'int4']", "int4") in listed["uniform"].parameters
+    assert ("precision", "Literal['int8', 'int4', 'int2']", "int4") in listed["uniform"].parameters
     assert listed["dynamic"].family == "speculation" and listed["single"].family == "scheduling"
 
 

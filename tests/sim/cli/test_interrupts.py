@@ -30,6 +30,10 @@ def two_variant_scenario(tmp_path: Path) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def start():
     """``start(args, ready=False)``: the CLI in its own session (killed at the end of the test
@@ -41,8 +45,11 @@ def start():
         cmd = ([sys.executable, "-c", "import sys; from sim.cli.app import main; "
                 "print('ready', file=sys.stderr, flush=True); sys.exit(main(sys.argv[1:]))"]
                if ready else [sys.executable, "-m", "sim.cli"])
+        # SIGINT as a terminal gives it, even when the suite itself runs in the background
+        # of a script (which starts its children with SIGINT ignored, and Python keeps that)
         procs.append(subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, start_new_session=True))
+                                      stderr=subprocess.PIPE, start_new_session=True,
+                                      preexec_fn=_default_sigint))
         return procs[-1]
 
     yield launch

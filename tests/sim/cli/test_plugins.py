@@ -166,7 +166,7 @@ def test_list_shows_plugins_with_their_package_and_the_unusable_ones(capsys, reg
     assert "keep-oldest" in out and "keep: int = 1, pressure_cap: float = 1.0" in out
     assert f"from acme-policies 1.0 ({PLUGINS}:KeepOldest)" in out
     assert "unusable: fp16 [acme-policies 1.0" in out and "may not shadow" in out
-    assert "uniform            precision: Literal['int8', 'int4'] = 'int4'" in out
+    assert "uniform            precision: Literal['int8', 'int4', 'int2'] = 'int4'" in out
 
 
 @pytest.mark.parametrize("family, kind, says", [
