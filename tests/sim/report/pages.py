@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 FIGURE = re.compile(r'<div class="chart" data-title="([^"]*)"></div>'
                     r'<script type="application/json" class="figure">(.*?)</script>', re.S)
@@ -111,3 +113,11 @@ def title(page: str) -> str:
 
 def headings(page: str, level: int = 2) -> list[str]:
     return re.findall(rf"<h{level}>(.*?)</h{level}>", page)
+
+
+def as_measured(folder: Path, variant: str) -> None:
+    """A simulate folder's run files of ``variant`` copied as its measured side (the files a
+    validate folder holds), so a simulate run can stand in for a validation in tests."""
+    stem = f"{variant}.roofline"
+    for kind in ("trace.{}.json", "kv.{}.csv", "requests.{}.csv"):
+        shutil.copy(folder / kind.format(stem), folder / kind.format(f"{variant}.measured"))

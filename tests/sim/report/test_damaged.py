@@ -195,10 +195,7 @@ def test_a_validate_folder_with_a_damaged_requests_csv_draws_the_rest(folder, ca
     results = json.loads((folder / "results.json").read_text())
     runs = []
     for run in results["runs"]:
-        stem = f"{run['variant']}.roofline"
-        for kind in ("trace.{}.json", "kv.{}.csv", "requests.{}.csv"):
-            shutil.copy(folder / kind.format(stem),
-                        folder / kind.format(f"{run['variant']}.measured"))
+        pages.as_measured(folder, run["variant"])
         runs.append({"variant": run["variant"], "cost_model": "roofline",
                      "predicted": run["metrics"], "measured": run["metrics"],
                      "relative_error": {"throughput_tok_s": 0.0}, "per_request": {}})

@@ -16,6 +16,7 @@ import pytest
 
 from sim.cli import main
 from tests.adapters.serving.dashboard_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.sim.report import pages
 
 ARGS = [*CHROMIUM_ARGS, "--enable-unsafe-swiftshader"]  # WebGL in software, for scattergl
 SWEEP = """name: mini
@@ -50,10 +51,7 @@ def _validate_folder(sim_out: Path, folder: Path) -> Path:
     results = json.loads((folder / "results.json").read_text())
     runs = []
     for k, run in enumerate(results["runs"]):
-        stem = f"{run['variant']}.roofline"
-        for kind in ("trace.{}.json", "kv.{}.csv", "requests.{}.csv"):
-            shutil.copy(folder / kind.format(stem),
-                        folder / kind.format(f"{run['variant']}.measured"))
+        pages.as_measured(folder, run["variant"])
         runs.append({"variant": run["variant"], "cost_model": "roofline",
                      "predicted": run["metrics"], "measured": run["metrics"],
                      "relative_error": {"throughput_tok_s": 0.05 * k, "ttft_s.p50": -0.1},
