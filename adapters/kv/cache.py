@@ -33,12 +33,17 @@ class KVCache(Protocol):
     - ``observe_attention``: None (the default), or ``(layer, q, k, mask)`` called in every layer
       with the grouped queries [B, K, G * T, D], the keys read and the mask, for a cache that
       measures the attention each block draws.
+    - ``attend``: None (the default), or ``(layer, q) -> y | None`` called after ``write`` with
+      the grouped queries [B, K, G * T, D]: a cache that computes the attention output itself
+      (the paged cache's fused dequantizing kernel, ``adapters.kv.fused``) returns it,
+      [B, K, G * T, D]; None (from the callable) means: ``read`` and attend as usual.
 
     Implementations subclass it to inherit the defaults.
     """
 
     observe_attention: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None],
                                 None] | None = None
+    attend: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> None: ...

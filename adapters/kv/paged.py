@@ -197,19 +197,22 @@ class PagedKV:
         return self._fp_tokens(self.requests[rid])
 
     # -- reading -------------------------------------------------------------------------------
-    def layer_kv(self, rid: int, layer: int,
-                 extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_kv(self, rid: int, layer: int, extra: int = 0,
+                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V ``[K, S, D]`` of every resident token of one layer (quantized blocks
-        dequantized now; order: segments, then the arena), in the KV dtype.  ``extra``: tokens
+        dequantized now; order: segments, then the arena), in ``dtype`` (default: the KV
+        dtype; a dequantized value goes from float32 straight to it, so the model's float32
+        sees code * scale + zero unrounded, as the fused kernel does).  ``extra``: tokens
         written to the arena this step but not yet ``append``-ed (they come last)."""
         r = self.requests[rid]
+        dtype = dtype or self.dtype
         used = self._fp_tokens(r) + extra
-        k, v = r.arena[layer, 0, :, :used], r.arena[layer, 1, :, :used]
+        k, v = r.arena[layer, 0, :, :used].to(dtype), r.arena[layer, 1, :, :used].to(dtype)
         if not r.segments:
             return k, v
         ks, vs = [], []
         for prec, seg in r.segments.items():
-            dk, dv = self._dequant_layer(seg, BITS[prec], layer)
+            dk, dv = self._dequant_layer(seg, BITS[prec], layer, dtype)
             ks.append(dk)
             vs.append(dv)
         return torch.cat([*ks, k], dim=1), torch.cat([*vs, v], dim=1)
@@ -330,10 +333,11 @@ class PagedKV:
             setattr(seg, name, getattr(seg, name)[keep])
 
     def dequant(self, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                bits: int, per_channel: bool) -> torch.Tensor:
+                bits: int, per_channel: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Packed codes ``[n, bytes]`` with scales/zeros ``[n, K, A, G]`` -> ``[K, n * bt, D]``
         (``adapters.kv.quant.dequantize`` for n blocks of one layer at once; per-channel for K,
-        per-token for V).  Also how the ONNX Runtime executor stages quantized blocks."""
+        per-token for V), in ``dtype`` (default: the KV dtype).  Also how the ONNX Runtime
+        executor stages quantized blocks."""
         n, K, bt, D = data.shape[0], self.K, self.bt, self.D
         a, length = (D, bt) if per_channel else (bt, D)
         codes = kv_quant.unpack(data.reshape(-1), bits, n * K * a * length)
@@ -342,15 +346,15 @@ class PagedKV:
             n, K, a, -1)[..., :length]
         if per_channel:
             x = x.transpose(2, 3)  # [n, K, bt, D]
-        return x.permute(1, 0, 2, 3).reshape(K, n * bt, D).to(self.dtype)
+        return x.permute(1, 0, 2, 3).reshape(K, n * bt, D).to(dtype or self.dtype)
 
-    def _dequant_layer(self, seg: _Segment, bits: int,
-                       layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dequant_layer(self, seg: _Segment, bits: int, layer: int,
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         assert seg.k_data is not None and seg.v_data is not None
         k = self.dequant(seg.k_data[:, layer], seg.k_scales[:, layer], seg.k_zeros[:, layer],
-                          bits, True)
+                          bits, True, dtype)
         v = self.dequant(seg.v_data[:, layer], seg.v_scales[:, layer], seg.v_zeros[:, layer],
-                          bits, False)
+                          bits, False, dtype)
         return k, v
 
     def _dequant_block(self, seg: _Segment, bits: int, i: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from adapters.kv import fused
 from adapters.kv.cache import KVCache
 from adapters.kv.paged import PagedKV
 
@@ -51,6 +52,16 @@ class PagedStep(KVCache):
         self._probs: torch.Tensor | None = None  # [B, S]: attention summed over layers
         if measure_attention:
             self.observe_attention = self._observe
+        elif kv.device.type == "cpu" and fused.available():
+            self.attend = self._attend  # decode / verify rows: the fused kernel, per request
+
+    def _attend(self, layer: int, q: torch.Tensor) -> torch.Tensor | None:
+        """q [B, K, G * T, D] -> the attention output, from ``adapters.kv.fused`` (None for a
+        prefill-sized step: SDPA over ``read``'s keys is faster there)."""
+        if q.shape[2] > fused.MAX_ROWS:
+            return None
+        rows = [fused.attend(self.kv, rid, layer, q[b], self.T) for b, rid in enumerate(self.rids)]
+        return torch.stack(rows).to(q.dtype)
 
     def attention_mask(self) -> tuple[torch.Tensor | None, int]:
         return self._mask, self.S
@@ -78,13 +89,13 @@ class PagedStep(KVCache):
 
     def read(self, layer: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         if len(self.rids) == 1:
-            k, v = self.kv.layer_kv(self.rids[0], layer, extra=self.T)
-            return k[None].to(self.dtype), v[None].to(self.dtype)
+            k, v = self.kv.layer_kv(self.rids[0], layer, extra=self.T, dtype=self.dtype)
+            return k[None], v[None]
         kv = self.kv
         k = torch.zeros((len(self.rids), kv.K, self.S, kv.D), dtype=self.dtype, device=kv.device)
         v = torch.zeros_like(k)
         for b, rid in enumerate(self.rids):
-            rk, rv = kv.layer_kv(rid, layer, extra=self.T)
+            rk, rv = kv.layer_kv(rid, layer, extra=self.T, dtype=self.dtype)
             k[b, :, :rk.shape[1]] = rk
             v[b, :, :rv.shape[1]] = rv
         return k, v

@@ -176,17 +176,21 @@ class Attention(nn.Module):
         if ctx.cos is not None:  # q and k rotated together: [B, H + K, T, D]
             qk = apply_rope(qk, ctx.cos, ctx.sin)
         q, k = qk[:, :H], qk[:, H:]
-        if ctx.cache is not None:
-            ctx.cache.write(self.layer, ctx.positions, k, v)
-            k, v = ctx.cache.read(self.layer, ctx.num_kv_tokens)  # [B, K, S, D]
         # GQA without copying K/V: query head h = j * G + g uses KV head j, so the G query heads
         # of KV head j become G * T query rows ([B, K, G * T, D]); ctx.mask is repeated to match.
-        group = H // K
-        q = q.reshape(B, K, group * T, D)
-        if ctx.cache is not None and ctx.cache.observe_attention is not None:
-            # a cache that measures attention (the paged cache) sees q, k
-            ctx.cache.observe_attention(self.layer, q, k, ctx.mask)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # scale 1/sqrt(D)
+        q = q.reshape(B, K, H // K * T, D)
+        y = None
+        if ctx.cache is not None:
+            ctx.cache.write(self.layer, ctx.positions, k, v)
+            if ctx.cache.attend is not None:  # a cache that attends itself (fused kernel)
+                y = ctx.cache.attend(self.layer, q)
+            if y is None:
+                k, v = ctx.cache.read(self.layer, ctx.num_kv_tokens)  # [B, K, S, D]
+        if y is None:
+            if ctx.cache is not None and ctx.cache.observe_attention is not None:
+                # a cache that measures attention (the paged cache) sees q, k
+                ctx.cache.observe_attention(self.layer, q, k, ctx.mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)  # scale 1/sqrt(D)
         return self.wo(y.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
 
 
