@@ -30,15 +30,22 @@ from adapters.torch_backend.executor import TorchExecutor
 from policies import Precision
 from policies.buffer_sizing import AdaptiveBuffers
 from sim.config.model_spec import ModelSpec
-from sim.costs.calibrated import FEATURES, forward_features
+from sim.costs.calibrated import FEATURES, attention_padded, forward_features
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import DeviceInfo
 from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 8  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 9  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
+
+
+def kernel_active(device: torch.device) -> bool:
+    """Whether the torch executor attends with the fused KV kernel on ``device``."""
+    from adapters.kv import fused
+
+    return device.type == "cpu" and fused.available()
 
 
 def machine_fingerprint(device: torch.device, backend: str = "torch") -> str:
@@ -53,6 +60,8 @@ def machine_fingerprint(device: torch.device, backend: str = "torch") -> str:
         pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "-"
     text = f"{cpu}|{os.cpu_count()} cores|{gpu}|torch {torch.__version__}"
+    if backend == "torch" and kernel_active(device):  # INFER_OS_KV_KERNEL=torch: another profile
+        text += "|fused KV kernel"
     if backend.startswith("ort"):
         import onnxruntime
 
@@ -138,6 +147,9 @@ class StepBench:
             self.ex, self.sessions = for_calibration(model, store, info, kv_dtype, group,
                                                      buffers)
         self.kv = self.ex.kv
+        # how the executor attends in decode/verify passes (sim.costs.calibrated.ExecutorLayout)
+        self.batch_layout = "fused" if backend == "torch" and kernel_active(self.device) \
+            else "padded"
         self.bt = block_tokens
         self.weight_b, self.kv_b = BYTES[self.dtype], BYTES[kv_dtype]
         self.gen = torch.Generator().manual_seed(seed)
@@ -181,7 +193,8 @@ class StepBench:
             for prec, seg in self.kv.requests[rid].segments.items():
                 quantized[b, int(prec) - 1] += len(seg.blocks) * self.bt
         return forward_features(self.spec, layers, new_tokens, resident, quantized,
-                                len(rids) * new_tokens, self.weight_b, self.kv_b, padded=True,
+                                len(rids) * new_tokens, self.weight_b, self.kv_b,
+                                padded=attention_padded(self.batch_layout, observed),
                                 observed=observed)
 
     def observing(self, on: bool) -> None:

@@ -24,7 +24,12 @@ from pathlib import Path
 
 from adapters.calibration.checks import BACKENDS, check_args, check_model, check_out, write_profile
 from sim.config.paths import cache_folder
-from sim.costs.calibrated import CalibrationProfile, dump_calibration, load_calibration
+from sim.costs.calibrated import (
+    CalibrationProfile,
+    ExecutorLayout,
+    dump_calibration,
+    load_calibration,
+)
 from sim.errors import UserError
 
 DEFAULT_BUDGET_S = 120.0
@@ -78,6 +83,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         backend=backend, device=device_name, machine=bench.machine_fingerprint(dev, backend),
         model=model, dtype=dtype, kv_dtype=kv_dtype, threads=torch.get_num_threads(),
         block_tokens=block_tokens, kv_quant_group=group, primitives=prims,
+        layout=ExecutorLayout(batch=sb.batch_layout),
         coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
         quantize_s_per_value=quant, copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
         alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],

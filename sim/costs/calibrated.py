@@ -13,7 +13,10 @@ fits the measurements better (the fit's residuals are in the profile).  The prof
 how the executor lays its work out, which the features follow:
 
 - ``prefill: sequential``: one forward per request (no padding across prompts);
-- ``batch: padded``: a decode batch runs padded to its longest row;
+- ``batch: padded``: a decode batch runs padded to its longest row; ``fused``: a decode or verify
+  pass attends row by row over each row's own keys (the torch executor's fused kernel on CPUs,
+  ``adapters.kv.fused``), except a pass that measures attention for a tiering policy, which
+  runs padded (``attention_padded``);
 - ``kv_tail: fp16-tokens``: the partial last block of a request stays FP16 until it fills, KV
   memory is counted by tokens, and a tiering decision takes effect on a request at the end of
   the next step it takes part in (``sim.engine.kv_layout.TokenTailLayout``).
@@ -67,7 +70,7 @@ def _rate(default: float):
 
 class ExecutorLayout(Frozen):
     prefill: Literal["sequential", "batched"] = "sequential"
-    batch: Literal["padded", "exact"] = "padded"
+    batch: Literal["padded", "exact", "fused"] = "padded"
     kv_tail: Literal["fp16-tokens", "blocks"] = "fp16-tokens"
 
 
@@ -151,6 +154,14 @@ def dump_calibration(profile: CalibrationProfile) -> str:
     return yaml.safe_dump(tidy(profile.model_dump(mode="json")), sort_keys=False)
 
 
+def attention_padded(batch: str, observed: bool) -> bool:
+    """Whether a forward's attention runs over its rows padded to the longest, under the
+    profile's ``layout.batch``: always (``padded``), never (``exact``), or only when it measures
+    attention (``fused``: the fused kernel does not measure, the torch path it falls back on
+    pads)."""
+    return batch == "padded" or (batch == "fused" and observed)
+
+
 def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
                      row_resident: np.ndarray, row_quantized: np.ndarray, head_rows: int,
                      weight_bytes_per_param: float, kv_bytes_per_value: float,
@@ -227,7 +238,7 @@ class CalibratedModel:
         bits = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
         self.weight_b = bits.get(profile.dtype, 4.0)
         self.kv_b = bits.get(profile.kv_dtype, 2.0)
-        self.padded = profile.layout.batch == "padded"
+        self.batch = profile.layout.batch
         self.quant_s = np.array([profile.quantize_s_per_value.get(p.name.lower(), 0.0)
                                  for p in QUANTIZED])
         self.bt = profile.block_tokens
@@ -235,7 +246,8 @@ class CalibratedModel:
     def forward_s(self, spec: ModelSpec, layers: int, new_tokens: int, resident: np.ndarray,
                   quantized: np.ndarray, head_rows: int, observed: bool = False) -> float:
         f = forward_features(spec, layers, new_tokens, resident, quantized, head_rows,
-                             self.weight_b, self.kv_b, self.padded, observed)
+                             self.weight_b, self.kv_b,
+                             attention_padded(self.batch, observed), observed)
         return float(f @ self.coef)
 
     def segments(self, plan: StepPlan) -> list[Segment]:

@@ -27,6 +27,7 @@
 
 #define TILE 32
 #define NEG (-1e30f)
+#define AHEAD 2  /* dense tiles prefetched ahead */
 
 enum { KV_F32 = 0, KV_F16 = 1, KV_BF16 = 2 };
 
@@ -256,13 +257,22 @@ static void dense_scores(int R, int D, int n, const float *q, const void *k, int
 static inline __attribute__((always_inline)) void dense_pv_rows(
         int rn, int D, int n, const float *p, const void *v, int64_t v0, int kv, int d0,
         float *acc) {
-    __m512 a[4];
-    for (int k = 0; k < rn; k++) a[k] = _mm512_loadu_ps(acc + (int64_t)k * D + d0);
-    for (int i = 0; i < n; i++) {
+    __m512 a[4], e[4];  /* two partial sums per row (even / odd tokens): FMA latency */
+    for (int k = 0; k < rn; k++) { a[k] = _mm512_loadu_ps(acc + (int64_t)k * D + d0); e[k] = _mm512_setzero_ps(); }
+    int i = 0;
+    for (; i + 1 < n; i += 2) {
+        __m512 x = load16(v, v0 + (int64_t)i * D + d0, kv);
+        __m512 x1 = load16(v, v0 + (int64_t)(i + 1) * D + d0, kv);
+        for (int k = 0; k < rn; k++) {
+            a[k] = _mm512_fmadd_ps(_mm512_set1_ps(p[k * TILE + i]), x, a[k]);
+            e[k] = _mm512_fmadd_ps(_mm512_set1_ps(p[k * TILE + i + 1]), x1, e[k]);
+        }
+    }
+    if (i < n) {
         __m512 x = load16(v, v0 + (int64_t)i * D + d0, kv);
         for (int k = 0; k < rn; k++) a[k] = _mm512_fmadd_ps(_mm512_set1_ps(p[k * TILE + i]), x, a[k]);
     }
-    for (int k = 0; k < rn; k++) _mm512_storeu_ps(acc + (int64_t)k * D + d0, a[k]);
+    for (int k = 0; k < rn; k++) _mm512_storeu_ps(acc + (int64_t)k * D + d0, _mm512_add_ps(a[k], e[k]));
 }
 
 static void dense_pv(int R, int D, int n, const float *p, const void *v, int64_t v0, int kv,
@@ -280,6 +290,11 @@ static void dense_pv(int R, int D, int n, const float *p, const void *v, int64_t
         }
 }
 #endif
+
+/* Ask for [p, p + bytes) ahead of use: one core alone does not keep enough loads in flight. */
+static inline void prefetch(const void *p, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o, 0, 3);
+}
 
 /* Merge per-item partial states (item i covers KV head head_of[i]) into the global state. */
 static void merge(int K, int R, int D, int items, const int *head_of, const float *pm,
@@ -323,13 +338,17 @@ static void fold_key_scales(int R, int D, const float *q, const uint16_t *s16, c
 static inline __attribute__((always_inline)) void key_rows16(
         int rn, int D, const float *qs, const float *qb, const uint8_t *kc, int64_t code0, int bt,
         int bits, float *sc) {
-    __m512 o[8];
-    for (int k = 0; k < rn; k++) o[k] = _mm512_set1_ps(qb[k]);
-    for (int d = 0; d < D; d++) {
+    __m512 o[8], e[8];  /* two partial sums per row (even / odd channels): FMA latency */
+    for (int k = 0; k < rn; k++) { o[k] = _mm512_set1_ps(qb[k]); e[k] = _mm512_setzero_ps(); }
+    for (int d = 0; d < D; d += 2) {  /* D is a multiple of 16 */
         __m512 c = widen16(codes16(kc, code0 + (int64_t)d * bt, bits));
-        for (int k = 0; k < rn; k++) o[k] = _mm512_fmadd_ps(_mm512_set1_ps(qs[k * D + d]), c, o[k]);
+        __m512 c1 = widen16(codes16(kc, code0 + (int64_t)(d + 1) * bt, bits));
+        for (int k = 0; k < rn; k++) {
+            o[k] = _mm512_fmadd_ps(_mm512_set1_ps(qs[k * D + d]), c, o[k]);
+            e[k] = _mm512_fmadd_ps(_mm512_set1_ps(qs[k * D + d + 1]), c1, e[k]);
+        }
     }
-    for (int k = 0; k < rn; k++) _mm512_storeu_ps(sc + k * TILE, o[k]);
+    for (int k = 0; k < rn; k++) _mm512_storeu_ps(sc + k * TILE, _mm512_add_ps(o[k], e[k]));
 }
 
 static void key_scores16(int R, int D, const float *qs, const float *qb, const uint8_t *kc,
@@ -353,14 +372,25 @@ static void key_scores16(int R, int D, const float *qs, const float *qb, const u
 static inline __attribute__((always_inline)) void value_rows(
         int rn, int D, int n, const float *ps, const float *pz, const uint8_t *vc, int64_t row0,
         int bits, int d, float *acc) {
-    __m512 a[4];
-    for (int k = 0; k < rn; k++)
+    __m512 a[4], e[4];  /* two partial sums per row (even / odd tokens): FMA latency */
+    for (int k = 0; k < rn; k++) {
         a[k] = _mm512_add_ps(_mm512_loadu_ps(acc + (int64_t)k * D + d), _mm512_set1_ps(pz[k]));
-    for (int i = 0; i < n; i++) {
+        e[k] = _mm512_setzero_ps();
+    }
+    int i = 0;
+    for (; i + 1 < n; i += 2) {
+        __m512 v = widen16(codes16(vc, (row0 + i) * D + d, bits));
+        __m512 v1 = widen16(codes16(vc, (row0 + i + 1) * D + d, bits));
+        for (int k = 0; k < rn; k++) {
+            a[k] = _mm512_fmadd_ps(_mm512_set1_ps(ps[k * TILE + i]), v, a[k]);
+            e[k] = _mm512_fmadd_ps(_mm512_set1_ps(ps[k * TILE + i + 1]), v1, e[k]);
+        }
+    }
+    if (i < n) {
         __m512 v = widen16(codes16(vc, (row0 + i) * D + d, bits));
         for (int k = 0; k < rn; k++) a[k] = _mm512_fmadd_ps(_mm512_set1_ps(ps[k * TILE + i]), v, a[k]);
     }
-    for (int k = 0; k < rn; k++) _mm512_storeu_ps(acc + (int64_t)k * D + d, a[k]);
+    for (int k = 0; k < rn; k++) _mm512_storeu_ps(acc + (int64_t)k * D + d, _mm512_add_ps(a[k], e[k]));
 }
 
 /* acc [R][D] += sum over the tile's n tokens of p[r][i] * (c[i] * s[i] + z[i]), channel group by
@@ -449,6 +479,13 @@ void attend_dense(int K, int R, int D, int T, const float *q, int64_t S, const v
             int64_t j0 = t * TILE;
             int n = (int)(S - j0 < TILE ? S - j0 : TILE);
             int64_t base = h * head_stride + j0 * D;
+            if (t + AHEAD < ntiles && t + AHEAD < (c + 1) * per) {  /* a later tile's K and V */
+                int64_t ahead = base + AHEAD * TILE * D, esize = kv == KV_F32 ? 4 : 2;
+                int64_t left = S - (j0 + AHEAD * TILE);
+                int64_t bytes = (left < TILE ? left : TILE) * D * esize;
+                prefetch((const char *)k + ahead * esize, bytes);
+                prefetch((const char *)v + ahead * esize, bytes);
+            }
 #if defined(__AVX512F__)
             if (D % 16 == 0) {  /* straight from the KV dtype, 16 values at a time */
                 dense_scores(R, D, n, qh, k, base, kv, scale, sc);
@@ -508,6 +545,11 @@ void attend_quant(int K, int R, int D, int T, const float *q, int64_t n, int bt,
             const uint8_t *kc = kd + b * kd_stride, *vc = vd + b * vd_stride;
             const uint16_t *ksb = ks + b * ks_stride, *kzb = kz + b * ks_stride;
             const uint16_t *vsb = vs + b * vs_stride, *vzb = vz + b * vs_stride;
+            if (t0 == 0 && b + 1 < n && t + sub < (c + 1) * per) {  /* the next block's codes */
+                int64_t head_bytes = (int64_t)D * bt * bits / 8;
+                prefetch(kc + kd_stride + h * head_bytes, head_bytes);
+                prefetch(vc + vd_stride + h * head_bytes, head_bytes);
+            }
 #if defined(__AVX512F__)
             if (fast) {
                 for (int i = 0; i < nt; i += 16) {  /* runs of 16 tokens share a key group */
