@@ -7,6 +7,11 @@ Batch 1, greedy, the same Shakespeare prompt, the same number of new tokens (nei
 the end-of-sequence token), the same dtype; the engines alternate within each repeat so that both
 see the same machine noise.  Decode tok/s = (new tokens - 1) / time after the first new token.
 
+The roofline beside it: a decode step reads every weight once (and the context's K/V), so
+tok/s <= stream rate / bytes per token.  The stream rate is measured here, not assumed: the
+model's own linear weights through ``F.linear`` at batch 1 (what a decode step runs), best of 5
+passes.  ``fraction`` = measured tok/s over that limit; achieved GB/s = bytes per token x tok/s.
+
     python benchmarks/decode_speed.py [--prompt-tokens 256] [--new-tokens 128] [--repeats 5]
         [--dtypes float32,bfloat16] [--threads N] [--device cpu|cuda]
 """
@@ -80,6 +85,35 @@ def run_ours(model, prompt: list[int], new_tokens: int) -> Run:
     return Run(g.token_ids, g.prefill_s, g.decode_tok_s)
 
 
+def weight_bytes(model) -> int:
+    """Bytes a decode step streams: every linear weight (the LM head included, once if tied)."""
+    ws = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    return sum(w.numel() * w.element_size() for w in ws.values())
+
+
+def kv_bytes(model, context: float) -> float:
+    """K/V bytes one decode step reads at ``context`` tokens."""
+    c, w = model.cfg, model.tok_embeddings.weight
+    return context * c.num_layers * 2 * c.num_kv_heads * c.head_dim * w.element_size()
+
+
+@torch.inference_mode()
+def stream_rate(model, passes: int = 5) -> float:
+    """Bytes per second of batch-1 ``F.linear`` over the model's linear weights (best pass)."""
+    ws = list({id(m.weight): m.weight for m in model.modules()
+               if isinstance(m, torch.nn.Linear)}.values())
+    xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype, device=w.device) for w in ws}
+    best = float("inf")
+    for _ in range(passes):
+        synchronize(ws[0].device)
+        t0 = time.perf_counter()
+        for w in ws:
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+        synchronize(ws[0].device)
+        best = min(best, time.perf_counter() - t0)
+    return weight_bytes(model) / best
+
+
 def same_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -97,6 +131,9 @@ def bench(dtype_name: str, config: dict, state: dict, prompt: list[int], args) -
         order = list(engines) if rep % 2 == 0 else list(engines)[::-1]
         for name in order:
             runs[name].append(engines[name](args.new_tokens))
+    rate = stream_rate(ours)
+    per_token = weight_bytes(ours) + kv_bytes(ours, len(prompt) + args.new_tokens / 2)
+    limit = rate / per_token
     ratios = [o.decode_tok_s / t.decode_tok_s for o, t in zip(runs["ours"], runs["transformers"])]
     agree = min(same_prefix(o.token_ids, t.token_ids)
                 for o, t in zip(runs["ours"], runs["transformers"]))
@@ -104,9 +141,12 @@ def bench(dtype_name: str, config: dict, state: dict, prompt: list[int], args) -
     for name, rs in runs.items():
         tok_s = [r.decode_tok_s for r in rs]
         ratio = f"{statistics.median(ratios):.2f}x" if name == "ours" else "1.00x"
+        med = statistics.median(tok_s)
         rows.append(f"| {dtype_name} | {name} | {statistics.median(r.prefill_s for r in rs):.3f} "
-                    f"| {statistics.median(tok_s):.1f} | {min(tok_s):.1f}-{max(tok_s):.1f} "
-                    f"| {ratio} | {agree}/{args.new_tokens} |")
+                    f"| {med:.1f} | {min(tok_s):.1f}-{max(tok_s):.1f} "
+                    f"| {ratio} | {agree}/{args.new_tokens} | {per_token / 1e6:.0f} "
+                    f"| {med * per_token / 1e9:.1f} | {rate / 1e9:.1f} | {limit:.1f} "
+                    f"| {med / limit:.0%} |")
     return rows
 
 
@@ -128,8 +168,9 @@ def main() -> None:
           f"{transformers.__version__}; batch 1, greedy, {len(prompt)} prompt tokens (Hamlet), "
           f"{args.new_tokens} new tokens, medians of {args.repeats} interleaved repeats\n")
     print("| dtype | engine | prefill s | decode tok/s | range | ours / transformers "
-          "(median of paired ratios) | tokens equal |")
-    print("|---|---|---|---|---|---|---|")
+          "(median of paired ratios) | tokens equal | MB / token | achieved GB/s "
+          "| stream GB/s | limit tok/s | fraction of limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.dtypes.split(","):
         for row in bench(name, config, state, prompt, args):
             print(row, flush=True)

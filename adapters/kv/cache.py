@@ -14,6 +14,8 @@ from typing import Protocol
 
 import torch
 
+from adapters.kv import fused
+
 
 class KVCache(Protocol):
     """Per-layer key/value storage for one batch of sequences that share their positions.
@@ -62,6 +64,11 @@ class ContiguousKVCache(KVCache):
     k: torch.Tensor  # [L, B, H_kv, S_max, D]
     v: torch.Tensor  # [L, B, H_kv, S_max, D]
 
+    def __post_init__(self) -> None:
+        self._span: tuple[int, int] | None = None  # (first, last) position of the last write
+        if self.k.device.type == "cpu" and fused.available():
+            self.attend = self._attend  # decode / verify: the fused kernel, no SDPA
+
     @classmethod
     def empty(cls, *, num_layers: int, batch: int, num_kv_heads: int, head_dim: int,
               max_tokens: int, dtype: torch.dtype = torch.float32,
@@ -82,6 +89,23 @@ class ContiguousKVCache(KVCache):
               v: torch.Tensor) -> None:
         self.k[layer].index_copy_(2, positions, k.to(self.k.dtype))
         self.v[layer].index_copy_(2, positions, v.to(self.v.dtype))
+        if layer == 0 and self.attend is not None:
+            T = positions.shape[-1]
+            first, last = (int(positions[0]), int(positions[-1])) if positions.dim() == 1 \
+                else (0, -1)
+            # the fused path needs the new tokens to be the last T keys: positions S-T .. S-1
+            self._span = (first, last) if last - first == T - 1 else None
+
+    def _attend(self, layer: int, q: torch.Tensor) -> torch.Tensor | None:
+        """q [B, K, G * T, D] -> attention over positions 0..last (causal among the T new
+        ones), from ``adapters.kv.fused``; None (SDPA) for prefill-sized or irregular steps."""
+        if self._span is None or q.shape[2] > fused.MAX_ROWS:
+            return None
+        first, last = self._span
+        rows = [fused.attend_dense(self.k[layer, b], self.v[layer, b], q[b], last + 1,
+                                   last + 1 - first) for b in range(q.shape[0])]
+        out = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+        return out.to(q.dtype)
 
     def read(self, layer: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         if num_tokens > self.max_tokens:

@@ -84,6 +84,7 @@ def _build() -> ctypes.CDLL:
     lib.attend_init.argtypes = [i, i, i, p, p, p]
     lib.attend_finish.argtypes = [i, i, i, p, p, p]
     lib.attend_dense.argtypes = [i, i, i, i, p, i64, p, p, i64, i, i64, f, p, p, p]
+    lib.attend_dense_once.argtypes = [i, i, i, i, p, i64, p, p, i64, i, i64, f, p]
     lib.attend_quant.argtypes = [i, i, i, i, p, i64, i, i, i, p, i64, p, p, i64, p, i64, p, p,
                                  i64, i, f, p, p, p]
     return lib
@@ -112,6 +113,32 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _state(K: int, R: int, D: int) -> tuple[torch.Tensor, ...]:
+    """The running softmax of one call sequence (m, l, acc) and the output, initialized."""
+    assert _lib is not None
+    f32 = torch.float32
+    m, lsum = torch.empty((K, R), dtype=f32), torch.empty((K, R), dtype=f32)
+    acc, out = torch.empty((K, R, D), dtype=f32), torch.empty((K, R, D), dtype=f32)
+    _lib.attend_init(K, R, D, _ptr(m), _ptr(lsum), _ptr(acc))
+    return m, lsum, acc, out
+
+
+def attend_dense(k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, num_tokens: int,
+                 new_tokens: int) -> torch.Tensor:
+    """Attention of q [K, R, D] over keys/values k, v [K, S_max, D] (each head contiguous, any
+    KV dtype) at positions 0..num_tokens-1, the last ``new_tokens`` of them causal -> [K, R, D]
+    float32 (``ContiguousKVCache``'s decode and verify steps)."""
+    lib = _lib
+    assert lib is not None and k.stride() == v.stride() and k[0].is_contiguous()
+    K, R, D = q.shape
+    q = q.float().contiguous()
+    out = torch.empty((K, R, D), dtype=torch.float32)
+    lib.attend_dense_once(K, R, D, new_tokens, _ptr(q), num_tokens, _ptr(k), _ptr(v),
+                          k.stride(0), KV_CODES[k.dtype], num_tokens - new_tokens, D ** -0.5,
+                          _ptr(out))
+    return out
+
+
 def attend(kv, rid: int, layer: int, q: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """One layer's attention for request ``rid``: q [K, R, D] (rows g * T + t, as
     ``Attention.forward`` groups them; T = ``new_tokens``, written to the arena this step but not
@@ -123,11 +150,7 @@ def attend(kv, rid: int, layer: int, q: torch.Tensor, new_tokens: int) -> torch.
     K, R, D = q.shape
     T = new_tokens
     q = q.float().contiguous()
-    m = torch.empty((K, R), dtype=torch.float32)
-    lsum = torch.empty((K, R), dtype=torch.float32)
-    acc = torch.empty((K, R, D), dtype=torch.float32)
-    out = torch.empty((K, R, D), dtype=torch.float32)
-    lib.attend_init(K, R, D, _ptr(m), _ptr(lsum), _ptr(acc))
+    m, lsum, acc, out = _state(K, R, D)
     scale, code = D ** -0.5, KV_CODES[kv.dtype]
     r = kv.requests[rid]
     for prec, seg in r.segments.items():

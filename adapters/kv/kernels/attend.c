@@ -465,7 +465,7 @@ void attend_dense(int K, int R, int D, int T, const float *q, int64_t S, const v
     float *pm = malloc(sizeof(float) * (size_t)items * R * (D + 2));
     float *pl = pm + (int64_t)items * R, *pacc = pl + (int64_t)items * R;
     int *head_of = malloc(sizeof(int) * (size_t)items);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (items > 1 && ntiles * K >= 8)
     for (int it = 0; it < items; it++) {
         int h = it / chunks, c = it % chunks;
         float kf[TILE * D], vf[TILE * D], sc[R * TILE];
@@ -525,7 +525,7 @@ void attend_quant(int K, int R, int D, int T, const float *q, int64_t n, int bt,
     float *pm = malloc(sizeof(float) * (size_t)items * R * (D + 2));
     float *pl = pm + (int64_t)items * R, *pacc = pl + (int64_t)items * R;
     int *head_of = malloc(sizeof(int) * (size_t)items);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (items > 1 && ntiles * K >= 8)
     for (int it = 0; it < items; it++) {
         int h = it / chunks, c = it % chunks;
         float kt[D * TILE], vf[TILE * D], sc[R * TILE], qs[R * D], qb[R];
@@ -596,4 +596,15 @@ void attend_quant(int K, int R, int D, int T, const float *q, int64_t n, int bt,
     merge(K, R, D, items, head_of, pm, pl, pacc, m, l, acc);
     free(head_of);
     free(pm);
+}
+
+/* One dense source, start to finish (the contiguous cache's decode / verify step): out [K, R, D]. */
+void attend_dense_once(int K, int R, int D, int T, const float *q, int64_t S, const void *k,
+                       const void *v, int64_t head_stride, int kv, int64_t first_new, float scale,
+                       float *out) {
+    float st[(int64_t)K * R * (D + 2)];
+    float *m = st, *l = st + K * R, *acc = st + 2 * K * R;
+    attend_init(K, R, D, m, l, acc);
+    attend_dense(K, R, D, T, q, S, k, v, head_stride, kv, first_new, scale, m, l, acc);
+    attend_finish(K, R, D, l, acc, out);
 }

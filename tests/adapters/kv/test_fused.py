@@ -99,3 +99,41 @@ def test_the_torch_mode_turns_the_kernel_off(monkeypatch):
     monkeypatch.setenv("INFER_OS_KV_KERNEL", "bogus")
     with pytest.raises(Exception, match="INFER_OS_KV_KERNEL must be auto, fused or torch"):
         fused.mode()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 4])
+@torch.inference_mode()
+def test_the_contiguous_cache_attends_as_sdpa_does(dtype, T):
+    """Decode (T = 1) and verify (T = 4) steps of the contiguous cache (generate, speculative
+    decoding, drafts): new tokens at positions S - T .. S - 1, causal among themselves."""
+    from adapters.kv.cache import ContiguousKVCache
+
+    gen = torch.Generator().manual_seed(2)
+    cache = ContiguousKVCache.empty(num_layers=1, batch=2, num_kv_heads=K, head_dim=D,
+                                    max_tokens=300, dtype=dtype)
+    assert cache.attend is not None
+    S = 257
+    cache.write(0, torch.arange(S - T), torch.randn((2, K, S - T, D), generator=gen),
+                torch.randn((2, K, S - T, D), generator=gen))
+    cache.write(0, torch.arange(S - T, S), torch.randn((2, K, T, D), generator=gen),
+                torch.randn((2, K, T, D), generator=gen))
+    q = torch.randn((2, K, G * T, D), generator=gen).to(dtype)
+    ours = cache.attend(0, q)
+    k, v = cache.read(0, S)
+    mask = (torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None]).repeat(G, 1)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2  # bf16: the output is rounded to bf16
+    torch.testing.assert_close(ours.float(), ref, rtol=tol, atol=tol)
+
+
+@torch.inference_mode()
+def test_the_contiguous_cache_leaves_irregular_steps_to_sdpa():
+    from adapters.kv.cache import ContiguousKVCache
+
+    cache = ContiguousKVCache.empty(num_layers=1, batch=1, num_kv_heads=K, head_dim=D,
+                                    max_tokens=64)
+    cache.write(0, torch.tensor([5, 9]), torch.zeros((1, K, 2, D)), torch.zeros((1, K, 2, D)))
+    assert cache.attend(0, torch.zeros((1, K, 2 * G, D))) is None  # not the last T positions
+    cache.write(0, torch.arange(40), torch.zeros((1, K, 40, D)), torch.zeros((1, K, 40, D)))
+    assert cache.attend(0, torch.zeros((1, K, 40 * G, D))) is None  # a prefill: 120 rows
