@@ -30,14 +30,14 @@ from adapters.torch_backend.executor import TorchExecutor
 from policies import Precision
 from policies.buffer_sizing import AdaptiveBuffers
 from sim.config.model_spec import ModelSpec
-from sim.costs.calibrated import FEATURES, attention_padded, forward_features
+from sim.costs.calibrated import FEATURES, attention_padded, forward_features, fused_attention
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import DeviceInfo
 from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 9  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 10  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -195,7 +195,8 @@ class StepBench:
         return forward_features(self.spec, layers, new_tokens, resident, quantized,
                                 len(rids) * new_tokens, self.weight_b, self.kv_b,
                                 padded=attention_padded(self.batch_layout, observed),
-                                observed=observed)
+                                observed=observed, fused=fused_attention(
+                                    self.batch_layout, observed, self.spec, new_tokens))
 
     def observing(self, on: bool) -> None:
         """Measure the attention each block draws in the following steps, as the executor does
@@ -208,7 +209,8 @@ class StepBench:
         rid, self.next_rid = self.next_rid, self.next_rid + 1
         feats = forward_features(self.spec, self.spec.num_layers, tokens, np.zeros(1),
                                  np.zeros((1, 3)), 1, self.weight_b, self.kv_b, padded=True,
-                                 observed=observe)
+                                 observed=observe, fused=fused_attention(
+                                     self.batch_layout, observe, self.spec, tokens))
         self.ex.prompts = {rid: self._ids(tokens)}
         self.observing(observe)
 
@@ -269,10 +271,32 @@ class StepBench:
         self.m.copy_bytes_per_s.append(2 * nbytes / t)
         self.release([rid])
 
-    def ngram_s_per_token(self) -> float:
-        tokens = self._ids(2000)
-        draft = NgramDraft()
-        return timed(lambda: draft.propose(0, tokens, 4), self.device, 5) / len(tokens)
+    def ngram_costs(self) -> tuple[float, float]:
+        """An n-gram lookup's (seconds per call, seconds per token of the sequence), from
+        sequences of 200 and 2,000 tokens."""
+        draft, short, long = NgramDraft(), self._ids(200), self._ids(2000)
+        t_short = timed(lambda: draft.propose(0, short, 4), self.device, 9)
+        t_long = timed(lambda: draft.propose(0, long, 4), self.device, 9)
+        per_token = max(t_long - t_short, 0.0) / (len(long) - len(short))
+        return max(t_short - per_token * len(short), 0.0), per_token
+
+    def retier_row_s(self) -> float:
+        """Seconds per request of the executor's tier check when no block changes (it runs
+        before and after every step: the measured ``retier`` segments of most steps)."""
+        rids = [self.fill(4 * self.bt, Precision.FP16) for _ in range(2)]
+        raw = {rid: bytes(self.kv.num_tokens(rid) // self.bt) for rid in rids}  # all FP16
+        saved, self.ex.store = self.ex.store, SimpleNamespace(block_tokens=self.bt,
+                                                               blocks_raw=raw.__getitem__)
+        for rid in rids:
+            self.ex._actual[rid] = np.zeros(len(raw[rid]), dtype=np.uint8)
+        try:
+            seconds = timed(lambda: self.ex._apply_tiers(rids), self.device, 21)
+        finally:
+            self.ex.store = saved
+            for rid in rids:
+                self.ex._actual.pop(rid, None)
+        self.release(rids)
+        return seconds / len(rids)
 
 
 def grid(spec: ModelSpec) -> list[tuple]:

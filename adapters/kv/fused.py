@@ -35,12 +35,15 @@ from pathlib import Path
 import torch
 
 from sim.config.paths import cache_folder
+from sim.costs.calibrated import FUSED_MAX_ROWS
 from sim.errors import UserError
 
 SOURCE = Path(__file__).with_name("kernels") / "attend.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 KV_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-MAX_ROWS = 64  # query rows per KV head (G * T) the fused path takes; more is a prefill: SDPA
+# query rows per KV head (G * T) the fused path takes; more is a prefill: SDPA (the calibrated
+# cost model's features follow the same limit)
+MAX_ROWS = FUSED_MAX_ROWS
 
 _lib: ctypes.CDLL | None = None
 _error: str | None = None  # why the kernel is unavailable, once known

@@ -46,7 +46,11 @@ FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weigh
             "matmul_flops",
             "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
             "dequant_int2_values", "concat_bytes", "observed_scores", "quant_segment_layer",
-            "small_gemm_row_layer")
+            "small_gemm_row_layer", "fused_attention_flops", "fused_fp_bytes",
+            "fused_int8_values", "fused_int4_values", "fused_int2_values")
+# query rows per KV head (G * T) up to which the torch executor's fused kernel attends
+# (adapters.kv.fused): a decode or verify pass, or a prompt of at most 64 / G tokens
+FUSED_MAX_ROWS = 64
 SMALL_GEMM_ROWS = 16  # query rows up to which each row of a matrix-matrix product costs extra
 QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
 Feature = Literal[FEATURES]  # type: ignore[valid-type]
@@ -114,6 +118,9 @@ class CalibrationProfile(Frozen):
     alloc_s: float = _seconds(0.0)
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token of the sequence
+    draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup (one per row and step)
+    # the executor's check of every row's tiers, before and after each step, when nothing moves
+    retier_s_per_row: float = _seconds(0.0)
     # the speed check's reference steps as the calibration measured them (seconds, in the order
     # ``validate``'s speed check re-times them); empty in profiles from before version 6 and
     # hand-written ones, where the check compares with the fitted model instead
@@ -162,16 +169,25 @@ def attention_padded(batch: str, observed: bool) -> bool:
     return batch == "padded" or (batch == "fused" and observed)
 
 
+def fused_attention(batch: str, observed: bool, spec: ModelSpec, new_tokens: int) -> bool:
+    """Whether a forward attends with the fused kernel (``layout.batch: fused``): it does not
+    measure attention and has at most ``FUSED_MAX_ROWS`` query rows per KV head."""
+    group = spec.num_heads // spec.num_kv_heads
+    return batch == "fused" and not observed and group * new_tokens <= FUSED_MAX_ROWS
+
+
 def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
                      row_resident: np.ndarray, row_quantized: np.ndarray, head_rows: int,
                      weight_bytes_per_param: float, kv_bytes_per_value: float,
-                     padded: bool, observed: bool = False) -> np.ndarray:
+                     padded: bool, observed: bool = False, fused: bool = False) -> np.ndarray:
     """Features of one forward pass over ``len(row_resident)`` rows, each feeding ``new_tokens``
     tokens and attending to its ``row_resident`` stored tokens plus the new ones.
     ``row_quantized`` [rows, 3]: stored tokens at INT8, INT4, INT2 (dequantized every layer);
     ``num_layers`` may be below the spec's (a layer-skip draft).  ``observed``: the attention
     each block draws is measured too (one more q.K product and softmax per layer, for tiering
-    policies that observe blocks)."""
+    policies that observe blocks).  ``fused``: attention runs in the fused kernel (row by row,
+    reading codes and FP arena in place), whose work has features of its own; the torch path's
+    (attention FLOPs over widened K/V, dequantized copies, concatenation) are then 0."""
     B, T, L = len(row_resident), new_tokens, num_layers
     S = row_resident.astype(np.float64) + T
     keys = B * float(S.max()) if (padded and B > 1) else float(S.sum())
@@ -179,23 +195,31 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
     values_per_layer_token = 2 * spec.num_kv_heads * spec.head_dim
     quantized = row_quantized.astype(np.float64).sum(axis=0) * values_per_layer_token * L
     has_quant = row_quantized.sum(axis=1) > 0
+    attention_flops = 4.0 * spec.num_heads * spec.head_dim * L * T * keys
+    kv = keys * L * values_per_layer_token * kv_bytes_per_value
+    torch_path, fused_path = (0.0, 1.0) if fused else (1.0, 0.0)
+    quant_tokens = float(row_quantized.sum())
     return np.array([
         1.0, L, L if B * T > 1 else 0.0, B * L, B * T * L,
         (L * per_layer_params + spec.head_params) * weight_bytes_per_param,
         2.0 * B * T * L * per_layer_params + 2.0 * head_rows * spec.head_params,
-        4.0 * spec.num_heads * spec.head_dim * L * T * keys,
-        keys * L * values_per_layer_token * kv_bytes_per_value,
-        quantized[0], quantized[1], quantized[2],
-        float(S[has_quant].sum()) * L * values_per_layer_token * kv_bytes_per_value,
+        attention_flops * torch_path, kv * torch_path,
+        quantized[0] * torch_path, quantized[1] * torch_path, quantized[2] * torch_path,
+        float(S[has_quant].sum()) * L * values_per_layer_token * kv_bytes_per_value * torch_path,
         spec.num_heads * T * keys * L if observed else 0.0,
         # per row, per precision it holds quantized blocks in, per layer: the dequantization's
         # fixed cost (a dozen small ops for K and V, whatever the number of blocks)
-        float((row_quantized > 0).sum()) * L,
+        float((row_quantized > 0).sum()) * L * torch_path,
         # per query row, up to SMALL_GEMM_ROWS, per layer, of a matrix-matrix forward over a
         # stored context (verify passes, batched decode): a verify pass of a few tokens costs
         # ~3 ms a row here against ~0.5 ms for a prompt token; a prompt's forward (nothing
         # stored) is left to the per-token terms, which fit prompts better on their own
         float(min(B * T, SMALL_GEMM_ROWS)) * L if B * T > 1 and S.max() > T else 0.0,
+        # the fused kernel: multiply-adds over every key, FP keys' bytes, codes by precision
+        attention_flops * fused_path,
+        (float(S.sum()) - quant_tokens) * L * values_per_layer_token * kv_bytes_per_value
+        * fused_path,
+        quantized[0] * fused_path, quantized[1] * fused_path, quantized[2] * fused_path,
     ])
 
 
@@ -247,7 +271,8 @@ class CalibratedModel:
                   quantized: np.ndarray, head_rows: int, observed: bool = False) -> float:
         f = forward_features(spec, layers, new_tokens, resident, quantized, head_rows,
                              self.weight_b, self.kv_b,
-                             attention_padded(self.batch, observed), observed)
+                             attention_padded(self.batch, observed), observed,
+                             fused_attention(self.batch, observed, spec, new_tokens))
         return float(f @ self.coef)
 
     def segments(self, plan: StepPlan) -> list[Segment]:
@@ -273,7 +298,9 @@ class CalibratedModel:
                                               np.zeros(1), none, 1)
                                for p in tokens if p > 1)
             out.append(Segment(self.device, "prefill", 0.0, 0.0, seconds))
-            out.append(self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens))
+            fill = self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens)
+            fill.fixed_s += len(tokens) * self.p.retier_s_per_row  # the tier check after
+            out.append(fill)
             return out
         resident, quantized = split_rows(plan.row_block_counts, tokens, self.bt)
         B, k = len(tokens), plan.draft_len
@@ -284,6 +311,7 @@ class CalibratedModel:
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
         after = tokens + (T if not k else round(plan.tokens_per_seq))
         fill = self._fill_segment(plan, tokens, tokens, after)
+        fill.fixed_s += 2 * B * self.p.retier_s_per_row  # the tier check before and after
         if fill.fixed_s:
             out.append(fill)
         if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
@@ -298,7 +326,8 @@ class CalibratedModel:
         """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
         proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row."""
         if self.draft is None:
-            return float(resident.sum()) * self.p.draft_ngram_s_per_token
+            return (float(resident.sum()) * self.p.draft_ngram_s_per_token
+                    + len(resident) * self.p.draft_ngram_s_per_call)
         d, layers, none = self.draft, self.draft.num_layers, np.zeros((1, 3))
         seconds = 0.0
         for r in resident.tolist():

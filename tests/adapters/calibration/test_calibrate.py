@@ -92,6 +92,10 @@ def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
     coef = profile.coefficients
     assert coef["forward"] + coef["layer"] > 0  # a forward pass costs something
     assert set(profile.quantize_s_per_value) >= {"int8", "int4"}
+    # the fixed costs the shadow's draft and retier kinds are priced with
+    assert profile.retier_s_per_row > 0 and profile.draft_ngram_s_per_token > 0
+    from adapters.kv import fused
+    assert profile.layout.batch == ("fused" if fused.available() else "padded")
 
 
 def test_validate_calibrates_once_then_predicts_kv_memory_within_2_percent(
@@ -250,6 +254,9 @@ def test_validate_shadows_every_measured_step_and_writes_steps_csv(scenario, tin
     assert all(float(r["measured_decode_s"]) > 0 and float(r["predicted_decode_s"]) > 0
                for r in decode)
     assert all(int(r["kv_dequant_values"]) > 0 for r in decode[1:])  # INT8 blocks are read
+    # every step checks its rows' tiers, and the model prices that check
+    assert all(float(r["measured_retier_s"]) > 0 and float(r["predicted_retier_s"]) > 0
+               for r in rows)
 
 
 def test_validate_repeats_measures_n_times_and_judges_noise_or_model(scenario, tiny_profile,
