@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 10  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 11  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -280,24 +280,34 @@ class StepBench:
         per_token = max(t_long - t_short, 0.0) / (len(long) - len(short))
         return max(t_short - per_token * len(short), 0.0), per_token
 
-    def retier_row_s(self) -> float:
-        """Seconds per request of the executor's tier check when no block changes (it runs
-        before and after every step: the measured ``retier`` segments of most steps)."""
-        rids = [self.fill(4 * self.bt, Precision.FP16) for _ in range(2)]
+    def retier_costs(self) -> tuple[float, float]:
+        """The executor's tier check when no block changes (it runs before and after every
+        step), timed right after a forward as in a measured step (a hot loop of checks runs ~20x
+        faster than one after a forward has streamed the weights), for 1 and 4 rows -> (seconds
+        per check, seconds per row)."""
+        rids = [self.fill(2 * self.bt, Precision.FP16) for _ in range(4)]
         raw = {rid: bytes(self.kv.num_tokens(rid) // self.bt) for rid in rids}  # all FP16
         saved, self.ex.store = self.ex.store, SimpleNamespace(block_tokens=self.bt,
                                                                blocks_raw=raw.__getitem__)
         for rid in rids:
             self.ex._actual[rid] = np.zeros(len(raw[rid]), dtype=np.uint8)
+        times: dict[int, list[float]] = {1: [], 4: []}
         try:
-            seconds = timed(lambda: self.ex._apply_tiers(rids), self.device, 21)
+            for _ in range(7):
+                for n in times:
+                    self.ex.forward(rids[:n], [[1]] * n, last_only=True)  # not committed
+                    _sync(self.device)
+                    t0 = time.perf_counter()
+                    self.ex._apply_tiers(rids[:n])
+                    times[n].append(time.perf_counter() - t0)
         finally:
             self.ex.store = saved
             for rid in rids:
                 self.ex._actual.pop(rid, None)
         self.release(rids)
-        return seconds / len(rids)
-
+        one, four = statistics.median(times[1]), statistics.median(times[4])
+        per_row = max(four - one, 0.0) / 3
+        return max(one - per_row, 0.0), per_row
 
 def grid(spec: ModelSpec) -> list[tuple]:
     """The points to time, broad coverage first (a time budget may cut the tail): ``("prefill",
@@ -324,6 +334,11 @@ def grid(spec: ModelSpec) -> list[tuple]:
     points += [("prefill", fit(n), True) for n in (96, 512, 1024)]
     points += [("step", [fit(c), fit(c + 9)], P.FP16, B, 1, None, True)
                for c in (300, 1000) for B in (1, 2)]
+    # observed steps over quantized blocks: the torch path's dequantization (the fused kernel
+    # does not measure attention), which only observing tiering policies pay
+    points += [("step", [fit(c), fit(c + 9)], prec, B, 1, None, True)
+               for prec in (P.INT8, P.INT4) for c in (300, 1000) for B in (1, 2)]
+    points += [("step", [fit(480), fit(1200)], P.INT2, 2, 1, None, True)]
     points += [("step", [fit(64), fit(900)], P.FP16, 2, 1, None),
                ("step", [fit(900), fit(64), fit(300)], P.INT4, 3, 1, None),
                ("step", [fit(480), fit(1200)], P.INT2, 1, 1, None),

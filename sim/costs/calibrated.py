@@ -119,7 +119,9 @@ class CalibrationProfile(Frozen):
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token of the sequence
     draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup (one per row and step)
-    # the executor's check of every row's tiers, before and after each step, when nothing moves
+    # the executor's check of every row's tiers, before and after each step, when nothing moves:
+    # per check and per row
+    retier_s_per_check: float = _seconds(0.0)
     retier_s_per_row: float = _seconds(0.0)
     # the speed check's reference steps as the calibration measured them (seconds, in the order
     # ``validate``'s speed check re-times them); empty in profiles from before version 6 and
@@ -299,7 +301,7 @@ class CalibratedModel:
                                for p in tokens if p > 1)
             out.append(Segment(self.device, "prefill", 0.0, 0.0, seconds))
             fill = self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens)
-            fill.fixed_s += len(tokens) * self.p.retier_s_per_row  # the tier check after
+            fill.fixed_s += self._tier_check_s(len(tokens))  # the tier check after
             out.append(fill)
             return out
         resident, quantized = split_rows(plan.row_block_counts, tokens, self.bt)
@@ -311,7 +313,7 @@ class CalibratedModel:
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
         after = tokens + (T if not k else round(plan.tokens_per_seq))
         fill = self._fill_segment(plan, tokens, tokens, after)
-        fill.fixed_s += 2 * B * self.p.retier_s_per_row  # the tier check before and after
+        fill.fixed_s += 2 * self._tier_check_s(B)  # the tier check before and after
         if fill.fixed_s:
             out.append(fill)
         if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
@@ -321,6 +323,9 @@ class CalibratedModel:
                                plan.num_allocs * self.p.alloc_s
                                + plan.alloc_bytes / self.p.alloc_bytes_per_s))
         return out
+
+    def _tier_check_s(self, rows: int) -> float:
+        return self.p.retier_s_per_check + rows * self.p.retier_s_per_row
 
     def _draft_s(self, rows: int, k: int, resident: np.ndarray) -> float:
         """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
