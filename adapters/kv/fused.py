@@ -66,18 +66,21 @@ def _cpu_key() -> str:
     return "\n".join(lines)
 
 
-def _build() -> ctypes.CDLL:
+def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compile (once per source, flags and CPU) and load the kernel.  ``extra_flags``: appended
+    to ``FLAGS`` (the tests build ``-mno-avx512f`` too, to run the generic paths)."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise OSError(f"no C compiler ({cc!r} not found on PATH)")
+    flags = [*FLAGS, *extra_flags]
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join([cc, *FLAGS]).encode() + _cpu_key().encode())
+    key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_key().encode())
     out = cache_folder("kernels") / f"attend-{key.hexdigest()[:16]}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             part = Path(tmp) / out.name
-            done = subprocess.run([cc, *FLAGS, "-o", str(part), str(SOURCE), "-lm"],
+            done = subprocess.run([cc, *flags, "-o", str(part), str(SOURCE), "-lm"],
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 raise OSError(f"{cc} failed to build {SOURCE.name}: {done.stderr.strip()[-600:]}")

@@ -137,3 +137,18 @@ def test_the_contiguous_cache_leaves_irregular_steps_to_sdpa():
     assert cache.attend(0, torch.zeros((1, K, 2 * G, D))) is None  # not the last T positions
     cache.write(0, torch.arange(40), torch.zeros((1, K, 40, D)), torch.zeros((1, K, 40, D)))
     assert cache.attend(0, torch.zeros((1, K, 40 * G, D))) is None  # a prefill: 120 rows
+
+
+def test_the_generic_paths_without_avx512_agree_too(monkeypatch):
+    """The kernel built without AVX-512 (AVX2 machines: scalar dequantization into tiles, dot
+    products) against the torch path, every precision, decode and verify."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86 flag")
+    generic = fused._build(("-mno-avx512f",))
+    monkeypatch.setattr(fused, "_lib", generic)
+    for tiers in ([Precision.FP16], [Precision.INT8], [Precision.INT4], [Precision.INT2]):
+        for T in (1, 3):
+            ours, ref = _both(_store(torch.float16, [200, 67], tiers), T)
+            torch.testing.assert_close(ours, ref, rtol=2e-5, atol=2e-5)
