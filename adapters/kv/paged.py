@@ -20,7 +20,7 @@ sees during one forward is ``adapters.kv.paged_step.PagedStep``.
 
 Attention over past tokens does not depend on their order (RoPE is applied before caching), so a
 layer's keys are ``[dequantized segments..., FP arena]``; only new tokens need a causal mask.
-Quantized blocks are dequantized on the fly, one layer at a time (the transient is one layer's).
+Decode steps read blocks in place (``adapters.kv.fused``); others dequantize a layer at a time.
 
 The partly filled last block stays FP whatever precision it is given, until it fills (KIVI's
 full-precision residual); then it takes its precision.  Rollback (``truncate``) removes tokens from
@@ -199,23 +199,19 @@ class PagedKV:
     # -- reading -------------------------------------------------------------------------------
     def layer_kv(self, rid: int, layer: int, extra: int = 0,
                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V ``[K, S, D]`` of every resident token of one layer (quantized blocks
-        dequantized now; order: segments, then the arena), in ``dtype`` (default: the KV
-        dtype; a dequantized value goes from float32 straight to it, so the model's float32
-        sees code * scale + zero unrounded, as the fused kernel does).  ``extra``: tokens
-        written to the arena this step but not yet ``append``-ed (they come last)."""
+        """K, V ``[K, S, D]`` of every resident token of one layer (segments dequantized now,
+        then the arena) in ``dtype`` (default the KV dtype; float32 gets code * scale + zero
+        unrounded, as the fused kernel).  ``extra``: tokens written this step, not appended."""
         r = self.requests[rid]
         dtype = dtype or self.dtype
         used = self._fp_tokens(r) + extra
         k, v = r.arena[layer, 0, :, :used].to(dtype), r.arena[layer, 1, :, :used].to(dtype)
         if not r.segments:
             return k, v
-        ks, vs = [], []
-        for prec, seg in r.segments.items():
-            dk, dv = self._dequant_layer(seg, BITS[prec], layer, dtype)
-            ks.append(dk)
-            vs.append(dv)
-        return torch.cat([*ks, k], dim=1), torch.cat([*vs, v], dim=1)
+        parts = [self._dequant_layer(seg, BITS[prec], layer, dtype)
+                 for prec, seg in r.segments.items()]
+        return (torch.cat([*(p[0] for p in parts), k], dim=1),
+                torch.cat([*(p[1] for p in parts), v], dim=1))
 
     def key_blocks(self, rid: int, extra: int = 0) -> torch.Tensor:
         """The block index of every key ``layer_kv(rid, layer, extra)`` returns, in its order
@@ -335,9 +331,8 @@ class PagedKV:
     def dequant(self, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                 bits: int, per_channel: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Packed codes ``[n, bytes]`` with scales/zeros ``[n, K, A, G]`` -> ``[K, n * bt, D]``
-        (``adapters.kv.quant.dequantize`` for n blocks of one layer at once; per-channel for K,
-        per-token for V), in ``dtype`` (default: the KV dtype).  Also how the ONNX Runtime
-        executor stages quantized blocks."""
+        in ``dtype`` (default: the KV dtype): ``kv_quant.dequantize`` for n blocks of one layer
+        at once (K per channel, V per token); also the ort executor's staging."""
         n, K, bt, D = data.shape[0], self.K, self.bt, self.D
         a, length = (D, bt) if per_channel else (bt, D)
         codes = kv_quant.unpack(data.reshape(-1), bits, n * K * a * length)
