@@ -39,7 +39,10 @@ from sim.costs.calibrated import FUSED_MAX_ROWS
 from sim.errors import UserError
 
 SOURCE = Path(__file__).with_name("kernels") / "attend.c"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]  # compiling
+# linking: without -ffast-math, which would link crtfastmath.o, whose constructor turns on
+# flush-to-zero for the whole process (numpy, torch, hypothesis's subnormal floats) when loaded
+LINK = ["-shared", "-fopenmp"]
 KV_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # query rows per KV head (G * T) the fused path takes; more is a prefill: SDPA (the calibrated
 # cost model's features follow the same limit)
@@ -74,14 +77,18 @@ def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
         raise OSError(f"no C compiler ({cc!r} not found on PATH)")
     flags = [*FLAGS, *extra_flags]
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_key().encode())
+    key = hashlib.sha256(src + " ".join([cc, *flags, *LINK]).encode() + _cpu_key().encode())
     out = cache_folder("kernels") / f"attend-{key.hexdigest()[:16]}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             part = Path(tmp) / out.name
-            done = subprocess.run([cc, *flags, "-o", str(part), str(SOURCE), "-lm"],
+            obj = part.with_suffix(".o")
+            done = subprocess.run([cc, *flags, "-c", "-o", str(obj), str(SOURCE)],
                                   capture_output=True, text=True)
+            if done.returncode == 0:
+                done = subprocess.run([cc, *LINK, "-o", str(part), str(obj), "-lm"],
+                                      capture_output=True, text=True)
             if done.returncode != 0:
                 raise OSError(f"{cc} failed to build {SOURCE.name}: {done.stderr.strip()[-600:]}")
             os.replace(part, out)  # atomic: parallel processes never load a partial file

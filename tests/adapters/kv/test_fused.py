@@ -92,6 +92,17 @@ def test_a_request_with_only_new_tokens():
     torch.testing.assert_close(ours, ref, rtol=2e-5, atol=2e-5)
 
 
+def test_loading_the_kernel_leaves_subnormal_floats_alone():
+    """A shared object linked with -ffast-math turns flush-to-zero on for the whole process
+    (crtfastmath.o): numpy, torch and hypothesis would then see subnormals as 0."""
+    import numpy as np
+
+    assert fused.available()
+    tiny = float("1e-310")  # a subnormal double
+    assert tiny * 2.0 > 0.0
+    assert np.float32(1e-40) * np.float32(2.0) > 0
+
+
 def test_the_torch_mode_turns_the_kernel_off(monkeypatch):
     monkeypatch.setenv("INFER_OS_KV_KERNEL", "torch")
     kv = _store(torch.float16, [32], [Precision.INT8])
