@@ -205,6 +205,7 @@ class NgramDraft:
     max_ngram: int = 3
     min_ngram: int = 1
     name: str = "ngram"
+    scanned: int = field(default=0, compare=False)  # by the last ``propose``
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
@@ -213,6 +214,7 @@ class NgramDraft:
     def propose(self, rid: int, tokens: list[int], k: int, *, temperature: float = 0.0,
                 generator: torch.Generator | None = None, threshold: float = 0.0) -> Proposal:
         n = len(tokens)
+        self.scanned = 0  # candidate starts this lookup examined (what its time grows with)
         if k <= 0:
             return [], None
         for size in range(min(self.max_ngram, n - 1), self.min_ngram - 1, -1):
@@ -223,7 +225,9 @@ class NgramDraft:
                 if tokens[i] == first and tokens[i:i + size] == suffix:
                     follow = tokens[i + size:i + size + k]
                     if follow:
+                        self.scanned += n - size - i
                         return list(follow), None
+            self.scanned += n - size
         return [], None
 
     def prefill(self, rid: int, tokens: list[int]) -> None:

@@ -93,13 +93,14 @@ def tiered_nll(model: Transformer, ids: list[int], policy, *, block_tokens: int 
         targets = torch.tensor(ids[start + 1:start + 1 + len(x)], device=dev)
         losses = F.cross_entropy(logits[:len(targets)].float(), targets, reduction="none")
         first = max(eval_from - start, 0)
-        nll += float(losses[first:].sum())
+        chunk_nll = float(losses[first:].sum())
+        nll += chunk_nll
         scored += max(len(targets) - first, 0)
         if start > 0:
             store.append_tokens(0, len(x), retierer.new_block_precision)
         precs = np.frombuffer(bytes(store.blocks_raw(0)), dtype=np.uint8).copy()
         passes.append(QualityPass(attention.shares(0, len(precs)).copy(), precs,
-                                  max(len(targets) - first, 0)))
+                                  max(len(targets) - first, 0), chunk_nll))
         retierer.retier(store, [0], start + len(x))
     _apply(kv, store, model, ids)
     by_prec = kv.bytes_by_precision()

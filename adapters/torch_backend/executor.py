@@ -100,6 +100,7 @@ class TorchExecutor(InjectedFaults):
         self.finished: dict[int, list[int]] = {}  # prompt + output ids of ended requests
         self._actual: dict[int, np.ndarray] = {}  # per request: precision applied per block
         self.steps_s = 0.0  # sum of measured step times
+        self.draft_scan_tokens: int | None = None  # the last step's n-gram lookups
         # draft tokens accepted, proposals cut short by a rejection, and draft requests that
         # got no proposal (an n-gram with no match): the per-token acceptance probability is
         # accepted / (accepted + rejections + empty)
@@ -157,7 +158,8 @@ class TorchExecutor(InjectedFaults):
         self.steps_s += elapsed
         yield env.timeout(elapsed)
         result = StepResult(elapsed, {self.info.name: elapsed}, segments, emitted, proposed,
-                            self.kv.bytes_by_precision(), self.kv.fp16_equiv_bytes())
+                            self.kv.bytes_by_precision(), self.kv.fp16_equiv_bytes(),
+                            self.draft_scan_tokens if plan.draft_len else None)
         if failed:
             raise StepFailed(failed, result)
         return result
@@ -222,10 +224,13 @@ class TorchExecutor(InjectedFaults):
         name = self.info.name
         drafts: list[list[int]] = []
         if k:
+            scanned = 0  # n-gram lookups' work (``StepResult.draft_scan_tokens``)
             for rid in rids:
                 d, _ = self.drafter.propose(rid, self.tokens[rid], k)
                 drafts.append(list(d)[:k])
+                scanned += getattr(self.drafter, "scanned", 0)
             t1 = self._now()
+            self.draft_scan_tokens = scanned if hasattr(self.drafter, "scanned") else None
             segments.append((name, "draft", t1 - t0))
             t0 = t1
         T = k + 1 if k else 1

@@ -117,7 +117,7 @@ class CalibrationProfile(Frozen):
     copy_bytes_per_s: float = _rate(1e10)
     alloc_s: float = _seconds(0.0)
     alloc_bytes_per_s: float = _rate(1e10)
-    draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token of the sequence
+    draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
     draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup (one per row and step)
     # the executor's check of every row's tiers, before and after each step, when nothing moves:
     # per check and per row
@@ -307,7 +307,8 @@ class CalibratedModel:
         resident, quantized = split_rows(plan.row_block_counts, tokens, self.bt)
         B, k = len(tokens), plan.draft_len
         if k:
-            out.append(Segment(self.device, "draft", 0.0, 0.0, self._draft_s(B, k, resident)))
+            out.append(Segment(self.device, "draft", 0.0, 0.0,
+                               self._draft_s(k, resident, plan.draft_scan_tokens)))
         T = k + 1
         seconds = self.forward_s(spec, L, T, resident, quantized, B * T, self.observing)
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
@@ -330,11 +331,13 @@ class CalibratedModel:
     def _tier_check_s(self, rows: int) -> float:
         return self.p.retier_s_per_check + rows * self.p.retier_s_per_row
 
-    def _draft_s(self, rows: int, k: int, resident: np.ndarray) -> float:
+    def _draft_s(self, k: int, resident: np.ndarray, scanned: float | None) -> float:
         """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
-        proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row."""
+        proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row, over
+        the ``scanned`` tokens (None: every row's whole context)."""
         if self.draft is None:
-            return (float(resident.sum()) * self.p.draft_ngram_s_per_token
+            tokens = float(resident.sum()) if scanned is None else scanned
+            return (tokens * self.p.draft_ngram_s_per_token
                     + len(resident) * self.p.draft_ngram_s_per_call)
         d, layers, none = self.draft, self.draft.num_layers, np.zeros((1, 3))
         seconds = 0.0

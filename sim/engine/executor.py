@@ -50,6 +50,10 @@ class StepPlan:
     kv_copy_bytes: int = 0  # KV moved to or from the host tier by the last re-tiering pass
     kv_requant_values: int = 0  # K/V values it re-quantized
     kv_recompute_tokens: int = 0  # tokens whose K/V it recomputes (restored, no copy kept)
+    # n-gram drafts: the tokens the step's lookups examined (a real executor reports them; the
+    # shadow prices the step it measured with them).  None: every row's whole sequence, as when
+    # no n-gram recurs, the most a lookup can cost (what a simulation assumes)
+    draft_scan_tokens: float | None = None
     # per row (for cost models that model padding or one forward per request): prefill, the
     # prompt tokens; decode, the tokens stored before the step.  ``row_block_counts`` [rows,
     # precisions]: each row's blocks by precision (decode only)
@@ -71,6 +75,7 @@ class StepResult:
     proposed: np.ndarray | None = None
     kv_bytes_by_precision: dict[str, int] | None = None
     kv_fp16_equiv_bytes: int = 0
+    draft_scan_tokens: int | None = None  # n-gram drafts: the tokens the lookups examined
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class QualityPass:
     shares: np.ndarray  # each block's attention share, summing to 1 over all blocks (absent too)
     precisions: np.ndarray  # uint8 Precision per block
     num_scored: int  # tokens of the chunk that count in the perplexity
+    nll_sum: float = 0.0  # nats, over those tokens (measured)
 
 
 def _mix_index(precisions: np.ndarray) -> np.ndarray:

@@ -5,9 +5,11 @@ the schedule's (the simulated run takes other steps: other batches, draft length
 The shadow removes the second: while ``measure`` or ``validate`` runs on a real backend,
 ``ShadowRecorder`` keeps every ``StepPlan`` the engine executed with its measured segments; after
 the run the cost model predicts each of those plans (``predict``), and the signed error per step
-kind (``prefill``, ``decode``, ``verify``, ``draft``, ``retier``; ``step`` = the whole step) is
-the cost model's error alone.  ``--out`` writes ``steps.{variant}.csv``: one row per step, the
-plan's summary, predicted and measured seconds per kind.
+kind (``prefill``, ``decode``, ``verify``, ``draft``, ``retier``; ``step`` = the whole step) is the
+cost model's error alone. The work a step did that depends on the text (an n-gram draft's lookups:
+``StepResult.draft_scan_tokens``) is held fixed as the draft length is. ``--out`` writes
+``steps.{variant}.csv``: one row per step, the plan's summary, predicted and measured seconds per
+kind.
 
 Signed relative error = (predicted - measured) / measured, as ``validate``'s; a kind is counted
 in a step only when both sides have it and the measured time is positive.
@@ -16,7 +18,7 @@ in a step only when both sides have it and the measured time is positive.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from sim.engine.faults import StepFailed
 KINDS = ("prefill", "decode", "verify", "draft", "retier")
 PLAN_COLUMNS = ("phase", "batch", "num_tokens", "num_rows", "attended_pairs", "kv_read_bytes",
                 "kv_dequant_values", "draft_len", "kv_copy_bytes", "kv_requant_values",
-                "kv_recompute_tokens")
+                "kv_recompute_tokens", "draft_scan_tokens")
 
 
 @dataclass
@@ -71,6 +73,8 @@ class ShadowRecorder:
         measured: dict[str, float] = {}
         for _device, op, seconds in result.segments:
             measured[op] = measured.get(op, 0.0) + seconds
+        if result.draft_scan_tokens is not None:  # data-dependent work, held fixed as the
+            plan = replace(plan, draft_scan_tokens=result.draft_scan_tokens)  # draft length is
         self.steps.append((plan, measured, result.elapsed_s))
 
 

@@ -260,6 +260,38 @@ def test_validate_shadows_every_measured_step_and_writes_steps_csv(scenario, tin
                for r in rows)
 
 
+def test_the_shadow_prices_ngram_lookups_by_the_tokens_they_examined(tiny, write_scenario,
+                                                                     tiny_profile, tmp_path,
+                                                                     capsys):
+    """n-gram drafts: each measured step reports what its lookups examined, the shadow's plan
+    carries it, and the predicted draft time follows it (not the rows' whole contexts)."""
+    import csv
+
+    folder = tiny / "scn-ngram"
+    folder.mkdir(exist_ok=True)
+    path = str(write_scenario(
+        folder, tiny / "model", "tiny-ngram", seed=5,
+        workload__arrival={"kind": "closed", "concurrency": 2}, workload__num_requests=4,
+        workload__prompt_tokens={"kind": "uniform", "low": 20, "high": 90},
+        workload__output_tokens={"kind": "uniform", "low": 10, "high": 40},
+        engine__max_batch=2, engine__max_draft_len=3, backend__kv_dtype="float16",
+        backend__threads=1, speculation__draft_source="ngram",
+        policies__speculation={"kind": "fixed", "k": 3}))
+    out = tmp_path / "out"
+    assert main(["validate", path, "--backend", "torch", "--profile", str(tiny_profile),
+                 "--no-speed-check", "--json", "--out", str(out)]) == 0
+    [run] = json.loads(capsys.readouterr().out)["runs"]
+    with (out / f"steps.{run['variant']}.csv").open() as f:
+        drafts = [r for r in csv.DictReader(f) if r["measured_draft_s"]]
+    assert len(drafts) == run["shadow"]["draft"]["steps"] > 5
+    scans = [float(r["draft_scan_tokens"]) for r in drafts]
+    assert all(s > 0 for s in scans) and len(set(scans)) > 1
+    by_scan = sorted(zip(scans, (float(r["predicted_draft_s"]) for r in drafts),
+                         (int(r["batch"]) for r in drafts)))
+    same_rows = [(s, p) for s, p, b in by_scan if b == by_scan[-1][2]]
+    assert same_rows[-1][1] > same_rows[0][1]  # more tokens examined, more time predicted
+
+
 def test_validate_repeats_measures_n_times_and_judges_noise_or_model(scenario, tiny_profile,
                                                                      capsys):
     """--repeats 3: the measured median and spread of every metric, the error against the

@@ -230,6 +230,18 @@ def test_ngram_draft_proposes_what_followed_the_last_occurrence():
     assert ng.propose(0, [3, 3], 4) == ([3], None)
 
 
+def test_ngram_draft_counts_the_candidates_its_lookup_examined():
+    """``scanned`` is what a lookup's time grows with (the shadow prices it): the candidate
+    starts tried at each n-gram size, down to the one that matched."""
+    ng = NgramDraft(max_ngram=3)
+    ng.propose(0, [5, 6, 7, 8, 9, 5, 6, 7, 1, 5, 6, 7], 3)
+    assert ng.scanned == 4  # starts 8, 7, 6, then 5 matches the 3-gram
+    ng.propose(0, [1, 2, 3, 4], 3)
+    assert ng.scanned == 1 + 2 + 3  # nothing recurs: every start, at sizes 3, 2 and 1
+    ng.propose(0, [4, 1, 2, 9, 2], 3)
+    assert ng.scanned == 2 + 3 + 2  # sizes 3 and 2 fail; the 1-gram matches at start 2
+
+
 def test_a_confidence_threshold_shortens_model_drafts(target):
     seq = torch.randint(0, V, (10,), generator=torch.Generator().manual_seed(8)).tolist()
     full, _ = ModelDraft(target).propose(0, seq, 6)
