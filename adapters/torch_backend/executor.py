@@ -151,7 +151,7 @@ class TorchExecutor(InjectedFaults):
                 t2 = self._now()
                 self._apply_tiers(step_rids)  # blocks that filled in this step, at once
                 t3 = self._now()
-                if t3 > t2:  # the calibrated model prices both checks (retier_s_per_row)
+                if t3 > t2:  # the calibrated model prices both checks (``retier_*_s_per_*``)
                     segments.append((self.info.name, "retier", t3 - t2))
         self._slow_down(env.now, t0, segments)
         elapsed = self._now() - t0

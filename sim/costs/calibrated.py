@@ -119,10 +119,12 @@ class CalibrationProfile(Frozen):
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
     draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup (one per row and step)
-    # the executor's check of every row's tiers, before and after each step, when nothing moves:
-    # per check and per row
+    # the executor's check of every row's tiers when nothing moves, per check and per row: after
+    # a forward (after every step), and warm (before a decode step, after the engine's work)
     retier_s_per_check: float = _seconds(0.0)
     retier_s_per_row: float = _seconds(0.0)
+    retier_warm_s_per_check: float = _seconds(0.0)
+    retier_warm_s_per_row: float = _seconds(0.0)
     # the speed check's reference steps as the calibration measured them (seconds, in the order
     # ``validate``'s speed check re-times them); empty in profiles from before version 6 and
     # hand-written ones, where the check compares with the fitted model instead
@@ -314,10 +316,8 @@ class CalibratedModel:
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
         after = tokens + (T if not k else round(plan.tokens_per_seq))
         fill = self._fill_segment(plan, tokens, tokens, after)
-        # the tier checks before and after: the one after the forward costs as calibrated (both
-        # time it after a forward); the one before, warm, ~10x less (measured: 106 us for both
-        # at batch 1 against 91 us after a prefill), left out
-        fill.fixed_s += self._tier_check_s(B)
+        # the tier checks after the forward and (warm) before it
+        fill.fixed_s += self._tier_check_s(B) + self._tier_check_s(B, warm=True)
         if fill.fixed_s:
             out.append(fill)
         if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
@@ -328,7 +328,9 @@ class CalibratedModel:
                                + plan.alloc_bytes / self.p.alloc_bytes_per_s))
         return out
 
-    def _tier_check_s(self, rows: int) -> float:
+    def _tier_check_s(self, rows: int, warm: bool = False) -> float:
+        if warm:
+            return self.p.retier_warm_s_per_check + rows * self.p.retier_warm_s_per_row
         return self.p.retier_s_per_check + rows * self.p.retier_s_per_row
 
     def _draft_s(self, k: int, resident: np.ndarray, scanned: float | None) -> float:

@@ -94,6 +94,7 @@ def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
     assert set(profile.quantize_s_per_value) >= {"int8", "int4"}
     # the fixed costs the shadow's draft and retier kinds are priced with
     assert profile.retier_s_per_check + profile.retier_s_per_row > 0
+    assert profile.retier_warm_s_per_check + profile.retier_warm_s_per_row > 0
     assert profile.draft_ngram_s_per_token > 0
     from adapters.kv import fused
     assert profile.layout.batch == ("fused" if fused.available() else "padded")
