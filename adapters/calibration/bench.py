@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 12  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 13  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -271,60 +271,53 @@ class StepBench:
         self.m.copy_bytes_per_s.append(2 * nbytes / t)
         self.release([rid])
 
-    def ngram_costs(self) -> tuple[float, float]:
-        """An n-gram lookup -> (seconds per call, seconds per token it examines), from lookups
-        over 200 and 2,000 tokens in which nothing recurs (every token examined), each timed
-        right after a forward as in a measured step (a hot loop of lookups runs ~2x faster)."""
-        rid, draft = self.fill(self.bt, Precision.FP16), NgramDraft()
-        seqs = {n: list(range(n)) for n in (200, 2000)}  # distinct tokens: nothing recurs
-        times: dict[int, list[float]] = {n: [] for n in seqs}
-        scanned: dict[int, int] = {}
-        try:
-            for _ in range(7):
-                for n in times:
-                    self.ex.forward([rid], [[1]], last_only=True)  # not committed
-                    _sync(self.device)
-                    t0 = time.perf_counter()
-                    draft.propose(rid, seqs[n], 4)
-                    times[n].append(time.perf_counter() - t0)
-                    scanned[n] = draft.scanned
-        finally:
-            self.release([rid])
-        short, long = statistics.median(times[200]), statistics.median(times[2000])
-        per_token = max(long - short, 0.0) / (scanned[2000] - scanned[200])
-        return max(short - per_token * scanned[200], 0.0), per_token
-
-    def retier_costs(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """The executor's tier check when no block changes, for 1 and 4 rows -> (seconds per
-        check, seconds per row) twice: timed right after a forward, as after every step (a hot
-        loop of checks runs ~20x faster than one after a forward has streamed the weights), and
-        right after that one, warm, as the check before a decode step runs after the engine's
-        light work."""
+    def step_tail_costs(self) -> dict[str, tuple[float, ...]]:
+        """What a measured step does around its forward, timed in the order it runs there: the
+        tier check right after a forward (a hot loop of checks runs ~20x faster than one after
+        a forward has streamed the weights), the warm check before the next step, then that
+        step's n-gram lookups (the first, then the next row's), each over 200 or 2,000 tokens
+        in which nothing recurs (every token examined).  -> ``{"retier": (per check, per row),
+        "retier_warm": (...), "ngram": (first call, each next call, per token examined)}``."""
         rids = [self.fill(2 * self.bt, Precision.FP16) for _ in range(4)]
         raw = {rid: bytes(self.kv.num_tokens(rid) // self.bt) for rid in rids}  # all FP16
         saved, self.ex.store = self.ex.store, SimpleNamespace(block_tokens=self.bt,
                                                                blocks_raw=raw.__getitem__)
         for rid in rids:
             self.ex._actual[rid] = np.zeros(len(raw[rid]), dtype=np.uint8)
-        times: dict[int, list[float]] = {1: [], 4: []}
+        cold: dict[int, list[float]] = {1: [], 4: []}
         warm: dict[int, list[float]] = {1: [], 4: []}
+        seqs = {n: list(range(n)) for n in (200, 2000)}
+        draft = NgramDraft()
+        lookups: dict[tuple[int, int], list[float]] = {(n, i): [] for n in seqs for i in (0, 1)}
+        scanned: dict[int, int] = {}
         try:
-            for _ in range(7):
-                for n in times:
+            for rep in range(8):
+                for n in cold:
                     self.ex.forward(rids[:n], [[1]] * n, last_only=True)  # not committed
                     _sync(self.device)
                     t0 = time.perf_counter()
                     self.ex._apply_tiers(rids[:n])
                     t1 = time.perf_counter()
                     self.ex._apply_tiers(rids[:n])
-                    warm[n].append(time.perf_counter() - t1)
-                    times[n].append(t1 - t0)
+                    t2 = time.perf_counter()
+                    cold[n].append(t1 - t0)
+                    warm[n].append(t2 - t1)
+                    length = 200 if (rep + n) % 2 else 2000
+                    for i in (0, 1):
+                        t0 = time.perf_counter()
+                        draft.propose(rids[0], seqs[length], 4)
+                        lookups[length, i].append(time.perf_counter() - t0)
+                    scanned[length] = draft.scanned
         finally:
             self.ex.store = saved
             for rid in rids:
                 self.ex._actual.pop(rid, None)
         self.release(rids)
-        return _per_check_and_row(times), _per_check_and_row(warm)
+        med = {k: statistics.median(v) for k, v in lookups.items()}
+        per_token = max(med[2000, 1] - med[200, 1], 0.0) / (scanned[2000] - scanned[200])
+        first, nxt = (max(med[200, i] - per_token * scanned[200], 0.0) for i in (0, 1))
+        return {"retier": _per_check_and_row(cold), "retier_warm": _per_check_and_row(warm),
+                "ngram": (first, nxt, per_token)}
 
 def _per_check_and_row(times: dict[int, list[float]]) -> tuple[float, float]:
     """Median seconds of checks over 1 and 4 rows -> (per check, per row)."""

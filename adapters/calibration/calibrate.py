@@ -70,8 +70,9 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
             bench.run_point(sb, point)
             bar.advance()
         sb.offload_copy()
-        ngram_call, ngram = sb.ngram_costs()
-        (retier_check, retier_row), (warm_check, warm_row) = sb.retier_costs()
+        tail = sb.step_tail_costs()
+        (retier_check, retier_row), (warm_check, warm_row) = tail["retier"], tail["retier_warm"]
+        ngram_call, ngram_next_call, ngram = tail["ngram"]
         # timed as the speed check times them: on a bench built as it builds its own (a
         # fresh executor, as a measured run has; the grid's warm one ran them 4-5 % faster)
         ref_bench = _reference_bench(backend, model, dtype, device, kv_dtype, block_tokens, group)
@@ -89,6 +90,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         quantize_s_per_value=quant, copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
         alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
         draft_ngram_s_per_token=ngram, draft_ngram_s_per_call=ngram_call,
+        draft_ngram_s_per_next_call=ngram_next_call,
         retier_s_per_check=retier_check, retier_s_per_row=retier_row,
         retier_warm_s_per_check=warm_check, retier_warm_s_per_row=warm_row, reference_s=reference,
         fit=stats,

@@ -47,7 +47,8 @@ FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weigh
             "attention_flops", "kv_bytes", "dequant_int8_values", "dequant_int4_values",
             "dequant_int2_values", "concat_bytes", "observed_scores", "quant_segment_layer",
             "small_gemm_row_layer", "fused_attention_flops", "fused_fp_bytes",
-            "fused_int8_values", "fused_int4_values", "fused_int2_values")
+            "fused_int8_values", "fused_int4_values", "fused_int2_values",
+            "observed_prompt_scores")
 # query rows per KV head (G * T) up to which the torch executor's fused kernel attends
 # (adapters.kv.fused): a decode or verify pass, or a prompt of at most 64 / G tokens
 FUSED_MAX_ROWS = 64
@@ -118,7 +119,8 @@ class CalibrationProfile(Frozen):
     alloc_s: float = _seconds(0.0)
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
-    draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup (one per row and step)
+    draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup: a step's first
+    draft_ngram_s_per_next_call: float | None = None  # its other rows' (None: as the first)
     # the executor's check of every row's tiers when nothing moves, per check and per row: after
     # a forward (after every step), and warm (before a decode step, after the engine's work)
     retier_s_per_check: float = _seconds(0.0)
@@ -203,6 +205,7 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
     kv = keys * L * values_per_layer_token * kv_bytes_per_value
     torch_path, fused_path = (0.0, 1.0) if fused else (1.0, 0.0)
     quant_tokens = float(row_quantized.sum())
+    observed_scores = spec.num_heads * T * keys * L
     return np.array([
         1.0, L, L if B * T > 1 else 0.0, B * L, B * T * L,
         (L * per_layer_params + spec.head_params) * weight_bytes_per_param,
@@ -210,7 +213,7 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         attention_flops * torch_path, kv * torch_path,
         quantized[0] * torch_path, quantized[1] * torch_path, quantized[2] * torch_path,
         float(S[has_quant].sum()) * L * values_per_layer_token * kv_bytes_per_value * torch_path,
-        spec.num_heads * T * keys * L if observed else 0.0,
+        observed_scores if observed and S.max() > T else 0.0,
         # per row, per precision it holds quantized blocks in, per layer: the dequantization's
         # fixed cost (a dozen small ops for K and V, whatever the number of blocks)
         float((row_quantized > 0).sum()) * L * torch_path,
@@ -224,6 +227,9 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         (float(S.sum()) - quant_tokens) * L * values_per_layer_token * kv_bytes_per_value
         * fused_path,
         quantized[0] * fused_path, quantized[1] * fused_path, quantized[2] * fused_path,
+        # a prompt's observed scores apart: [G * T, S] probabilities a layer, which outgrow
+        # the caches as the prompt grows (958 tokens: 26 % over the decode steps' rate)
+        observed_scores if observed and S.max() <= T else 0.0,
     ])
 
 
@@ -339,8 +345,11 @@ class CalibratedModel:
         the ``scanned`` tokens (None: every row's whole context)."""
         if self.draft is None:
             tokens = float(resident.sum()) if scanned is None else scanned
-            return (tokens * self.p.draft_ngram_s_per_token
-                    + len(resident) * self.p.draft_ngram_s_per_call)
+            p = self.p
+            nxt = p.draft_ngram_s_per_call if p.draft_ngram_s_per_next_call is None else \
+                p.draft_ngram_s_per_next_call
+            return (tokens * p.draft_ngram_s_per_token + p.draft_ngram_s_per_call
+                    + (len(resident) - 1) * nxt)
         d, layers, none = self.draft, self.draft.num_layers, np.zeros((1, 3))
         seconds = 0.0
         for r in resident.tolist():
