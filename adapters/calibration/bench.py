@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 13  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 14  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -275,9 +275,10 @@ class StepBench:
         """What a measured step does around its forward, timed in the order it runs there: the
         tier check right after a forward (a hot loop of checks runs ~20x faster than one after
         a forward has streamed the weights), the warm check before the next step, then that
-        step's n-gram lookups (the first, then the next row's), each over 200 or 2,000 tokens
-        in which nothing recurs (every token examined).  -> ``{"retier": (per check, per row),
-        "retier_warm": (...), "ngram": (first call, each next call, per token examined)}``."""
+        step's n-gram lookups (the first row's, then the next row's, over another sequence),
+        each over 200 or 2,000 tokens in which nothing recurs (every token examined).
+        -> ``{"retier": (per check, per row), "retier_warm": (...), "ngram": (first call, each
+        next call, per token examined)}``."""
         rids = [self.fill(2 * self.bt, Precision.FP16) for _ in range(4)]
         raw = {rid: bytes(self.kv.num_tokens(rid) // self.bt) for rid in rids}  # all FP16
         saved, self.ex.store = self.ex.store, SimpleNamespace(block_tokens=self.bt,
@@ -286,7 +287,8 @@ class StepBench:
             self.ex._actual[rid] = np.zeros(len(raw[rid]), dtype=np.uint8)
         cold: dict[int, list[float]] = {1: [], 4: []}
         warm: dict[int, list[float]] = {1: [], 4: []}
-        seqs = {n: list(range(n)) for n in (200, 2000)}
+        # two rows' sequences per length (the next row's lookup reads other memory)
+        seqs = {n: (list(range(n)), list(range(1, n + 1))) for n in (200, 2000)}
         draft = NgramDraft()
         lookups: dict[tuple[int, int], list[float]] = {(n, i): [] for n in seqs for i in (0, 1)}
         scanned: dict[int, int] = {}
@@ -305,7 +307,7 @@ class StepBench:
                     length = 200 if (rep + n) % 2 else 2000
                     for i in (0, 1):
                         t0 = time.perf_counter()
-                        draft.propose(rids[0], seqs[length], 4)
+                        draft.propose(rids[i], seqs[length][i], 4)
                         lookups[length, i].append(time.perf_counter() - t0)
                     scanned[length] = draft.scanned
         finally:

@@ -232,3 +232,17 @@ def test_a_block_restored_into_a_full_exact_size_arena_keeps_every_token(away, t
         kv.set_precision(0, 0, Precision.FP16)  # grows the arena
         k, _ = kv.layer_kv(0, 0)
     assert torch.allclose(k[0, :, 0], torch.arange(14, dtype=torch.float32), atol=tol, rtol=0)
+
+
+def test_attention_measured_a_few_query_rows_at_a_time_is_the_same_measurement():
+    """The torch executor measures a prompt's attention ``rows`` query rows at a time; the
+    shares are those of the whole matrix at once, with any mask shape and a ragged last chunk."""
+    from adapters.kv.paged_step import attention_probs, attention_probs_chunked
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 3, 70, 16, generator=g), torch.randn(2, 3, 50, 16, generator=g)
+    causal = torch.arange(50)[None, :] <= torch.arange(70)[:, None] % 50  # [rows, S]
+    for mask in (None, causal, causal[None, None].repeat(2, 1, 1, 1)):
+        whole = attention_probs(q, k, mask)
+        for rows in (1, 16, 69, 70, 256):
+            assert torch.allclose(attention_probs_chunked(q, k, mask, rows), whole, atol=1e-6)
