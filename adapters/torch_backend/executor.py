@@ -100,7 +100,7 @@ class TorchExecutor(InjectedFaults):
         self.finished: dict[int, list[int]] = {}  # prompt + output ids of ended requests
         self._actual: dict[int, np.ndarray] = {}  # per request: precision applied per block
         self.steps_s = 0.0  # sum of measured step times
-        self.draft_scan_tokens: int | None = None  # the last step's n-gram lookups
+        self.draft_scan_tokens: int | None = None  # set by each decode step
         # draft tokens accepted, proposals cut short by a rejection, and draft requests that
         # got no proposal (an n-gram with no match): the per-token acceptance probability is
         # accepted / (accepted + rejections + empty)
@@ -223,14 +223,16 @@ class TorchExecutor(InjectedFaults):
         (tokens emitted per request, draft tokens proposed per request or None)."""
         name = self.info.name
         drafts: list[list[int]] = []
+        self.draft_scan_tokens = None  # n-gram lookups' work (``StepResult.draft_scan_tokens``)
         if k:
-            scanned = 0  # n-gram lookups' work (``StepResult.draft_scan_tokens``)
+            scans = []
             for rid in rids:
                 d, _ = self.drafter.propose(rid, self.tokens[rid], k)
                 drafts.append(list(d)[:k])
-                scanned += getattr(self.drafter, "scanned", 0)
+                scans.append(getattr(self.drafter, "scanned", None))
             t1 = self._now()
-            self.draft_scan_tokens = scanned if hasattr(self.drafter, "scanned") else None
+            if None not in scans:
+                self.draft_scan_tokens = sum(scans)
             segments.append((name, "draft", t1 - t0))
             t0 = t1
         T = k + 1 if k else 1
