@@ -137,11 +137,12 @@ class TorchExecutor(InjectedFaults):
                 segments.append((self.info.name, "prefill", t1 - t0))
                 self._apply_tiers(rids)  # new blocks at the precision they were admitted at
                 segments.append((self.info.name, "retier", self._now() - t1))
-            else:
+            else:  # each segment times its own work (the glue between counts in the step)
+                tw = self._now()
                 self._apply_tiers(rids)
                 t1 = self._now()
-                if t1 > t0:
-                    segments.append((self.info.name, "retier", t1 - t0))
+                if t1 > tw:
+                    segments.append((self.info.name, "retier", t1 - tw))
                 step_rids = self._reserve(rids, plan.draft_len + 1 if plan.draft_len else 1,
                                           failed)
                 emitted, proposed = (self.decode_step(step_rids, plan.draft_len, segments, t1)
@@ -219,13 +220,15 @@ class TorchExecutor(InjectedFaults):
     def decode_step(self, rids: list[int], k: int, segments: list, t0: float
                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One decode step of ``rids`` (``k`` > 0: draft k tokens per request, then verify them
-        in one pass), timed from ``t0``; its segments are appended to ``segments`` ->
+        in one pass), timed from ``t0`` (a draft from its lookups' start, the pass from their
+        end); its segments are appended to ``segments`` ->
         (tokens emitted per request, draft tokens proposed per request or None)."""
         name = self.info.name
         drafts: list[list[int]] = []
         self.draft_scan_tokens = None  # n-gram lookups' work (``StepResult.draft_scan_tokens``)
         if k:
             scans = []
+            t0 = self._now()
             for rid in rids:
                 d, _ = self.drafter.propose(rid, self.tokens[rid], k)
                 drafts.append(list(d)[:k])
