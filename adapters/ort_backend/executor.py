@@ -305,7 +305,7 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     from adapters.ort_backend import providers as op
     from adapters.ort_backend.export import export_onnx
     from adapters.ort_backend.prepare import prepare_model
-    from adapters.torch_backend.executor import make_drafter, make_prompts
+    from adapters.torch_backend.inputs import make_drafter, make_prompts
 
     provider = op.BACKEND_PROVIDERS[backend]
     op.check_provider(provider, backend)
