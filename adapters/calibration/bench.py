@@ -276,10 +276,10 @@ class StepBench:
         steps run through the executor's own ``execute`` (the glue, the order and the cache
         state a measured run has): the warm tier check before the forward and the one right
         after it (a hot loop of checks runs ~20x faster than one after a forward has streamed
-        the weights), over 1 and 4 rows; the n-gram lookups of a speculative step over 1 and 2
-        rows: of ~200 or ~2,000 tokens (as the model's context allows) in which nothing recurs
-        (every token examined: the cost per token), and rows whose last three tokens recur just
-        before them (a match at once: the cost per lookup).
+        the weights), over 1 and 4 rows of 512 tokens; the n-gram lookups of a speculative step
+        over 1 and 2 rows: of ~200 or ~2,000 tokens in which nothing recurs (every token
+        examined: the cost per token), and rows whose last three tokens recur just before them
+        (a match at once: the cost per lookup).  Contexts stay within the model's limit.
         -> ``{"retier": (per check, per row), "retier_warm": (...), "ngram": (first call, each
         next call, per token examined)}``."""
         import simpy  # the executor's protocol runs a step as a SimPy process
@@ -289,8 +289,10 @@ class StepBench:
 
         name = self.ex.info.name
         place = Placement(name, name, name)
-        checks = [self.fill(8 * self.bt, Precision.FP16) for _ in range(4)]  # a typical context
-        long = max(min(2000, self.spec.max_context_tokens - 64), 16)  # room for the drafts
+        cap = self.spec.max_context_tokens - 64  # room for the tokens the steps add
+        typical = max(min(8 * self.bt, cap), 2 * self.bt)  # a typical context, in full blocks
+        checks = [self.fill(typical // self.bt * self.bt, Precision.FP16) for _ in range(4)]
+        long = max(min(2000, cap), 16)
         short = long // 10
         # rows whose lookups scan everything (short, long) or find a match at once ("hit": the
         # last three tokens recur just before); each lookup runs over its row's fixed list
