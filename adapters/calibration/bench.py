@@ -37,7 +37,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 15  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 16  # of the grid, timing method and features: a new one makes cached profiles stale
 QUANTIZE_SAMPLES = 24  # quantizations timed per precision
 
 
@@ -276,12 +276,12 @@ class StepBench:
         steps run through the executor's own ``execute`` (the glue, the order and the cache
         state a measured run has): the warm tier check before the forward and the one right
         after it (a hot loop of checks runs ~20x faster than one after a forward has streamed
-        the weights), over 1 and 4 rows of 512 tokens; the n-gram lookups of a speculative step
+        the weights), over 1-4 rows of 512 tokens; the n-gram lookups of a speculative step
         over 1 and 2 rows: of ~200 or ~2,000 tokens in which nothing recurs (every token
         examined: the cost per token), and rows whose last three tokens recur just before them
         (a match at once: the cost per lookup).  Contexts stay within the model's limit.
-        -> ``{"retier": (per check, per row), "retier_warm": (...), "ngram": (first call, each
-        next call, per token examined)}``."""
+        -> ``{"retier": (per check, per row, multi-row step), "retier_warm": (...), "ngram":
+        (first call, each next call, per token examined)}``."""
         import simpy  # the executor's protocol runs a step as a SimPy process
 
         from policies.scheduling import Placement
@@ -319,8 +319,8 @@ class StepBench:
             env.run()
             return proc.value
 
-        cold: dict[int, list[float]] = {1: [], 4: []}
-        warm: dict[int, list[float]] = {1: [], 4: []}
+        cold: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+        warm: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
         lookups: dict[tuple[int, int], list[tuple[float, int]]] = {
             (n, b): [] for n in drafting for b in (1, 2)}
         try:
@@ -352,11 +352,13 @@ class StepBench:
                 "ngram": (first, nxt, per_token)}
 
 
-def _per_check_and_row(times: dict[int, list[float]]) -> tuple[float, float]:
-    """Median seconds of checks over 1 and 4 rows -> (per check, per row)."""
-    one, four = statistics.median(times[1]), statistics.median(times[4])
-    per_row = max(four - one, 0.0) / 3
-    return max(one - per_row, 0.0), per_row
+def _per_check_and_row(times: dict[int, list[float]]) -> tuple[float, float, float]:
+    """Median seconds of checks over 1-4 rows -> (per check, per row, the step up from one row
+    to more): the slope over 2-4 rows, and what 2 rows cost beyond 1 row and that slope."""
+    med = {n: statistics.median(v) for n, v in times.items()}
+    per_row = max(float(np.polyfit([2, 3, 4], [med[2], med[3], med[4]], 1)[0]), 0.0)
+    multi = max(med[2] - med[1] - per_row, 0.0)
+    return max(med[1] - per_row, 0.0), per_row, multi
 
 
 def grid(spec: ModelSpec) -> list[tuple]:

@@ -71,7 +71,8 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
             bar.advance()
         sb.offload_copy()
         tail = sb.step_tail_costs()
-        (retier_check, retier_row), (warm_check, warm_row) = tail["retier"], tail["retier_warm"]
+        (retier_check, retier_row, retier_multi), (warm_check, warm_row, warm_multi) = \
+            tail["retier"], tail["retier_warm"]
         ngram_call, ngram_next_call, ngram = tail["ngram"]
         # timed as the speed check times them: on a bench built as it builds its own (a
         # fresh executor, as a measured run has; the grid's warm one ran them 4-5 % faster)
@@ -92,7 +93,8 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         draft_ngram_s_per_token=ngram, draft_ngram_s_per_call=ngram_call,
         draft_ngram_s_per_next_call=ngram_next_call,
         retier_s_per_check=retier_check, retier_s_per_row=retier_row,
-        retier_warm_s_per_check=warm_check, retier_warm_s_per_row=warm_row, reference_s=reference,
+        retier_s_multi_row=retier_multi, retier_warm_s_per_check=warm_check,
+        retier_warm_s_per_row=warm_row, retier_warm_s_multi_row=warm_multi, reference_s=reference,
         fit=stats,
         seconds=time.perf_counter() - t_start)
 

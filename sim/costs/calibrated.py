@@ -121,12 +121,15 @@ class CalibrationProfile(Frozen):
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
     draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup: a step's first
     draft_ngram_s_per_next_call: float | None = None  # its other rows' (None: as the first)
-    # the executor's check of every row's tiers when nothing moves, per check and per row: after
+    # the executor's check of every row's tiers when nothing moves, per check, per row and a
+    # step up when it checks more than one row (measured: 1 row ~50 µs, 2-4 rows ~80-100 µs): after
     # a forward (after every step), and warm (before a decode step, after the engine's work)
     retier_s_per_check: float = _seconds(0.0)
     retier_s_per_row: float = _seconds(0.0)
+    retier_s_multi_row: float = _seconds(0.0)
     retier_warm_s_per_check: float = _seconds(0.0)
     retier_warm_s_per_row: float = _seconds(0.0)
+    retier_warm_s_multi_row: float = _seconds(0.0)
     # the speed check's reference steps as the calibration measured them (seconds, in the order
     # ``validate``'s speed check re-times them); empty in profiles from before version 6 and
     # hand-written ones, where the check compares with the fitted model instead
@@ -336,8 +339,10 @@ class CalibratedModel:
 
     def _tier_check_s(self, rows: int, warm: bool = False) -> float:
         if warm:
-            return self.p.retier_warm_s_per_check + rows * self.p.retier_warm_s_per_row
-        return self.p.retier_s_per_check + rows * self.p.retier_s_per_row
+            return (self.p.retier_warm_s_per_check + rows * self.p.retier_warm_s_per_row
+                    + (rows > 1) * self.p.retier_warm_s_multi_row)
+        return (self.p.retier_s_per_check + rows * self.p.retier_s_per_row
+                + (rows > 1) * self.p.retier_s_multi_row)
 
     def _draft_s(self, k: int, resident: np.ndarray, scanned: float | None) -> float:
         """Row by row (unpadded): a catch-up pass over the tokens accepted since the last

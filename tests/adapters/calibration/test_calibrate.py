@@ -330,3 +330,18 @@ def test_schedule_replay_equals_the_prediction_when_the_schedules_agree(scenario
     assert run["same_prefill_batches"]
     for name in ("throughput_tok_s", "makespan_s", "ttft_s.p50", "e2e_s.p50"):
         assert abs(fixed["schedule_share"][name]) < 0.01, (name, fixed)
+
+
+def test_the_tier_check_fit_recovers_a_step_up_from_one_row_to_more():
+    """Checks cost a base, a cost per row, and a step up once there is more than one row (as
+    measured runs show: ~50 µs at 1 row, ~80 at 2): the fit recovers all three, medians of noisy
+    samples."""
+    from adapters.calibration.bench import _per_check_and_row
+
+    rng = np.random.default_rng(0)
+    truth = {n: 40e-6 + 5e-6 * n + (20e-6 if n > 1 else 0.0) for n in (1, 2, 3, 4)}
+    times = {n: list(t + rng.normal(0, 0.2e-6, 21)) for n, t in truth.items()}
+    base, per_row, multi = _per_check_and_row(times)
+    assert base == pytest.approx(40e-6, abs=1e-6)
+    assert per_row == pytest.approx(5e-6, abs=0.5e-6)
+    assert multi == pytest.approx(20e-6, abs=1e-6)
