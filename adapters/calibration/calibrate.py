@@ -48,6 +48,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
     import torch
 
     from adapters.calibration import bench
+    from adapters.calibration.step_tail import step_tail_costs
     from adapters.model.loading import describe_device, load_shared, resolve_device, resolve_dtype
     from sim.config.model_spec import resolve_model
     from sim.costs.calibration_fit import fit_with_holdout
@@ -70,7 +71,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
             bench.run_point(sb, point)
             bar.advance()
         sb.offload_copy()
-        tail = sb.step_tail_costs()
+        tail = step_tail_costs(sb)
         (retier_check, retier_row, retier_multi), (warm_check, warm_row, warm_multi) = \
             tail["retier"], tail["retier_warm"]
         ngram_call, ngram_next_call, ngram = tail["ngram"]

@@ -336,7 +336,7 @@ def test_the_tier_check_fit_recovers_a_step_up_from_one_row_to_more():
     """Checks cost a base, a cost per row, and a step up once there is more than one row (as
     measured runs show: ~50 µs at 1 row, ~80 at 2): the fit recovers all three, medians of noisy
     samples."""
-    from adapters.calibration.bench import _per_check_and_row
+    from adapters.calibration.step_tail import _per_check_and_row
 
     rng = np.random.default_rng(0)
     truth = {n: 40e-6 + 5e-6 * n + (20e-6 if n > 1 else 0.0) for n in (1, 2, 3, 4)}

@@ -1,0 +1,102 @@
+"""What a calibration times around a step's forward (``adapters.calibration.bench``'s bench):
+the executor's tier checks and n-gram lookups, read from whole decode steps run through its own
+``execute``, fitted into the profile's ``retier_*`` and ``draft_ngram_*`` prices."""
+
+from __future__ import annotations
+
+import statistics
+from types import SimpleNamespace
+
+import numpy as np
+import simpy  # the executor's protocol runs a step as a SimPy process
+
+from adapters.calibration.bench import StepBench
+from adapters.decoding.drafting import NgramDraft
+from policies import Precision
+from policies.scheduling import Placement
+from sim.engine.executor import StepPlan, StepResult
+
+
+def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, ...]]:
+    """What a measured step does around its forward, read from the segments of whole decode
+    steps run through the executor's own ``execute`` (the glue, the order and the cache
+    state a measured run has): the warm tier check before the forward and the one right
+    after it (a hot loop of checks runs ~20x faster than one after a forward has streamed
+    the weights), over 1-4 rows of 512 tokens; the n-gram lookups of a speculative step
+    over 1 and 2 rows: of ~200 or ~2,000 tokens in which nothing recurs (every token
+    examined: the cost per token), and rows whose last three tokens recur just before them
+    (a match at once: the cost per lookup).  Contexts stay within the model's limit.
+    -> ``{"retier": (per check, per row, multi-row step), "retier_warm": (...), "ngram":
+    (first call, each next call, per token examined)}``."""
+    name = sb.ex.info.name
+    place = Placement(name, name, name)
+    cap = sb.spec.max_context_tokens - 64  # room for the tokens the steps add
+    typical = max(min(8 * sb.bt, cap), 2 * sb.bt)  # a typical context, in full blocks
+    checks = [sb.fill(typical // sb.bt * sb.bt, Precision.FP16) for _ in range(4)]
+    long = max(min(2000, cap), 16)
+    short = long // 10
+    # rows whose lookups scan everything (short, long) or find a match at once ("hit": the
+    # last three tokens recur just before); each lookup runs over its row's fixed list
+    drafting = {n: [sb.fill(short if n == "hit" else n, Precision.FP16) for _ in range(2)]
+                for n in (short, long, "hit")}
+    texts = {rid: list(sb.ex.tokens[rid]) for rows in drafting.values() for rid in rows}
+    for rid in drafting["hit"]:
+        texts[rid][-6:] = texts[rid][-3:] * 2
+    rids = [*checks, *texts]
+    raw = {rid: bytes(64) for rid in rids}  # every block FP16, as it already is
+    saved = sb.ex.store, sb.ex.drafter
+    sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=raw.__getitem__)
+    sb.ex.drafter = NgramDraft()
+    for rid in rids:
+        sb.ex._actual[rid] = np.zeros(sb.kv.num_tokens(rid) // sb.bt, np.uint8)
+
+    def run(rows: list[int], k: int) -> StepResult:
+        plan = StepPlan(phase="decode", request_ids=tuple(rows),
+                        num_tokens=len(rows) * (k + 1), num_rows=len(rows) * (k + 1),
+                        attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
+                        placement=place, draft_len=k)
+        env = simpy.Environment()
+        proc = env.process(sb.ex.execute(env, plan))
+        env.run()
+        return proc.value
+
+    cold: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    warm: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    lookups: dict[tuple[int, int], list[tuple[float, int]]] = {
+        (n, b): [] for n in drafting for b in (1, 2)}
+    try:
+        for rep in range(repeats):
+            for n in cold:
+                ret = [s for _, kind, s in run(checks[:n], 0).segments if kind == "retier"]
+                warm[n].append(ret[0])
+                cold[n].append(ret[-1])
+            length = (short, long, "hit")[rep % 3]
+            for b in (1, 2):
+                for rid in drafting[length]:
+                    sb.ex.tokens[rid] = list(texts[rid])
+                result = run(drafting[length][:b], 4)
+                seconds = sum(s for _, kind, s in result.segments if kind == "draft")
+                lookups[length, b].append((seconds, result.draft_scan_tokens))
+    finally:
+        sb.ex.store, sb.ex.drafter = saved
+        for rid in rids:
+            sb.ex._actual.pop(rid, None)
+    sb.release(rids)
+    med = {key: (statistics.median(s for s, _ in v), statistics.median(n for _, n in v))
+           for key, v in lookups.items()}
+    (long_s, long_n), (short_s, short_n) = med[long, 1], med[short, 1]
+    per_token = max(long_s - short_s, 0.0) / max(long_n - short_n, 1)
+    (hit_s, hit_n), (hit2_s, hit2_n) = med["hit", 1], med["hit", 2]
+    first = max(hit_s - per_token * hit_n, 0.0)
+    nxt = max(hit2_s - hit_s - per_token * (hit2_n - hit_n), 0.0)
+    return {"retier": _per_check_and_row(cold), "retier_warm": _per_check_and_row(warm),
+            "ngram": (first, nxt, per_token)}
+
+
+def _per_check_and_row(times: dict[int, list[float]]) -> tuple[float, float, float]:
+    """Median seconds of checks over 1-4 rows -> (per check, per row, the step up from one row
+    to more): the slope over 2-4 rows, and what 2 rows cost beyond 1 row and that slope."""
+    med = {n: statistics.median(v) for n, v in times.items()}
+    per_row = max(float(np.polyfit([2, 3, 4], [med[2], med[3], med[4]], 1)[0]), 0.0)
+    multi = max(med[2] - med[1] - per_row, 0.0)
+    return max(med[1] - per_row, 0.0), per_row, multi
