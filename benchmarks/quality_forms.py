@@ -11,10 +11,12 @@ attention mix and NLL; the runs of a text are cached under ``--cache`` (about 2.
 2 threads).  Each form is fitted by non-negative least squares on the ``--train`` jobs of one text
 and predicts the other jobs of every text, at that text's base perplexity (the relative reading
 ``sim.quality`` uses).  Printed per (fit text -> check text) and form: the median |relative error|
-over the held-out jobs, and how many meet issue 17's bound (within 15 %, or within 0.05 where the
-measured delta-PPL is below 0.1).  The forms are computed here, offline; the simulator's own
-form is the first ("linear, stale shares"), whose predictions ``validate-quality`` checks through
-``sim.quality.model``.  Deterministic.
+over the held-out jobs, how many meet issue 17's bound (within 15 %, or within 0.05 where the
+measured delta-PPL is below 0.1), and how many fall inside the measurement's own 90 % spread
+(``adapters.decoding.quality_check.delta_ppl_spread``: a paired bootstrap over the scored chunks;
+a prediction outside it is an error the text's sampling does not explain).  The forms are
+computed here, offline; the simulator's own form is the first ("linear, stale shares"), whose
+predictions ``validate-quality`` checks through ``sim.quality.model``.  Deterministic.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quality_fit import DEFAULT_TRAIN, JOBS  # noqa: E402
 
+from adapters.decoding.quality_check import Chunks, delta_ppl_spread  # noqa: E402
 from sim.quality.fit import nnls  # noqa: E402
 
 # name -> (sink weight: block 0's share counts this many times, log-perplexity, reference shares)
@@ -92,15 +95,23 @@ def mix(runs: dict, key: str, sink: float, reference: bool) -> np.ndarray:
     return total / weight
 
 
-def check(fit_on: dict, check_on: dict, train: list[str], form: tuple) -> tuple[float, int, int]:
-    """-> (median |relative error|, jobs within the bound, held-out jobs)."""
+def spread(runs: dict, key: str) -> tuple[float, float]:
+    """The 90 % interval of a job's measured delta-PPL (paired over the scored chunks)."""
+    def chunks(k):
+        return Chunks.of([p for w in runs[k] for p in w.quality_passes])
+    return delta_ppl_spread(chunks("fp16"), chunks(key))
+
+
+def check(fit_on: dict, check_on: dict, train: list[str], form: tuple
+          ) -> tuple[float, int, int, int]:
+    """-> (median |relative error|, jobs within the bound, within the spread, held-out jobs)."""
     sink, log, reference = form
     base_fit, base_check = _nll(fit_on["fp16"]), _nll(check_on["fp16"])
     a = np.array([mix(fit_on, k, sink, reference) for k in train])
     b = np.array([_nll(fit_on[k]) - base_fit if log else np.exp(_nll(fit_on[k])) - np.exp(base_fit)
                   for k in train])
     penalty = nnls(a, b)
-    errors, within = [], 0
+    errors, within, inside = [], 0, 0
     for key in check_on:
         if key == "fp16" or key in train:
             continue
@@ -111,7 +122,9 @@ def check(fit_on: dict, check_on: dict, train: list[str], form: tuple) -> tuple[
         errors.append(abs(predicted / measured - 1))
         within += (abs(predicted - measured) <= 0.05 if measured < 0.1
                    else abs(predicted - measured) <= 0.15 * abs(measured))
-    return statistics.median(errors), within, len(errors)
+        lo, hi = spread(check_on, key)
+        inside += lo <= predicted <= hi
+    return statistics.median(errors), within, inside, len(errors)
 
 
 def main() -> None:
@@ -129,13 +142,28 @@ def main() -> None:
     texts = args.texts.split(",")
     runs = {t: collect(t, args.windows, args.context, Path(args.cache)) for t in texts}
     train = [k for k in args.train.split(",") if k]
+    print("Each cell: median |error| over the held-out jobs (within the bound / inside the "
+          "measured 90 % spread, of n).\n")
     print("| fitted on → checked on | " + " | ".join(FORMS) + " |")
     print("|---" * (1 + len(FORMS)) + "|")
     for a in texts:
         for b in texts:
             cells = [check(runs[a], runs[b], train, form) for form in FORMS.values()]
-            print(f"| {a} → {b} | " + " | ".join(f"{m:.0%} ({w}/{n})" for m, w, n in cells)
-                  + " |")
+            print(f"| {a} → {b} | " + " | ".join(f"{m:.0%} ({w} / {i}, of {n})"
+                                                 for m, w, i, n in cells) + " |")
+    print("\nThe measured spread of each held-out job on each text (90 %, relative to the "
+          "measured delta-PPL):\n")
+    jobs = [k for k in runs[texts[0]] if k != "fp16" and k not in train]
+    print("| job | " + " | ".join(texts) + " |")
+    print("|---" * (1 + len(texts)) + "|")
+    for key in jobs:
+        cells = []
+        for t in texts:
+            measured = np.exp(_nll(runs[t][key])) - np.exp(_nll(runs[t]["fp16"]))
+            lo, hi = spread(runs[t], key)
+            cells.append(f"{measured:+.3f} ({lo / measured - 1:+.0%} .. {hi / measured - 1:+.0%})"
+                         if measured > 0 else f"{measured:+.3f} ({lo:+.3f} .. {hi:+.3f})")
+        print(f"| {key} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

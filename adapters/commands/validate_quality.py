@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                               "model_base_ppl": float(f"{runs_cfg[0][1].quality.base_ppl:.6g}")},
            "runs": [r.as_dict() for r in rows],
            "summary": {"rows_ok": sum(r.ok for r in rows), "rows": len(rows),
+                       "rows_within_spread": sum(r.verdict == "noise" for r in rows),
                        "median_abs_relative_error":
                            float(f"{statistics.median(errors):.4g}") if errors else None},
            "seconds": round(time.perf_counter() - t0, 1)}
@@ -130,18 +131,21 @@ def print_table(doc: dict) -> None:
 
     t = Table(title=f"{doc['scenario']}: delta-PPL on {doc['text']} ({doc['windows']} x "
                     f"{doc['context_tokens']} tokens; FP16 PPL {doc['base_ppl']:.3f})")
-    for col in ("variant", "policy", "budget", "measured", "predicted", "error", "within",
-                "simulated (free-running)", "KV saved"):
+    for col in ("variant", "policy", "budget", "measured", "spread (90 %)", "predicted", "error",
+                "within", "verdict", "simulated (free-running)", "KV saved"):
         t.add_column(col, justify="left" if col in ("variant", "policy") else "right")
     for r in doc["runs"]:
         err = r["relative_error"]
         t.add_row(r["variant"], r["policy"], f"{r['budget_frac']:.2f}x",
-                  f"{r['measured_delta_ppl']:+.3f}", f"{r['predicted_delta_ppl']:+.3f}",
-                  "-" if err is None else f"{err:+.0%}", "yes" if r["ok"] else "no",
+                  f"{r['measured_delta_ppl']:+.3f}",
+                  f"{r['spread'][0]:+.3f} .. {r['spread'][1]:+.3f}",
+                  f"{r['predicted_delta_ppl']:+.3f}",
+                  "-" if err is None else f"{err:+.0%}", "yes" if r["ok"] else "no", r["verdict"],
                   "-" if r["simulated_delta_ppl"] is None else f"{r['simulated_delta_ppl']:+.3f}",
                   f"{r['kv_saved_frac']:.0%}")
     Console(width=None if sys.stdout.isatty() else 150).print(t)
     s = doc["summary"]
     med = s["median_abs_relative_error"]
     print(f"{s['rows_ok']} of {s['rows']} rows within 15 % (or 0.05 where the measured delta-PPL "
-          f"is below 0.1); median |error| {'-' if med is None else f'{med:.0%}'}")
+          f"is below 0.1); median |error| {'-' if med is None else f'{med:.0%}'}; "
+          f"{s['rows_within_spread']} inside the measurement's own 90 % spread (verdict noise)")

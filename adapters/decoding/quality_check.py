@@ -23,6 +23,15 @@ A row passes (``ok``) when the prediction on the same decisions is within 15 % o
 or within 0.05 absolute where the measured delta-PPL is below 0.1 (a relative error of a
 near-zero change means little).
 
+**The measurement's own spread.**  A delta-PPL measured on a few windows is a sample: the same
+policy on other windows of the same text reads differently (on 2 windows of 2,048 tokens, the two
+windows' delta-PPL differ by 1.5-3x for half the jobs of ``benchmarks/quality_fit.py``).  Each
+row carries ``spread``: a 90 % paired bootstrap interval of the measured delta-PPL over the scored
+chunks (the same chunks resampled for the variant and for FP16, 2,000 resamples, a fixed seed, so
+it is deterministic), and a ``verdict`` as ``validate --repeats`` gives one: ``noise`` when the
+prediction lies inside that interval, ``model`` when outside (an error the measurement's sampling
+cannot explain).
+
 The device budget of each window is the budget one request of the scenario's full batch has:
 ``kv_budget_bytes / engine.max_batch`` over the FP16 bytes of the window (``budget_frac`` overrides
 it), so a pressure-driven policy (``progressive``) sees the pressure the scenario gives it.
@@ -44,6 +53,38 @@ from sim.quality.fit import attention_mix, predict
 
 REL_BOUND = 0.15  # the quality model's goal: within 15 % ...
 ABS_BOUND, SMALL = 0.05, 0.1  # ... or within 0.05 absolute below a measured 0.1
+SPREAD_LEVEL, RESAMPLES = 0.90, 2000  # the measured delta-PPL's bootstrap interval
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """The scored chunks of a run over some windows, in order: tokens and NLL (nats) each."""
+
+    num_scored: np.ndarray
+    nll: np.ndarray
+
+    @classmethod
+    def of(cls, passes) -> Chunks:
+        kept = [p for p in passes if p.num_scored]
+        return cls(np.array([p.num_scored for p in kept], dtype=np.int64),
+                   np.array([p.nll_sum for p in kept], dtype=np.float64))
+
+
+def delta_ppl_spread(base: Chunks, run: Chunks, level: float = SPREAD_LEVEL,
+                     resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """A ``level`` paired bootstrap interval of ``run``'s perplexity minus ``base``'s: the same
+    chunks (the same text) drawn with replacement for both, ``resamples`` times.  The runs must
+    have scored the same chunks."""
+    if not np.array_equal(base.num_scored, run.num_scored):
+        raise ValueError("the two runs scored different chunks; no paired interval")
+    if len(base.num_scored) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(base.num_scored), size=(resamples, len(base.num_scored)))
+    n = base.num_scored[pick].sum(axis=1)
+    delta = np.exp(run.nll[pick].sum(axis=1) / n) - np.exp(base.nll[pick].sum(axis=1) / n)
+    lo, hi = np.quantile(delta, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def text_windows(ids: list[int], num_windows: int, context: int) -> list[list[int]]:
@@ -70,6 +111,13 @@ class QualityRow:
     # (at the scenario's base_ppl: what ``simulate`` reports, not rescaled)
     kv_saved_frac: float
     attention_mix: dict[str, float] = field(default_factory=dict)
+    spread: tuple[float, float] = (0.0, 0.0)  # the measured delta-PPL's 90 % interval
+
+    @property
+    def verdict(self) -> str:
+        """``noise``: the prediction lies inside the measurement's own spread; ``model``: not."""
+        lo, hi = self.spread
+        return "noise" if lo <= self.predicted_delta_ppl <= hi else "model"
 
     @property
     def relative_error(self) -> float | None:
@@ -88,6 +136,7 @@ class QualityRow:
                 "measured_delta_ppl": r(self.measured_delta_ppl),
                 "predicted_delta_ppl": r(self.predicted_delta_ppl),
                 "relative_error": r(self.relative_error), "ok": self.ok,
+                "spread": [r(v) for v in self.spread], "verdict": self.verdict,
                 "simulated_delta_ppl": r(self.simulated_delta_ppl),
                 "kv_saved_frac": r(self.kv_saved_frac),
                 "attention_mix": {k: r(v) for k, v in self.attention_mix.items()}}
@@ -104,15 +153,16 @@ def window_budget_frac(setup, context: int) -> float:
 
 def score(model, windows: list[list[int]], policy, scn, budget_frac: float, kv_dtype):
     """``policy`` (a fresh copy per window: its state is per request) over every window ->
-    (perplexity, kv saved fraction, the attention mix scored under)."""
+    (perplexity, kv saved fraction, the attention mix scored under, the scored chunks)."""
     from adapters.decoding.perplexity import tiered_nll
 
     runs = [tiered_nll(model, ids, copy.deepcopy(policy), block_tokens=scn.engine.block_tokens,
                        group=scn.engine.kv_quant_group, kv_dtype=kv_dtype,
                        budget_frac=budget_frac, quality=scn.quality) for ids in windows]
     nll, scored = sum(r.nll_sum for r in runs), sum(r.num_scored for r in runs)
+    passes = [p for r in runs for p in r.quality_passes]
     return (math.exp(nll / scored), float(np.mean([r.kv_saved_frac for r in runs])),
-            attention_mix([p for r in runs for p in r.quality_passes]))
+            attention_mix(passes), Chunks.of(passes))
 
 
 def check_variants(runs_cfg, setups: dict, base_dir: Path, text: str, num_windows: int,
@@ -132,21 +182,21 @@ def check_variants(runs_cfg, setups: dict, base_dir: Path, text: str, num_window
     ids = tokenizer.encode(text_source(text))
     windows = text_windows(ids, num_windows, context)
     kv_dtype = resolve_dtype(be.kv_dtype)
-    base_ppl, _, _ = score(model, windows, build_policy("tiering", {"kind": "fp16"}), first,
-                           1.0, kv_dtype)
+    base_ppl, _, _, base_chunks = score(model, windows, build_policy("tiering", {"kind": "fp16"}),
+                                        first, 1.0, kv_dtype)
     if on_done:
         on_done("fp16")
     rows = []
     for variant, scn in runs_cfg:
         frac = budget_frac or window_budget_frac(setups[variant], context)
-        ppl, saved, mix = score(model, windows, scn.policies.tiering, scn, frac, kv_dtype)
+        ppl, saved, mix, chunks = score(model, windows, scn.policies.tiering, scn, frac, kv_dtype)
         simulated = run_scenario(scn, variant, scn.cost_models[0], base_dir,
                                  setup=setups[variant])
         scale = base_ppl / scn.quality.base_ppl  # at this text's perplexity
         rows.append(QualityRow(variant, _policy_name(scn.policies.tiering), frac, ppl,
                                ppl - base_ppl, predict(mix, scn.quality) * scale,
                                simulated.metrics.get("quality", {}).get("delta_ppl_mean"),
-                               saved, mix))
+                               saved, mix, delta_ppl_spread(base_chunks, chunks)))
         if on_done:
             on_done(variant)
     return base_ppl, rows
