@@ -75,17 +75,25 @@ class MeasuredAttention:
     block drew in each step (``record``), so that tiering policies observe the model itself.
 
     Per block: ``mass`` sums the measured shares over the recorded steps; ``access`` counts the
-    steps in which the block drew more than a uniform share; ``shares`` are the latest measured
-    shares, a block that is absent now (offloaded, evicted) keeping the share it had when last
-    resident (what it would draw if restored, for the quality estimate); relevance is
-    (r - 1) / (r + 1) with r = the latest share over a uniform share (0 for an average block),
-    the synthetic model's form with the measured share in place of the heavy-hitter weight.
+    steps in which the block drew more than a uniform share; ``shares`` (the quality estimate's
+    input) are the latest measured shares, a block that is absent now (offloaded, evicted)
+    standing for what it would draw if restored: the share it had when last resident, diluted by
+    how the resident context grew since (x resident blocks then / resident blocks now: the same
+    weight against the average block).  Undiluted, a block evicted early, when a few blocks
+    shared the attention, kept a share several times what it could draw now; the quality model
+    over-predicted ``progressive``'s offloads 2x (docs/validation.md, "How much a measured ΔPPL
+    moves").  Relevance is (r - 1) / (r + 1) with r = the latest share over a uniform share (0 for
+    an average block; undiluted), the synthetic model's form with the measured share in place of
+    the heavy-hitter weight; ``advance`` gives the resident blocks' shares, which dilution does
+    not touch.
     """
 
     def __init__(self) -> None:
         self.mass: dict[int, np.ndarray] = {}
         self.access: dict[int, np.ndarray] = {}
         self._last: dict[int, np.ndarray] = {}
+        self._then: dict[int, np.ndarray] = {}  # resident blocks when each was last resident
+        self._current: dict[int, tuple[np.ndarray, int]] = {}  # latest step: present, resident
 
     @staticmethod
     def _grown(store: dict[int, np.ndarray], rid: int, n: int) -> np.ndarray:
@@ -107,14 +115,27 @@ class MeasuredAttention:
         self._grown(self.mass, rid, n)[:n] += shares
         resident = max(int(present.sum()), 1)
         self._grown(self.access, rid, n)[:n] += shares > 1.0 / resident
+        self._grown(self._then, rid, n)[:n][present] = resident
+        self._current[rid] = present.copy(), resident
 
-    def shares(self, rid: int, n: int) -> np.ndarray:
+    def _latest(self, rid: int, n: int) -> np.ndarray:
         last = self._grown(self._last, rid, n)[:n]
         total = last.sum()
         return last / total if total > 0 else np.full(n, 1.0 / max(n, 1))
 
+    def shares(self, rid: int, n: int) -> np.ndarray:
+        last = self._grown(self._last, rid, n)[:n].copy()
+        present, resident = self._current.get(rid, (np.zeros(0, dtype=bool), 1))
+        absent = np.ones(n, dtype=bool)
+        absent[:min(len(present), n)] = ~present[:n]
+        then = self._grown(self._then, rid, n)[:n]
+        absent &= then > 0
+        last[absent] *= then[absent] / resident
+        total = last.sum()
+        return last / total if total > 0 else np.full(n, 1.0 / max(n, 1))
+
     def relevance(self, rid: int, n: int) -> np.ndarray:
-        r = self.shares(rid, n) * max(n, 1)
+        r = self._latest(rid, n) * max(n, 1)
         return (r - 1.0) / (r + 1.0)
 
     def advance(self, rid: int, resident: np.ndarray, steps: int) -> np.ndarray:
@@ -122,10 +143,10 @@ class MeasuredAttention:
         n = len(resident)
         self._grown(self.mass, rid, n)
         self._grown(self.access, rid, n)
-        shares = self.shares(rid, n) * resident
+        shares = self._latest(rid, n) * resident
         total = shares.sum()
         return shares / total if total > 0 else shares
 
     def forget(self, rid: int) -> None:
-        for store in (self.mass, self.access, self._last):
+        for store in (self.mass, self.access, self._last, self._then, self._current):
             store.pop(rid, None)

@@ -202,11 +202,33 @@ def test_measured_attention_keeps_the_share_of_an_absent_block():
     att.record(7, np.array([0.0, 0.6, 0.4]))  # block 0 offloaded: drew nothing
     assert np.allclose(att.mass[7], [0.5, 0.8, 0.7])
     assert np.allclose(att.access[7], [1, 1, 0])  # above a uniform share: 1/3, then 1/2
-    assert np.allclose(att.shares(7, 3), np.array([0.5, 0.6, 0.4]) / 1.5)
+    # the absent block keeps its weight against the average block: 0.5 of 3 resident blocks is
+    # 1.5x average; the resident ones 0.6 and 0.4 of 2 are 1.2x and 0.8x
+    assert np.allclose(att.shares(7, 3), np.array([1.5, 1.2, 0.8]) / 3.5)
     resident = np.array([False, True, True])
     assert np.allclose(att.advance(7, resident, 4), [0, 0.6, 0.4])
-    rel = att.relevance(7, 3)  # shares x 3 = [1, 1.2, 0.8]
+    rel = att.relevance(7, 3)  # the latest shares x 3, undiluted: [1, 1.2, 0.8]
     assert abs(rel[0]) < 1e-9 and rel[1] > 0 > rel[2]
+
+
+def test_an_absent_blocks_share_is_diluted_as_the_context_grows():
+    """A block evicted when 2 blocks shared the attention could not draw its old share among 8:
+    what it would draw if restored scales with resident blocks then / now."""
+    import numpy as np
+
+    from sim.quality.attention import MeasuredAttention
+
+    att = MeasuredAttention()
+    att.record(1, np.array([0.5, 0.5]))
+    for n in range(3, 10):  # block 1 evicted; the others share evenly as the context grows
+        shares = np.full(n, 1.0 / (n - 1))
+        shares[1] = 0.0
+        att.record(1, shares)
+    got = att.shares(1, 9)
+    # 8 resident blocks at 1/8 each, weight 1; block 1 at 0.5 of 2, weight 1: all equal
+    assert np.allclose(got, np.full(9, 1 / 9))
+    # undiluted, it would have kept 0.5 against 1/8: 4x what it can draw
+    assert np.allclose(att.advance(1, np.arange(9) != 1, 1), np.where(np.arange(9) != 1, 1 / 8, 0))
 
 
 @pytest.mark.parametrize("away, tol", [(Precision.OFFLOADED, 0.0), (Precision.INT8, 0.01)])
