@@ -132,8 +132,9 @@ def profile(origin: dict, runs, checked, cfg) -> dict:
     return {
         "model": "smollm2-135m",
         **origin,
-        "form": "delta_ppl = sum_b share_b x penalty(precision_b) (sim/quality/model.py); "
-                "penalties fitted by non-negative least squares on the train jobs",
+        "form": "delta_ppl = sum_b weight_b x penalty(precision_b), weight_b the block's "
+                "attention share, 1 / blocks at INT2 (sim/quality/model.py); penalties fitted "
+                "by non-negative least squares on the train jobs",
         "base_ppl": round(cfg.base_ppl, 4),
         "penalties": {name: round(getattr(cfg, f"{name}_delta_ppl").value, 6) for name in FITTED},
         "train": [c.name for c in checked if c.is_train],
@@ -188,8 +189,8 @@ def main() -> None:
     source = f"fitted by benchmarks/quality_fit.py on {args.train}"
     cfg, checked = fit_runs(runs, base, [k for k in args.train.split(",") if k], source)
     print(f"base PPL {cfg.base_ppl:.3f}; fitted penalties (delta-PPL per unit of attention "
-          "share): " + ", ".join(f"{n} {getattr(cfg, f'{n}_delta_ppl').value:.4g}"
-                                 for n in FITTED))
+          "share, of block share at INT2): "
+          + ", ".join(f"{n} {getattr(cfg, f'{n}_delta_ppl').value:.4g}" for n in FITTED))
     print(table(checked, runs))
     if args.out:
         quality_profile.write(Path(args.out), profile(origin, runs, checked, cfg),

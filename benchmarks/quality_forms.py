@@ -15,8 +15,9 @@ over the held-out jobs, how many meet issue 17's bound (within 15 %, or within 0
 measured delta-PPL is below 0.1), and how many fall inside the measurement's own 90 % spread
 (``adapters.decoding.quality_check.delta_ppl_spread``: a paired bootstrap over the scored chunks;
 a prediction outside it is an error the text's sampling does not explain).  The forms are
-computed here, offline; the simulator's own form is the first ("linear, stale shares"), whose
-predictions ``validate-quality`` checks through ``sim.quality.model``.  Deterministic.
+computed here, offline; the simulator's own form is the last ("INT2 by blocks", since
+2026-12-04; before, the first), whose predictions ``validate-quality`` checks through
+``sim.quality.model``.  Deterministic.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ from sim.quality.fit import nnls  # noqa: E402
 
 # runs cached before absent blocks' shares were diluted (sim.quality.attention) were version 1
 CACHE_VERSION = 2
-# name -> (sink weight: block 0's share counts this many times, log-perplexity, reference shares)
+# name -> (sink weight: block 0's share counts this many times, log-perplexity, reference shares,
+# INT2 charged by its share of the blocks rather than of the attention)
 FORMS = {
-    "linear, stale shares (the simulator's)": (1.0, False, False),
-    "linear, reference shares": (1.0, False, True),
-    "log-perplexity linear": (1.0, True, False),
-    "sink block x1.5": (1.5, False, False),
-    "sink block x3": (3.0, False, False),
+    "linear in attention share": (1.0, False, False, False),
+    "linear, reference shares": (1.0, False, True, False),
+    "log-perplexity linear": (1.0, True, False, False),
+    "sink block x1.5": (1.5, False, False, False),
+    "sink block x3": (3.0, False, False, False),
+    "INT2 by blocks (the simulator's)": (1.0, False, False, True),
 }
 
 
@@ -78,9 +81,12 @@ def _nll(windows: list) -> float:
     return sum(w.nll_sum for w in windows) / sum(w.num_scored for w in windows)
 
 
-def mix(runs: dict, key: str, sink: float, reference: bool) -> np.ndarray:
+def mix(runs: dict, key: str, sink: float, reference: bool, int2_blocks: bool = False
+        ) -> np.ndarray:
     """A job's attention share at int8 / int4 / int2 / missing, weighted by scored tokens, block
-    0 counted ``sink`` times; ``reference``: each block's share in the FP16 run's same chunk."""
+    0 counted ``sink`` times; ``reference``: each block's share in the FP16 run's same chunk;
+    ``int2_blocks``: INT2 as its share of the blocks (2-bit keys perturb every block's logit,
+    the ones that drew little attention too)."""
     total, weight = np.zeros(4), 0
     for w, window in enumerate(runs[key]):
         for i, qp in enumerate(window.quality_passes):
@@ -91,8 +97,9 @@ def mix(runs: dict, key: str, sink: float, reference: bool) -> np.ndarray:
             shares = shares / shares.sum()
             shares[0] *= sink
             p = qp.precisions
+            int2 = float(np.mean(p == 3)) if int2_blocks else shares[p == 3].sum()
             total += qp.num_scored * np.array([shares[p == 1].sum(), shares[p == 2].sum(),
-                                               shares[p == 3].sum(), shares[p >= 4].sum()])
+                                               int2, shares[p >= 4].sum()])
             weight += qp.num_scored
     return total / weight
 
@@ -133,8 +140,8 @@ def check(fit_on: list[dict], check_on: dict, train: list[str], form: tuple
     """Fit on the ``train`` jobs of every text in ``fit_on`` (pooled, each relative to its own
     base perplexity), check on the held-out jobs of ``check_on`` -> (median |relative error|,
     jobs within the bound, within the spread, held-out jobs)."""
-    sink, log, reference = form
-    a = np.array([mix(runs, k, sink, reference) for runs in fit_on for k in train])
+    sink, log, reference, int2_blocks = form
+    a = np.array([mix(runs, k, sink, reference, int2_blocks) for runs in fit_on for k in train])
     b = np.array([_nll(runs[k]) - _nll(runs["fp16"]) if log
                   else np.exp(_nll(runs[k]) - _nll(runs["fp16"])) - 1
                   for runs in fit_on for k in train])
@@ -145,7 +152,7 @@ def check(fit_on: list[dict], check_on: dict, train: list[str], form: tuple
         if key == "fp16" or key in train:
             continue
         measured = np.exp(_nll(check_on[key])) - base_check
-        x = float(mix(check_on, key, sink, reference) @ penalty)
+        x = float(mix(check_on, key, sink, reference, int2_blocks) @ penalty)
         predicted = base_check * (np.exp(x) - 1) if log else x * base_check
         errors.append(abs(predicted / measured - 1))
         within += (abs(predicted - measured) <= 0.05 if measured < 0.1

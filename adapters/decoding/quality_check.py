@@ -8,7 +8,8 @@ cache held at the precisions it chose).  The measured delta-PPL is the variant's
 the FP16 perplexity of the same windows.  Two predictions stand beside it:
 
 - **on the same decisions**: the scenario's quality model (its ``quality`` section: a fitted
-  profile or the placeholders) over the attention mix the text was actually scored under
+  profile or the placeholders) over the KV state the text was actually scored under (its
+  attention shares and precisions, charged as ``sim.quality.model`` charges them)
   (``sim.quality.fit.predict``, which runs ``sim.quality.model`` itself).  Its error is the
   quality model's alone, as the shadow prediction's is the cost model's.  The model's penalties
   are delta-PPL at its ``base_ppl`` (the text it was fitted on); a text's own perplexity is a
@@ -49,7 +50,7 @@ import numpy as np
 
 from policies import Precision
 from sim.engine.kv_store import block_bytes
-from sim.quality.fit import attention_mix, predict
+from sim.quality.fit import attention_mix, charged_mix, predict
 
 REL_BOUND = 0.15  # the quality model's goal: within 15 % ...
 ABS_BOUND, SMALL = 0.05, 0.1  # ... or within 0.05 absolute below a measured 0.1
@@ -153,7 +154,8 @@ def window_budget_frac(setup, context: int) -> float:
 
 def score(model, windows: list[list[int]], policy, scn, budget_frac: float, kv_dtype):
     """``policy`` (a fresh copy per window: its state is per request) over every window ->
-    (perplexity, kv saved fraction, the attention mix scored under, the scored chunks)."""
+    (perplexity, kv saved fraction, the attention mix scored under, the mix the quality model
+    charges (``sim.quality.fit.charged_mix``), the scored chunks)."""
     from adapters.decoding.perplexity import tiered_nll
 
     runs = [tiered_nll(model, ids, copy.deepcopy(policy), block_tokens=scn.engine.block_tokens,
@@ -162,7 +164,7 @@ def score(model, windows: list[list[int]], policy, scn, budget_frac: float, kv_d
     nll, scored = sum(r.nll_sum for r in runs), sum(r.num_scored for r in runs)
     passes = [p for r in runs for p in r.quality_passes]
     return (math.exp(nll / scored), float(np.mean([r.kv_saved_frac for r in runs])),
-            attention_mix(passes), Chunks.of(passes))
+            attention_mix(passes), charged_mix(passes), Chunks.of(passes))
 
 
 def check_variants(runs_cfg, setups: dict, base_dir: Path, text: str, num_windows: int,
@@ -182,19 +184,20 @@ def check_variants(runs_cfg, setups: dict, base_dir: Path, text: str, num_window
     ids = tokenizer.encode(text_source(text))
     windows = text_windows(ids, num_windows, context)
     kv_dtype = resolve_dtype(be.kv_dtype)
-    base_ppl, _, _, base_chunks = score(model, windows, build_policy("tiering", {"kind": "fp16"}),
-                                        first, 1.0, kv_dtype)
+    fp16 = build_policy("tiering", {"kind": "fp16"})
+    base_ppl, _, _, _, base_chunks = score(model, windows, fp16, first, 1.0, kv_dtype)
     if on_done:
         on_done("fp16")
     rows = []
     for variant, scn in runs_cfg:
         frac = budget_frac or window_budget_frac(setups[variant], context)
-        ppl, saved, mix, chunks = score(model, windows, scn.policies.tiering, scn, frac, kv_dtype)
+        ppl, saved, mix, charged, chunks = score(model, windows, scn.policies.tiering, scn, frac,
+                                                 kv_dtype)
         simulated = run_scenario(scn, variant, scn.cost_models[0], base_dir,
                                  setup=setups[variant])
         scale = base_ppl / scn.quality.base_ppl  # at this text's perplexity
         rows.append(QualityRow(variant, _policy_name(scn.policies.tiering), frac, ppl,
-                               ppl - base_ppl, predict(mix, scn.quality) * scale,
+                               ppl - base_ppl, predict(charged, scn.quality) * scale,
                                simulated.metrics.get("quality", {}).get("delta_ppl_mean"),
                                saved, mix, delta_ppl_spread(base_chunks, chunks)))
         if on_done:

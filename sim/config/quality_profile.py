@@ -4,8 +4,9 @@ perplexity runs (``benchmarks/quality_fit.py``), which a scenario names as
 
 A bundled name resolves to ``sim/config/profiles/quality/NAME.yaml``; anything with a suffix is
 a path, resolved by the scenario path rule (``sim.config.paths.resolve_path``).
-The file's ``base_ppl`` and ``penalties`` (delta-PPL per unit of attention share at int8 / int4 /
-int2, and per unit of attention mass that is missing: offloaded or evicted) become the
+The file's ``base_ppl`` and ``penalties`` (delta-PPL per unit of attention share at int8 / int4,
+per unit of block share at int2, and per unit of attention mass that is missing: offloaded or
+evicted; ``sim.quality.model``) become the
 ``QualityConfig`` fields, each cited to the file; the rest of the file (command, date, held-out
 errors, the runs themselves) is the record of where they came from.
 """

@@ -1,11 +1,12 @@
 """Fitting the quality model (sim/quality/model.py) to measured perplexity, and checking it on
 runs it was not fitted to.
 
-The model's form is kept: delta_ppl = sum over blocks of share_b x penalty(precision_b), averaged
-over the passes that describe the scored text.  It is linear in the penalties, so a run reduces to
-its **attention mix**: the (scored-token-weighted mean) attention share held at each precision,
-``missing`` being offloaded + evicted.  With x_p the run's share at int8 / int4 / int2 / missing
-and penalty_fp16 = 0,
+The model's form: delta_ppl = sum over blocks of weight_b x penalty(precision_b), averaged over
+the passes that describe the scored text, weight_b being the block's attention share (its share
+of the blocks at INT2: ``sim.quality.model.charged``).  It is linear in the penalties, so a run
+reduces to its **charged mix**: the (scored-token-weighted mean) weight held at each precision,
+``missing`` being offloaded + evicted.  With x_p the run's charged mix at int8 / int4 / int2 /
+missing and penalty_fp16 = 0,
 
     delta_ppl(run) = sum_p x_p x penalty_p
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from policies import Precision
 from sim.config.scenario import Coefficient, QualityConfig
-from sim.quality.model import penalties, request_delta_ppl
+from sim.quality.model import charged, penalties, weighted_delta_ppl
 
 MIX_NAMES = ("fp16", "int8", "int4", "int2", "missing")
 FITTED = MIX_NAMES[1:]  # fp16 costs nothing by definition
@@ -58,13 +59,29 @@ def block_mix(passes: Iterable[QualityPass]) -> dict[str, float]:
     return _weighted_mix(passes, by_share=False)
 
 
-def _weighted_mix(passes: Iterable[QualityPass], by_share: bool) -> dict[str, float]:
+def charged_mix(passes: Iterable[QualityPass]) -> dict[str, float]:
+    """What the quality model charges at each precision (``sim.quality.model.charged``: the
+    attention share, the share of the blocks at INT2), weighted the same way."""
+    return _weighted_mix(passes, by_share=None)
+
+
+def charged_of(attention: dict[str, float], blocks: dict[str, float]) -> dict[str, float]:
+    """The same from a run's two mixes (they hold it exactly: INT2 is charged by its blocks)."""
+    return {**attention, "int2": blocks["int2"]}
+
+
+def _weighted_mix(passes: Iterable[QualityPass], by_share: bool | None) -> dict[str, float]:
+    """``by_share``: attention shares (True), uniform over blocks (False), charged (None)."""
     total = np.zeros(len(MIX_NAMES))
     weight = 0
     for p in passes:
         if p.num_scored == 0 or len(p.precisions) == 0:
             continue
-        mass = p.shares if by_share else np.full(len(p.precisions), 1.0 / len(p.precisions))
+        if by_share is None:
+            mass = charged(p.shares, p.precisions)
+        else:
+            mass = p.shares if by_share else np.full(len(p.precisions),
+                                                     1.0 / len(p.precisions))
         total += p.num_scored * np.bincount(_mix_index(p.precisions), weights=mass,
                                             minlength=len(MIX_NAMES))
         weight += p.num_scored
@@ -73,10 +90,11 @@ def _weighted_mix(passes: Iterable[QualityPass], by_share: bool) -> dict[str, fl
 
 
 def predict(mix: dict[str, float], cfg: QualityConfig) -> float:
-    """What the simulator's quality model estimates for a run with this attention mix: its own
-    ``request_delta_ppl`` over one pseudo-block per precision (exact, the model being linear)."""
-    shares = np.array([mix[name] for name in MIX_NAMES])
-    return request_delta_ppl(shares, _MIX_PRECISIONS, penalties(cfg))
+    """What the simulator's quality model estimates for a run with this charged mix
+    (``charged_mix``): its own ``weighted_delta_ppl`` over one pseudo-block per precision
+    (exact, the model being linear in the charged weights)."""
+    weights = np.array([mix[name] for name in MIX_NAMES])
+    return weighted_delta_ppl(weights, _MIX_PRECISIONS, penalties(cfg))
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -139,6 +157,10 @@ class QualityRun:
         ppl = float(np.exp(nll_sum / num_scored)) if num_scored else float("nan")
         return cls(name, ppl, num_scored, attention_mix(passes), block_mix(passes))
 
+    @property
+    def charged_mix(self) -> dict[str, float]:
+        return charged_of(self.attention_mix, self.block_mix)
+
 
 @dataclass(frozen=True)
 class Checked:
@@ -164,9 +186,9 @@ def fit_runs(runs: Sequence[QualityRun], base: QualityRun, train: Iterable[str],
     if unknown:
         raise ValueError(f"no run named {sorted(unknown)[0]!r} to train on")
     chosen = [r for r in runs if r.name in names]
-    fit = fit_penalties([r.attention_mix for r in chosen], [r.ppl - base.ppl for r in chosen])
+    fit = fit_penalties([r.charged_mix for r in chosen], [r.ppl - base.ppl for r in chosen])
     cfg = fitted_config(fit, base.ppl, source)
     placeholder = QualityConfig()
-    checked = [Checked(r.name, r.name in names, r.ppl - base.ppl, predict(r.attention_mix, cfg),
-                       predict(r.attention_mix, placeholder)) for r in runs]
+    checked = [Checked(r.name, r.name in names, r.ppl - base.ppl, predict(r.charged_mix, cfg),
+                       predict(r.charged_mix, placeholder)) for r in runs]
     return cfg, checked

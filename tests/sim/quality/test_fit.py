@@ -18,11 +18,14 @@ from sim.quality.fit import (
     QualityPass,
     attention_mix,
     block_mix,
+    charged_mix,
+    charged_of,
     fit_penalties,
     fit_runs,
     nnls,
     predict,
 )
+from sim.quality.model import penalties, request_delta_ppl
 from sim.run.runner import run_scenario
 
 F, I8, I4, I2, OFF, EV = (Precision.FP16, Precision.INT8, Precision.INT4, Precision.INT2,
@@ -48,6 +51,23 @@ def test_prediction_goes_through_the_simulators_penalties():
     # placeholders: int4 0.1, missing 3.0 per unit of attention
     mix = {"fp16": 0.4, "int8": 0.0, "int4": 0.5, "int2": 0.0, "missing": 0.1}
     assert predict(mix, QualityConfig()) == pytest.approx(0.35)
+
+
+def test_int2_is_charged_by_its_share_of_the_blocks_and_int4_by_its_attention():
+    # the two oldest of 8 blocks drew 1 % of the attention
+    shares = np.array([0.005, 0.005, 0.015, 0.025, 0.05, 0.2, 0.3, 0.4])
+    table = penalties(QualityConfig())  # placeholders: int4 0.1, int2 1.0 per unit
+    assert request_delta_ppl(shares, np.array([I2, I2] + [F] * 6, dtype=np.uint8),
+                             table) == pytest.approx(2 / 8 * 1.0)
+    assert request_delta_ppl(shares, np.array([I4, I4] + [F] * 6, dtype=np.uint8),
+                             table) == pytest.approx(0.01 * 0.1)
+    # a run's charged mix holds the same, from its passes or from its two stored mixes, and
+    # the prediction over it is the scored-token-weighted mean of the per-pass estimates
+    passes = [_pass(shares, [I2, I2] + [F] * 6, 3), _pass([0.5, 0.3, 0.2], [I2, F, EV], 1)]
+    mix = charged_mix(passes)
+    assert mix == pytest.approx(charged_of(attention_mix(passes), block_mix(passes)))
+    per_pass = [request_delta_ppl(p.shares, p.precisions, table) for p in passes]
+    assert predict(mix, QualityConfig()) == pytest.approx((3 * per_pass[0] + per_pass[1]) / 4)
 
 
 def test_nnls_clamps_what_unconstrained_least_squares_makes_negative():
@@ -158,7 +178,7 @@ def test_recorded_passes_are_the_states_the_retierers_signal_was_computed_from(t
     got = tiered_nll(model, windows[0], StreamingTiering(sink_tokens=16, window_tokens=64), **KW)
     assert len(got.quality_passes) == len(got.quality_samples) - 1 == 8  # 256 tokens / 32
     assert sum(p.num_scored for p in got.quality_passes) == got.num_scored
-    from_passes = [predict(attention_mix([p]), QualityConfig()) for p in got.quality_passes]
+    from_passes = [predict(charged_mix([p]), QualityConfig()) for p in got.quality_passes]
     assert from_passes == pytest.approx(list(got.quality_samples[1:]), abs=1e-12)
     assert max(from_passes) > 0  # streaming evicted attended blocks
 
