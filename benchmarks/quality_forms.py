@@ -5,8 +5,8 @@ model").
     python benchmarks/quality_forms.py [--texts play:the-tempest,python-docs,play:hamlet]
         [--windows 2] [--context 2048] [--threads 2] [--cache DIR]
 
-Runs ``benchmarks/quality_fit.py``'s 16 tiering jobs per text through the real paged KV store
-(``adapters.decoding.perplexity.tiered_nll``, SmolLM2-135M), keeping every scored chunk's
+Runs the 16 tiering jobs of ``adapters.decoding.quality_jobs`` per text through the real paged KV
+store (``adapters.decoding.perplexity.tiered_nll``, SmolLM2-135M), keeping every scored chunk's
 attention mix and NLL; the runs of a text are cached under ``--cache`` (about 2.5 minutes a text on
 2 threads).  Each form is fitted by non-negative least squares on the ``--train`` jobs of one text
 and predicts the other jobs of every text, at that text's base perplexity (the relative reading
@@ -33,9 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quality_fit import DEFAULT_TRAIN, JOBS  # noqa: E402
-
 from adapters.decoding.quality_check import Chunks, delta_ppl_spread  # noqa: E402
+from adapters.decoding.quality_jobs import DEFAULT_TRAIN, JOBS  # noqa: E402
 from sim.quality.fit import nnls  # noqa: E402
 
 # runs cached before absent blocks' shares were diluted (sim.quality.attention) were version 1
@@ -168,7 +167,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--train", default=DEFAULT_TRAIN)
+    ap.add_argument("--train", default=",".join(DEFAULT_TRAIN))
     ap.add_argument("--cache", default=str(Path.home() / ".cache/infer-os/quality-forms"))
     ap.add_argument("--spread-check", action="store_true", help="with 4 or more windows: how "
                     "often a pair of windows' 90 %% interval holds what the other windows "

@@ -50,11 +50,13 @@ import numpy as np
 
 from policies import Precision
 from sim.engine.kv_store import block_bytes
+from sim.errors import UserError
 from sim.quality.fit import attention_mix, charged_mix, predict
 
 REL_BOUND = 0.15  # the quality model's goal: within 15 % ...
 ABS_BOUND, SMALL = 0.05, 0.1  # ... or within 0.05 absolute below a measured 0.1
 SPREAD_LEVEL, RESAMPLES = 0.90, 2000  # the measured delta-PPL's bootstrap interval
+MIN_SPREAD_CHUNKS = 4  # fewer scored chunks than this: no interval (one chunk gives a point)
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,28 @@ def delta_ppl_spread(base: Chunks, run: Chunks, level: float = SPREAD_LEVEL,
     return float(lo), float(hi)
 
 
-def text_windows(ids: list[int], num_windows: int, context: int) -> list[list[int]]:
-    """``num_windows`` windows of ``context`` tokens spread evenly over ``ids``."""
+def measured_spread(base: Chunks, run: Chunks) -> tuple[float, float] | None:
+    """``delta_ppl_spread``, or None when the runs scored fewer than ``MIN_SPREAD_CHUNKS``
+    chunks: resampling one or two chunks gives an interval of (nearly) no width, which would
+    call every prediction off the point a model error."""
+    if len(base.num_scored) < MIN_SPREAD_CHUNKS:
+        return None
+    return delta_ppl_spread(base, run)
+
+
+def text_windows(ids: list[int], num_windows: int, context: int,
+                 text: str = "") -> list[list[int]]:
+    """``num_windows`` windows of ``context`` tokens spread evenly over ``ids``.  A text too short
+    for them is a ``UserError`` at ``--text`` (``text`` names it): at least ``context`` tokens,
+    and for more than one window, starts ``context / num_windows`` tokens apart or more (about
+    twice the context in all; closer, the windows repeat each other's tokens and the spread
+    would count the same text twice)."""
     stride = (len(ids) - context) // max(num_windows, 1)
+    need = context + (num_windows * -(-context // num_windows) if num_windows > 1 else 0)
+    if len(ids) < need:
+        raise UserError(f"{text or 'the text'} holds {len(ids)} tokens; {num_windows} "
+                        f"window{'s' * (num_windows > 1)} of {context} tokens need {need} or more "
+                        "(lower --windows or --context)", field="--text")
     return [ids[i * stride:i * stride + context] for i in range(num_windows)]
 
 
@@ -112,11 +133,15 @@ class QualityRow:
     # (at the scenario's base_ppl: what ``simulate`` reports, not rescaled)
     kv_saved_frac: float
     attention_mix: dict[str, float] = field(default_factory=dict)
-    spread: tuple[float, float] = (0.0, 0.0)  # the measured delta-PPL's 90 % interval
+    # the measured delta-PPL's 90 % interval (None: too few scored chunks to resample)
+    spread: tuple[float, float] | None = (0.0, 0.0)
 
     @property
-    def verdict(self) -> str:
-        """``noise``: the prediction lies inside the measurement's own spread; ``model``: not."""
+    def verdict(self) -> str | None:
+        """``noise``: the prediction lies inside the measurement's own spread; ``model``: not;
+        None without a spread."""
+        if self.spread is None:
+            return None
         lo, hi = self.spread
         return "noise" if lo <= self.predicted_delta_ppl <= hi else "model"
 
@@ -137,7 +162,8 @@ class QualityRow:
                 "measured_delta_ppl": r(self.measured_delta_ppl),
                 "predicted_delta_ppl": r(self.predicted_delta_ppl),
                 "relative_error": r(self.relative_error), "ok": self.ok,
-                "spread": [r(v) for v in self.spread], "verdict": self.verdict,
+                "spread": None if self.spread is None else [r(v) for v in self.spread],
+                "verdict": self.verdict,
                 "simulated_delta_ppl": r(self.simulated_delta_ppl),
                 "kv_saved_frac": r(self.kv_saved_frac),
                 "attention_mix": {k: r(v) for k, v in self.attention_mix.items()}}
@@ -182,7 +208,7 @@ def check_variants(runs_cfg, setups: dict, base_dir: Path, text: str, num_window
     model, tokenizer = load_shared(resolve_spec(first.model.spec, base_dir), "text", be.dtype,
                                    be.device)
     ids = tokenizer.encode(text_source(text))
-    windows = text_windows(ids, num_windows, context)
+    windows = text_windows(ids, num_windows, context, text)
     kv_dtype = resolve_dtype(be.kv_dtype)
     fp16 = build_policy("tiering", {"kind": "fp16"})
     base_ppl, _, _, _, base_chunks = score(model, windows, fp16, first, 1.0, kv_dtype)
@@ -199,7 +225,7 @@ def check_variants(runs_cfg, setups: dict, base_dir: Path, text: str, num_window
         rows.append(QualityRow(variant, _policy_name(scn.policies.tiering), frac, ppl,
                                ppl - base_ppl, predict(charged, scn.quality) * scale,
                                simulated.metrics.get("quality", {}).get("delta_ppl_mean"),
-                               saved, mix, delta_ppl_spread(base_chunks, chunks)))
+                               saved, mix, measured_spread(base_chunks, chunks)))
         if on_done:
             on_done(variant)
     return base_ppl, rows

@@ -3,6 +3,8 @@
 The package is located with ``importlib.util.find_spec`` and its Markdown files are read directly;
 it is never imported (its ``__init__`` pulls in dependencies we do not install).  The Markdown is
 reduced to the spoken text: headings, stage directions and speaker tags become plain lines.
+Beside them: ``python-docs`` (the standard library's own documentation, technical prose) and any
+UTF-8 text file the user names (``text_source``).
 """
 
 from __future__ import annotations
@@ -63,8 +65,13 @@ def python_docs_text() -> str:
     return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
 
 
+MAX_TEXT_BYTES = 256 << 20  # a text file is read whole: 256 MiB is far past any window count
+
+
 def text_source(name: str) -> str:
-    """``python-docs`` or ``play:NAME`` (a Shakespeare play, e.g. ``play:hamlet``)."""
+    """``python-docs``, ``play:NAME`` (a Shakespeare play, e.g. ``play:hamlet``), or the path of
+    a UTF-8 text file (the user's own text: a quality profile holds for text like the text it was
+    fitted on).  A ``UserError`` at ``--text`` otherwise, naming the file where there is one."""
     if name == PYTHON_DOCS:
         return python_docs_text()
     if name.startswith("play:"):
@@ -72,5 +79,33 @@ def text_source(name: str) -> str:
             return play_text(name.removeprefix("play:"))
         except UserError as err:
             raise err.at(file=err.file, field="--text") from None
+    path = Path(name).expanduser()
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return file_text(path)
     raise UserError(f"unknown text {name!r} (texts: {PYTHON_DOCS}, play:NAME with NAME one of "
-                    f"{', '.join(play_names())})", field="--text")
+                    f"{', '.join(play_names())}, or the path of a UTF-8 text file)",
+                    field="--text")
+
+
+def file_text(path: Path) -> str:
+    """A UTF-8 text file, whole (a byte-order mark dropped, line ends as they are)."""
+    def bad(why: str) -> UserError:
+        return UserError(why, file=str(path), field="--text")
+    if not path.exists():
+        raise bad("no such file")
+    if not path.is_file():
+        raise bad("not a file (a UTF-8 text file is expected)")
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise bad(f"{size} bytes; at most {MAX_TEXT_BYTES >> 20} MiB of text is read")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise bad(f"cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise bad(f"not UTF-8 text (byte {err.start}: {err.reason})") from None
+    if not text.strip():
+        raise bad("holds no text")
+    if "\x00" in text:
+        raise bad("holds NUL characters: a binary file, not text")
+    return text

