@@ -122,7 +122,9 @@ def _measured(args: argparse.Namespace):
           f"{args.text}; {count} jobs", file=sys.stderr)
     jobs = run_jobs(loaded.model, windows, done, args.jobs)
     device = describe_device(loaded.model.tok_embeddings.weight.device)
-    record = (f"{loaded.source} fp32 on {device}, {args.text}: {args.windows} windows of "
+    source = args.model if Path(args.model).exists() else \
+        f"{args.model} ({Path(loaded.source).name})"  # a preset: its file, not where it lies
+    record = (f"{source} fp32 on {device}, {args.text}: {args.windows} windows of "
               f"{args.context} tokens, scored from token 512, chunks of 128, KV blocks of 64 "
               f"tokens, INT groups of 64, FP tier FP16, measured attention")
     return jobs, {}, {"model": args.model, "text": record}

@@ -1,6 +1,6 @@
 """Fitted quality files: the quality model's penalties and base perplexity fitted from real
-perplexity runs (``benchmarks/quality_fit.py``), which a scenario names as
-``quality: {profile: NAME-or-PATH}``.
+perplexity runs (``infer-os calibrate-quality`` on any text; ``benchmarks/quality_fit.py`` for the
+bundled ones), which a scenario names as ``quality: {profile: NAME-or-PATH}``.
 
 A bundled name resolves to ``sim/config/profiles/quality/NAME.yaml``; anything with a suffix is
 a path, resolved by the scenario path rule (``sim.config.paths.resolve_path``).
