@@ -321,7 +321,8 @@ def create(scn: Scenario, hw: HardwareProfile, requests: Requests, store: PagedK
     export = export_onnx(model, kv_dtype, observe=observe)
     mode = op.quantize_mode(provider, scn)
     path = prepare_model(export.path, mode, calibration=_calibration_feeds(
-        prompts, model, kv_dtype) if mode == "int8" else None)
+        prompts, model, kv_dtype) if mode == "int8" else None,
+        reduce_range=None if provider == op.CPU_EP else False)  # 7-bit weights: CPU only
     # the accelerator's session, and the CPU's beside it for phases placed there
     targets = {op.BACKEND_DEVICE_KIND[backend]: provider}
     targets.setdefault("cpu", op.CPU_EP)

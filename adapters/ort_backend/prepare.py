@@ -10,7 +10,10 @@ shapes) stay those of the export, so an executor feeds a prepared model as it fe
   products); norms, softmax, RoPE and masking stay float: quantizing every op put the mask's
   large negative fill into a per-tensor range and left the tiny test model's logits uncorrelated
   (relative error 1.1 against 0.1).  Scales are float, not the power-of-two scales of AMD Quark's
-  XINT8 preset; a flow that needs those needs Quark.
+  XINT8 preset; a flow that needs those needs Quark.  For the CPU EP on an x86 CPU without VNNI
+  the weights are quantized to 7 bits (``reduce_range``, as onnxruntime advises for such CPUs:
+  its uint8 x int8 kernels there add products in pairs into 16 bits, which saturate; on an AVX2
+  EPYC the test model's logits read 0.25 off with 8-bit weights, within 0.2 with 7).
 - ``bf16``: the Cast form Ryzen AI's BF16 compile (VAIML) takes, which Quark writes with
   ``BF16QDQToCast`` ("replace QuantizeLinear/DeQuantizeLinear ops with Cast ops"): every float
   weight of a MatMul, Gemm or Gather is stored as bfloat16 (rounded to nearest, ties to even) and
@@ -50,36 +53,56 @@ def prepared_root() -> Path:
     return cache_folder("onnx-prepared")
 
 
+def saturating_cpu() -> bool:
+    """An x86 CPU without VNNI (``avx512_vnni`` / ``avx_vnni`` absent from /proc/cpuinfo), where
+    onnxruntime's CPU uint8 x int8 products saturate; False where that cannot be read."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        return "vnni" not in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def prepare_model(export_path: Path, mode: str, *, calibration: list[Feeds] | None,
-                  cache_root: Path | None = None) -> Path:
+                  cache_root: Path | None = None, reduce_range: bool | None = None) -> Path:
     """The model at ``export_path`` prepared for ``mode`` ("none": ``export_path`` itself) ->
     where the prepared ``model.onnx`` is.  ``calibration``: the feeds INT8 calibrates its
-    activation ranges on (ignored otherwise).  A second call with the same arguments finds the
-    cached model and returns its path without preparing anything."""
+    activation ranges on (ignored otherwise).  ``reduce_range``: INT8 weights in 7 bits (None:
+    where ``saturating_cpu``; pass False for a model an accelerator runs).  A second call with
+    the same arguments finds the cached model and returns its path without preparing
+    anything."""
     if mode not in MODES:
         raise ValueError(f"unknown preparation {mode!r} (choose from {', '.join(MODES)})")
     if mode == "none":
         return export_path
     if mode == "int8" and not calibration:
         raise ValueError("int8 preparation needs calibration feeds")
-    key = prepare_key(export_path, mode, calibration if mode == "int8" else None)
+    if reduce_range is None:
+        reduce_range = saturating_cpu()
+    key = prepare_key(export_path, mode, calibration if mode == "int8" else None,
+                      reduce_range and mode == "int8")
 
     def build(folder: Path) -> None:
         if mode == "int8":
-            _quantize_int8(export_path, folder / "model.onnx", calibration or [])
+            _quantize_int8(export_path, folder / "model.onnx", calibration or [], reduce_range)
         else:
             _convert_bf16(export_path, folder / "model.onnx")
 
     return cached_folder(cache_root or prepared_root(), key, build)[0]
 
 
-def prepare_key(export_path: Path, mode: str, calibration: list[Feeds] | None) -> str:
+def prepare_key(export_path: Path, mode: str, calibration: list[Feeds] | None,
+                reduce_range: bool = False) -> str:
     """SHA-256 over the export's files (resolved path, size, mtime), the mode and its options,
     the calibration feeds (names, shapes, dtypes, bytes) and the versions."""
     files = [export_path, export_path.with_name(export_path.name + ".data")]
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
              for p in files if p.exists()]
-    options = {"int8": INT8_OPTIONS, "bf16": BF16_OPTIONS}.get(mode)
+    options = {"int8": {**INT8_OPTIONS, **({"reduce_range": True} if reduce_range else {})},
+               "bf16": BF16_OPTIONS}.get(mode)
     meta = {"version": PREPARE_VERSION, "files": stats, "mode": mode, "options": options,
             "onnxruntime": ort.__version__, "onnx": onnx.__version__}
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
@@ -92,7 +115,7 @@ def prepare_key(export_path: Path, mode: str, calibration: list[Feeds] | None) -
 
 
 # -- INT8 -----------------------------------------------------------------------------------------
-def _quantize_int8(src: Path, dst: Path, calibration: list[Feeds]) -> None:
+def _quantize_int8(src: Path, dst: Path, calibration: list[Feeds], reduce_range: bool) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -113,6 +136,7 @@ def _quantize_int8(src: Path, dst: Path, calibration: list[Feeds]) -> None:
         op_types_to_quantize=INT8_OPTIONS["ops"], per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
+        reduce_range=reduce_range,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
 
 
