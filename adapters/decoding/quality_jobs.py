@@ -56,6 +56,10 @@ FORM = ("delta_ppl = sum_b weight_b x penalty(precision_b), weight_b the block's
         "squares on the train jobs")
 
 
+def r6(x: float) -> float:
+    return round(x, 6)
+
+
 def job_names() -> list[str]:
     return [key for key, _, _ in JOBS]
 
@@ -163,8 +167,7 @@ def check_on(cfg, jobs: Sequence[JobRun], train: Sequence[str],
     rows = []
     for j in jobs:
         r = j.run
-        measured = 0.0 if r.name == "fp16" else r.ppl - base.ppl
-        checked = Checked(r.name, r.name in train, measured,
+        checked = Checked(r.name, r.name in train, r.ppl - base.ppl,
                           predict(r.charged_mix, cfg) * scale,
                           predict(r.charged_mix, placeholder) * scale)
         spread = (spreads or {}).get(r.name)
@@ -206,9 +209,6 @@ def profile(origin: dict, jobs: Sequence[JobRun], rows: Sequence[Row], cfg,
     """The quality profile's document (``sim.config.quality_profile``): the fitted figures the
     simulator reads, and the record of where they came from (every job's measurement)."""
     summary = held_out_summary(rows)
-
-    def r6(x: float) -> float:
-        return round(x, 6)
     return {
         **origin,
         "form": FORM,
@@ -227,9 +227,6 @@ def row_record(row: Row, job: JobRun) -> dict:
     """One job as a profile records it: its policy, role, measurement, spread and prediction."""
     specs = {key: (spec, budget) for key, spec, budget in JOBS}
     c, run = row.checked, job.run
-
-    def r6(x: float) -> float:
-        return round(x, 6)
     return {"name": c.name, "policy": specs.get(c.name, (None,))[0],
             "budget_frac": specs.get(c.name, (None, None))[1],
             "role": row.role,
