@@ -5,6 +5,8 @@ worst |signed relative error| of each metric over all of them.
     python benchmarks/validation.py [--backend torch|ort] [--profile PROFILE.yaml]
         [--scenario NAME]... [--json-dir DIR]
     python benchmarks/validation.py --from-json DIR   # tabulate saved `validate --json` output
+    python benchmarks/validation.py --pool-steps DIR  # the shadow pooled over every steps.*.csv
+                                                      # under DIR (`validate --out` writes them)
 
 Without ``--profile`` the cached calibration of this machine is used (made first if missing,
 about 2 minutes).  Run it alone on the machine: other processes disturb the measured runs.
@@ -66,6 +68,40 @@ def table(docs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_steps(path: Path) -> list[dict]:
+    """A ``steps.{variant}.csv`` (``sim.run.shadow.write_steps_csv``) as ``predict`` made it:
+    numbers as floats, empty cells as None."""
+    import csv
+
+    def value(v: str):
+        if v == "":
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    with path.open() as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def pooled_steps(folder: Path) -> str:
+    """The shadow (``sim.run.shadow.summarize``) over every measured step of every
+    ``steps.*.csv`` under ``folder``, as a table."""
+    from sim.run.shadow import summarize
+
+    files = sorted(folder.rglob("steps.*.csv"))
+    if not files:
+        sys.exit(f"{folder}: no steps.*.csv under it (validate --out DIR writes them)")
+    rows = [r for p in files for r in read_steps(p)]
+    lines = [f"{len(files)} files, {len(rows)} steps", "",
+             "| step kind | steps | median \\|error\\| | median signed error | p10 .. p90 |",
+             "|---|---|---|---|---|"]
+    for kind, e in summarize(rows).items():
+        lines.append(f"| {kind} | {e['steps']:,} | {e['median_abs']:.1%} | {e['median']:+.1%} "
+                     f"| {e['p10']:+.1%} .. {e['p90']:+.1%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="torch", help="torch (default) or ort")
@@ -74,7 +110,12 @@ def main() -> None:
                     "bundled validation-* ones)")
     ap.add_argument("--json-dir", help="also save each scenario's validate JSON here")
     ap.add_argument("--from-json", help="tabulate the *.json files of this folder instead")
+    ap.add_argument("--pool-steps", metavar="DIR", help="the shadow pooled over every "
+                    "steps.*.csv under DIR, per step kind, instead")
     args = ap.parse_args()
+    if args.pool_steps:
+        print(pooled_steps(Path(args.pool_steps)))
+        return
     if args.from_json:
         docs = [json.loads(p.read_text()) for p in sorted(Path(args.from_json).glob("*.json"))]
     else:

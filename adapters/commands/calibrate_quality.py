@@ -4,7 +4,8 @@ text, and check it on the policies it was not fitted on.
     infer-os calibrate-quality [--text python-docs|play:NAME|FILE.txt] [--model smollm2-135m|PATH]
         [--windows N] [--context TOKENS] [--train JOB,...] [--jobs JOB,...] [--threads N]
         [--device cpu|cuda|auto] [--out PROFILE.yaml] [--json]
-    infer-os calibrate-quality --from PROFILE.yaml --train JOB,... [--out ...] [--json]
+    infer-os calibrate-quality --from PROFILE.yaml [--from OTHER.yaml]... [--train JOB,...]
+        [--out ...] [--json]
     ... [--check-on OTHER.yaml]...
 
 Runs the sixteen tiering jobs of ``adapters.decoding.quality_jobs`` over ``--windows`` windows of
@@ -14,10 +15,12 @@ of the development machine about 20 s a job per 2,048-token window: 10 minutes f
 job's measured delta-PPL, its 90 % spread, the prediction and the verdict (``noise``: inside the
 spread).  The held-out jobs are the check.  ``--out`` writes the profile, which a scenario names
 as ``quality: {profile: PATH}`` (or ``--set quality.profile=PATH``); ``--from`` refits from the
-runs a profile records, without running the model; ``--check-on`` checks the fit on the runs
-another profile records (another text: held-out policies on a held-out text).  A quality
-profile holds for text like the text it was fitted on (docs/validation.md: between Shakespeare
-and technical prose the bundled fit misses by 37-84 %), so fit on text like your traffic's.
+runs a profile records, without running the model (repeated: on a set of texts, each text's
+delta-PPL read relative to its own FP16 perplexity and scaled to the first one's);
+``--check-on`` checks the fit on the runs another profile records (another text: held-out
+policies on a held-out text).  A quality profile holds for text like the text it was fitted on
+(docs/validation.md: between Shakespeare and technical prose the bundled fit misses by
+37-84 %), so fit on text like your traffic's.
 
 Exit 0 when it ran, 2 on bad input (an unknown text or job, a text too short for the windows, a
 train set that leaves a penalty unpriced), 3 without torch.  Imports torch only when it runs.
@@ -57,8 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "base, always runs; the train jobs must be among them; default: all 16)")
     p.add_argument("--threads", default=None, help="torch CPU threads, 1 to 1024")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--from", dest="source", metavar="PROFILE.yaml",
-                   help="refit from the runs this quality profile records (no model run)")
+    p.add_argument("--from", dest="source", action="append", metavar="PROFILE.yaml",
+                   help="refit from the runs this quality profile records (no model run); "
+                   "repeat it to fit on a set of texts (each text's delta-PPL read relative to "
+                   "its own base; the profile keeps the first one's base perplexity)")
     p.add_argument("--check-on", action="append", metavar="PROFILE.yaml", help="also check the "
                    "fit on the runs another quality profile records (another text; each job "
                    "predicted at that text's FP16 perplexity); repeatable")
@@ -137,9 +142,12 @@ def _profile(path: str, flag: str):
 
     try:
         data = quality_profile.read(path)
+    except UserError as err:
+        raise UserError(err.lines[0], field=flag) from None  # the line names the file
+    try:
         jobs, spreads = stored_jobs(data)
     except UserError as err:
-        raise UserError(err.lines[0], field=flag) from None
+        raise UserError(err.message, file=path, field=flag) from None
     origin = {k: data[k] for k in ("model", "command", "date", "text") if k in data}
     return jobs, spreads, origin
 
@@ -150,30 +158,41 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     t0 = time.perf_counter()
-    jobs, spreads, origin = _profile(args.source, "--from") if args.source else _measured(args)
-    known = {j.run.name for j in jobs}
-    missing = [n for n in args.train if n not in known]
-    if missing:
-        raise UserError(f"the profile records no {missing[0]!r} run", field="--train")
+    sources = args.source or []
+    jobs, spreads, origin = _profile(sources[0], "--from") if sources else _measured(args)
+    also = [(path, _profile(path, "--from")) for path in sources[1:]]
+    for path, (js, _, _) in [(sources[0] if sources else None, (jobs, None, None)), *also]:
+        known = {j.run.name for j in js}
+        missing = [n for n in args.train if n not in known]
+        if missing:
+            raise UserError(f"the profile records no {missing[0]!r} run", file=path,
+                            field="--train")
     this = {"command": _command(args),
             "date": datetime.date.today().isoformat()}
     origin = {**origin, "refit": this} if args.source else {**origin, **this}
+    texts = f" of {len(sources)} texts" if len(sources) > 1 else ""
     cfg, rows = fit(jobs, args.train, f"fitted by infer-os calibrate-quality on "
-                    f"{','.join(args.train)}", spreads)
+                    f"{','.join(args.train)}{texts}", spreads, [a[1][0] for a in also])
     doc = profile(origin, jobs, rows, cfg, args.train)
+    if also:  # each further text: its runs against the fit (its train jobs were fitted on)
+        doc["also_fitted_on"] = [_checked(path, loaded, cfg, args.train)
+                                 for path, loaded in also]
     if args.out:
         quality_profile.write(Path(args.out), doc, header="A fitted quality profile "
                               "(sim/config/quality_profile.py), written by infer-os "
                               "calibrate-quality.")
         quality_profile.read(str(Path(args.out).resolve()))  # what was written reads back
     summary = held_out_summary(rows)
-    checks = [_checked_on(path, cfg, args.train) for path in args.check_on or []]
+    checks = [_checked(path, _profile(path, "--check-on"), cfg, args.train)
+              for path in args.check_on or []]
     out = {"profile": doc, "held_out": summary, "checks": checks, "out": args.out,
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         sys.stdout.write(json.dumps(out) + "\n")
     else:
         print_table(doc, summary)
+        for other in doc.get("also_fitted_on", []):
+            print_table(other, other["held_out"], f"also fitted on {other['profile']}")
         for check in checks:
             print_table(check, check["held_out"], f"checked on {check['profile']}")
         if args.out:
@@ -184,11 +203,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_on(path: str, cfg, train: list[str]) -> dict:
-    """The fit checked on the runs of another profile (another text)."""
+def _checked(path: str, loaded, cfg, train: list[str]) -> dict:
+    """The fit checked on the runs of another profile (another text; ``loaded``: its
+    ``_profile``)."""
     from adapters.decoding.quality_jobs import check_on, held_out_summary, row_record
 
-    jobs, spreads, origin = _profile(path, "--check-on")
+    jobs, spreads, origin = loaded
     rows = check_on(cfg, jobs, train, spreads)
     base = next(j.run.ppl for j in jobs if j.run.name == "fp16")
     return {"profile": path, "text": origin.get("text"), "base_ppl": round(base, 4),
@@ -199,7 +219,7 @@ def _checked_on(path: str, cfg, train: list[str]) -> dict:
 def _command(args: argparse.Namespace) -> str:
     """The command that makes this profile again (its flags, defaults spelled out)."""
     if args.source:
-        parts = ["--from", args.source]
+        parts = [part for path in args.source for part in ("--from", path)]
     else:
         parts = ["--text", args.text, "--model", args.model, "--windows", str(args.windows),
                  "--context", str(args.context)]

@@ -131,20 +131,27 @@ class Row:
         return within_bounds(self.checked.predicted_delta_ppl, self.checked.measured_delta_ppl)
 
 
+def _base(jobs: Sequence[JobRun]) -> JobRun:
+    return next(j for j in jobs if j.run.name == "fp16")
+
+
 def fit(jobs: Sequence[JobRun], train: Sequence[str], source: str,
-        spreads: dict[str, tuple[float, float]] | None = None):
+        spreads: dict[str, tuple[float, float]] | None = None,
+        also: Sequence[Sequence[JobRun]] = ()):
     """(QualityConfig, one ``Row`` per job).  The penalties each need a train job that holds
     their precision (int8, int4, int2 and missing attention): otherwise the fit cannot see them
-    and a ``UserError`` at ``--train`` names the precision."""
+    and a ``UserError`` at ``--train`` names the precision.  ``also``: other texts' jobs, whose
+    train jobs join the fit (``sim.quality.fit.fit_runs``); check them with ``check_on``."""
     runs = [j.run for j in jobs]
-    base = next(j for j in jobs if j.run.name == "fp16")
-    chosen = [r for r in runs if r.name in train]
+    base = _base(jobs)
+    others = [([j.run for j in js], _base(js).run) for js in also]
+    chosen = [r for rs in [runs, *(o[0] for o in others)] for r in rs if r.name in train]
     blind = [p for p in FITTED if not any(r.charged_mix[p] > 0 for r in chosen)]
     if blind:
         raise UserError(f"no train job holds {' or '.join(blind)}: the fit cannot price it "
                         f"(train: {', '.join(train)}; default: {','.join(DEFAULT_TRAIN)})",
                         field="--train")
-    cfg, checked = fit_runs(runs, base.run, train, source)
+    cfg, checked = fit_runs(runs, base.run, train, source, others)
     rows = []
     for c, j in zip(checked, jobs):
         if j.chunks is not None and base.chunks is not None:
@@ -161,7 +168,7 @@ def check_on(cfg, jobs: Sequence[JobRun], train: Sequence[str],
     predicted at that text's own FP16 perplexity (``validate-quality``'s relative reading:
     scaled by its base over ``cfg.base_ppl``).  The jobs named like the train jobs are marked
     train and left out of ``held_out_summary``: held-out policies on a held-out text remain."""
-    base = next(j.run for j in jobs if j.run.name == "fp16")
+    base = _base(jobs).run
     scale = base.ppl / cfg.base_ppl
     placeholder = QualityConfig()
     rows = []

@@ -295,7 +295,14 @@ class CalibratedModel:
                 seg.fixed_s *= self.p.speed_factor
         return out
 
-    def _segments(self, plan: StepPlan) -> list[Segment]:
+    def retier_work_s(self, plan: StepPlan) -> float:
+        """The re-tiering work the step is predicted to do, the tier checks left out: blocks
+        quantized as they fill, re-quantized, copied to or from the host, recomputed (seconds,
+        unscaled; 0 when no block moves).  The shadow (``sim.run.shadow``) tells the steps that
+        move blocks from those that only check by it."""
+        return sum(s.fixed_s for s in self._segments(plan, checks=False) if s.op == "retier")
+
+    def _segments(self, plan: StepPlan, checks: bool = True) -> list[Segment]:
         spec, L = self.model, self.model.num_layers
         tokens = np.asarray(plan.row_tokens, dtype=np.int64)
         out = []
@@ -312,7 +319,7 @@ class CalibratedModel:
                                for p in tokens if p > 1)
             out.append(Segment(self.device, "prefill", 0.0, 0.0, seconds))
             fill = self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens)
-            fill.fixed_s += self._tier_check_s(len(tokens))  # the tier check after
+            fill.fixed_s += checks * self._tier_check_s(len(tokens))  # the tier check after
             out.append(fill)
             return out
         resident, quantized = split_rows(plan.row_block_counts, tokens, self.bt)
@@ -326,7 +333,7 @@ class CalibratedModel:
         after = tokens + (T if not k else round(plan.tokens_per_seq))
         fill = self._fill_segment(plan, tokens, tokens, after)
         # the tier checks after the forward and (warm) before it
-        fill.fixed_s += self._tier_check_s(B) + self._tier_check_s(B, warm=True)
+        fill.fixed_s += checks * (self._tier_check_s(B) + self._tier_check_s(B, warm=True))
         if fill.fixed_s:
             out.append(fill)
         if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:

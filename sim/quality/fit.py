@@ -178,15 +178,27 @@ class Checked:
 
 
 def fit_runs(runs: Sequence[QualityRun], base: QualityRun, train: Iterable[str],
-             source: str) -> tuple[QualityConfig, list[Checked]]:
+             source: str, also: Sequence[tuple[Sequence[QualityRun], QualityRun]] = ()
+             ) -> tuple[QualityConfig, list[Checked]]:
     """Fit on the runs named in ``train`` (delta-PPL against ``base``, the FP16 run) and check
-    every run, trained on or held out."""
+    every run, trained on or held out.
+
+    ``also``: other texts' (runs, FP16 run), whose ``train`` runs join the fit (a fit on a set
+    of texts).  Their delta-PPL enters relative to their own base, scaled to ``base``'s
+    perplexity (``delta x base.ppl / their_base.ppl``): the simulator reads a profile at its
+    ``base_ppl`` and a text at another base scales the same way (``check_on``)."""
     names = set(train)
     unknown = names - {r.name for r in runs}
     if unknown:
         raise ValueError(f"no run named {sorted(unknown)[0]!r} to train on")
-    chosen = [r for r in runs if r.name in names]
-    fit = fit_penalties([r.charged_mix for r in chosen], [r.ppl - base.ppl for r in chosen])
+    mixes, targets = [], []
+    for text_runs, text_base in [(runs, base), *also]:
+        scale = base.ppl / text_base.ppl
+        for r in text_runs:
+            if r.name in names:
+                mixes.append(r.charged_mix)
+                targets.append((r.ppl - text_base.ppl) * scale)
+    fit = fit_penalties(mixes, targets)
     cfg = fitted_config(fit, base.ppl, source)
     placeholder = QualityConfig()
     checked = [Checked(r.name, r.name in names, r.ppl - base.ppl, predict(r.charged_mix, cfg),

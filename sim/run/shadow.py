@@ -82,6 +82,7 @@ def predict(steps: list, cost_model) -> list[dict]:
     """One row per measured step: the plan's summary, and per kind the predicted and measured
     seconds (``predicted_step_s`` / ``measured_step_s``: the whole step)."""
     rows = []
+    work_s = getattr(cost_model, "retier_work_s", None)  # the calibrated model's
     for i, (plan, measured, elapsed) in enumerate(steps):
         predicted: dict[str, float] = {}
         for s in cost_model.segments(plan):
@@ -94,25 +95,43 @@ def predict(steps: list, cost_model) -> list[dict]:
             row[f"measured_{kind}_s"] = measured.get(kind)
         row["predicted_step_s"] = sum(predicted.values())
         row["measured_step_s"] = elapsed
+        row["predicted_retier_work_s"] = None if work_s is None else work_s(plan)
         rows.append(row)
     return rows
 
 
+# kinds read apart by what the step did: the re-tier steps that move blocks (quantized as they
+# fill, re-quantized, copied, recomputed: the issue's re-tier/restore) from those that only check
+# the tiers (tens of microseconds, nothing moves); n-gram lookups from draft passes
+SUBKINDS = {
+    "retier: moves": ("retier", lambda r: (r.get("predicted_retier_work_s") or 0) > 0),
+    "retier: checks only": ("retier", lambda r: r.get("predicted_retier_work_s") == 0),
+    "draft: n-gram": ("draft", lambda r: r.get("draft_scan_tokens") is not None),
+    "draft: passes": ("draft", lambda r: r.get("draft_scan_tokens") is None),
+}
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Per kind (and ``step``): ``{"steps", "median", "p10", "p90", "median_abs"}`` of the
-    signed relative error over the steps that have it."""
+    """Per kind (and ``step``, and the ``SUBKINDS``): ``{"steps", "median", "p10", "p90",
+    "median_abs"}`` of the signed relative error over the steps that have it.  A sub-kind is
+    given only when it holds some but not all of its kind's steps."""
     out = {}
-    for kind in (*KINDS, "step"):
+    for name, kind, keep in [(k, k, None) for k in (*KINDS, "step")] + [
+            (name, kind, keep) for name, (kind, keep) in SUBKINDS.items()]:
         errors = []
         for r in rows:
+            if keep is not None and not keep(r):
+                continue
             p, m = r.get(f"predicted_{kind}_s"), r.get(f"measured_{kind}_s")
             if p is not None and m is not None and m > 0:
                 errors.append((p - m) / m)
         if not errors:
             continue
+        if keep is not None and len(errors) == out.get(kind, {}).get("steps"):
+            continue  # all of its kind: said once
         e = np.asarray(errors)
         p10, p50, p90 = np.percentile(e, [10, 50, 90])
-        out[kind] = {"steps": len(e), "median": _f(p50), "p10": _f(p10), "p90": _f(p90),
+        out[name] = {"steps": len(e), "median": _f(p50), "p10": _f(p10), "p90": _f(p90),
                      "median_abs": _f(np.median(np.abs(e)))}
     return out
 

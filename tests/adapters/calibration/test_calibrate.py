@@ -259,6 +259,14 @@ def test_validate_shadows_every_measured_step_and_writes_steps_csv(scenario, tin
     # every step checks its rows' tiers, and the model prices that check
     assert all(float(r["measured_retier_s"]) > 0 and float(r["predicted_retier_s"]) > 0
                for r in rows)
+    # the steps that move blocks (here: INT8 blocks quantized as they fill; every prefill, whose
+    # prompts fill blocks) are read apart from those that only check the tiers
+    moves = [r for r in rows if float(r["predicted_retier_work_s"]) > 0]
+    assert {r["step"] for r in rows if r["phase"] == "prefill"} <= {r["step"] for r in moves}
+    assert 0 < len(moves) < len(rows) / 2
+    assert shadow["retier: moves"]["steps"] == len(moves)
+    assert shadow["retier: checks only"]["steps"] == len(rows) - len(moves)
+    assert "draft: n-gram" not in shadow and "draft" not in shadow
 
 
 def test_the_shadow_prices_ngram_lookups_by_the_tokens_they_examined(tiny, write_scenario,
@@ -285,6 +293,7 @@ def test_the_shadow_prices_ngram_lookups_by_the_tokens_they_examined(tiny, write
     with (out / f"steps.{run['variant']}.csv").open() as f:
         drafts = [r for r in csv.DictReader(f) if r["measured_draft_s"]]
     assert len(drafts) == run["shadow"]["draft"]["steps"] > 5
+    assert "draft: n-gram" not in run["shadow"]  # all of the kind: said once, as "draft"
     scans = [float(r["draft_scan_tokens"]) for r in drafts]
     assert all(s > 0 for s in scans) and len(set(scans)) > 1
     by_scan = sorted(zip(scans, (float(r["predicted_draft_s"]) for r in drafts),

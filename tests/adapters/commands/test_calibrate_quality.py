@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -127,3 +128,41 @@ def test_a_train_set_that_leaves_a_penalty_unpriced_is_refused(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--train" in err and "no train job holds int2" in err
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_fit_on_a_set_of_texts_is_checked_on_each_and_on_a_held_out_one(tmp_path, capsys):
+    """``--from`` twice: the two plays' train jobs fitted together (no model), each play's runs
+    checked against the fit, the technical text held out."""
+    tempest, hamlet, docs = (str(quality_profile.resolve(n)) for n in (
+        "smollm2-135m", "smollm2-135m-hamlet", "smollm2-135m-python-docs"))
+
+    def fitted(*args) -> dict:
+        assert main(["calibrate-quality", *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    one, other = fitted("--from", tempest), fitted("--from", hamlet)
+    out = tmp_path / "plays.yaml"
+    both = fitted("--from", tempest, "--from", hamlet, "--check-on", docs, "--out", str(out))
+    p = both["profile"]
+    assert p["base_ppl"] == one["profile"]["base_ppl"]  # the first text's base
+    for name in ("int2", "missing"):
+        lo, hi = sorted((one["profile"]["penalties"][name], other["profile"]["penalties"][name]))
+        assert lo < p["penalties"][name] < hi  # neither play's alone
+    (seen,) = p["also_fitted_on"]
+    assert seen["profile"] == hamlet and seen["held_out"]["jobs"] == 11
+    assert {r["name"]: r["role"] for r in seen["runs"]}["h2o"] == "train"
+    assert both["checks"][0]["profile"] == docs
+    written = yaml.safe_load(out.read_text())
+    assert written["refit"]["command"].count("--from") == 2
+    assert written["penalties"] == p["penalties"]
+    # a further text that lacks a train job, or holds no runs, is one error naming that file
+    lacking = yaml.safe_load(Path(hamlet).read_text())
+    lacking["runs"] = [r for r in lacking["runs"] if r["name"] != "kivi"]
+    (tmp_path / "lacking.yaml").write_text(yaml.safe_dump(lacking))
+    (tmp_path / "empty.yaml").write_text(yaml.safe_dump({**lacking, "runs": []}))
+    for name, flag, train in (("lacking.yaml", "--train", "int8,int4,int2,h2o,kivi"),
+                              ("empty.yaml", "--from", "int8,int4,int2,h2o")):
+        assert main(["calibrate-quality", "--from", tempest, "--from",
+                     str(tmp_path / name), "--train", train]) == 2
+        out_, err = capsys.readouterr()
+        assert out_ == "" and name in err and flag in err and "Traceback" not in err

@@ -16,6 +16,7 @@ from sim.config.scenario import QualityConfig, resolve_runs
 from sim.errors import UserError
 from sim.quality.fit import (
     QualityPass,
+    QualityRun,
     attention_mix,
     block_mix,
     charged_mix,
@@ -205,3 +206,33 @@ def test_pipeline_measures_and_predicts_each_policy(tiny):
     assert cfg.base_ppl == fp16.ppl
     with pytest.raises(ValueError, match="no run named 'int2'"):
         fit_runs(runs, fp16, ["int2"], "test")
+
+
+def _run(name: str, ppl: float, **mix: float) -> QualityRun:
+    full = {k: mix.get(k, 0.0) for k in ("int8", "int4", "int2", "missing")}
+    full["fp16"] = 1.0 - sum(full.values())
+    return QualityRun(name, ppl, 1000, full, full)
+
+
+def test_a_fit_on_a_set_of_texts_reads_each_text_relative_to_its_own_base():
+    """A second text whose delta-PPL is the first's scaled by its base leaves the fit as it was;
+    one that pays more per unit of its base moves it; its held-out runs never enter it."""
+    a = [_run("fp16", 40.0), _run("int4", 44.0, int4=1.0), _run("h2o", 42.0, missing=0.25),
+         _run("int2", 55.0, int2=1.0), _run("kivi", 50.0, int2=0.5)]
+    half = [_run(r.name, r.ppl / 2, **{k: v for k, v in r.attention_mix.items() if k != "fp16"})
+            for r in a]
+    alone, _ = fit_runs(a, a[0], ["int4", "h2o", "int2"], "t")
+    same, checked = fit_runs(a, a[0], ["int4", "h2o", "int2"], "t", [(half, half[0])])
+    for name in ("int4_delta_ppl", "int2_delta_ppl", "missing_delta_ppl"):
+        assert getattr(same, name).value == pytest.approx(getattr(alone, name).value)
+    assert same.base_ppl == 40.0 and [c.name for c in checked] == [r.name for r in a]
+    # the second text pays twice as much for eviction per unit of its base: the penalty moves
+    worse = [*half[:2], _run("h2o", 20.0 + 2 * 1.0, missing=0.25), *half[3:]]
+    moved, _ = fit_runs(a, a[0], ["int4", "h2o", "int2"], "t", [(worse, worse[0])])
+    assert alone.missing_delta_ppl.value == pytest.approx(8.0)
+    assert moved.missing_delta_ppl.value == pytest.approx(12.0)  # the mean of 8 and 16
+    assert moved.int2_delta_ppl.value == pytest.approx(alone.int2_delta_ppl.value)
+    # a held-out run of the second text does not enter the fit
+    wild = [*half[:4], _run("kivi", 99.0, int2=0.5)]
+    kept, _ = fit_runs(a, a[0], ["int4", "h2o", "int2"], "t", [(wild, wild[0])])
+    assert kept.int2_delta_ppl.value == pytest.approx(alone.int2_delta_ppl.value)
