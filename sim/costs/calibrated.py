@@ -330,8 +330,12 @@ class CalibratedModel:
         T = k + 1
         seconds = self.forward_s(spec, L, T, resident, quantized, B * T, self.observing)
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
-        after = tokens + (T if not k else round(plan.tokens_per_seq))
-        fill = self._fill_segment(plan, tokens, tokens, after)
+        # the K/V the step stores: a row's last token (emitted by the step before, stored by
+        # this one, which feeds it) and the drafts it accepts; a block fills, and is quantized,
+        # in the step that stores its last token, one step after the one that emitted it
+        stored = tokens - 1
+        fill = self._fill_segment(plan, tokens, stored,
+                                  stored + (T if not k else round(plan.tokens_per_seq)))
         # the tier checks after the forward and (warm) before it
         fill.fixed_s += checks * (self._tier_check_s(B) + self._tier_check_s(B, warm=True))
         if fill.fixed_s:

@@ -354,3 +354,33 @@ def test_the_tier_check_fit_recovers_a_step_up_from_one_row_to_more():
     assert base == pytest.approx(40e-6, abs=1e-6)
     assert per_row == pytest.approx(5e-6, abs=0.5e-6)
     assert multi == pytest.approx(20e-6, abs=1e-6)
+
+
+def test_a_block_is_quantized_in_the_step_that_stores_its_last_token(tiny, tiny_profile):
+    """A decode step stores the K/V of the token it feeds (emitted by the step before): a block
+    admitted at INT8 fills, and is quantized, in the step whose row holds ``n x block`` tokens
+    at its start, not the step before (measured on SmolLM2-135M: the 6-7 ms of quantizing a
+    block came one step after the model first charged it)."""
+    from policies import Placement, Precision
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel, load_calibration
+    from sim.engine.executor import StepPlan
+
+    profile = load_calibration(tiny_profile)
+    model = CalibratedModel(profile, resolve_model(str(tiny / "model")))
+    bt = profile.block_tokens
+
+    def work(tokens: int, accepted: int = 0) -> float:
+        counts = np.zeros((1, len(Precision)), dtype=np.int64)
+        counts[0, Precision.INT8] = -(-tokens // bt)  # admitted at INT8, the partial one too
+        plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1 + accepted,
+                        num_rows=1 + accepted, attended_pairs=float(tokens), kv_read_bytes=0.0,
+                        kv_dequant_values=0.0, placement=Placement("cpu", "cpu", "cpu"),
+                        draft_len=accepted and 3, tokens_per_seq=1.0 + accepted,
+                        row_tokens=np.array([tokens]), row_block_counts=counts)
+        return model.retier_work_s(plan)
+
+    assert work(2 * bt) > 0
+    assert work(2 * bt - 1) == 0 and work(2 * bt + 1) == 0
+    # a verify step that accepts 2 drafts stores 3 tokens: it fills a block ending among them
+    assert work(2 * bt - 2, accepted=2) > 0 and work(2 * bt - 3, accepted=2) == 0
