@@ -376,7 +376,11 @@ class CalibratedModel:
     def _fill_segment(self, plan: StepPlan, tokens: np.ndarray, before: np.ndarray,
                       after: np.ndarray) -> Segment:
         """Blocks that fill during the step are quantized at its end when their admitted
-        precision is below FP16 (prefill: every full prompt block)."""
+        precision is below FP16.  Prefill: the prompt's full blocks held below FP16.  Decode: a
+        row that holds FP16 blocks fills its newest at FP16 (a policy that keeps some blocks at
+        FP16 keeps the recent ones: kivi, ``progressive``; it demotes them later, a re-tiering
+        move of its own), a row that holds none at its quantized precision (as ``split_rows``
+        reads a row's last block)."""
         counts = np.asarray(plan.row_block_counts, dtype=np.int64).reshape(len(tokens), -1)
         filled = after // self.bt - before // self.bt
         values_per_block = self.model.kv_values_per_token * self.bt
@@ -385,9 +389,14 @@ class CalibratedModel:
             quant = counts[row, [int(p) for p in QUANTIZED]]
             if quant.sum() == 0:
                 continue
+            if plan.phase == "prefill":
+                blocks = min(int(filled[row]), int(quant.sum()))
+            elif counts[row, Precision.FP16] > 0:
+                continue
+            else:
+                blocks = int(filled[row])
             j = int(np.argmax(quant))  # the row's quantized precision (one per row when admitted)
-            seconds += filled[row] * (values_per_block * self.quant_s[j]
-                                      + self.p.retier_s_per_block)
+            seconds += blocks * (values_per_block * self.quant_s[j] + self.p.retier_s_per_block)
         return Segment(self.device, "retier", 0.0, 0.0, seconds)
 
     def _retier_segment(self, plan: StepPlan) -> Segment:
