@@ -370,9 +370,9 @@ def test_a_block_is_quantized_in_the_step_that_stores_its_last_token(tiny, tiny_
     model = CalibratedModel(profile, resolve_model(str(tiny / "model")))
     bt = profile.block_tokens
 
-    def work(tokens: int, accepted: int = 0, fp16: int = 0) -> float:
+    def work(tokens: int, accepted: int = 0, fp16: int = 0, at=Precision.INT8) -> float:
         counts = np.zeros((1, len(Precision)), dtype=np.int64)
-        counts[0, Precision.INT8] = -(-tokens // bt) - fp16  # at INT8, the partial one too
+        counts[0, at] = -(-tokens // bt) - fp16  # admitted at ``at``, the partial one too
         counts[0, Precision.FP16] = fp16
         plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1 + accepted,
                         num_rows=1 + accepted, attended_pairs=float(tokens), kv_read_bytes=0.0,
@@ -388,3 +388,6 @@ def test_a_block_is_quantized_in_the_step_that_stores_its_last_token(tiny, tiny_
     # a row that keeps its recent blocks at FP16 (older ones demoted: progressive, kivi) fills
     # at FP16, nothing to quantize (measured: 0.14 ms of checks where 7 ms had been charged)
     assert work(2 * bt, fp16=2) == 0
+    # INT2 is not among the precisions the calibration quantizes, and is priced all the same
+    assert "int2" not in profile.quantize_s_per_value
+    assert work(2 * bt, at=Precision.INT2) == pytest.approx(work(2 * bt), rel=0.5)
