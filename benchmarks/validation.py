@@ -68,25 +68,10 @@ def table(docs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def read_steps(path: Path) -> list[dict]:
-    """A ``steps.{variant}.csv`` (``sim.run.shadow.write_steps_csv``) as ``predict`` made it:
-    numbers as floats, empty cells as None."""
-    import csv
-
-    def value(v: str):
-        if v == "":
-            return None
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    with path.open() as f:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def pooled_steps(folder: Path) -> str:
     """The shadow (``sim.run.shadow.summarize``) over every measured step of every
     ``steps.*.csv`` under ``folder``, as a table."""
+    from sim.report.steps import read_steps
     from sim.run.shadow import summarize
 
     files = sorted(folder.rglob("steps.*.csv"))

@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     sources = args.source or []
     jobs, spreads, origin = _profile(sources[0], "--from") if sources else _measured(args)
     also = [(path, _profile(path, "--from")) for path in sources[1:]]
-    for path, (js, _, _) in [(sources[0] if sources else None, (jobs, None, None)), *also]:
+    for path, js in [(sources[0] if sources else None, jobs), *((p, a[0]) for p, a in also)]:
         known = {j.run.name for j in js}
         missing = [n for n in args.train if n not in known]
         if missing:

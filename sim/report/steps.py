@@ -31,9 +31,11 @@ def steps_path(out_dir: Path, variant: str) -> Path | None:
 
 
 def read_steps(path: Path) -> list[dict]:
-    """The rows of a steps CSV, times as floats (None when a kind is absent from a step)."""
+    """The rows of a steps CSV, times as floats (None when a kind is absent from a step), and
+    what the shadow's sub-kinds read (``predicted_retier_work_s``, ``draft_scan_tokens``)."""
     columns = [f"{side}_{kind}_s" for kind in (*KINDS, "step")
                for side in ("predicted", "measured")]
+    columns += ["predicted_retier_work_s", "draft_scan_tokens"]
     text = path.read_text(encoding="utf-8", errors="replace").strip()
     if text == "step":  # a run without steps
         return []
