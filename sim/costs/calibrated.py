@@ -276,8 +276,9 @@ class CalibratedModel:
         self.weight_b = bits.get(profile.dtype, 4.0)
         self.kv_b = bits.get(profile.kv_dtype, 2.0)
         self.batch = profile.layout.batch
-        # seconds a value to quantize, per precision; one the calibration did not time (INT2:
-        # its grid quantizes to INT8 and INT4) costs the mean of those it did, not nothing
+        # seconds a value to quantize, per precision; one the calibration did not time (INT2,
+        # whose points come last, when the time budget cuts them) costs the mean of those it
+        # did, not nothing
         # (measured: kivi's INT2 re-quantizing was predicted a third short at 0 for INT2)
         timed = {p: profile.quantize_s_per_value.get(p.name.lower()) for p in QUANTIZED}
         known = [v for v in timed.values() if v]
