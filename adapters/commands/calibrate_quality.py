@@ -3,9 +3,9 @@ text, and check it on the policies it was not fitted on.
 
     infer-os calibrate-quality [--text python-docs|play:NAME|FILE.txt] [--model smollm2-135m|PATH]
         [--windows N] [--context TOKENS] [--train JOB,...] [--jobs JOB,...] [--threads N]
-        [--device cpu|cuda|auto] [--out PROFILE.yaml] [--json]
+        [--device cpu|cuda|auto] [--prior PROFILE] [--out PROFILE.yaml] [--json]
     infer-os calibrate-quality --from PROFILE.yaml [--from OTHER.yaml]... [--train JOB,...]
-        [--out ...] [--json]
+        [--prior PROFILE] [--out ...] [--json]
     ... [--check-on OTHER.yaml]...
 
 Runs the sixteen tiering jobs of ``adapters.decoding.quality_jobs`` over ``--windows`` windows of
@@ -20,7 +20,12 @@ delta-PPL read relative to its own FP16 perplexity and scaled to the first one's
 ``--check-on`` checks the fit on the runs another profile records (another text: held-out
 policies on a held-out text).  A quality profile holds for text like the text it was fitted on
 (docs/validation.md: between Shakespeare and technical prose the bundled fit misses by
-37-84 %), so fit on text like your traffic's.
+37-84 %, between plays 10-45 %), so fit on text like your traffic's.  ``--prior`` makes that a
+probe: the penalties the train jobs leave unpriced come from another profile, read relative to
+its FP16 perplexity (``--jobs int2,h2o --train int2,h2o --prior smollm2-135m``: three runs, the
+text's own cost of INT2 and of evictions, which is what moves between texts; INT8 and INT4 from
+the prior).  Without ``--prior`` a train set that leaves a penalty unpriced is refused before
+the model runs (``HOLDS``: what each job is built to hold).
 
 Exit 0 when it ran, 2 on bad input (an unknown text or job, a text too short for the windows, a
 train set that leaves a penalty unpriced), 3 without torch.  Imports torch only when it runs.
@@ -67,6 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--check-on", action="append", metavar="PROFILE.yaml", help="also check the "
                    "fit on the runs another quality profile records (another text; each job "
                    "predicted at that text's FP16 perplexity); repeatable")
+    p.add_argument("--prior", metavar="PROFILE", help="a quality profile (bundled name or "
+                   "path) that prices what the train jobs leave unpriced, scaled to this "
+                   "text's FP16 perplexity: with --jobs int2,h2o --train int2,h2o a new text "
+                   "is probed in 3 runs, INT8 and INT4 taken from the prior")
     p.add_argument("--out", metavar="PROFILE.yaml", help="write the fitted quality profile here")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run, stop_on_sigterm=True)
@@ -74,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _check(args: argparse.Namespace) -> None:
-    from adapters.decoding.quality_jobs import DEFAULT_TRAIN, job_list
+    from adapters.decoding.quality_jobs import DEFAULT_TRAIN, FITTED, HOLDS, job_list
 
     args.windows = bounded(args.windows, "--windows", 1, 64)
     args.context = bounded(args.context, "--context", 640, 32768)
@@ -89,6 +98,12 @@ def _check(args: argparse.Namespace) -> None:
         left = [n for n in args.train if n not in args.jobs]
         if left:
             raise UserError(f"train job {left[0]!r} is not among them", field="--jobs")
+    if not args.source and args.prior is None:
+        blind = [p for p in FITTED if not any(p in HOLDS.get(n, ()) for n in args.train)]
+        if blind:  # known before the model runs (the fit checks it again on what it measured)
+            raise UserError(f"no train job holds {' or '.join(blind)}: the fit cannot price "
+                            f"it (default: {','.join(DEFAULT_TRAIN)}; or take it from another "
+                            f"text's profile with --prior)", field="--train")
     if args.out:
         out = Path(args.out)
         if out.is_dir():
@@ -158,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     t0 = time.perf_counter()
+    prior = _prior(args.prior) if args.prior else None  # a bad prior: exit 2 before any run
     sources = args.source or []
     jobs, spreads, origin = _profile(sources[0], "--from") if sources else _measured(args)
     also = [(path, _profile(path, "--from")) for path in sources[1:]]
@@ -172,8 +188,10 @@ def run(args: argparse.Namespace) -> int:
     origin = {**origin, "refit": this} if args.source else {**origin, **this}
     texts = f" of {len(sources)} texts" if len(sources) > 1 else ""
     cfg, rows = fit(jobs, args.train, f"fitted by infer-os calibrate-quality on "
-                    f"{','.join(args.train)}{texts}", spreads, [a[1][0] for a in also])
+                    f"{','.join(args.train)}{texts}", spreads, [a[1][0] for a in also], prior)
     doc = profile(origin, jobs, rows, cfg, args.train)
+    if prior is not None:
+        doc["prior"] = _prior_record(args.prior, prior, jobs, args.train, [a[1][0] for a in also])
     if also:  # each further text: its runs against the fit (its train jobs were fitted on)
         doc["also_fitted_on"] = [_checked(path, loaded, cfg, args.train)
                                  for path, loaded in also]
@@ -203,6 +221,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior(name: str) -> dict:
+    """The ``--prior`` profile's base perplexity and penalties (a bundled name or a path)."""
+    from sim.config import quality_profile
+
+    try:
+        data = quality_profile.read(name)
+    except UserError as err:
+        raise UserError(err.lines[0], field="--prior") from None  # the line names the file
+    return {"base_ppl": data["base_ppl"], "penalties": data["penalties"]}
+
+
+def _prior_record(name: str, prior: dict, jobs, train: list[str], also) -> dict:
+    """What the profile records of its prior: which penalties came from it, at what base."""
+    from adapters.decoding.quality_jobs import unpriced
+
+    return {"profile": name, "base_ppl": prior["base_ppl"],
+            "penalties_taken": unpriced(jobs, train, also)}
+
+
 def _checked(path: str, loaded, cfg, train: list[str]) -> dict:
     """The fit checked on the runs of another profile (another text; ``loaded``: its
     ``_profile``)."""
@@ -226,6 +263,7 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--device", args.device] if args.device != "cpu" else []
         parts += ["--jobs", ",".join(args.jobs)] if args.jobs else []
     parts += ["--train", ",".join(args.train)]
+    parts += ["--prior", args.prior] if args.prior else []
     parts += ["--out", args.out] if args.out else []
     return "infer-os calibrate-quality " + " ".join(parts)
 

@@ -51,6 +51,14 @@ JOBS = [
     ("progressive-2", {"kind": "progressive"}, 2.0),
 ]
 DEFAULT_TRAIN = ("int8", "int4", "int2", "h2o")
+# what each job holds weight at, as its policy is built to (what a run measured decides the fit:
+# ``unpriced``); lets a train set that cannot price a penalty be refused before the model runs
+HOLDS = {"int8": ("int8",), "int4": ("int4",), "int2": ("int2",), "kivi": ("int2",),
+         "kivi-r512": ("int2",), "mikv": ("int4",), "mikv-h10-r128": ("int4",),
+         "h2o": ("missing",), "h2o-h10-r128": ("missing",), "streaming": ("missing",),
+         "streaming-w256": ("missing",), "progressive-1": ("int8", "int4", "missing"),
+         "progressive-1.25": ("int8", "int4"), "progressive-1.5": ("int8", "int4"),
+         "progressive-2": ("int8",)}
 FORM = ("delta_ppl = sum_b weight_b x penalty(precision_b), weight_b the block's attention share, "
         "1 / blocks at INT2 (sim/quality/model.py); penalties fitted by non-negative least "
         "squares on the train jobs")
@@ -137,21 +145,25 @@ def _base(jobs: Sequence[JobRun]) -> JobRun:
 
 def fit(jobs: Sequence[JobRun], train: Sequence[str], source: str,
         spreads: dict[str, tuple[float, float]] | None = None,
-        also: Sequence[Sequence[JobRun]] = ()):
+        also: Sequence[Sequence[JobRun]] = (), prior: dict | None = None):
     """(QualityConfig, one ``Row`` per job).  The penalties each need a train job that holds
     their precision (int8, int4, int2 and missing attention): otherwise the fit cannot see them
-    and a ``UserError`` at ``--train`` names the precision.  ``also``: other texts' jobs, whose
-    train jobs join the fit (``sim.quality.fit.fit_runs``); check them with ``check_on``."""
+    and a ``UserError`` at ``--train`` names the precision, unless ``prior`` (a quality
+    profile's document) prices it: then it is the prior's, scaled to this text's FP16
+    perplexity as the simulator scales a profile (``blind_from_prior``).  ``also``: other
+    texts' jobs, whose train jobs join the fit (``sim.quality.fit.fit_runs``); check them with
+    ``check_on``."""
     runs = [j.run for j in jobs]
     base = _base(jobs)
     others = [([j.run for j in js], _base(js).run) for js in also]
-    chosen = [r for rs in [runs, *(o[0] for o in others)] for r in rs if r.name in train]
-    blind = [p for p in FITTED if not any(r.charged_mix[p] > 0 for r in chosen)]
-    if blind:
+    blind = unpriced(jobs, train, also)
+    if blind and prior is None:
         raise UserError(f"no train job holds {' or '.join(blind)}: the fit cannot price it "
-                        f"(train: {', '.join(train)}; default: {','.join(DEFAULT_TRAIN)})",
+                        f"(train: {', '.join(train)}; default: {','.join(DEFAULT_TRAIN)}; "
+                        f"or take it from another text's profile with --prior)",
                         field="--train")
-    cfg, checked = fit_runs(runs, base.run, train, source, others)
+    fixed = blind_from_prior(prior, blind, base.run.ppl) if blind else None
+    cfg, checked = fit_runs(runs, base.run, train, source, others, fixed)
     rows = []
     for c, j in zip(checked, jobs):
         if j.chunks is not None and base.chunks is not None:
@@ -160,6 +172,21 @@ def fit(jobs: Sequence[JobRun], train: Sequence[str], source: str,
             spread = (spreads or {}).get(c.name)
         rows.append(Row(c, None if spread is None else tuple(spread)))
     return cfg, rows
+
+
+def unpriced(jobs: Sequence[JobRun], train: Sequence[str],
+             also: Sequence[Sequence[JobRun]] = ()) -> list[str]:
+    """The penalties no train job (of this text or the ``also`` texts) holds any weight at."""
+    chosen = [j.run for js in [jobs, *also] for j in js if j.run.name in train]
+    return [p for p in FITTED if not any(r.charged_mix[p] > 0 for r in chosen)]
+
+
+def blind_from_prior(prior: dict, blind: Sequence[str], base_ppl: float) -> dict[str, float]:
+    """The penalties no train job prices, from a prior profile (``{"base_ppl": ..., "penalties":
+    {...}}``), per unit at ``base_ppl``: each delta-PPL read relative to the prior's base and
+    scaled to this one, the way the simulator reads a profile at another base perplexity."""
+    scale = base_ppl / float(prior["base_ppl"])
+    return {p: float(prior["penalties"][p]) * scale for p in blind}
 
 
 def check_on(cfg, jobs: Sequence[JobRun], train: Sequence[str],

@@ -39,6 +39,7 @@ from sim.config.frozen import Frozen, user_error
 from sim.config.model_spec import ModelSpec
 from sim.config.yaml_io import load_yaml
 from sim.costs.cost_model import Segment
+from sim.costs.retier_costs import QUANTIZED, RetierCosts, quantize_prices
 from sim.engine.executor import StepPlan
 from sim.errors import UserError
 
@@ -53,7 +54,6 @@ FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weigh
 # (adapters.kv.fused): a decode or verify pass, or a prompt of at most 64 / G tokens
 FUSED_MAX_ROWS = 64
 SMALL_GEMM_ROWS = 16  # query rows up to which each row of a matrix-matrix product costs extra
-QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
 Feature = Literal[FEATURES]  # type: ignore[valid-type]
 MAX_THREADS = 1024
 MAX_BLOCK_TOKENS = 2**16  # also the largest quantization group
@@ -259,8 +259,9 @@ def split_rows(block_counts: np.ndarray, tokens: np.ndarray, block_tokens: int
     return np.maximum(resident, 0), quantized * block_tokens
 
 
-class CalibratedModel:
-    """Predicts the calibrated executor's step times from the engine's step plans."""
+class CalibratedModel(RetierCosts):
+    """Predicts the calibrated executor's step times from the engine's step plans (the
+    re-tiering work it prices by ``sim.costs.retier_costs``)."""
 
     name = "calibrated"
 
@@ -276,14 +277,7 @@ class CalibratedModel:
         self.weight_b = bits.get(profile.dtype, 4.0)
         self.kv_b = bits.get(profile.kv_dtype, 2.0)
         self.batch = profile.layout.batch
-        # seconds a value to quantize, per precision; one the calibration did not time (INT2,
-        # whose points come last, when the time budget cuts them) costs the mean of those it
-        # did, not nothing
-        # (measured: kivi's INT2 re-quantizing was predicted a third short at 0 for INT2)
-        timed = {p: profile.quantize_s_per_value.get(p.name.lower()) for p in QUANTIZED}
-        known = [v for v in timed.values() if v]
-        fallback = float(np.mean(known)) if known else 0.0
-        self.quant_s = np.array([timed[p] or fallback for p in QUANTIZED])
+        self.quant_s = quantize_prices(profile.quantize_s_per_value)
         self.bt = profile.block_tokens
 
     def forward_s(self, spec: ModelSpec, layers: int, new_tokens: int, resident: np.ndarray,
@@ -354,13 +348,6 @@ class CalibratedModel:
                                + plan.alloc_bytes / self.p.alloc_bytes_per_s))
         return out
 
-    def _tier_check_s(self, rows: int, warm: bool = False) -> float:
-        if warm:
-            return (self.p.retier_warm_s_per_check + rows * self.p.retier_warm_s_per_row
-                    + (rows > 1) * self.p.retier_warm_s_multi_row)
-        return (self.p.retier_s_per_check + rows * self.p.retier_s_per_row
-                + (rows > 1) * self.p.retier_s_multi_row)
-
     def _draft_s(self, k: int, resident: np.ndarray, scanned: float | None) -> float:
         """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
         proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row, over
@@ -378,42 +365,3 @@ class CalibratedModel:
             seconds += self.forward_s(d, layers, 2, np.array([r]), none, 1)
             seconds += (k - 1) * self.forward_s(d, layers, 1, np.array([r + 2]), none, 1)
         return seconds
-
-    def _fill_segment(self, plan: StepPlan, tokens: np.ndarray, before: np.ndarray,
-                      after: np.ndarray) -> Segment:
-        """Blocks that fill during the step are quantized at its end when their admitted
-        precision is below FP16.  Prefill: the prompt's full blocks held below FP16.  Decode: a
-        row that holds FP16 blocks fills its newest at FP16 (a policy that keeps some blocks at
-        FP16 keeps the recent ones: kivi, ``progressive``; it demotes them later, a re-tiering
-        move of its own), a row that holds none at its quantized precision (as ``split_rows``
-        reads a row's last block)."""
-        counts = np.asarray(plan.row_block_counts, dtype=np.int64).reshape(len(tokens), -1)
-        filled = after // self.bt - before // self.bt
-        values_per_block = self.model.kv_values_per_token * self.bt
-        seconds = 0.0
-        for row in np.flatnonzero(filled > 0).tolist():
-            quant = counts[row, [int(p) for p in QUANTIZED]]
-            if quant.sum() == 0:
-                continue
-            if plan.phase == "prefill":
-                blocks = min(int(filled[row]), int(quant.sum()))
-            elif counts[row, Precision.FP16] > 0:
-                continue
-            else:
-                blocks = int(filled[row])
-            j = int(np.argmax(quant))  # the row's quantized precision (one per row when admitted)
-            seconds += blocks * (values_per_block * self.quant_s[j] + self.p.retier_s_per_block)
-        return Segment(self.device, "retier", 0.0, 0.0, seconds)
-
-    def _retier_segment(self, plan: StepPlan) -> Segment:
-        """Re-quantizing, host copies, and recomputing evicted blocks (a forward over them)."""
-        bt_values = self.model.kv_values_per_token * self.bt
-        blocks = plan.kv_requant_values / bt_values if bt_values else 0.0
-        seconds = (plan.kv_requant_values * float(self.quant_s.mean())
-                   + blocks * self.p.retier_s_per_block
-                   + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
-        if plan.kv_recompute_tokens:
-            seconds += self.forward_s(self.model, self.model.num_layers,
-                                      int(plan.kv_recompute_tokens), np.zeros(1),
-                                      np.zeros((1, 3)), 0)
-        return Segment(self.device, "retier", 0.0, 0.0, seconds)

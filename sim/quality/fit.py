@@ -117,14 +117,22 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
-def fit_penalties(mixes: Sequence[dict[str, float]], measured_delta_ppl: Sequence[float]
-                  ) -> dict[str, float]:
+def fit_penalties(mixes: Sequence[dict[str, float]], measured_delta_ppl: Sequence[float],
+                  fixed: dict[str, float] | None = None) -> dict[str, float]:
     """Non-negative least-squares penalties (delta-PPL per unit of attention share) for int8,
     int4, int2 and missing, from runs' attention mixes and measured delta-PPL.  A precision no
-    training run holds any attention at is unidentified and comes out 0."""
-    a = np.array([[m[name] for name in FITTED] for m in mixes], dtype=np.float64)
-    b = np.asarray(measured_delta_ppl, dtype=np.float64)
-    return {name: float(v) for name, v in zip(FITTED, nnls(a, b))}
+    training run holds any attention at is unidentified and comes out 0.  ``fixed``: penalties
+    taken as given (a prior's): their share of each run's delta-PPL is taken off before the
+    others are fitted."""
+    fixed = fixed or {}
+    free = [name for name in FITTED if name not in fixed]
+    if not free:
+        return {k: float(v) for k, v in fixed.items()}
+    a = np.array([[m[name] for name in free] for m in mixes], dtype=np.float64)
+    b = np.asarray(measured_delta_ppl, dtype=np.float64) - np.array(
+        [sum(m[name] * v for name, v in fixed.items()) for m in mixes], dtype=np.float64)
+    x = nnls(a, b)
+    return {**dict(zip(free, map(float, x))), **{k: float(v) for k, v in fixed.items()}}
 
 
 def fitted_config(fit: dict[str, float], base_ppl: float, source: str) -> QualityConfig:
@@ -178,15 +186,17 @@ class Checked:
 
 
 def fit_runs(runs: Sequence[QualityRun], base: QualityRun, train: Iterable[str],
-             source: str, also: Sequence[tuple[Sequence[QualityRun], QualityRun]] = ()
-             ) -> tuple[QualityConfig, list[Checked]]:
+             source: str, also: Sequence[tuple[Sequence[QualityRun], QualityRun]] = (),
+             fixed: dict[str, float] | None = None) -> tuple[QualityConfig, list[Checked]]:
     """Fit on the runs named in ``train`` (delta-PPL against ``base``, the FP16 run) and check
     every run, trained on or held out.
 
     ``also``: other texts' (runs, FP16 run), whose ``train`` runs join the fit (a fit on a set
     of texts).  Their delta-PPL enters relative to their own base, scaled to ``base``'s
     perplexity (``delta x base.ppl / their_base.ppl``): the simulator reads a profile at its
-    ``base_ppl`` and a text at another base scales the same way (``check_on``)."""
+    ``base_ppl`` and a text at another base scales the same way (``check_on``).  ``fixed``:
+    penalties held at given values (per unit at ``base``'s perplexity), the rest fitted
+    (``fit_penalties``)."""
     names = set(train)
     unknown = names - {r.name for r in runs}
     if unknown:
@@ -198,7 +208,7 @@ def fit_runs(runs: Sequence[QualityRun], base: QualityRun, train: Iterable[str],
             if r.name in names:
                 mixes.append(r.charged_mix)
                 targets.append((r.ppl - text_base.ppl) * scale)
-    fit = fit_penalties(mixes, targets)
+    fit = fit_penalties(mixes, targets, fixed)
     cfg = fitted_config(fit, base.ppl, source)
     placeholder = QualityConfig()
     checked = [Checked(r.name, r.name in names, r.ppl - base.ppl, predict(r.charged_mix, cfg),

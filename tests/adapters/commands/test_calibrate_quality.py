@@ -100,6 +100,8 @@ def test_a_profile_fitted_on_a_users_file_is_checked_written_and_used(tmp_path, 
     (["--train", "int8,int3"], "--train", "unknown job 'int3'"),
     (["--train", ","], "--train", "no job named"),
     (["--jobs", "int8,kivi"], "--jobs", "train job 'int4' is not among them"),
+    (["--train", "int2,h2o", "--jobs", "int2,h2o"], "--train", "no train job holds int8"),
+    (["--train", "int2,h2o", "--prior", "no-such-prior"], "--prior", ""),
     (["--out", "profile.json"], "--out", ".yaml file"),
     (["--windows", "0"], "--windows", ""),
     (["--context", "100"], "--context", ""),
@@ -126,8 +128,42 @@ def test_a_train_set_that_leaves_a_penalty_unpriced_is_refused(tmp_path, capsys)
                "--train", "int8,int4,h2o", "--out", str(tmp_path / "p.yaml")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "--train" in err and "no train job holds int2" in err
+    assert "--train" in err and "no train job holds int2" in err and "--prior" in err
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_probe_of_a_new_text_takes_what_it_does_not_price_from_a_prior(tmp_path, capsys):
+    """``--train int2,h2o --prior``: *Hamlet* probed by its all-INT2 and h2o runs only (from its
+    profile's runs, no model); INT8 and INT4 come from *The Tempest*'s profile, read relative to
+    its base perplexity; INT2 and evictions are *Hamlet*'s own, as its full fit has them."""
+    hamlet = str(quality_profile.resolve("smollm2-135m-hamlet"))
+    tempest = quality_profile.read("smollm2-135m")
+
+    def fitted(*args) -> dict:
+        assert main(["calibrate-quality", "--from", hamlet, *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    out = tmp_path / "probe.yaml"
+    probe = fitted("--train", "int2,h2o", "--prior", "smollm2-135m", "--out", str(out))
+    full = fitted()["profile"]
+    p = probe["profile"]
+    assert p["prior"] == {"profile": "smollm2-135m", "base_ppl": tempest["base_ppl"],
+                          "penalties_taken": ["int8", "int4"]}
+    for name in ("int8", "int4"):  # the prior's, at Hamlet's base: not Hamlet's own fit
+        assert p["penalties"][name] / p["base_ppl"] == pytest.approx(
+            tempest["penalties"][name] / tempest["base_ppl"], rel=1e-3)
+        assert p["penalties"][name] != pytest.approx(full["penalties"][name], rel=0.05)
+    for name in ("int2", "missing"):  # one train job each: exactly what the full fit has
+        assert p["penalties"][name] == pytest.approx(full["penalties"][name], rel=1e-4)
+    roles = {r["name"]: r["role"] for r in p["runs"]}
+    assert roles["int4"] == roles["int8"] == "held-out" and probe["held_out"]["jobs"] == 13
+    written = yaml.safe_load(out.read_text())
+    assert "--prior smollm2-135m" in written["refit"]["command"]
+    # an unknown prior is one error naming the flag
+    assert main(["calibrate-quality", "--from", hamlet, "--train", "int2,h2o", "--prior",
+                 "no-such-profile"]) == 2
+    out_, err = capsys.readouterr()
+    assert out_ == "" and "--prior" in err and "no-such-profile" in err and "Traceback" not in err
 
 
 def test_a_fit_on_a_set_of_texts_is_checked_on_each_and_on_a_held_out_one(tmp_path, capsys):
@@ -166,3 +202,17 @@ def test_a_fit_on_a_set_of_texts_is_checked_on_each_and_on_a_held_out_one(tmp_pa
                      str(tmp_path / name), "--train", train]) == 2
         out_, err = capsys.readouterr()
         assert out_ == "" and name in err and flag in err and "Traceback" not in err
+
+
+def test_what_each_job_is_said_to_hold_is_what_the_bundled_profiles_measured():
+    """``HOLDS`` (the check made before the model runs) against the charged weights the four
+    bundled profiles' 8-window runs measured: a precision is held exactly where some weight was
+    measured at it."""
+    from adapters.decoding.quality_jobs import FITTED, HOLDS
+    from sim.quality.fit import charged_of
+
+    for name in quality_profile.bundled_quality_profiles():
+        for run in quality_profile.read(name)["runs"]:
+            mix = charged_of(run["attention_mix"], run["block_mix"])
+            measured = {p for p in FITTED if mix[p] > 1e-4}
+            assert measured == set(HOLDS.get(run["name"], ())), (name, run["name"])

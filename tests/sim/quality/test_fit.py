@@ -97,6 +97,21 @@ def test_fit_recovers_known_penalties_from_noisy_runs():
     assert fit_penalties(only_int4, measured[:5])["int2"] == 0.0
 
 
+def test_penalties_held_fixed_are_taken_off_each_runs_delta_before_the_rest_are_fitted():
+    """A prior's INT4 penalty held at its value: a run that mixes INT4 with evictions leaves
+    the evictions their own part of its delta-PPL, exactly (no run holds INT4 alone)."""
+    mixes = [{"fp16": 0.5, "int8": 0.0, "int4": 0.3, "int2": 0.0, "missing": 0.2},
+             {"fp16": 0.2, "int8": 0.0, "int4": 0.4, "int2": 0.4, "missing": 0.0}]
+    measured = [0.3 * 0.5 + 0.2 * 6.0, 0.4 * 0.5 + 0.4 * 10.0]
+    fit = fit_penalties(mixes, measured, fixed={"int4": 0.5, "int8": 0.01})
+    assert fit == pytest.approx({"int8": 0.01, "int4": 0.5, "int2": 10.0, "missing": 6.0})
+    # held at another value, the free penalties absorb the difference: they are fitted, not set
+    assert fit_penalties(mixes, measured, fixed={"int4": 0.0, "int8": 0.0})["missing"] > 6.5
+    # every penalty held: nothing is fitted, nothing fails
+    assert fit_penalties(mixes, measured, fixed=dict.fromkeys(("int8", "int4", "int2",
+                                                               "missing"), 1.0))["int2"] == 1.0
+
+
 def _profile(tmp_path: Path, **pens) -> Path:
     path = tmp_path / "q.yaml"
     path.write_text(yaml.safe_dump({

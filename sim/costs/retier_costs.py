@@ -1,0 +1,76 @@
+"""How the ``calibrated`` cost model (``sim.costs.calibrated``) prices a step's re-tiering work:
+the tier checks around the forward, the blocks quantized as they fill, and the blocks
+re-quantized, copied to or from the host, or recomputed.  A mixin of ``CalibratedModel``: it
+reads the model's profile (``self.p``), model (``self.model``), block size (``self.bt``),
+per-value quantize prices (``self.quant_s``, from ``quantize_prices``) and device of the step
+(``self.device``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policies import Precision
+from sim.costs.cost_model import Segment
+from sim.engine.executor import StepPlan
+
+QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
+
+
+def quantize_prices(timed_s_per_value: dict[str, float]) -> np.ndarray:
+    """Seconds a value to quantize, per precision of ``QUANTIZED``; one the calibration did not
+    time (INT2, whose points come last, when the time budget cuts them) costs the mean of those
+    it did, not nothing (measured: kivi's INT2 re-quantizing was predicted a third short at 0)."""
+    timed = {p: timed_s_per_value.get(p.name.lower()) for p in QUANTIZED}
+    known = [v for v in timed.values() if v]
+    fallback = float(np.mean(known)) if known else 0.0
+    return np.array([timed[p] or fallback for p in QUANTIZED])
+
+
+class RetierCosts:
+    """The re-tiering prices of ``CalibratedModel`` (see the module's docstring)."""
+
+    def _tier_check_s(self, rows: int, warm: bool = False) -> float:
+        if warm:
+            return (self.p.retier_warm_s_per_check + rows * self.p.retier_warm_s_per_row
+                    + (rows > 1) * self.p.retier_warm_s_multi_row)
+        return (self.p.retier_s_per_check + rows * self.p.retier_s_per_row
+                + (rows > 1) * self.p.retier_s_multi_row)
+
+    def _fill_segment(self, plan: StepPlan, tokens: np.ndarray, before: np.ndarray,
+                      after: np.ndarray) -> Segment:
+        """Blocks that fill during the step are quantized at its end when their admitted
+        precision is below FP16.  Prefill: the prompt's full blocks held below FP16.  Decode: a
+        row that holds FP16 blocks fills its newest at FP16 (a policy that keeps some blocks at
+        FP16 keeps the recent ones: kivi, ``progressive``; it demotes them later, a re-tiering
+        move of its own), a row that holds none at its quantized precision (as ``split_rows``
+        reads a row's last block)."""
+        counts = np.asarray(plan.row_block_counts, dtype=np.int64).reshape(len(tokens), -1)
+        filled = after // self.bt - before // self.bt
+        values_per_block = self.model.kv_values_per_token * self.bt
+        seconds = 0.0
+        for row in np.flatnonzero(filled > 0).tolist():
+            quant = counts[row, [int(p) for p in QUANTIZED]]
+            if quant.sum() == 0:
+                continue
+            if plan.phase == "prefill":
+                blocks = min(int(filled[row]), int(quant.sum()))
+            elif counts[row, Precision.FP16] > 0:
+                continue
+            else:
+                blocks = int(filled[row])
+            j = int(np.argmax(quant))  # the row's quantized precision (one per row when admitted)
+            seconds += blocks * (values_per_block * self.quant_s[j] + self.p.retier_s_per_block)
+        return Segment(self.device, "retier", 0.0, 0.0, seconds)
+
+    def _retier_segment(self, plan: StepPlan) -> Segment:
+        """Re-quantizing, host copies, and recomputing evicted blocks (a forward over them)."""
+        bt_values = self.model.kv_values_per_token * self.bt
+        blocks = plan.kv_requant_values / bt_values if bt_values else 0.0
+        seconds = (plan.kv_requant_values * float(self.quant_s.mean())
+                   + blocks * self.p.retier_s_per_block
+                   + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
+        if plan.kv_recompute_tokens:
+            seconds += self.forward_s(self.model, self.model.num_layers,
+                                      int(plan.kv_recompute_tokens), np.zeros(1),
+                                      np.zeros((1, 3)), 0)
+        return Segment(self.device, "retier", 0.0, 0.0, seconds)
