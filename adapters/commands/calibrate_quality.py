@@ -295,6 +295,9 @@ def print_table(doc: dict, summary: dict, title: str | None = None) -> None:
 
     def pct(x):
         return "-" if x is None else f"{x:.0%}"
+    if not s["jobs"]:
+        print("held out: none (only the train jobs ran: the profile is fitted, not checked)")
+        return
     print(f"held out: {s['jobs']} jobs, median |error| {pct(med)}; the {s['large_jobs']} with a "
           f"measured delta-PPL of 0.1 or more: median |error| {pct(large)}; the other "
           f"{s['small_jobs']}: {s['small_within_abs']} within 0.05 absolute; "

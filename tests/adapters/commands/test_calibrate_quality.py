@@ -159,6 +159,13 @@ def test_a_probe_of_a_new_text_takes_what_it_does_not_price_from_a_prior(tmp_pat
     assert roles["int4"] == roles["int8"] == "held-out" and probe["held_out"]["jobs"] == 13
     written = yaml.safe_load(out.read_text())
     assert "--prior smollm2-135m" in written["refit"]["command"]
+    # the probe alone (fp16, int2, h2o, as --jobs int2,h2o runs it): fitted, nothing to check
+    alone = tmp_path / "alone.yaml"
+    alone.write_text(yaml.safe_dump({**written, "runs": [
+        r for r in written["runs"] if r["name"] in ("fp16", "int2", "h2o")]}))
+    assert main(["calibrate-quality", "--from", str(alone), "--train", "int2,h2o",
+                 "--prior", "smollm2-135m"]) == 0
+    assert "held out: none" in capsys.readouterr().out
     # an unknown prior is one error naming the flag
     assert main(["calibrate-quality", "--from", hamlet, "--train", "int2,h2o", "--prior",
                  "no-such-profile"]) == 2
