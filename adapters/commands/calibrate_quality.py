@@ -153,12 +153,8 @@ def _measured(args: argparse.Namespace):
 def _profile(path: str, flag: str):
     """(jobs, spreads, record) of the runs a quality profile records; errors at ``flag``."""
     from adapters.decoding.quality_jobs import stored_jobs
-    from sim.config import quality_profile
 
-    try:
-        data = quality_profile.read(path)
-    except UserError as err:
-        raise UserError(err.lines[0], field=flag) from None  # the line names the file
+    data = _read(path, flag)
     try:
         jobs, spreads = stored_jobs(data)
     except UserError as err:
@@ -177,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     sources = args.source or []
     jobs, spreads, origin = _profile(sources[0], "--from") if sources else _measured(args)
     also = [(path, _profile(path, "--from")) for path in sources[1:]]
+    also_jobs = [loaded[0] for _, loaded in also]
     for path, js in [(sources[0] if sources else None, jobs), *((p, a[0]) for p, a in also)]:
         known = {j.run.name for j in js}
         missing = [n for n in args.train if n not in known]
@@ -188,10 +185,10 @@ def run(args: argparse.Namespace) -> int:
     origin = {**origin, "refit": this} if args.source else {**origin, **this}
     texts = f" of {len(sources)} texts" if len(sources) > 1 else ""
     cfg, rows = fit(jobs, args.train, f"fitted by infer-os calibrate-quality on "
-                    f"{','.join(args.train)}{texts}", spreads, [a[1][0] for a in also], prior)
+                    f"{','.join(args.train)}{texts}", spreads, also_jobs, prior)
     doc = profile(origin, jobs, rows, cfg, args.train)
     if prior is not None:
-        doc["prior"] = _prior_record(args.prior, prior, jobs, args.train, [a[1][0] for a in also])
+        doc["prior"] = _prior_record(args.prior, prior, jobs, args.train, also_jobs)
     if also:  # each further text: its runs against the fit (its train jobs were fitted on)
         doc["also_fitted_on"] = [_checked(path, loaded, cfg, args.train)
                                  for path, loaded in also]
@@ -221,14 +218,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prior(name: str) -> dict:
-    """The ``--prior`` profile's base perplexity and penalties (a bundled name or a path)."""
+def _read(name: str, flag: str) -> dict:
+    """A quality profile (a bundled name or a path); an error in it is one at ``flag``."""
     from sim.config import quality_profile
 
     try:
-        data = quality_profile.read(name)
+        return quality_profile.read(name)
     except UserError as err:
-        raise UserError(err.lines[0], field="--prior") from None  # the line names the file
+        raise UserError(err.lines[0], field=flag) from None  # the line names the file
+
+
+def _prior(name: str) -> dict:
+    """The ``--prior`` profile's base perplexity and penalties (a bundled name or a path)."""
+    data = _read(name, "--prior")
     return {"base_ppl": data["base_ppl"], "penalties": data["penalties"]}
 
 
