@@ -4,10 +4,10 @@ fitted into a calibration profile (``sim.costs.calibrated``).
 Everything timed runs the executor's own code: prefill through ``prefill_request``, decode through
 ``decode_step``, verify passes of k + 1 tokens through ``forward`` (torch: the model over a
 ``PagedStep``; ort: the session over the staged past), layer-skip passes through the torch
-forward (under ort the draft sources run in torch too), quantization through
-``PagedKV.set_precision``.  Contexts are filled with random K/V (attention cost does not depend
-on the values).  Each grid point is timed a few
-times and its median kept; the features of each point come from the state it ran on.
+forward (under ort the draft sources run in torch too), quantization and the tier checks through
+whole steps of ``execute`` (``adapters.calibration.step_tail``).  Contexts are filled with random
+K/V (attention cost does not depend on the values).  Each grid point is timed a few times and its
+median kept; the features of each point come from the state it ran on.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 16  # of the grid, timing method and features: a new one makes cached profiles stale
-QUANTIZE_SAMPLES = 24  # quantizations timed per precision
+VERSION = 17  # of the grid, timing method and features: a new one makes cached profiles stale
 
 
 def kernel_active(device: torch.device) -> bool:
@@ -113,7 +112,6 @@ class Measurements:
     features: list[np.ndarray] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
-    quantize_s_per_value: dict[str, list[float]] = field(default_factory=dict)
     copy_bytes_per_s: list[float] = field(default_factory=list)
 
     def add(self, kind: str, features: np.ndarray, seconds: float) -> None:
@@ -161,22 +159,16 @@ class StepBench:
 
     def fill(self, tokens: int, precision: Precision) -> int:
         """A request holding ``tokens`` tokens of random K/V, its full blocks at ``precision``
-        (the quantization of each block is timed)."""
+        (quantized as the executor does, in one pass; ``step_tail.quantize_in_steps`` times
+        quantizing as a step does it)."""
         rid, self.next_rid = self.next_rid, self.next_rid + 1
         self.kv.add(rid, capacity_tokens=tokens + 64)
         self.kv.requests[rid].arena[:, :, :, :tokens].normal_(generator=self.gen)
         self.kv.append(rid, tokens)
         self.ex.tokens[rid] = self._ids(tokens)
         if precision != Precision.FP16:
-            values = self.spec.kv_values_per_token * self.bt
-            name = precision.name.lower()
-            samples = self.m.quantize_s_per_value.setdefault(name, [])
-            for block in range(tokens // self.bt):
-                t0 = time.perf_counter()
-                self.kv.set_precision(rid, block, precision)
-                _sync(self.device)
-                if len(samples) < QUANTIZE_SAMPLES:
-                    samples.append((time.perf_counter() - t0) / values)
+            n = tokens // self.bt
+            self.kv.set_precisions(rid, list(range(n)), [int(precision)] * n)
         return rid
 
     def release(self, rids: list[int]) -> None:

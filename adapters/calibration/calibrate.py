@@ -48,7 +48,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
     import torch
 
     from adapters.calibration import bench
-    from adapters.calibration.step_tail import step_tail_costs
+    from adapters.calibration.step_tail import quantize_in_steps, step_tail_costs
     from adapters.model.loading import describe_device, load_shared, resolve_device, resolve_dtype
     from sim.config.model_spec import resolve_model
     from sim.costs.calibration_fit import fit_with_holdout
@@ -75,13 +75,15 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         (retier_check, retier_row, retier_multi), (warm_check, warm_row, warm_multi) = \
             tail["retier"], tail["retier_warm"]
         ngram_call, ngram_next_call, ngram = tail["ngram"]
+        # the check right after a forward, over one row: what a filled block's step pays besides
+        quant = {k: float(np.median(v)) for k, v in quantize_in_steps(
+            sb, retier_check + retier_row).items()}
         # timed as the speed check times them: on a bench built as it builds its own (a
         # fresh executor, as a measured run has; the grid's warm one ran them 4-5 % faster)
         ref_bench = _reference_bench(backend, model, dtype, device, kv_dtype, block_tokens, group)
         _, reference = bench.reference_seconds(ref_bench)
     m = sb.m
     coef, stats = fit_with_holdout(np.array(m.features), np.array(m.seconds))
-    quant = {k: float(np.median(v)) for k, v in m.quantize_s_per_value.items()}
     device_name = describe_device(dev) if backend == "torch" else sb.ex.device_label
     return CalibrationProfile(
         backend=backend, device=device_name, machine=bench.machine_fingerprint(dev, backend),

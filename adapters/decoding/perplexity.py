@@ -125,9 +125,8 @@ def _apply(kv: PagedKV, store: PagedKVStore, model: Transformer, ids: list[int])
     """The store's precision for every full block of the real cache."""
     desired = np.frombuffer(bytes(store.blocks_raw(0)), dtype=np.uint8)
     full = kv.num_tokens(0) // kv.bt
-    for i in range(min(full, len(desired))):
-        if kv.block_precision(0, i) != desired[i]:
-            kv.set_precision(0, i, Precision(int(desired[i])), _recompute(model, ids, kv.bt))
+    changed = [i for i in range(min(full, len(desired))) if kv.block_precision(0, i) != desired[i]]
+    kv.set_precisions(0, changed, [int(desired[i]) for i in changed], _recompute(model, ids, kv.bt))
 
 
 def _recompute(model: Transformer, ids: list[int], bt: int):

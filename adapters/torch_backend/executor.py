@@ -47,7 +47,6 @@ from adapters.model.transformer import Transformer, prefill
 from adapters.torch_backend.faults import ArenaCapExceeded, InjectedFaults
 from adapters.torch_backend.inputs import make_drafter, make_prompts
 from adapters.torch_backend.tensor_pool import TensorPool
-from policies import Precision
 from sim.config.hardware import HardwareProfile
 from sim.config.policy_registry import observes_blocks
 from sim.config.scenario import Scenario
@@ -313,9 +312,11 @@ class TorchExecutor(InjectedFaults):
                 actual = self._actual[rid] = np.concatenate(
                     [actual, np.zeros(full - len(actual), dtype=np.uint8)])
             n = min(full, len(desired))
-            for i in np.flatnonzero(desired[:n] != actual[:n]).tolist():
-                if self.kv.set_precision(rid, i, Precision(int(desired[i])), self._recompute):
-                    actual[i] = desired[i]
+            changed = np.flatnonzero(desired[:n] != actual[:n])
+            if len(changed):  # blocks bound for one quantized tier go in one pass
+                moved = self.kv.set_precisions(rid, changed.tolist(), desired[changed].tolist(),
+                                               self._recompute)
+                actual[moved] = desired[moved]
 
     def _recompute(self, rid: int, block: int) -> torch.Tensor:
         """K/V of one evicted block, recomputed exactly: the prefix up to its end, forwarded

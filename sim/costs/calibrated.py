@@ -113,7 +113,7 @@ class CalibrationProfile(Frozen):
     # seconds per unit of each feature (a feature left out costs nothing)
     coefficients: dict[Feature, Seconds]
     quantize_s_per_value: dict[Literal["int8", "int4", "int2"], Seconds] = Field(
-        default_factory=dict)  # by precision
+        default_factory=dict)  # by precision: a block quantized in a step, all of it per value
     retier_s_per_block: float = _seconds(0.0)
     copy_bytes_per_s: float = _rate(1e10)
     alloc_s: float = _seconds(0.0)

@@ -17,9 +17,10 @@ QUANTIZED = (Precision.INT8, Precision.INT4, Precision.INT2)
 
 
 def quantize_prices(timed_s_per_value: dict[str, float]) -> np.ndarray:
-    """Seconds a value to quantize, per precision of ``QUANTIZED``; one the calibration did not
-    time (INT2, whose points come last, when the time budget cuts them) costs the mean of those
-    it did, not nothing (measured: kivi's INT2 re-quantizing was predicted a third short at 0)."""
+    """Seconds a value to quantize, per precision of ``QUANTIZED``; one a profile lacks (a
+    profile of calibration ``VERSION`` 16 or before timed INT2 only when its time budget
+    reached the grid's last points) costs the mean of those it has, not nothing (measured:
+    kivi's INT2 re-quantizing was predicted a third short at 0)."""
     timed = {p: timed_s_per_value.get(p.name.lower()) for p in QUANTIZED}
     known = [v for v in timed.values() if v]
     fallback = float(np.mean(known)) if known else 0.0

@@ -268,3 +268,62 @@ def test_attention_measured_a_few_query_rows_at_a_time_is_the_same_measurement()
         whole = attention_probs(q, k, mask)
         for rows in (1, 16, 69, 70, 256):
             assert torch.allclose(attention_probs_chunked(q, k, mask, rows), whole, atol=1e-6)
+
+
+def _filled(model, ids: torch.Tensor) -> PagedKV:
+    kv = _store()
+    kv.add(0)
+    _forward(model, kv, [0], ids)
+    return kv
+
+
+def test_blocks_moved_in_one_pass_hold_what_blocks_moved_one_by_one_hold(model):
+    """``set_precisions`` (one compaction, one segment growth) against ``set_precision`` per
+    block: the same codes, the same arena, the same attention, whatever mix of targets and
+    current tiers (a block already INT8 bound for INT4 among FP ones)."""
+    ids = _ids(100)  # 6 full blocks and a partial one
+    one, each = _filled(model, ids), _filled(model, ids)
+    for kv in (one, each):
+        kv.set_precision(0, 4, Precision.INT8)
+    P = Precision
+    blocks = [0, 1, 2, 3, 4, 5, 6]
+    targets = [int(p) for p in (P.INT4, P.INT4, P.INT8, P.INT4, P.INT4, P.FP16, P.INT4)]
+    moved = one.set_precisions(0, blocks, targets)
+    for b, p in zip(blocks, targets):
+        each.set_precision(0, b, Precision(p))
+    assert sorted(moved) == [0, 1, 2, 3, 4, 5]  # 5 already is FP16; 6 is the partial block
+    ra, rb = one.requests[0], each.requests[0]
+    assert ra.fp_blocks == rb.fp_blocks == [5]
+    used = one.arena_tokens(0)
+    assert used == each.arena_tokens(0) == BT + 4
+    assert torch.equal(ra.arena[:, :, :, :used], rb.arena[:, :, :, :used])
+    assert set(ra.segments) == set(rb.segments) == {Precision.INT8, Precision.INT4}
+    for prec in ra.segments:
+        sa, sb = ra.segments[prec], rb.segments[prec]
+        order = [sb.blocks.index(b) for b in sa.blocks]
+        assert sorted(sa.blocks) == sorted(sb.blocks)
+        for ta, tb in zip(sa.tensors(), sb.tensors()):
+            assert torch.equal(ta, tb[order])
+    assert one.bytes_by_precision() == each.bytes_by_precision()
+    nxt = ids[:, -1:]
+    assert torch.allclose(_forward(model, one, [0], nxt), _forward(model, each, [0], nxt),
+                          atol=1e-5)
+
+
+def test_a_segment_grows_in_place_and_its_spare_room_is_reserved_not_held(model):
+    """Blocks quantized one at a time as they fill: the segment's buffers are reallocated a
+    few times (not once a block), it holds exactly its blocks' bytes, reserves more, and is
+    attended to as a segment built in one pass."""
+    ids = _ids(16 * BT + 1)
+    grown, once = _filled(model, ids), _filled(model, ids)
+    seg_bufs = set()
+    for b in range(16):
+        grown.set_precisions(0, [b], [int(Precision.INT8)])
+        seg_bufs.add(grown.requests[0].segments[Precision.INT8].buffers["k_data"].data_ptr())
+    once.set_precisions(0, list(range(16)), [int(Precision.INT8)] * 16)
+    assert len(seg_bufs) <= 6  # 1, 2, 4, 7, 11, 17 blocks of room: 6 buffers for 16 blocks
+    assert grown.requests[0].segments[Precision.INT8].buffers["k_data"].shape[0] == 17
+    assert grown.bytes_by_precision() == once.bytes_by_precision()
+    assert grown.reserved_bytes() > once.reserved_bytes()
+    nxt = ids[:, -1:]
+    assert torch.equal(_forward(model, grown, [0], nxt), _forward(model, once, [0], nxt))
