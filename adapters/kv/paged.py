@@ -233,10 +233,10 @@ class PagedKV:
     def set_precisions(self, rid: int, blocks: list[int], precisions: list[int],
                        recompute: Recompute | None = None) -> list[int]:
         """Move each block to its precision (``set_precision`` for each, in this order of
-        targets); FP16 blocks bound for the same quantized tier go in one pass: each quantized
-        from its arena slot, the arena compacted once (a prompt of n blocks costs n blocks'
-        quantizing, not n copies of the arena's tail).  -> the blocks now at their precision
-        (all but the partial last block)."""
+        targets); FP16 blocks bound for the same other tier leave the arena in one pass (each
+        quantized or copied from its slot, the arena compacted once: a prompt of n blocks costs
+        n blocks' quantizing, and n evictions one shift, not n).  -> the blocks now at their
+        precision (all but the partial last block)."""
         r = self.requests[rid]
         moved: list[int] = []
         for target in dict.fromkeys(int(p) for p in precisions):  # first-seen order of targets
@@ -244,27 +244,30 @@ class PagedKV:
             prec = Precision(target)
             batch = sorted(b for b in group if b < self._full_blocks(r)
                            and self.block_precision(rid, b) == Precision.FP16)
-            if prec not in BITS or not batch:
+            if prec == Precision.FP16 or not batch:
                 moved += [b for b in group if self.set_precision(rid, b, prec, recompute)]
                 continue
             # the rest first (none touches the arena: the batch's slots stay put)
             moved += [b for b in group if b not in batch
                       and self.set_precision(rid, b, prec, recompute)]
-            self._quantize_fp(r, prec, batch)
+            self._move_fp(r, prec, batch)
             moved += batch
         return moved
 
-    def _quantize_fp(self, r: _Request, precision: Precision, blocks: list[int]) -> None:
-        """FP blocks into the segment at ``precision``, each quantized from its arena slot (a
-        block's working set stays in cache: measured, 32 blocks at once took twice as long as
-        one at a time), then the arena compacted once."""
+    def _move_fp(self, r: _Request, precision: Precision, blocks: list[int]) -> None:
+        """FP blocks out of the arena to ``precision``, each from its slot (one block's working
+        set stays in cache: 32 quantized at once took twice as long), then one compaction."""
         bt, used = self.bt, self._fp_tokens(r)
         slots = [r.fp_blocks.index(b) for b in blocks]
-        seg = r.segments.setdefault(precision, Segment())
-        expect = len(seg.blocks) + len(blocks)
+        seg = r.segments.setdefault(precision, Segment()) if precision in BITS else None
+        expect = len(seg.blocks) + len(blocks) if seg else 0
         for b, i in zip(blocks, slots):
-            kv = r.arena[:, :, :, i * bt:(i + 1) * bt].unsqueeze(0)  # [1, L, 2, K, bt, D]
-            seg.append([b], quantize_blocks(kv, BITS[precision], self.group), expect)
+            kv = r.arena[:, :, :, i * bt:(i + 1) * bt]  # [L, 2, K, bt, D]
+            if seg is not None:
+                seg.append([b], quantize_blocks(kv[None], BITS[precision], self.group), expect)
+            elif precision == Precision.OFFLOADED:
+                host = kv.to("cpu", copy=True)
+                r.host[b] = host.pin_memory() if self.pin else host
             r.precision[b] = precision
         keep = torch.ones(used, dtype=torch.bool)
         keep[torch.cat([torch.arange(i * bt, (i + 1) * bt) for i in slots])] = False

@@ -64,10 +64,14 @@ class RetierCosts:
         return Segment(self.device, "retier", 0.0, 0.0, seconds)
 
     def _retier_segment(self, plan: StepPlan) -> Segment:
-        """Re-quantizing, host copies, and recomputing evicted blocks (a forward over them)."""
+        """Re-quantizing (each value at the price of the precision it goes to; values a plan
+        does not say the precision of, at the mean), host copies, and recomputing evicted
+        blocks (a forward over them)."""
         bt_values = self.model.kv_values_per_token * self.bt
         blocks = plan.kv_requant_values / bt_values if bt_values else 0.0
-        seconds = (plan.kv_requant_values * float(self.quant_s.mean())
+        into = np.asarray(plan.kv_requant_into, dtype=np.float64)
+        unsaid = max(plan.kv_requant_values - float(into.sum()), 0.0)
+        seconds = (float(into @ self.quant_s) + unsaid * float(self.quant_s.mean())
                    + blocks * self.p.retier_s_per_block
                    + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
         if plan.kv_recompute_tokens:

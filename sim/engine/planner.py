@@ -89,6 +89,8 @@ class Planner:
         pending.copy_bytes += plan.kv_copy_bytes
         pending.requant_values += plan.kv_requant_values
         pending.recompute_tokens += plan.kv_recompute_tokens
+        pending.requant_into = [a + b for a, b in zip(pending.requant_into,
+                                                      plan.kv_requant_into)]
 
     # -- scheduling estimates ----------------------------------------------------------------
     def op_estimates(self, store: PagedKVStore, running: list[int], head_prompt: int,
@@ -159,7 +161,7 @@ class Planner:
         allocs, alloc_bytes, copied = self._buffers(pool, rows, rows, int(kv_read),
                                                     rows * self._kv_values * 2)
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
-        kv_copy_bytes, kv_requant_values, kv_recompute_tokens = self.retierer.pending.take()
+        kv_copy_bytes, kv_requant_values, kv_recompute_tokens, into = self.retierer.pending.take()
         plan = StepPlan(
             phase="decode", request_ids=batch, num_tokens=rows, num_rows=rows,
             attended_pairs=resident_tokens * (k + 1), kv_read_bytes=kv_read,
@@ -170,7 +172,7 @@ class Planner:
             buffer_copy_bytes=copied, enabled=self.techniques,
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0,
             kv_copy_bytes=kv_copy_bytes, kv_requant_values=kv_requant_values,
-            kv_recompute_tokens=kv_recompute_tokens,
+            kv_recompute_tokens=kv_recompute_tokens, kv_requant_into=into,
             row_tokens=row_tokens, row_block_counts=row_counts)
         self.decode_steps += 1
         return plan, emitted

@@ -5,7 +5,7 @@ and keeps the cost of the moves for the next step to pay."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,10 +25,15 @@ class PendingMoves:
     copy_bytes: int = 0  # to or from the host tier
     requant_values: int = 0  # K/V values re-quantized on the device
     recompute_tokens: int = 0  # tokens whose K/V are recomputed
+    requant_into: list[int] = field(default_factory=lambda: [0, 0, 0])  # INT8, INT4, INT2
 
-    def take(self) -> tuple[int, int, int]:
-        out = (self.copy_bytes, self.requant_values, self.recompute_tokens)
+    def take(self) -> tuple[int, int, int, tuple[int, ...]]:
+        """-> (copy bytes, re-quantized values, recomputed tokens, re-quantized values by the
+        precision they went to: INT8, INT4, INT2), and nothing is left pending."""
+        out = (self.copy_bytes, self.requant_values, self.recompute_tokens,
+               tuple(self.requant_into))
         self.copy_bytes = self.requant_values = self.recompute_tokens = 0
+        self.requant_into = [0, 0, 0]
         return out
 
 
@@ -77,13 +82,14 @@ class Retierer:
             except MemoryError as err:
                 raise InfeasibleDecision(f"tiering policy {kind!r}: {err}") from None
             if move is not None:
-                self._charge(move, store)
+                self._charge(move, store, _precision(precision, kind))
 
-    def _charge(self, move: Move, store: PagedKVStore) -> None:
+    def _charge(self, move: Move, store: PagedKVStore, to: Precision) -> None:
         self.moves[move.value] += 1
         fp16 = int(store.device_block_bytes[Precision.FP16])
         if move in (Move.REQUANTIZE, Move.REQUANTIZE_BACKUP):
             self.pending.requant_values += self.values_per_block
+            self.pending.requant_into[int(to) - 1] += self.values_per_block
         if move in (Move.REQUANTIZE_BACKUP, Move.OFFLOAD, Move.RESTORE_COPY):
             self.pending.copy_bytes += fp16
         if move is Move.RECOMPUTE:

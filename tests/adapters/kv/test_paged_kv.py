@@ -278,24 +278,27 @@ def _filled(model, ids: torch.Tensor) -> PagedKV:
 
 
 def test_blocks_moved_in_one_pass_hold_what_blocks_moved_one_by_one_hold(model):
-    """``set_precisions`` (one compaction, one segment growth) against ``set_precision`` per
-    block: the same codes, the same arena, the same attention, whatever mix of targets and
-    current tiers (a block already INT8 bound for INT4 among FP ones)."""
-    ids = _ids(100)  # 6 full blocks and a partial one
+    """``set_precisions`` (one compaction per target) against ``set_precision`` per block: the
+    same codes, host copies, arena and attention, whatever mix of targets (quantized, offloaded,
+    evicted) and current tiers (a block already INT8 bound for INT4 among FP ones)."""
+    ids = _ids(140)  # 8 full blocks and a partial one
     one, each = _filled(model, ids), _filled(model, ids)
     for kv in (one, each):
         kv.set_precision(0, 4, Precision.INT8)
     P = Precision
-    blocks = [0, 1, 2, 3, 4, 5, 6]
-    targets = [int(p) for p in (P.INT4, P.INT4, P.INT8, P.INT4, P.INT4, P.FP16, P.INT4)]
+    blocks = list(range(9))
+    targets = [int(p) for p in (P.INT4, P.INT4, P.INT8, P.OFFLOADED, P.INT4, P.EVICTED, P.FP16,
+                                P.EVICTED, P.INT4)]
     moved = one.set_precisions(0, blocks, targets)
     for b, p in zip(blocks, targets):
         each.set_precision(0, b, Precision(p))
-    assert sorted(moved) == [0, 1, 2, 3, 4, 5]  # 5 already is FP16; 6 is the partial block
+    assert sorted(moved) == list(range(8))  # 6 already is FP16; 8 is the partial block
     ra, rb = one.requests[0], each.requests[0]
-    assert ra.fp_blocks == rb.fp_blocks == [5]
+    assert ra.fp_blocks == rb.fp_blocks == [6]
+    assert ra.precision == rb.precision and set(ra.host) == set(rb.host) == {3}
+    assert torch.equal(ra.host[3], rb.host[3])
     used = one.arena_tokens(0)
-    assert used == each.arena_tokens(0) == BT + 4
+    assert used == each.arena_tokens(0) == BT + 12
     assert torch.equal(ra.arena[:, :, :, :used], rb.arena[:, :, :, :used])
     assert set(ra.segments) == set(rb.segments) == {Precision.INT8, Precision.INT4}
     for prec in ra.segments:

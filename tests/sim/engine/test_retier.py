@@ -1,6 +1,7 @@
 """The engine's tiering driver (sim.engine.retier) as a state machine: a scripted policy moves
 blocks between tiers at random; tokens are conserved, budgets hold, a restored block returns to the
-precision it had, and every move is charged as the kind of move it is."""
+precision it had, and every move is charged as the kind of move it is (a re-quantizing to the
+precision it went to)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,14 @@ class RetierMachine(RuleBasedStateMachine):
     def _apply(self, rid: int, index: int, new: P, keep_backup: bool) -> None:
         self.policy.queued.append(TieringDecision(((rid, index, new),), keep_backup=keep_backup))
         before = dict(self.retier.moves)
+        into = list(self.retier.pending.requant_into)
         self.step += 1
         self.retier.retier(self.store, sorted(self.tokens), self.step)
+        old = self.precision[(rid, index)]
+        if old < new <= P.INT2:  # re-quantized: charged to the precision it went to
+            into[new - 1] += VALUES_PER_TOKEN * BLOCK_TOKENS
+        assert self.retier.pending.requant_into == into
+        assert sum(into) == self.retier.pending.requant_values
         obs = self.policy.seen[-1]  # what the policy saw names exactly the live blocks
         assert {(b.request_id, b.index): b.precision for b in obs.blocks} == self.precision
         assert all(0 <= b.attention_share <= 1 for b in obs.blocks)
