@@ -144,3 +144,39 @@ def quantize_in_steps(sb: StepBench, check_s: float, repeats: int = 7
     finally:
         sb.ex.store = saved
     return out
+
+
+def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> float:
+    """Bytes a second the executor's arena shifts to stay compact, as a whole decode step
+    through ``execute`` does it: the first block of a row of 8 FP16 blocks and 10 tokens
+    evicted by the tier check before the forward (``check_s``, that check's own cost over one
+    row, taken off), the tokens after it shifted down."""
+    name = sb.ex.info.name
+    blocks = max(min(8, (sb.spec.max_context_tokens - 128) // sb.bt), 2)
+    tokens = blocks * sb.bt + 10
+    rid = sb.fill(tokens, Precision.FP16)
+    raw = bytes([int(Precision.EVICTED)] + [0] * blocks)
+    saved = sb.ex.store
+    sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=lambda _: raw)
+    plan = StepPlan(phase="decode", request_ids=(rid,), num_tokens=1, num_rows=1,
+                    attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
+                    placement=Placement(name, name, name))
+    shifted = (tokens - sb.bt) * sb.kv.token_bytes()
+    kv = sb.kv.requests[rid].arena[:, :, :, :sb.bt].clone()  # block 0, to put back
+    seconds = []
+    try:
+        for _ in range(repeats):
+            sb.ex._actual[rid] = np.zeros(blocks, np.uint8)
+            env = simpy.Environment()
+            proc = env.process(sb.ex.execute(env, plan))
+            env.run()
+            seconds.append(max([s for _, kind, s in proc.value.segments
+                                if kind == "retier"][0] - check_s, 1e-9))
+            sb.kv.set_precision(rid, 0, Precision.FP16, lambda *_: kv)  # undo: block 0 back,
+            sb.kv.truncate(rid, tokens)  # the token the step stored removed
+            del sb.ex.tokens[rid][-1]
+    finally:
+        sb.ex.store = saved
+        sb.ex._actual.pop(rid, None)
+    sb.release([rid])
+    return shifted / statistics.median(seconds)

@@ -116,6 +116,9 @@ class CalibrationProfile(Frozen):
         default_factory=dict)  # by precision: a block quantized in a step, all of it per value
     retier_s_per_block: float = _seconds(0.0)
     copy_bytes_per_s: float = _rate(1e10)
+    # FP16 bytes the executor's arena shifts a second to stay compact (``kv_shift_bytes``),
+    # timed in whole steps (None, in a profile from before: not priced)
+    shift_bytes_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     alloc_s: float = _seconds(0.0)
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
@@ -340,7 +343,8 @@ class CalibratedModel(RetierCosts):
         fill.fixed_s += checks * (self._tier_check_s(B) + self._tier_check_s(B, warm=True))
         if fill.fixed_s:
             out.append(fill)
-        if plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens:
+        if (plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens
+                or plan.kv_shift_bytes):
             out.append(self._retier_segment(plan))
         if plan.num_allocs:
             out.append(Segment(self.device, "alloc", 0.0, 0.0,

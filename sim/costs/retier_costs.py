@@ -65,8 +65,8 @@ class RetierCosts:
 
     def _retier_segment(self, plan: StepPlan) -> Segment:
         """Re-quantizing (each value at the price of the precision it goes to; values a plan
-        does not say the precision of, at the mean), host copies, and recomputing evicted
-        blocks (a forward over them)."""
+        does not say the precision of, at the mean), host copies, the arena's shifts, and
+        recomputing evicted blocks (a forward over them)."""
         bt_values = self.model.kv_values_per_token * self.bt
         blocks = plan.kv_requant_values / bt_values if bt_values else 0.0
         into = np.asarray(plan.kv_requant_into, dtype=np.float64)
@@ -74,6 +74,8 @@ class RetierCosts:
         seconds = (float(into @ self.quant_s) + unsaid * float(self.quant_s.mean())
                    + blocks * self.p.retier_s_per_block
                    + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
+        if self.p.shift_bytes_per_s:  # the arena kept compact (``adapters.kv.paged``)
+            seconds += plan.kv_shift_bytes / self.p.shift_bytes_per_s
         if plan.kv_recompute_tokens:
             seconds += self.forward_s(self.model, self.model.num_layers,
                                       int(plan.kv_recompute_tokens), np.zeros(1),

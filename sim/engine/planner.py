@@ -85,12 +85,7 @@ class Planner:
     def replan(self, plan: StepPlan) -> None:
         """``plan`` never ran to the end (a device failed under it): the re-tiering work it was
         to pay is left for the next step."""
-        pending = self.retierer.pending
-        pending.copy_bytes += plan.kv_copy_bytes
-        pending.requant_values += plan.kv_requant_values
-        pending.recompute_tokens += plan.kv_recompute_tokens
-        pending.requant_into = [a + b for a, b in zip(pending.requant_into,
-                                                      plan.kv_requant_into)]
+        self.retierer.pending.add(plan)
 
     # -- scheduling estimates ----------------------------------------------------------------
     def op_estimates(self, store: PagedKVStore, running: list[int], head_prompt: int,
@@ -161,7 +156,7 @@ class Planner:
         allocs, alloc_bytes, copied = self._buffers(pool, rows, rows, int(kv_read),
                                                     rows * self._kv_values * 2)
         draft_kv = tokens * self.draft.kv_values_per_token * 2 if k and self.draft else 0.0
-        kv_copy_bytes, kv_requant_values, kv_recompute_tokens, into = self.retierer.pending.take()
+        moves = self.retierer.pending.take()
         plan = StepPlan(
             phase="decode", request_ids=batch, num_tokens=rows, num_rows=rows,
             attended_pairs=resident_tokens * (k + 1), kv_read_bytes=kv_read,
@@ -171,8 +166,9 @@ class Planner:
             draft_kv_read_bytes=draft_kv, num_allocs=allocs, alloc_bytes=alloc_bytes,
             buffer_copy_bytes=copied, enabled=self.techniques,
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0,
-            kv_copy_bytes=kv_copy_bytes, kv_requant_values=kv_requant_values,
-            kv_recompute_tokens=kv_recompute_tokens, kv_requant_into=into,
+            kv_copy_bytes=moves.copy_bytes, kv_requant_values=moves.requant_values,
+            kv_recompute_tokens=moves.recompute_tokens, kv_requant_into=tuple(moves.requant_into),
+            kv_shift_bytes=moves.shift_bytes,
             row_tokens=row_tokens, row_block_counts=row_counts)
         self.decode_steps += 1
         return plan, emitted

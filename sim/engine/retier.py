@@ -26,15 +26,26 @@ class PendingMoves:
     requant_values: int = 0  # K/V values re-quantized on the device
     recompute_tokens: int = 0  # tokens whose K/V are recomputed
     requant_into: list[int] = field(default_factory=lambda: [0, 0, 0])  # INT8, INT4, INT2
+    # FP16 bytes a real executor's arena shifts to stay compact (``adapters.kv.paged``): the
+    # tokens after the first FP16 block of a request to leave it, once a pass (all its blocks
+    # leaving together), and after each block coming back
+    shift_bytes: int = 0
 
-    def take(self) -> tuple[int, int, int, tuple[int, ...]]:
-        """-> (copy bytes, re-quantized values, recomputed tokens, re-quantized values by the
-        precision they went to: INT8, INT4, INT2), and nothing is left pending."""
-        out = (self.copy_bytes, self.requant_values, self.recompute_tokens,
-               tuple(self.requant_into))
-        self.copy_bytes = self.requant_values = self.recompute_tokens = 0
+    def take(self) -> PendingMoves:
+        """What is pending, and nothing is left pending."""
+        out = PendingMoves(self.copy_bytes, self.requant_values, self.recompute_tokens,
+                           list(self.requant_into), self.shift_bytes)
+        self.copy_bytes = self.requant_values = self.recompute_tokens = self.shift_bytes = 0
         self.requant_into = [0, 0, 0]
         return out
+
+    def add(self, plan) -> None:
+        """Take back the work a step (``StepPlan``) was to pay and did not."""
+        self.copy_bytes += plan.kv_copy_bytes
+        self.requant_values += plan.kv_requant_values
+        self.recompute_tokens += plan.kv_recompute_tokens
+        self.requant_into = [a + b for a, b in zip(self.requant_into, plan.kv_requant_into)]
+        self.shift_bytes += plan.kv_shift_bytes
 
 
 _PRECISIONS = tuple(Precision)  # by value
@@ -67,6 +78,7 @@ class Retierer:
             raise InfeasibleDecision(f"tiering policy {kind!r}: new blocks cannot be written "
                                      f"{new.name}")
         self.new_block_precision = new
+        fp_moves: dict[int, dict[int, tuple[bool, int]]] = {}  # rid -> block -> (was FP16, to)
         for change in decision.changes:
             try:
                 rid, index, precision = change
@@ -76,13 +88,18 @@ class Retierer:
             if rid not in store or not 0 <= index < store.req_blocks[rid]:
                 raise InfeasibleDecision(f"tiering policy {kind!r}: no block {index} of "
                                          f"request {rid}")
+            to, was = _precision(precision, kind), store.blocks_raw(rid)[index]
             try:
-                move = store.set_precision(rid, index, _precision(precision, kind),
-                                           decision.keep_backup)
+                move = store.set_precision(rid, index, to, decision.keep_backup)
             except MemoryError as err:
                 raise InfeasibleDecision(f"tiering policy {kind!r}: {err}") from None
             if move is not None:
-                self._charge(move, store, _precision(precision, kind))
+                self._charge(move, store, to)
+                first = fp_moves.setdefault(rid, {}).get(index, (was == Precision.FP16, 0))
+                fp_moves[rid][index] = (first[0], int(to))
+        for rid, moved in fp_moves.items():
+            self.pending.shift_bytes += _shifted_tokens(store, rid, moved) * (
+                int(store.device_block_bytes[Precision.FP16]) // store.block_tokens)
 
     def _charge(self, move: Move, store: PagedKVStore, to: Precision) -> None:
         self.moves[move.value] += 1
@@ -135,6 +152,35 @@ class Retierer:
 
     def forget(self, rid: int) -> None:
         self.attention.forget(rid)
+
+
+def _shifted_tokens(store: PagedKVStore, rid: int, moved: dict[int, tuple[bool, int]]) -> int:
+    """Tokens a real executor's FP16 arena shifts to make these moves of one request's full
+    blocks (block -> (was FP16, precision now)), as ``PagedKV.set_precisions`` makes them: by
+    target, in the order the targets first appear over the blocks; the FP16 blocks leaving for
+    one target in one compaction (the FP16 blocks and partial block after the first of them
+    shift), each block coming back to FP16 on its own (those after it shift)."""
+    bt, tokens = store.block_tokens, store.tokens(rid)
+    full = tokens // bt
+    tail = tokens - full * bt
+    arena = np.frombuffer(bytes(store.blocks_raw(rid)), dtype=np.uint8)[:full] == 0  # FP16 now
+    order = sorted(b for b in moved if b < full)
+    for b in order:
+        arena[b] = moved[b][0]  # as before the moves
+    shifted = 0
+    for target in dict.fromkeys(moved[b][1] for b in order):
+        group = [b for b in order if moved[b][1] == target]
+        if target == Precision.FP16:
+            for b in group:
+                if not arena[b]:
+                    shifted += int(arena[b + 1:].sum()) * bt + tail
+                    arena[b] = True
+            continue
+        leaving = [b for b in group if arena[b]]
+        if leaving:
+            arena[leaving] = False
+            shifted += int(arena[leaving[0] + 1:].sum()) * bt + tail
+    return shifted
 
 
 def _precision(value, kind: str) -> Precision:

@@ -330,3 +330,59 @@ def test_a_segment_grows_in_place_and_its_spare_room_is_reserved_not_held(model)
     assert grown.reserved_bytes() > once.reserved_bytes()
     nxt = ids[:, -1:]
     assert torch.equal(_forward(model, grown, [0], nxt), _forward(model, once, [0], nxt))
+
+
+def test_the_simulator_charges_the_arena_shifts_the_real_store_makes():
+    """For the same tiering decisions (random moves between every tier, 1-3 a pass), the FP16
+    bytes the engine charges for keeping the arena compact (``kv_shift_bytes``) are the bytes
+    the real store copies to do it, pass by pass."""
+    import dataclasses
+    from typing import ClassVar
+
+    import numpy as np
+
+    from policies import TieringDecision
+    from sim.config.scenario import AttentionConfig, QualityConfig
+    from sim.engine.kv_store import PagedKVStore
+    from sim.engine.retier import Retierer
+    from sim.quality.attention import AttentionModel
+    from sim.quality.model import penalties
+
+    @dataclasses.dataclass
+    class Scripted:
+        kind: str = "scripted"
+        observes_blocks: ClassVar[bool] = False
+        queued: list = dataclasses.field(default_factory=list)
+
+        def decide(self, obs):
+            return self.queued.pop()
+
+    L, K, D = CFG.num_layers, CFG.num_kv_heads, CFG.head_dim
+    tokens, full = 12 * BT + 5, 12
+    store = PagedKVStore(BT, block_bytes(L * 2 * K * D, BT, BT), 10**9, 10**9, 8)
+    store.admit(0, tokens, tokens + 8, Precision.FP16)
+    policy = Scripted()
+    retier = Retierer(policy, AttentionModel(AttentionConfig(), 0), penalties(QualityConfig()),
+                      L * 2 * K * D * BT)
+    kv = PagedKV(num_layers=L, num_kv_heads=K, head_dim=D, block_tokens=BT, group=BT)
+    kv.add(0, capacity_tokens=tokens + BT)
+    with torch.inference_mode():
+        kv.requests[0].arena[:, :, :, :tokens].normal_()
+    kv.append(0, tokens)
+    block = torch.zeros(L, 2, K, BT, D, dtype=torch.float16)
+    rng = np.random.default_rng(0)
+    shifted = 0
+    for step in range(1, 80):
+        changes = tuple((0, int(b), int(rng.integers(len(Precision))))
+                        for b in rng.choice(full, size=int(rng.integers(1, 4)), replace=False))
+        policy.queued.append(TieringDecision(changes))
+        retier.retier(store, [0], step)
+        charged = retier.pending.take().shift_bytes
+        desired = np.frombuffer(bytes(store.blocks_raw(0)), dtype=np.uint8)[:full]
+        actual = np.array([kv.block_precision(0, i) for i in range(full)])
+        changed = np.flatnonzero(desired != actual)
+        before = kv.copy_bytes
+        kv.set_precisions(0, changed.tolist(), desired[changed].tolist(), lambda *_: block)
+        assert charged == kv.copy_bytes - before, step
+        shifted += charged
+    assert shifted > 0
