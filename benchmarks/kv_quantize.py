@@ -5,8 +5,9 @@ Two moves, as a measured run makes them:
 
 - **prompt**: a prompt of C tokens admitted below FP16, every full block quantized after the
   prefill (what ``TorchExecutor._apply_tiers`` does in a prefill step);
-- **fill**: a block that fills during decode, quantized right away, in a request that already
-  holds C tokens at that precision (16 consecutive fills timed one by one; median and mean).
+- **fill**: a block that fills during decode, quantized right away, in a request that holds
+  C tokens at that precision in the end (its last 16 blocks, or half of them, filled by
+  appended tokens one block at a time and each quantized then; median and mean).
 
 ``--api new`` makes them through ``PagedKV.set_precisions`` (the executor's call since the
 one-pass change); ``--api old`` through ``set_precision`` block by block (the only call before it).
@@ -46,6 +47,15 @@ def store(tokens: int):
 
 
 @torch.inference_mode()
+def grow(kv, tokens: int) -> None:
+    """``tokens`` more tokens of random K/V, as decode steps write them."""
+    kv.reserve(0, tokens)
+    used = kv.arena_tokens(0)
+    kv.requests[0].arena[:, :, :, used:used + tokens].normal_()
+    kv.append(0, tokens)
+
+
+@torch.inference_mode()
 def move(kv, blocks: list[int], prec, api: str) -> float:
     t0 = time.perf_counter()
     if api == "new":
@@ -63,9 +73,13 @@ def cases(context: int, precision: str, api: str) -> dict[str, float]:
     prec = Precision[precision.upper()]
     n = context // BT
     prompt = move(store(context + 10), list(range(n)), prec, api) / n
-    kv = store(context + 10)
-    move(kv, list(range(n - 16)), prec, api)
-    fills = [move(kv, [b], prec, api) for b in range(n - 16, n)]
+    last = min(16, n // 2)  # the fills timed: the last blocks, each once its tokens are in
+    kv = store((n - last) * BT + 10)
+    move(kv, list(range(n - last)), prec, api)
+    fills = []
+    for b in range(n - last, n):
+        grow(kv, BT)
+        fills.append(move(kv, [b], prec, api))
     return {"prompt": 1e3 * prompt, "fill median": 1e3 * statistics.median(fills),
             "fill mean": 1e3 * statistics.mean(fills)}
 

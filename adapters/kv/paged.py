@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters.kv import quant as kv_quant
-from adapters.kv.segments import Segment, quantize_blocks
+from adapters.kv.segments import Segment, dequantize, quantize_blocks
 from policies import Precision
 
 BITS = {Precision.INT8: 8, Precision.INT4: 4, Precision.INT2: 2}
@@ -53,6 +52,14 @@ class _Request:
     @property
     def capacity(self) -> int:
         return self.arena.shape[3]
+
+
+def _runs(slots: list[int], bt: int, used: int) -> list[tuple[int, int]]:
+    """The arena's token ranges that stay, after the first of ``slots`` (sorted) leaves."""
+    edges = [(s * bt, (s + 1) * bt) for s in slots]
+    starts = [e for _, e in edges]
+    ends = [s for s, _ in edges[1:]] + [used]
+    return [(a, b) for a, b in zip(starts, ends) if b > a]
 
 
 Recompute = Callable[[int, int], torch.Tensor]  # (rid, block) -> K/V [L, 2, K, bt, D]
@@ -269,12 +276,12 @@ class PagedKV:
                 host = kv.to("cpu", copy=True)
                 r.host[b] = host.pin_memory() if self.pin else host
             r.precision[b] = precision
-        keep = torch.ones(used, dtype=torch.bool)
-        keep[torch.cat([torch.arange(i * bt, (i + 1) * bt) for i in slots])] = False
-        first = min(slots) * bt
-        after = torch.nonzero(keep[first:]).squeeze(1) + first  # what shifts down
-        r.arena[:, :, :, first:first + len(after)] = r.arena[:, :, :, after.to(self.device)]
-        self.copy_bytes += len(after) * self.token_bytes()
+        dest = min(slots) * bt  # what stays after the first slot leaving shifts down, run by run
+        for start, end in _runs(sorted(slots), bt, used):
+            if start > dest:
+                r.arena[:, :, :, dest:dest + end - start] = r.arena[:, :, :, start:end].clone()
+            self.copy_bytes += (end - start) * self.token_bytes()
+            dest += end - start
         for b in blocks:
             r.fp_blocks.remove(b)
 
@@ -331,18 +338,10 @@ class PagedKV:
     # -- quantized segments ----------------------------------------------------------------
     def dequant(self, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                 bits: int, per_channel: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Packed codes ``[n, bytes]`` with scales/zeros ``[n, K, A, G]`` -> ``[K, n * bt, D]``
-        in ``dtype`` (default: the KV dtype): ``kv_quant.dequantize`` for n blocks of one layer
-        at once (K per channel, V per token); also the ort executor's staging."""
-        n, K, bt, D = data.shape[0], self.K, self.bt, self.D
-        a, length = (D, bt) if per_channel else (bt, D)
-        codes = kv_quant.unpack(data.reshape(-1), bits, n * K * a * length)
-        g = kv_quant.grouped(codes.reshape(n, K, a, length).float(), self.group)
-        x = (g * scales.float().unsqueeze(-1) + zeros.float().unsqueeze(-1)).reshape(
-            n, K, a, -1)[..., :length]
-        if per_channel:
-            x = x.transpose(2, 3)  # [n, K, bt, D]
-        return x.permute(1, 0, 2, 3).reshape(K, n * bt, D).to(dtype or self.dtype)
+        """``segments.dequantize`` at this store's shape, in ``dtype`` (default: the KV dtype);
+        also the ort executor's staging."""
+        return dequantize(data, scales, zeros, bits, per_channel, (self.K, self.bt, self.D),
+                          self.group).to(dtype or self.dtype)
 
     def _dequant_layer(self, seg: Segment, bits: int, layer: int,
                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,3 +85,19 @@ def quantize_blocks(kv: torch.Tensor, bits: int, group: int) -> dict[str, torch.
         out[f"{kind}_scales"] = q.scales.reshape(n, L, K, *q.scales.shape[1:])
         out[f"{kind}_zeros"] = q.zeros.reshape(n, L, K, *q.zeros.shape[1:])
     return out
+
+
+def dequantize(data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+               per_channel: bool, shape: tuple[int, int, int], group: int) -> torch.Tensor:
+    """Packed codes ``[n, bytes]`` with scales/zeros ``[n, K, A, G]`` of n blocks of one layer
+    -> float32 ``[K, n * bt, D]`` (``shape`` = (K, bt, D)): ``kv_quant.dequantize`` for them at
+    once (K per channel, V per token)."""
+    n, (K, bt, D) = data.shape[0], shape
+    a, length = (D, bt) if per_channel else (bt, D)
+    codes = kv_quant.unpack(data.reshape(-1), bits, n * K * a * length)
+    g = kv_quant.grouped(codes.reshape(n, K, a, length).float(), group)
+    x = (g * scales.float().unsqueeze(-1) + zeros.float().unsqueeze(-1)).reshape(
+        n, K, a, -1)[..., :length]
+    if per_channel:
+        x = x.transpose(2, 3)  # [n, K, bt, D]
+    return x.permute(1, 0, 2, 3).reshape(K, n * bt, D)
