@@ -30,8 +30,6 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     (a match at once: the cost per lookup).  Contexts stay within the model's limit.
     -> ``{"retier": (per check, per row, multi-row step), "retier_warm": (...), "ngram":
     (first call, each next call, per token examined)}``."""
-    name = sb.ex.info.name
-    place = Placement(name, name, name)
     cap = sb.spec.max_context_tokens - 64  # room for the tokens the steps add
     typical = max(min(8 * sb.bt, cap), 2 * sb.bt)  # a typical context, in full blocks
     checks = [sb.fill(typical // sb.bt * sb.bt, Precision.FP16) for _ in range(4)]
@@ -52,16 +50,6 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     for rid in rids:
         sb.ex._actual[rid] = np.zeros(sb.kv.num_tokens(rid) // sb.bt, np.uint8)
 
-    def run(rows: list[int], k: int) -> StepResult:
-        plan = StepPlan(phase="decode", request_ids=tuple(rows),
-                        num_tokens=len(rows) * (k + 1), num_rows=len(rows) * (k + 1),
-                        attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                        placement=place, draft_len=k)
-        env = simpy.Environment()
-        proc = env.process(sb.ex.execute(env, plan))
-        env.run()
-        return proc.value
-
     cold: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     warm: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     lookups: dict[tuple[int, int], list[tuple[float, int]]] = {
@@ -69,14 +57,14 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     try:
         for rep in range(repeats):
             for n in cold:
-                ret = [s for _, kind, s in run(checks[:n], 0).segments if kind == "retier"]
+                ret = _retier_segments(_decode_step(sb, checks[:n]))
                 warm[n].append(ret[0])
                 cold[n].append(ret[-1])
             length = (short, long, "hit")[rep % 3]
             for b in (1, 2):
                 for rid in drafting[length]:
                     sb.ex.tokens[rid] = list(texts[rid])
-                result = run(drafting[length][:b], 4)
+                result = _decode_step(sb, drafting[length][:b], 4)
                 seconds = sum(s for _, kind, s in result.segments if kind == "draft")
                 lookups[length, b].append((seconds, result.draft_scan_tokens))
     finally:
@@ -113,8 +101,6 @@ def quantize_in_steps(sb: StepBench, check_s: float, repeats: int = 7
     (measured through ``execute``: prompts of 8 and 24 blocks, 3.42 and 3.47 ms a block at
     INT8 where a decode fill took 3.40; INT4 5.79, 5.84 and 6.30; INT2 4.83, 4.83 and 5.05),
     so no prefill (seconds each) is run for them.  -> ``{"int8": [per value, ...], ...}``."""
-    name = sb.ex.info.name
-    place = Placement(name, name, name)
     values = sb.spec.kv_values_per_token * sb.bt
     blocks = max(min(8, (sb.spec.max_context_tokens - 64) // sb.bt), 2)
     saved = sb.ex.store
@@ -125,15 +111,9 @@ def quantize_in_steps(sb: StepBench, check_s: float, repeats: int = 7
             raw = bytes([0] * (blocks - 1) + [int(prec)])  # the block the step fills at prec
             sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=lambda _, r=raw: r)
             sb.ex._actual[rid] = np.zeros(blocks - 1, np.uint8)
-            plan = StepPlan(phase="decode", request_ids=(rid,), num_tokens=1, num_rows=1,
-                            attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                            placement=place)
             per = out[prec.name.lower()] = []
             for _ in range(repeats):
-                env = simpy.Environment()
-                proc = env.process(sb.ex.execute(env, plan))
-                env.run()
-                after = [s for _, kind, s in proc.value.segments if kind == "retier"][-1]
+                after = _retier_segments(_decode_step(sb, [rid]))[-1]
                 per.append(max(after - check_s, 0.0) / values)
                 sb.kv.set_precision(rid, blocks - 1, Precision.FP16)  # undo: FP again, and
                 sb.kv.truncate(rid, blocks * sb.bt - 1)  # the token the step stored removed
@@ -151,27 +131,20 @@ def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> float:
     through ``execute`` does it: the first block of a row of 8 FP16 blocks and 10 tokens
     evicted by the tier check before the forward (``check_s``, that check's own cost over one
     row, taken off), the tokens after it shifted down."""
-    name = sb.ex.info.name
     blocks = max(min(8, (sb.spec.max_context_tokens - 128) // sb.bt), 2)
     tokens = blocks * sb.bt + 10
     rid = sb.fill(tokens, Precision.FP16)
     raw = bytes([int(Precision.EVICTED)] + [0] * blocks)
     saved = sb.ex.store
     sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=lambda _: raw)
-    plan = StepPlan(phase="decode", request_ids=(rid,), num_tokens=1, num_rows=1,
-                    attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                    placement=Placement(name, name, name))
     shifted = (tokens - sb.bt) * sb.kv.token_bytes()
     kv = sb.kv.requests[rid].arena[:, :, :, :sb.bt].clone()  # block 0, to put back
     seconds = []
     try:
         for _ in range(repeats):
             sb.ex._actual[rid] = np.zeros(blocks, np.uint8)
-            env = simpy.Environment()
-            proc = env.process(sb.ex.execute(env, plan))
-            env.run()
-            seconds.append(max([s for _, kind, s in proc.value.segments
-                                if kind == "retier"][0] - check_s, 1e-9))
+            before = _retier_segments(_decode_step(sb, [rid]))[0]
+            seconds.append(max(before - check_s, 1e-9))
             sb.kv.set_precision(rid, 0, Precision.FP16, lambda *_: kv)  # undo: block 0 back,
             sb.kv.truncate(rid, tokens)  # the token the step stored removed
             del sb.ex.tokens[rid][-1]
@@ -180,3 +153,20 @@ def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> float:
         sb.ex._actual.pop(rid, None)
     sb.release([rid])
     return shifted / statistics.median(seconds)
+
+
+def _decode_step(sb: StepBench, rows: list[int], k: int = 0) -> StepResult:
+    """One decode step of ``rows`` (``k`` draft tokens each) through the executor's ``execute``."""
+    name = sb.ex.info.name
+    plan = StepPlan(phase="decode", request_ids=tuple(rows), num_tokens=len(rows) * (k + 1),
+                    num_rows=len(rows) * (k + 1), attended_pairs=0.0, kv_read_bytes=0.0,
+                    kv_dequant_values=0.0, placement=Placement(name, name, name), draft_len=k)
+    env = simpy.Environment()
+    proc = env.process(sb.ex.execute(env, plan))
+    env.run()
+    return proc.value
+
+
+def _retier_segments(result: StepResult) -> list[float]:
+    """The seconds of a step's ``retier`` segments: the check before the forward, the one after."""
+    return [s for _, kind, s in result.segments if kind == "retier"]
