@@ -122,11 +122,13 @@ def quality_run(name: str, model: Transformer, windows: list[list[int]], policy,
 
 
 def _apply(kv: PagedKV, store: PagedKVStore, model: Transformer, ids: list[int]) -> None:
-    """The store's precision for every full block of the real cache."""
+    """The store's precision for every full block of the real cache (and its FP16 backups)."""
     desired = np.frombuffer(bytes(store.blocks_raw(0)), dtype=np.uint8)
+    backups = store.backups_raw(0)
     full = kv.num_tokens(0) // kv.bt
     changed = [i for i in range(min(full, len(desired))) if kv.block_precision(0, i) != desired[i]]
-    kv.set_precisions(0, changed, [int(desired[i]) for i in changed], _recompute(model, ids, kv.bt))
+    kv.set_precisions(0, changed, [int(desired[i]) for i in changed], _recompute(model, ids, kv.bt),
+                      [bool(backups[i]) for i in changed])
 
 
 def _recompute(model: Transformer, ids: list[int], bt: int):

@@ -11,7 +11,12 @@ Per request, all layers together:
 - **offloaded** blocks: an FP copy in host memory (pinned on CUDA), not attended to, restored
   by copy;
 - **evicted** blocks: nothing; restored by recomputing their K/V from the token ids (the caller
-  supplies the recompute function).
+  supplies the recompute function);
+- **backups**: FP16 host copies of quantized blocks, where the engine's store keeps them
+  (``keep_backup``); a block with one is restored or re-quantized from it, exactly.
+
+The moves between tiers are ``adapters.kv.tier_moves`` (this class's ``set_precision`` and
+``set_precisions``).
 
 Every method that allocates or moves tensors runs in ``torch.inference_mode``; ``write`` and
 ``layer_kv``, on the hot path, are called from a forward that already does.  The view the model
@@ -33,11 +38,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters.kv.segments import Segment, dequantize, quantize_blocks
+from adapters.kv.segments import Segment, dequantize
+from adapters.kv.tier_moves import BITS, Recompute, TierMoves
 from policies import Precision
 
-BITS = {Precision.INT8: 8, Precision.INT4: 4, Precision.INT2: 2}
+__all__ = ["BITS", "PagedKV", "Recompute"]
 QUANTIZED = tuple(BITS)
+HOST_TIERS = ("offloaded", "evicted", "backup")  # keys of bytes_by_precision not on the device
 
 
 @dataclass
@@ -48,25 +55,17 @@ class _Request:
     precision: dict[int, Precision] = field(default_factory=dict)  # blocks not FP16
     segments: dict[Precision, Segment] = field(default_factory=dict)
     host: dict[int, torch.Tensor] = field(default_factory=dict)  # offloaded: [L, 2, K, bt, D]
+    backup: dict[int, torch.Tensor] = field(default_factory=dict)  # FP16 host copies of quantized
 
     @property
     def capacity(self) -> int:
         return self.arena.shape[3]
 
 
-def _runs(slots: list[int], bt: int, used: int) -> list[tuple[int, int]]:
-    """The arena's token ranges that stay, after the first of ``slots`` (sorted) leaves."""
-    edges = [(s * bt, (s + 1) * bt) for s in slots]
-    starts = [e for _, e in edges]
-    ends = [s for s, _ in edges[1:]] + [used]
-    return [(a, b) for a, b in zip(starts, ends) if b > a]
-
-
-Recompute = Callable[[int, int], torch.Tensor]  # (rid, block) -> K/V [L, 2, K, bt, D]
 Grow = Callable[[int, int, int], int]  # (rid, needed tokens, current capacity) -> new capacity
 
 
-class PagedKV:
+class PagedKV(TierMoves):
     """Contract: after every call, each block of a request is in exactly one tier, the arena
     holds exactly the FP blocks (in block order) followed by the partial last block, and
     ``bytes_by_precision`` is the byte size of the tensors that hold them."""
@@ -217,124 +216,6 @@ class PagedKV:
         r = self.requests[rid]
         return self._fp_tokens(r) + sum(len(s.blocks) for s in r.segments.values()) * self.bt
 
-    # -- tiers ---------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def set_precision(self, rid: int, block: int, precision: Precision,
-                      recompute: Recompute | None = None) -> bool:
-        """Move one full block to ``precision``.  Returns False (and does nothing) for the
-        partial last block, which stays FP until it fills."""
-        r = self.requests[rid]
-        precision = Precision(precision)
-        if block >= self._full_blocks(r):
-            if block * self.bt >= r.num_tokens:
-                raise ValueError(f"request {rid} has no block {block}")
-            return False
-        current = self.block_precision(rid, block)
-        if current == precision:
-            return True
-        kv = self._take(r, rid, block, current, recompute)  # [L, 2, K, bt, D], removed
-        self._put(rid, block, precision, kv)
-        return True
-
-    @torch.inference_mode()
-    def set_precisions(self, rid: int, blocks: list[int], precisions: list[int],
-                       recompute: Recompute | None = None) -> list[int]:
-        """Move each block to its precision (``set_precision`` for each, in this order of
-        targets); FP16 blocks bound for the same other tier leave the arena in one pass (each
-        quantized or copied from its slot, the arena compacted once: a prompt of n blocks costs
-        n blocks' quantizing, and n evictions one shift, not n).  -> the blocks now at their
-        precision (all but the partial last block)."""
-        r = self.requests[rid]
-        moved: list[int] = []
-        for target in dict.fromkeys(int(p) for p in precisions):  # first-seen order of targets
-            group = [b for b, p in zip(blocks, precisions) if int(p) == target]
-            prec = Precision(target)
-            batch = sorted(b for b in group if b < self._full_blocks(r)
-                           and self.block_precision(rid, b) == Precision.FP16)
-            if prec == Precision.FP16 or not batch:
-                moved += [b for b in group if self.set_precision(rid, b, prec, recompute)]
-                continue
-            # the rest first (none touches the arena: the batch's slots stay put)
-            moved += [b for b in group if b not in batch
-                      and self.set_precision(rid, b, prec, recompute)]
-            self._move_fp(r, prec, batch)
-            moved += batch
-        return moved
-
-    def _move_fp(self, r: _Request, precision: Precision, blocks: list[int]) -> None:
-        """FP blocks out of the arena to ``precision``, each from its slot (one block's working
-        set stays in cache: 32 quantized at once took twice as long), then one compaction."""
-        bt, used = self.bt, self._fp_tokens(r)
-        slots = [r.fp_blocks.index(b) for b in blocks]
-        seg = r.segments.setdefault(precision, Segment()) if precision in BITS else None
-        expect = len(seg.blocks) + len(blocks) if seg else 0
-        for b, i in zip(blocks, slots):
-            kv = r.arena[:, :, :, i * bt:(i + 1) * bt]  # [L, 2, K, bt, D]
-            if seg is not None:
-                seg.append([b], quantize_blocks(kv[None], BITS[precision], self.group), expect)
-            elif precision == Precision.OFFLOADED:
-                host = kv.to("cpu", copy=True)
-                r.host[b] = host.pin_memory() if self.pin else host
-            r.precision[b] = precision
-        dest = min(slots) * bt  # what stays after the first slot leaving shifts down, run by run
-        for start, end in _runs(sorted(slots), bt, used):
-            if start > dest:
-                r.arena[:, :, :, dest:dest + end - start] = r.arena[:, :, :, start:end].clone()
-            self.copy_bytes += (end - start) * self.token_bytes()
-            dest += end - start
-        for b in blocks:
-            r.fp_blocks.remove(b)
-
-    def _take(self, r: _Request, rid: int, block: int, current: Precision,
-              recompute: Recompute | None) -> torch.Tensor | None:
-        if current == Precision.FP16:
-            i = r.fp_blocks.index(block)
-            s, e = i * self.bt, (i + 1) * self.bt
-            kv = r.arena[:, :, :, s:e].clone()
-            used = self._fp_tokens(r)
-            r.arena[:, :, :, s:used - self.bt] = r.arena[:, :, :, e:used].clone()
-            self.copy_bytes += (used - e) * self.token_bytes()
-            r.fp_blocks.pop(i)
-            return kv
-        del r.precision[block]
-        if current in BITS:
-            seg = r.segments[current]
-            i = seg.blocks.index(block)
-            kv = self._dequant_block(seg, BITS[current], i)
-            seg.drop(i)
-            if not seg.blocks:
-                del r.segments[current]
-            return kv
-        if current == Precision.OFFLOADED:
-            return r.host.pop(block).to(self.device, non_blocking=False)
-        if recompute is None:  # EVICTED
-            raise ValueError(f"block {block} of request {rid} was evicted and no recompute "
-                             "function was given")
-        return recompute(rid, block).to(self.dtype)
-
-    def _put(self, rid: int, block: int, precision: Precision, kv: torch.Tensor) -> None:
-        r = self.requests[rid]
-        if precision == Precision.FP16:
-            i = sum(b < block for b in r.fp_blocks)
-            # the block was taken from its tier (_take): _fp_tokens counts it in the arena's tail
-            used = self._fp_tokens(r) - self.bt
-            self._ensure(rid, used + self.bt, used)
-            r = self.requests[rid]
-            s = i * self.bt
-            r.arena[:, :, :, s + self.bt:used + self.bt] = r.arena[:, :, :, s:used].clone()
-            r.arena[:, :, :, s:s + self.bt] = kv
-            self.copy_bytes += (used - s) * self.token_bytes()
-            r.fp_blocks.insert(i, block)
-            return
-        r.precision[block] = precision
-        if precision in BITS:
-            seg = r.segments.setdefault(precision, Segment())
-            seg.append([block], quantize_blocks(kv.unsqueeze(0), BITS[precision], self.group))
-        elif precision == Precision.OFFLOADED:
-            host = kv.to("cpu")
-            r.host[block] = host.pin_memory() if self.pin else host
-        # EVICTED: dropped
-
     # -- quantized segments ----------------------------------------------------------------
     def dequant(self, data: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                 bits: int, per_channel: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -372,19 +253,20 @@ class PagedKV:
     def bytes_by_precision(self) -> dict[str, int]:
         """True bytes of the tensors holding each tier's blocks (scales and zero points
         included); FP16 counts the tokens in the arenas (not their spare capacity), OFFLOADED
-        the host copies."""
-        out = {p.name.lower(): 0 for p in Precision}
+        the host copies, "backup" the FP16 host copies of quantized blocks."""
+        out = {p.name.lower(): 0 for p in Precision} | {"backup": 0}
         tb = self.token_bytes()
         for r in self.requests.values():
             out["fp16"] += self._fp_tokens(r) * tb
             for prec, seg in r.segments.items():
                 out[prec.name.lower()] += seg.nbytes()
             out["offloaded"] += sum(t.numel() * t.element_size() for t in r.host.values())
+            out["backup"] += sum(t.numel() * t.element_size() for t in r.backup.values())
         return out
 
     def device_bytes(self) -> int:
         b = self.bytes_by_precision()
-        return sum(v for k, v in b.items() if k not in ("offloaded", "evicted"))
+        return sum(v for k, v in b.items() if k not in HOST_TIERS)
 
     def reserved_bytes(self) -> int:
         """Device bytes held, arena capacity and segments' spare room included."""

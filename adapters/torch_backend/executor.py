@@ -303,7 +303,8 @@ class TorchExecutor(InjectedFaults):
 
     # -- tiers -----------------------------------------------------------------------------
     def _apply_tiers(self, rids: list[int]) -> None:
-        """Make each block's real precision what the engine's store says (full blocks only)."""
+        """Make each block's real precision what the engine's store says (full blocks only),
+        keeping FP16 host copies where it keeps them (``backups_raw``)."""
         for rid in rids:
             desired = np.frombuffer(bytes(self.store.blocks_raw(rid)), dtype=np.uint8)
             full = self.kv.num_tokens(rid) // self.kv.bt
@@ -314,8 +315,9 @@ class TorchExecutor(InjectedFaults):
             n = min(full, len(desired))
             changed = np.flatnonzero(desired[:n] != actual[:n])
             if len(changed):  # blocks bound for one quantized tier go in one pass
+                backups = self.store.backups_raw(rid)
                 moved = self.kv.set_precisions(rid, changed.tolist(), desired[changed].tolist(),
-                                               self._recompute)
+                                               self._recompute, [bool(backups[b]) for b in changed])
                 actual[moved] = desired[moved]
 
     def _recompute(self, rid: int, block: int) -> torch.Tensor:

@@ -94,8 +94,10 @@ class RunState:
 
     def observe_kv_bytes(self, by_precision: dict[str, int], fp16_equiv: int,
                          now: float) -> None:
-        """True bytes reported by a real executor (offloaded host copies are not device KV)."""
-        device = sum(v for k, v in by_precision.items() if k not in ("offloaded", "evicted"))
+        """True bytes reported by a real executor (offloaded blocks and FP16 backups are host
+        copies, not device KV)."""
+        device = sum(v for k, v in by_precision.items()
+                     if k not in ("offloaded", "evicted", "backup"))
         if device > self.kv_peak_bytes:
             self.kv_peak_bytes = device
             self.kv_bytes_by_precision_at_peak = dict(by_precision)

@@ -90,6 +90,29 @@ def test_tiers_change_the_true_bytes(models, tmp_path, scenario):
     assert int4["num_completed"] == 5
 
 
+def test_the_real_store_keeps_the_fp16_backups_the_engines_store_keeps(models, tmp_path,
+                                                                      scenario, monkeypatch):
+    """progressive keeps FP16 copies of what it demotes (``keep_backup``) and, with no quality
+    budget, restores from them: after every re-tiering the real store holds a copy for exactly
+    the full blocks the engine's store backed up."""
+    from adapters.torch_backend.executor import TorchExecutor
+    apply, held = TorchExecutor._apply_tiers, []
+
+    def checked(self, rids):
+        apply(self, rids)
+        for rid in (r for r in rids if r in self.kv):
+            full = self.kv.num_tokens(rid) // self.kv.bt
+            kept = self.store.backups_raw(rid)[:full]
+            assert set(self.kv.requests[rid].backup) == {b for b, k in enumerate(kept) if k}
+            held.append(len(self.kv.requests[rid].backup))
+
+    monkeypatch.setattr(TorchExecutor, "_apply_tiers", checked)
+    m = _measure(scenario(tmp_path, models[0], policies__tiering={
+        "kind": "progressive", "quality_budget_ppl": 0.0})).metrics
+    assert m["kv_moves"].get("requantize+backup", 0) > 0 and m["kv_moves"].get("restore-copy")
+    assert max(held) > 0 and m["num_completed"] == 5
+
+
 def test_measure_json_contract(models, tmp_path, capsys, scenario):
     path = scenario(tmp_path, models[0])
     assert main(["measure", str(path), "--backend", "torch", "--json"]) == 0
