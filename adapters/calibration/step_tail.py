@@ -45,7 +45,7 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     rids = [*checks, *texts]
     raw = {rid: bytes(64) for rid in rids}  # every block FP16, as it already is
     saved = sb.ex.store, sb.ex.drafter
-    sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=raw.__getitem__)
+    sb.ex.store = _store(sb.bt, raw.__getitem__)
     sb.ex.drafter = NgramDraft()
     for rid in rids:
         sb.ex._actual[rid] = np.zeros(sb.kv.num_tokens(rid) // sb.bt, np.uint8)
@@ -109,7 +109,7 @@ def quantize_in_steps(sb: StepBench, check_s: float, repeats: int = 7
         for prec in QUANTIZED_TIMED:
             rid = sb.fill(blocks * sb.bt - 1, Precision.FP16)
             raw = bytes([0] * (blocks - 1) + [int(prec)])  # the block the step fills at prec
-            sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=lambda _, r=raw: r)
+            sb.ex.store = _store(sb.bt, lambda _, r=raw: r)
             sb.ex._actual[rid] = np.zeros(blocks - 1, np.uint8)
             per = out[prec.name.lower()] = []
             for _ in range(repeats):
@@ -136,7 +136,7 @@ def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> float:
     rid = sb.fill(tokens, Precision.FP16)
     raw = bytes([int(Precision.EVICTED)] + [0] * blocks)
     saved = sb.ex.store
-    sb.ex.store = SimpleNamespace(block_tokens=sb.bt, blocks_raw=lambda _: raw)
+    sb.ex.store = _store(sb.bt, lambda _: raw)
     shifted = (tokens - sb.bt) * sb.kv.token_bytes()
     kv = sb.kv.requests[rid].arena[:, :, :, :sb.bt].clone()  # block 0, to put back
     seconds = []
@@ -153,6 +153,13 @@ def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> float:
         sb.ex._actual.pop(rid, None)
     sb.release([rid])
     return shifted / statistics.median(seconds)
+
+
+def _store(bt: int, blocks_raw) -> SimpleNamespace:
+    """What the executor reads of the engine's store: each request's block precisions
+    (``blocks_raw``), and no FP16 backups."""
+    return SimpleNamespace(block_tokens=bt, blocks_raw=blocks_raw,
+                           backups_raw=lambda rid: bytes(len(blocks_raw(rid))))
 
 
 def _decode_step(sb: StepBench, rows: list[int], k: int = 0) -> StepResult:
