@@ -48,7 +48,12 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
     import torch
 
     from adapters.calibration import bench
-    from adapters.calibration.step_tail import quantize_in_steps, shift_in_steps, step_tail_costs
+    from adapters.calibration.step_tail import (
+        pass_prices_in_steps,
+        quantize_in_steps,
+        shift_in_steps,
+        step_tail_costs,
+    )
     from adapters.model.loading import describe_device, load_shared, resolve_device, resolve_dtype
     from sim.config.model_spec import resolve_model
     from sim.costs.calibration_fit import fit_with_holdout
@@ -79,6 +84,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         quant = {k: float(np.median(v)) for k, v in quantize_in_steps(
             sb, retier_check + retier_row).items()}
         shift = shift_in_steps(sb, warm_check + warm_row)  # the check before a forward
+        passes = pass_prices_in_steps(sb, warm_check + warm_row, shift, quant)
         # timed as the speed check times them: on a bench built as it builds its own (a
         # fresh executor, as a measured run has; the grid's warm one ran them 4-5 % faster)
         ref_bench = _reference_bench(backend, model, dtype, device, kv_dtype, block_tokens, group)
@@ -92,7 +98,8 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         block_tokens=block_tokens, kv_quant_group=group, primitives=prims,
         layout=ExecutorLayout(batch=sb.batch_layout),
         coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
-        quantize_s_per_value=quant, copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
+        quantize_s_per_value=quant, pass_quantize_s_per_value=passes,
+        copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
         shift_bytes_per_s=shift,
         alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
         draft_ngram_s_per_token=ngram, draft_ngram_s_per_call=ngram_call,

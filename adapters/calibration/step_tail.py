@@ -126,6 +126,61 @@ def quantize_in_steps(sb: StepBench, check_s: float, repeats: int = 7
     return out
 
 
+def requant_in_steps(sb: StepBench, check_s: float, shift_bytes_per_s: float,
+                     repeats: int = 7) -> dict[str, list[float]]:
+    """Seconds a value to quantize, per precision, for each block after the first of one pass:
+    a decode step through ``execute`` whose tier check before the forward demotes a row's 8
+    full FP16 blocks at once (``check_s``, that check's own cost over one row, and the shift of
+    the row's tail, at ``shift_bytes_per_s``, taken off), ``repeats`` times; -> ``{"int8":
+    [seconds of the pass, ...], ...}`` with the blocks' values in ``"values"``.  Measured
+    (2026-12-05): a pass of 14 blocks to INT8 took 1.0 ms a block where a fill took 1.8, and
+    kivi's 2-6 block passes 0.7x a fill each after the first: a step's first quantizing pays
+    what the next ones do not."""
+    blocks = max(min(8, (sb.spec.max_context_tokens - 128) // sb.bt), 2)
+    tokens = blocks * sb.bt + 10
+    rid = sb.fill(tokens, Precision.FP16)
+    saved_kv = sb.kv.requests[rid].arena[:, :, :, :blocks * sb.bt].clone()
+    original = {b: saved_kv[:, :, :, b * sb.bt:(b + 1) * sb.bt] for b in range(blocks)}
+    tail_s = 10 * sb.kv.token_bytes() / shift_bytes_per_s
+    saved = sb.ex.store
+    out: dict[str, list[float]] = {"values": [float(blocks * sb.spec.kv_values_per_token
+                                                      * sb.bt)]}
+    try:
+        for prec in QUANTIZED_TIMED:
+            raw = bytes([int(prec)] * blocks + [0])
+            sb.ex.store = _store(sb.bt, lambda _, r=raw: r)
+            per = out[prec.name.lower()] = []
+            for _ in range(repeats):
+                sb.ex._actual[rid] = np.zeros(blocks, np.uint8)
+                before = _retier_segments(_decode_step(sb, [rid]))[0]
+                per.append(max(before - check_s - tail_s, 1e-9))
+                sb.kv.set_precisions(rid, list(range(blocks)), [0] * blocks,  # undo: FP16
+                                     lambda _, b: original[b])  # again, exactly as it was,
+                sb.kv.truncate(rid, tokens)  # the token the step stored removed
+                del sb.ex.tokens[rid][-1]
+    finally:
+        sb.ex.store = saved
+        sb.ex._actual.pop(rid, None)
+    sb.release([rid])
+    return out
+
+
+def pass_prices_in_steps(sb: StepBench, check_s: float, shift_bytes_per_s: float,
+                         fill_s_per_value: dict[str, float]) -> dict[str, float]:
+    """Seconds a value for each block after the first one tier check quantizes, per precision:
+    from a pass of n blocks (``requant_in_steps``, medians) less one block at a fill's price
+    (``fill_s_per_value``), over the n - 1 others; within [0, a fill's price]."""
+    timed = requant_in_steps(sb, check_s, shift_bytes_per_s)
+    values = timed.pop("values")[0]
+    n = round(values / (sb.spec.kv_values_per_token * sb.bt))
+    out = {}
+    for prec, seconds in timed.items():
+        fill = fill_s_per_value[prec]
+        rest = (statistics.median(seconds) - fill * values / n) / (values / n * (n - 1))
+        out[prec] = min(max(rest, 0.0), fill)
+    return out
+
+
 def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> float:
     """Bytes a second the executor's arena shifts to stay compact, as a whole decode step
     through ``execute`` does it: the first block of a row of 8 FP16 blocks and 10 tokens

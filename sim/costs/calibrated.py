@@ -39,7 +39,7 @@ from sim.config.frozen import Frozen, user_error
 from sim.config.model_spec import ModelSpec
 from sim.config.yaml_io import load_yaml
 from sim.costs.cost_model import Segment
-from sim.costs.retier_costs import QUANTIZED, RetierCosts, quantize_prices
+from sim.costs.retier_costs import QUANTIZED, RetierCosts, pass_prices, quantize_prices
 from sim.engine.executor import StepPlan
 from sim.errors import UserError
 
@@ -114,6 +114,10 @@ class CalibrationProfile(Frozen):
     coefficients: dict[Feature, Seconds]
     quantize_s_per_value: dict[Literal["int8", "int4", "int2"], Seconds] = Field(
         default_factory=dict)  # by precision: a block quantized in a step, all of it per value
+    # by precision: each block after the first one tier check quantizes, per value (none, in a
+    # profile from before: a fill's price)
+    pass_quantize_s_per_value: dict[Literal["int8", "int4", "int2"], Seconds] = Field(
+        default_factory=dict)
     retier_s_per_block: float = _seconds(0.0)
     copy_bytes_per_s: float = _rate(1e10)
     # FP16 bytes the executor's arena shifts a second to stay compact (``kv_shift_bytes``),
@@ -281,6 +285,7 @@ class CalibratedModel(RetierCosts):
         self.kv_b = bits.get(profile.kv_dtype, 2.0)
         self.batch = profile.layout.batch
         self.quant_s = quantize_prices(profile.quantize_s_per_value)
+        self.pass_s = pass_prices(profile.pass_quantize_s_per_value, self.quant_s)
         self.bt = profile.block_tokens
 
     def forward_s(self, spec: ModelSpec, layers: int, new_tokens: int, resident: np.ndarray,

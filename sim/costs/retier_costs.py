@@ -2,7 +2,8 @@
 the tier checks around the forward, the blocks quantized as they fill, and the blocks
 re-quantized, copied to or from the host, or recomputed.  A mixin of ``CalibratedModel``: it
 reads the model's profile (``self.p``), model (``self.model``), block size (``self.bt``),
-per-value quantize prices (``self.quant_s``, from ``quantize_prices``) and device of the step
+per-value quantize prices (``self.quant_s``, from ``quantize_prices``; ``self.pass_s``, from
+``pass_prices``) and device of the step
 (``self.device``)."""
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def quantize_prices(timed_s_per_value: dict[str, float]) -> np.ndarray:
     return np.array([timed[p] or fallback for p in QUANTIZED])
 
 
+def pass_prices(timed_s_per_value: dict[str, float], fill: np.ndarray) -> np.ndarray:
+    """Seconds a value to quantize a block after the first of one tier check, per precision of
+    ``QUANTIZED``; one a profile lacks (calibration ``VERSION`` 17 or before) costs a fill's."""
+    return np.array([timed_s_per_value.get(p.name.lower()) or f for p, f in zip(QUANTIZED, fill)])
+
+
 class RetierCosts:
     """The re-tiering prices of ``CalibratedModel`` (see the module's docstring)."""
 
@@ -47,8 +54,7 @@ class RetierCosts:
         reads a row's last block)."""
         counts = np.asarray(plan.row_block_counts, dtype=np.int64).reshape(len(tokens), -1)
         filled = after // self.bt - before // self.bt
-        values_per_block = self.model.kv_values_per_token * self.bt
-        seconds = 0.0
+        by_precision = np.zeros(len(QUANTIZED))
         for row in np.flatnonzero(filled > 0).tolist():
             quant = counts[row, [int(p) for p in QUANTIZED]]
             if quant.sum() == 0:
@@ -60,19 +66,30 @@ class RetierCosts:
             else:
                 blocks = int(filled[row])
             j = int(np.argmax(quant))  # the row's quantized precision (one per row when admitted)
-            seconds += blocks * (values_per_block * self.quant_s[j] + self.p.retier_s_per_block)
-        return Segment(self.device, "retier", 0.0, 0.0, seconds)
+            by_precision[j] += blocks
+        return Segment(self.device, "retier", 0.0, 0.0, self._quantizing_s(by_precision))
+
+    def _quantizing_s(self, blocks: np.ndarray) -> float:
+        """Seconds one tier check takes to quantize ``blocks[j]`` FP16 blocks to
+        ``QUANTIZED[j]``: the first block of each precision at a fill's price (``quant_s``),
+        every next one at a pass's (``pass_s``: the check's first quantizing pays what the next
+        ones do not)."""
+        first, rest = np.minimum(blocks, 1.0), np.maximum(blocks - 1.0, 0.0)
+        values = self.model.kv_values_per_token * self.bt
+        return float(values * (first @ self.quant_s + rest @ self.pass_s)
+                     + blocks.sum() * self.p.retier_s_per_block)
 
     def _retier_segment(self, plan: StepPlan) -> Segment:
         """Re-quantizing (each value at the price of the precision it goes to; values a plan
         does not say the precision of, at the mean), host copies, the arena's shifts, and
         recomputing evicted blocks (a forward over them)."""
         bt_values = self.model.kv_values_per_token * self.bt
-        blocks = plan.kv_requant_values / bt_values if bt_values else 0.0
         into = np.asarray(plan.kv_requant_into, dtype=np.float64)
         unsaid = max(plan.kv_requant_values - float(into.sum()), 0.0)
-        seconds = (float(into @ self.quant_s) + unsaid * float(self.quant_s.mean())
-                   + blocks * self.p.retier_s_per_block
+        unsaid_blocks = unsaid / bt_values if bt_values else 0.0
+        seconds = ((self._quantizing_s(into / bt_values) if bt_values else 0.0)
+                   + unsaid * float(self.quant_s.mean())
+                   + unsaid_blocks * self.p.retier_s_per_block
                    + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
         if self.p.shift_bytes_per_s:  # the arena kept compact (``adapters.kv.paged``)
             seconds += plan.kv_shift_bytes / self.p.shift_bytes_per_s
