@@ -97,10 +97,10 @@ def quantize_in_steps(sb: StepBench, check_s: float, repeats: int = 7
     """Seconds a value to quantize, per precision, as whole steps run through the executor's
     own ``execute`` do it: a decode step whose stored token fills a block held below FP16,
     quantized by the tier check right after the forward (``check_s``, that check's own cost
-    over one row, taken off), ``repeats`` times.  A prompt's blocks cost the same a block
-    (measured through ``execute``: prompts of 8 and 24 blocks, 3.42 and 3.47 ms a block at
-    INT8 where a decode fill took 3.40; INT4 5.79, 5.84 and 6.30; INT2 4.83, 4.83 and 5.05),
-    so no prefill (seconds each) is run for them.  -> ``{"int8": [per value, ...], ...}``."""
+    over one row, taken off), ``repeats`` times: the price of a check's first block.  The
+    blocks after it in one check (a prompt's, a re-tiering pass's) are priced from
+    ``requant_in_steps``, not from a prefill (seconds each).  -> ``{"int8": [per value, ...],
+    ...}``."""
     values = sb.spec.kv_values_per_token * sb.bt
     blocks = max(min(8, (sb.spec.max_context_tokens - 64) // sb.bt), 2)
     saved = sb.ex.store
