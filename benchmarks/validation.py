@@ -7,6 +7,7 @@ worst |signed relative error| of each metric over all of them.
     python benchmarks/validation.py --from-json DIR   # tabulate saved `validate --json` output
     python benchmarks/validation.py --pool-steps DIR  # the shadow pooled over every steps.*.csv
                                                       # under DIR (`validate --out` writes them)
+    python benchmarks/validation.py --moves DIR       # every step that moves blocks, one a line
 
 Without ``--profile`` the cached calibration of this machine is used (made first if missing,
 about 2 minutes).  Run it alone on the machine: other processes disturb the measured runs.
@@ -87,6 +88,30 @@ def pooled_steps(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def moves(folder: Path) -> str:
+    """Every measured step of every ``steps.*.csv`` under ``folder`` that moves KV blocks (its
+    predicted re-tiering work is not zero), with the work its plan charges and the retier
+    segment predicted against measured, as a table."""
+    import csv
+
+    lines = ["| scenario: variant | step | rows | host copy MB | re-quantized M values "
+             "| shifted MB | recomputed tokens | predicted ms | measured ms | error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(folder.rglob("steps.*.csv")):
+        name = f"{path.parent.name}: {path.name[len('steps.'):-len('.csv')]}"
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if not float(r.get("predicted_retier_work_s") or 0):
+                    continue
+                p, m = float(r["predicted_retier_s"]), float(r["measured_retier_s"])
+                lines.append(
+                    f"| {name} | {r['step']} | {r['batch']} | {int(r['kv_copy_bytes']) / 1e6:.1f} "
+                    f"| {int(r['kv_requant_values']) / 1e6:.2f} "
+                    f"| {int(r['kv_shift_bytes']) / 1e6:.1f} | {r['kv_recompute_tokens']} "
+                    f"| {p * 1e3:.2f} | {m * 1e3:.2f} | {p / m - 1:+.1%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="torch", help="torch (default) or ort")
@@ -97,7 +122,12 @@ def main() -> None:
     ap.add_argument("--from-json", help="tabulate the *.json files of this folder instead")
     ap.add_argument("--pool-steps", metavar="DIR", help="the shadow pooled over every "
                     "steps.*.csv under DIR, per step kind, instead")
+    ap.add_argument("--moves", metavar="DIR", help="every step under DIR that moves blocks "
+                    "(its plan's work, the retier segment predicted and measured), instead")
     args = ap.parse_args()
+    if args.moves:
+        print(moves(Path(args.moves)))
+        return
     if args.pool_steps:
         print(pooled_steps(Path(args.pool_steps)))
         return
