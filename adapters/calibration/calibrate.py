@@ -83,7 +83,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         # the check right after a forward, over one row: what a filled block's step pays besides
         quant = {k: float(np.median(v)) for k, v in quantize_in_steps(
             sb, retier_check + retier_row).items()}
-        shift = shift_in_steps(sb, warm_check + warm_row)  # the check before a forward
+        shift, shift_pass = shift_in_steps(sb, warm_check + warm_row)  # the check before a forward
         passes = pass_prices_in_steps(sb, warm_check + warm_row, shift, quant)
         # timed as the speed check times them: on a bench built as it builds its own (a
         # fresh executor, as a measured run has; the grid's warm one ran them 4-5 % faster)
@@ -100,7 +100,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         coefficients={name: float(c) for name, c in zip(bench.coefficient_names(), coef)},
         quantize_s_per_value=quant, pass_quantize_s_per_value=passes,
         copy_bytes_per_s=float(np.median(m.copy_bytes_per_s)),
-        shift_bytes_per_s=shift,
+        shift_bytes_per_s=shift, shift_s_per_pass=shift_pass,
         alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
         draft_ngram_s_per_token=ngram, draft_ngram_s_per_call=ngram_call,
         draft_ngram_s_per_next_call=ngram_next_call,

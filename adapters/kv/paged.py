@@ -87,6 +87,7 @@ class PagedKV(TierMoves):
         self.num_reuses = 0
         self.alloc_bytes = 0
         self.copy_bytes = 0
+        self.shift_passes = 0  # evictions and offloads out of the arena, and restores into it
 
     # -- requests ------------------------------------------------------------------------------
     def _alloc(self, capacity: int) -> torch.Tensor:

@@ -117,6 +117,7 @@ class TierMoves:
             elif precision == Precision.OFFLOADED:
                 r.host[b] = self._to_host(kv)
             r.precision[b] = precision
+        self.shift_passes += precision not in BITS
         dest = min(slots) * bt  # what stays after the first slot leaving shifts down, run by run
         for start, end in _runs(sorted(slots), bt, used):
             if start > dest:
@@ -185,6 +186,7 @@ class TierMoves:
             shift(r.arena, s, used, s + self.bt)
             r.arena[:, :, :, s:s + self.bt] = kv
             self.copy_bytes += (used - s) * self.token_bytes()
+            self.shift_passes += 1
             r.fp_blocks.insert(i, block)
             return
         r.precision[block] = precision

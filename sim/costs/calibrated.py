@@ -123,6 +123,9 @@ class CalibrationProfile(Frozen):
     # FP16 bytes the executor's arena shifts a second to stay compact (``kv_shift_bytes``),
     # timed in whole steps (None, in a profile from before: not priced)
     shift_bytes_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # and per eviction or offload pass and per block restored to FP16 (``kv_shift_passes``),
+    # besides its bytes (0, in a profile from before)
+    shift_s_per_pass: float = _seconds(0.0)
     alloc_s: float = _seconds(0.0)
     alloc_bytes_per_s: float = _rate(1e10)
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
@@ -349,7 +352,7 @@ class CalibratedModel(RetierCosts):
         if fill.fixed_s:
             out.append(fill)
         if (plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens
-                or plan.kv_shift_bytes):
+                or plan.kv_shift_bytes or plan.kv_shift_passes):
             out.append(self._retier_segment(plan))
         if plan.num_allocs:
             out.append(Segment(self.device, "alloc", 0.0, 0.0,

@@ -92,7 +92,8 @@ class RetierCosts:
                    + unsaid_blocks * self.p.retier_s_per_block
                    + plan.kv_copy_bytes / self.p.copy_bytes_per_s)
         if self.p.shift_bytes_per_s:  # the arena kept compact (``adapters.kv.paged``)
-            seconds += plan.kv_shift_bytes / self.p.shift_bytes_per_s
+            seconds += (plan.kv_shift_bytes / self.p.shift_bytes_per_s
+                        + plan.kv_shift_passes * self.p.shift_s_per_pass)
         if plan.kv_recompute_tokens:
             seconds += self.forward_s(self.model, self.model.num_layers,
                                       int(plan.kv_recompute_tokens), np.zeros(1),

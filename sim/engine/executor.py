@@ -51,6 +51,8 @@ class StepPlan:
     kv_requant_values: int = 0  # K/V values it re-quantized
     kv_requant_into: tuple[int, ...] = (0, 0, 0)  # of them, those to INT8, INT4, INT2
     kv_shift_bytes: int = 0  # FP16 bytes a real executor shifts to keep its arena compact
+    kv_shift_passes: int = 0  # of its moves, the evictions and offloads (per request and
+    # target) and the restores to FP16 (each block), each with a cost of its own besides
     kv_recompute_tokens: int = 0  # tokens whose K/V it recomputes (restored, no copy kept)
     # n-gram drafts: the tokens the step's lookups examined (a real executor reports them; the
     # shadow prices the step it measured with them).  None: every row's whole sequence, as when

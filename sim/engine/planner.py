@@ -168,7 +168,7 @@ class Planner:
             tokens_per_seq=int(emitted.sum()) / b if k else 1.0,
             kv_copy_bytes=moves.copy_bytes, kv_requant_values=moves.requant_values,
             kv_recompute_tokens=moves.recompute_tokens, kv_requant_into=tuple(moves.requant_into),
-            kv_shift_bytes=moves.shift_bytes,
+            kv_shift_bytes=moves.shift_bytes, kv_shift_passes=moves.shift_passes,
             row_tokens=row_tokens, row_block_counts=row_counts)
         self.decode_steps += 1
         return plan, emitted

@@ -30,12 +30,16 @@ class PendingMoves:
     # tokens after the first FP16 block of a request to leave it, once a pass (all its blocks
     # leaving together), and after each block coming back
     shift_bytes: int = 0
+    # the FP16 blocks leaving for the host or for good (once a pass: per request and target)
+    # and each one coming back: what a real executor does for them besides the shift
+    shift_passes: int = 0
 
     def take(self) -> PendingMoves:
         """What is pending, and nothing is left pending."""
         out = PendingMoves(self.copy_bytes, self.requant_values, self.recompute_tokens,
-                           list(self.requant_into), self.shift_bytes)
+                           list(self.requant_into), self.shift_bytes, self.shift_passes)
         self.copy_bytes = self.requant_values = self.recompute_tokens = self.shift_bytes = 0
+        self.shift_passes = 0
         self.requant_into = [0, 0, 0]
         return out
 
@@ -46,6 +50,7 @@ class PendingMoves:
         self.recompute_tokens += plan.kv_recompute_tokens
         self.requant_into = [a + b for a, b in zip(self.requant_into, plan.kv_requant_into)]
         self.shift_bytes += plan.kv_shift_bytes
+        self.shift_passes += plan.kv_shift_passes
 
 
 _PRECISIONS = tuple(Precision)  # by value
@@ -98,8 +103,10 @@ class Retierer:
                 first = fp_moves.setdefault(rid, {}).get(index, (was == Precision.FP16, 0))
                 fp_moves[rid][index] = (first[0], int(to))
         for rid, moved in fp_moves.items():
-            self.pending.shift_bytes += _shifted_tokens(store, rid, moved) * (
+            tokens, passes = _shifted_tokens(store, rid, moved)
+            self.pending.shift_bytes += tokens * (
                 int(store.device_block_bytes[Precision.FP16]) // store.block_tokens)
+            self.pending.shift_passes += passes
 
     def _charge(self, move: Move, store: PagedKVStore, to: Precision) -> None:
         self.moves[move.value] += 1
@@ -154,12 +161,15 @@ class Retierer:
         self.attention.forget(rid)
 
 
-def _shifted_tokens(store: PagedKVStore, rid: int, moved: dict[int, tuple[bool, int]]) -> int:
+def _shifted_tokens(store: PagedKVStore, rid: int,
+                    moved: dict[int, tuple[bool, int]]) -> tuple[int, int]:
     """Tokens a real executor's FP16 arena shifts to make these moves of one request's full
     blocks (block -> (was FP16, precision now)), as ``PagedKV.set_precisions`` makes them: by
     target, in the order the targets first appear over the blocks; the FP16 blocks leaving for
     one target in one compaction (the FP16 blocks and partial block after the first of them
-    shift), each block coming back to FP16 on its own (those after it shift)."""
+    shift), each block coming back to FP16 on its own (those after it shift).  -> (tokens,
+    passes: the compactions for a tier that is not quantized, and the blocks coming back; a
+    quantizing pass's own cost is its first block's price)."""
     bt, tokens = store.block_tokens, store.tokens(rid)
     full = tokens // bt
     tail = tokens - full * bt
@@ -167,7 +177,7 @@ def _shifted_tokens(store: PagedKVStore, rid: int, moved: dict[int, tuple[bool, 
     order = sorted(b for b in moved if b < full)
     for b in order:
         arena[b] = moved[b][0]  # as before the moves
-    shifted = 0
+    shifted = passes = 0
     for target in dict.fromkeys(moved[b][1] for b in order):
         group = [b for b in order if moved[b][1] == target]
         if target == Precision.FP16:
@@ -175,12 +185,14 @@ def _shifted_tokens(store: PagedKVStore, rid: int, moved: dict[int, tuple[bool, 
                 if not arena[b]:
                     shifted += int(arena[b + 1:].sum()) * bt + tail
                     arena[b] = True
+                    passes += 1
             continue
         leaving = [b for b in group if arena[b]]
         if leaving:
             arena[leaving] = False
             shifted += int(arena[leaving[0] + 1:].sum()) * bt + tail
-    return shifted
+            passes += not Precision(target).is_resident
+    return shifted, passes
 
 
 def _precision(value, kind: str) -> Precision:

@@ -29,7 +29,8 @@ from sim.engine.faults import StepFailed
 KINDS = ("prefill", "decode", "verify", "draft", "retier")
 PLAN_COLUMNS = ("phase", "batch", "num_tokens", "num_rows", "attended_pairs", "kv_read_bytes",
                 "kv_dequant_values", "draft_len", "kv_copy_bytes", "kv_requant_values",
-                "kv_recompute_tokens", "kv_shift_bytes", "draft_scan_tokens")
+                "kv_recompute_tokens", "kv_shift_bytes", "kv_shift_passes",
+                "draft_scan_tokens")
 
 
 @dataclass

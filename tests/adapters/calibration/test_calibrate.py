@@ -94,6 +94,8 @@ def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
     # quantizing is timed in whole steps for every quantized precision, whatever the budget
     assert set(profile.quantize_s_per_value) == {"int8", "int4", "int2"}
     assert all(v > 0 for v in profile.quantize_s_per_value.values())
+    # the arena's shift: by the byte, and by the pass besides
+    assert profile.shift_bytes_per_s > 0 and profile.shift_s_per_pass >= 0
     # and the blocks after a check's first, from a pass of several: never dearer than a fill
     assert set(profile.pass_quantize_s_per_value) == {"int8", "int4", "int2"}
     assert all(0 <= v <= profile.quantize_s_per_value[k]
@@ -478,3 +480,30 @@ def test_a_checks_first_block_is_priced_as_a_fill_the_next_ones_as_a_pass(tiny, 
         return CalibratedModel(profile, spec).retier_work_s(plan)
 
     assert prompt(8) == pytest.approx((4e-9 + 7 * 2e-9) * block)
+
+
+def test_an_eviction_pass_is_priced_besides_its_bytes(tiny, tiny_profile):
+    """An eviction (or offload) pass and a block restored to FP16 cost ``shift_s_per_pass``
+    besides the bytes the arena shifts (measured 2026-12-05: h2o's evictions of 1.5-2.4 MB
+    took 0.33-0.43 ms where 0.18-0.22 ms was charged by the byte alone)."""
+    from policies import Placement, Precision
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel, load_calibration
+    from sim.engine.executor import StepPlan
+
+    spec = resolve_model(str(tiny / "model"))
+    profile = load_calibration(tiny_profile).model_copy(update={
+        "shift_bytes_per_s": 1e9, "shift_s_per_pass": 1e-4})
+
+    def cost(shift_bytes: int, passes: int, prof=profile) -> float:
+        plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1, num_rows=1,
+                        attended_pairs=64.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
+                        placement=Placement("cpu", "cpu", "cpu"), kv_shift_bytes=shift_bytes,
+                        kv_shift_passes=passes, row_tokens=np.array([64]),
+                        row_block_counts=np.zeros((1, len(Precision)), dtype=np.int64))
+        return CalibratedModel(prof, spec).retier_work_s(plan)
+
+    assert cost(2_000_000, 1) == pytest.approx(2e-3 + 1e-4)
+    assert cost(2_000_000, 3) == pytest.approx(2e-3 + 3e-4)
+    before = profile.model_copy(update={"shift_s_per_pass": 0.0})  # a profile from before
+    assert cost(2_000_000, 3, before) == pytest.approx(2e-3)

@@ -335,7 +335,9 @@ def test_a_segment_grows_in_place_and_its_spare_room_is_reserved_not_held(model)
 def test_the_simulator_charges_the_arena_shifts_the_real_store_makes():
     """For the same tiering decisions (random moves between every tier, 1-3 a pass), the FP16
     bytes the engine charges for keeping the arena compact (``kv_shift_bytes``) are the bytes
-    the real store copies to do it, pass by pass."""
+    the real store copies to do it, pass by pass; and the passes it charges apart from their
+    bytes (``kv_shift_passes``: evictions and offloads out of the arena, restores into it) are
+    the ones the store makes."""
     import dataclasses
     from typing import ClassVar
 
@@ -371,18 +373,21 @@ def test_the_simulator_charges_the_arena_shifts_the_real_store_makes():
     kv.append(0, tokens)
     block = torch.zeros(L, 2, K, BT, D, dtype=torch.float16)
     rng = np.random.default_rng(0)
-    shifted = 0
+    shifted = passes = 0
     for step in range(1, 80):
         changes = tuple((0, int(b), int(rng.integers(len(Precision))))
                         for b in rng.choice(full, size=int(rng.integers(1, 4)), replace=False))
         policy.queued.append(TieringDecision(changes))
         retier.retier(store, [0], step)
-        charged = retier.pending.take().shift_bytes
+        pending = retier.pending.take()
+        charged = pending.shift_bytes
         desired = np.frombuffer(bytes(store.blocks_raw(0)), dtype=np.uint8)[:full]
         actual = np.array([kv.block_precision(0, i) for i in range(full)])
         changed = np.flatnonzero(desired != actual)
-        before = kv.copy_bytes
+        before, passes_before = kv.copy_bytes, kv.shift_passes
         kv.set_precisions(0, changed.tolist(), desired[changed].tolist(), lambda *_: block)
         assert charged == kv.copy_bytes - before, step
+        assert pending.shift_passes == kv.shift_passes - passes_before, step
         shifted += charged
-    assert shifted > 0
+        passes += pending.shift_passes
+    assert shifted > 0 and passes > 0
