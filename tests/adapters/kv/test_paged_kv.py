@@ -332,6 +332,31 @@ def test_a_segment_grows_in_place_and_its_spare_room_is_reserved_not_held(model)
     assert torch.equal(_forward(model, grown, [0], nxt), _forward(model, once, [0], nxt))
 
 
+def test_a_block_leaves_its_segment_in_place(model):
+    """Evicting blocks out of an INT8 segment keeps its buffers (no copy of the rest): it then
+    holds what a segment of the remaining blocks quantized directly holds, row for row by
+    ``blocks``, and is attended to as that one is."""
+    ids = _ids(8 * BT + 1)
+    left, direct = _filled(model, ids), _filled(model, ids)
+    left.set_precisions(0, list(range(8)), [int(Precision.INT8)] * 8)
+    seg = left.requests[0].segments[Precision.INT8]
+    ptrs = {name: t.data_ptr() for name, t in seg.buffers.items()}
+    left.set_precisions(0, [2, 7, 0], [int(Precision.EVICTED)] * 3)
+    keep = [1, 3, 4, 5, 6]
+    direct.set_precisions(0, list(range(8)), [int(Precision.INT8) if b in keep
+                                               else int(Precision.EVICTED) for b in range(8)])
+    assert {name: t.data_ptr() for name, t in seg.buffers.items()} == ptrs
+    other = direct.requests[0].segments[Precision.INT8]
+    assert sorted(seg.blocks) == other.blocks == keep
+    order = [other.blocks.index(b) for b in seg.blocks]
+    for ta, tb in zip(seg.tensors(), other.tensors()):
+        assert torch.equal(ta, tb[order])
+    assert left.bytes_by_precision() == direct.bytes_by_precision()
+    nxt = ids[:, -1:]
+    assert torch.allclose(_forward(model, left, [0], nxt), _forward(model, direct, [0], nxt),
+                          atol=1e-5)
+
+
 def test_the_simulator_charges_the_arena_shifts_the_real_store_makes():
     """For the same tiering decisions (random moves between every tier, 1-3 a pass), the FP16
     bytes the engine charges for keeping the arena compact (``kv_shift_bytes``) are the bytes
