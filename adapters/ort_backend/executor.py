@@ -138,21 +138,36 @@ class OrtExecutor(TorchExecutor):
     def warm_up(self, *, batch: int, past_tokens: int, new_tokens: int,
                 prompt_tokens: int) -> None:
         """Run every session once at the largest shapes the run will see: a prefill of
-        ``prompt_tokens``, a step of ``batch`` rows feeding ``new_tokens`` over ``past_tokens``.
-        Outside any measured step: ONNX Runtime's first run at a larger shape grows its memory
-        arena (here +50-150 ms a shape), a cost a long-running server pays once, not per
-        request.  Plain ``session.run``, so the buffer policy's counters are untouched."""
+        ``prompt_tokens``, a step of ``batch`` rows feeding ``new_tokens`` over ``past_tokens``,
+        then that step again through IOBinding over arrays sized as the scenario's buffer policy
+        sizes them, from a scratch pool that is then dropped.  Outside any measured step, costs
+        a long-running server pays once, not per request: ONNX Runtime's first run at a larger
+        shape grows its memory arena (here +50-150 ms a shape), its first IOBinding run costs
+        about 40 ms more than the next, and the first touch of memory this process never used
+        cost 1.4 ms a MB on this machine (a VM), 0.1 ms a MB once used and freed (measured: the
+        first decode step of ``validation-batched`` took 228 ms where the next took 46, 186 of
+        them allocating the staging arrays).  The run's own pool starts empty, so the buffer
+        policy's counters are the run's."""
         c = self.model.cfg
         for device, session in self.sessions.items():
             sh = self.shapes.get(device, Shapes())
-            for B, P, T in ((1, 0, sh.new(prompt_tokens)),
-                            (sh.batch(batch), sh.past(past_tokens), sh.new(new_tokens))):
-                past = np.zeros((c.num_layers, B, c.num_kv_heads, P, c.head_dim), self.np_kv)
-                session.run(None, {
-                    "input_ids": np.zeros((B, T), np.int64),
-                    "positions": np.broadcast_to(np.arange(P, P + T), (B, T)).copy(),
-                    "attention_mask": np.ones((B, P + T), np.int64), "past_k": past,
-                    "past_v": past, "logit_rows": np.arange(T, dtype=np.int64)})
+            B, P, T = sh.batch(batch), sh.past(past_tokens), sh.new(new_tokens)
+            for b, p, t in ((1, 0, sh.new(prompt_tokens)), (B, P, T)):
+                past = np.zeros((c.num_layers, b, c.num_kv_heads, p, c.head_dim), self.np_kv)
+                session.run(None, self._warm_feeds(b, p, t, past, past))
+            scratch = ArrayPool(BufferPool(self.arrays.buffers.policy))
+            past = scratch.get("ort_past", (2, c.num_layers, B, c.num_kv_heads, P, c.head_dim),
+                               self.np_kv)
+            past[...] = 0
+            self._run(self._warm_feeds(B, P, T, past[0], past[1]), B, P + T, scratch, session)
+
+    @staticmethod
+    def _warm_feeds(B: int, P: int, T: int, past_k: np.ndarray,
+                    past_v: np.ndarray) -> dict[str, np.ndarray]:
+        return {"input_ids": np.zeros((B, T), np.int64),
+                "positions": np.broadcast_to(np.arange(P, P + T), (B, T)).copy(),
+                "attention_mask": np.ones((B, P + T), np.int64), "past_k": past_k,
+                "past_v": past_v, "logit_rows": np.arange(T, dtype=np.int64)}
 
     # -- protocol: the device of each phase ----------------------------------------------------
     def devices(self) -> tuple[DeviceInfo, ...]:
@@ -239,35 +254,39 @@ class OrtExecutor(TorchExecutor):
             past[:, :, b, :, n:] = 0
             mask[b, :n] = 1
 
-    def _run(self, feeds: dict[str, np.ndarray], B: int,
-             S: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    def _run(self, feeds: dict[str, np.ndarray], B: int, S: int, arrays: ArrayPool | None = None,
+             session: ort.InferenceSession | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """One session call -> (logits [B, N, V], present K and V [L, B, K, S, D] each,
-        attention [B, S] or None)."""
-        self.num_runs += 1
-        self.runs_by_device[self.info.name] += 1
+        attention [B, S] or None).  ``arrays``, ``session``: another pool and session than the
+        step's (``warm_up``'s), a run that is not counted."""
         observe = self.attention is not None
+        if arrays is None:
+            self.num_runs += 1
+            self.runs_by_device[self.info.name] += 1
+        arrays, session = arrays or self.arrays, session or self.session
         if not self.use_binding:
-            out = self.session.run(None, feeds)
+            out = session.run(None, feeds)
             return out[0], out[1], out[2], out[3] if observe else None
-        io = self.session.io_binding()
+        io = session.io_binding()
         for name, value in feeds.items():
             if name in ("past_k", "past_v", "attention_mask"):  # already in pooled buffers
                 bound = value
             else:
-                bound = self.arrays.get(f"ort_{name}", value.shape, value.dtype)
+                bound = arrays.get(f"ort_{name}", value.shape, value.dtype)
                 bound[...] = value
             io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(bound))
         kv = self.kv
         N = feeds["logit_rows"].shape[0]
-        logits = self.arrays.get("ort_logits", (B, N, self.model.cfg.vocab), np.float32)
-        present = self.arrays.get("ort_present", (2, kv.L, B, kv.K, S, kv.D), self.np_kv)
+        logits = arrays.get("ort_logits", (B, N, self.model.cfg.vocab), np.float32)
+        present = arrays.get("ort_present", (2, kv.L, B, kv.K, S, kv.D), self.np_kv)
         outputs = [("logits", logits), ("present_k", present[0]), ("present_v", present[1])]
-        attention = self.arrays.get("ort_attention", (B, S), np.float32) if observe else None
+        attention = arrays.get("ort_attention", (B, S), np.float32) if observe else None
         if attention is not None:
             outputs.append(("attention", attention))
         for name, arr in outputs:
             io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
-        self.session.run_with_iobinding(io)
+        session.run_with_iobinding(io)
         return logits, present[0], present[1], attention
 
 
