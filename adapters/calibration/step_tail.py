@@ -222,9 +222,10 @@ def shift_in_steps(sb: StepBench, check_s: float, repeats: int = 7) -> tuple[flo
 
 def _store(bt: int, blocks_raw) -> SimpleNamespace:
     """What the executor reads of the engine's store: each request's block precisions
-    (``blocks_raw``), and no FP16 backups."""
+    (``blocks_raw``), no FP16 backups, and nothing reserved (segments sized as they fill)."""
     return SimpleNamespace(block_tokens=bt, blocks_raw=blocks_raw,
-                           backups_raw=lambda rid: bytes(len(blocks_raw(rid))))
+                           backups_raw=lambda rid: bytes(len(blocks_raw(rid))),
+                           reservation=lambda rid: (0, Precision.FP16))
 
 
 def _decode_step(sb: StepBench, rows: list[int], k: int = 0) -> StepResult:

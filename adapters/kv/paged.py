@@ -56,6 +56,8 @@ class _Request:
     segments: dict[Precision, Segment] = field(default_factory=dict)
     host: dict[int, torch.Tensor] = field(default_factory=dict)  # offloaded: [L, 2, K, bt, D]
     backup: dict[int, torch.Tensor] = field(default_factory=dict)  # FP16 host copies of quantized
+    # blocks a segment at a precision is created with room for (``expect_blocks``)
+    room: dict[Precision, int] = field(default_factory=dict)
 
     @property
     def capacity(self) -> int:

@@ -55,6 +55,14 @@ def shift(arena: torch.Tensor, start: int, end: int, dest: int) -> None:
 class TierMoves:
     """``set_precision`` / ``set_precisions`` of ``PagedKV``."""
 
+    def expect_blocks(self, rid: int, precision: Precision, blocks: int) -> None:
+        """``rid``'s segment at ``precision`` is created with room for ``blocks`` blocks (the
+        blocks the request will hold there: a prompt's and the output's the engine reserved),
+        so that blocks filling later are quantized into room, not into a grown copy of every
+        block before them (measured: the first block filled after a 2,048-token prompt held at
+        INT4 read 15-28 % over its prediction, growing its 128-block segment)."""
+        self.requests[rid].room[Precision(precision)] = int(blocks)
+
     @torch.inference_mode()
     def set_precision(self, rid: int, block: int, precision: Precision,
                       recompute: Recompute | None = None, backup: bool = False) -> bool:
@@ -108,6 +116,8 @@ class TierMoves:
         slots = [r.fp_blocks.index(b) for b in blocks]
         seg = r.segments.setdefault(precision, Segment()) if precision in BITS else None
         expect = len(seg.blocks) + len(blocks) if seg else 0
+        if seg is not None and not seg.blocks:
+            expect = max(expect, r.room.get(precision, 0))
         for b, i, backup in zip(blocks, slots, backups):
             kv = r.arena[:, :, :, i * bt:(i + 1) * bt]  # [L, 2, K, bt, D]
             if seg is not None:
@@ -192,7 +202,8 @@ class TierMoves:
         r.precision[block] = precision
         if precision in BITS:
             seg = r.segments.setdefault(precision, Segment())
-            seg.append([block], quantize_blocks(kv.unsqueeze(0), BITS[precision], self.group))
+            seg.append([block], quantize_blocks(kv.unsqueeze(0), BITS[precision], self.group),
+                       0 if seg.blocks else r.room.get(precision, 0))
             if backup:  # the copy it had, or one of the FP16 block it was
                 r.backup[block] = copy if copy is not None else self._to_host(kv)
         elif precision == Precision.OFFLOADED:

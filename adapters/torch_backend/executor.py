@@ -41,7 +41,7 @@ import numpy as np
 import simpy
 import torch
 
-from adapters.kv.paged import PagedKV
+from adapters.kv.paged import BITS, PagedKV
 from adapters.kv.paged_step import PagedStep
 from adapters.model.transformer import Transformer, prefill
 from adapters.torch_backend.faults import ArenaCapExceeded, InjectedFaults
@@ -315,6 +315,9 @@ class TorchExecutor(InjectedFaults):
             n = min(full, len(desired))
             changed = np.flatnonzero(desired[:n] != actual[:n])
             if len(changed):  # blocks bound for one quantized tier go in one pass
+                future, at = self.store.reservation(rid)
+                if at in BITS:  # its segment there, with room for what the engine reserved
+                    self.kv.expect_blocks(rid, at, int(np.count_nonzero(desired == at)) + future)
                 backups = self.store.backups_raw(rid)
                 moved = self.kv.set_precisions(rid, changed.tolist(), desired[changed].tolist(),
                                                self._recompute, [bool(backups[b]) for b in changed])

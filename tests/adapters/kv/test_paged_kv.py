@@ -357,6 +357,28 @@ def test_a_block_leaves_its_segment_in_place(model):
                           atol=1e-5)
 
 
+def test_a_segment_made_with_room_for_the_expected_blocks_never_grows(model):
+    """``expect_blocks``: the prompt's blocks go into a segment with room for the blocks the
+    request will hold there, so the blocks that fill later are quantized into that room (one
+    buffer throughout); without it the first block to fill after the prompt grows the segment."""
+    ids = _ids(4 * BT + 1)
+    for room in (8, 0):
+        kv = _filled(model, ids)
+        if room:
+            kv.expect_blocks(0, Precision.INT4, room)
+        kv.set_precisions(0, [0, 1, 2, 3], [int(Precision.INT4)] * 4)
+        seen = set()
+        for b in range(4, 8):
+            seg = kv.requests[0].segments[Precision.INT4]
+            seen.add(seg.buffers["k_data"].data_ptr())
+            kv.reserve(0, BT)
+            kv.append(0, BT)  # the next block fills (its K/V: whatever the arena holds)
+            kv.set_precisions(0, [b], [int(Precision.INT4)])
+        seen.add(kv.requests[0].segments[Precision.INT4].buffers["k_data"].data_ptr())
+        assert (len(seen) == 1) == bool(room)
+        assert kv.requests[0].segments[Precision.INT4].blocks == list(range(8))
+
+
 def test_the_simulator_charges_the_arena_shifts_the_real_store_makes():
     """For the same tiering decisions (random moves between every tier, 1-3 a pass), the FP16
     bytes the engine charges for keeping the arena compact (``kv_shift_bytes``) are the bytes
