@@ -36,7 +36,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 18  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 19  # of the grid, timing method and features: a new one makes cached profiles stale
 
 
 def kernel_active(device: torch.device) -> bool:
@@ -288,6 +288,9 @@ def grid(spec: ModelSpec) -> list[tuple]:
                 points += [("step", rows, prec, B, 1, skip) for B in (1, 2)]
         if ctx == 160:
             points += [("prefill", fit(n)) for n in (48, 768, 200)]
+            # the last two row knots of the matrix-matrix products (``GEMM_ROW_KNOTS``)
+            points += [("step", [fit(ctx + 7 * b) for b in range(4)], P.FP16, B, T, None)
+                       for B, T in ((4, 3), (2, 8))]
     points += [("prefill", fit(n), True) for n in (96, 512, 1024)]
     points += [("step", [fit(c), fit(c + 9)], P.FP16, B, 1, None, True)
                for c in (300, 1000) for B in (1, 2)]
