@@ -147,7 +147,9 @@ class OrtExecutor(TorchExecutor):
         cost 1.4 ms a MB on this machine (a VM), 0.1 ms a MB once used and freed (measured: the
         first decode step of ``validation-batched`` took 228 ms where the next took 46, 186 of
         them allocating the staging arrays).  The run's own pool starts empty, so the buffer
-        policy's counters are the run's."""
+        policy's counters are the run's.  The torch executor's warm-up (quantizing) first."""
+        super().warm_up(batch=batch, past_tokens=past_tokens, new_tokens=new_tokens,
+                        prompt_tokens=prompt_tokens)
         c = self.model.cfg
         for device, session in self.sessions.items():
             sh = self.shapes.get(device, Shapes())

@@ -90,6 +90,25 @@ def test_tiers_change_the_true_bytes(models, tmp_path, scenario):
     assert int4["num_completed"] == 5
 
 
+def test_the_executor_warms_its_quantizing_up_before_the_run_outside_the_store(
+        models, tmp_path, scenario, monkeypatch):
+    """``create`` quantizes one block at each of INT8, INT4 and INT2 before any step (a
+    process's first call of each costs more than the next), on nothing the run accounts."""
+    from adapters.torch_backend import executor as torch_executor
+
+    calls = []
+    quantize = torch_executor.quantize_blocks
+
+    def spy(kv, bits, group):
+        calls.append((bits, kv.shape[0]))
+        return quantize(kv, bits, group)
+    monkeypatch.setattr(torch_executor, "quantize_blocks", spy)
+    out = _measure(scenario(tmp_path, models[0],
+                            policies__tiering={"kind": "uniform", "precision": "int4"}))
+    assert calls == [(8, 1), (4, 1), (2, 1)]  # the warm-up's; the run quantizes in the store
+    assert out.metrics["num_completed"] == 5 and out.metrics["kv_bytes_by_precision"]["int4"] > 0
+
+
 def test_the_real_store_keeps_the_fp16_backups_the_engines_store_keeps(models, tmp_path,
                                                                       scenario, monkeypatch):
     """progressive keeps FP16 copies of what it demotes (``keep_backup``) and, with no quality
