@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from adapters.kv.segments import Segment, quantize_blocks
+from adapters.kv.segments import GROWTH, Segment, quantize_blocks
 from policies import Precision
 
 BITS = {Precision.INT8: 8, Precision.INT4: 4, Precision.INT2: 2}
@@ -117,7 +117,11 @@ class TierMoves:
         seg = r.segments.setdefault(precision, Segment()) if precision in BITS else None
         expect = len(seg.blocks) + len(blocks) if seg else 0
         if seg is not None and not seg.blocks:
-            expect = max(expect, r.room.get(precision, 0))
+            # a segment this pass makes: room for what the engine reserved at this precision,
+            # else for half as many again (a re-tiering target's blocks come pass after pass:
+            # made exact, the next single block grew it, a copy of all of it, uncharged)
+            room = r.room.get(precision, 0)
+            expect = max(expect, room) if room else int(GROWTH * expect) + 1
         for b, i, backup in zip(blocks, slots, backups):
             kv = r.arena[:, :, :, i * bt:(i + 1) * bt]  # [L, 2, K, bt, D]
             if seg is not None:
