@@ -192,8 +192,8 @@ class TorchExecutor(InjectedFaults):
         """Prepare for steps up to these shapes before any is measured: each quantized
         precision's quantizing and dequantizing runs once on a random block outside the store
         (a process's first call of each costs more than the next: the first INT4 block quantized
-        took 7.2 ms, the next ones 2.2-3.0, so the first block a run filled read 40 % under its
-        measured time), and the fused KV kernel is loaded.  The buffers grow through the buffer
+        took 7.2 ms, the next ones 2.2-3.0, so the first block a run filled was predicted 40 %
+        short), and the fused KV kernel is loaded.  The buffers grow through the buffer
         policy, as the run measures; the ONNX Runtime executor also grows its sessions' memory
         arenas."""
         kv = self.kv

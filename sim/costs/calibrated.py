@@ -39,6 +39,7 @@ from sim.config.frozen import Frozen, user_error
 from sim.config.model_spec import ModelSpec
 from sim.config.yaml_io import load_yaml
 from sim.costs.cost_model import Segment
+from sim.costs.gemm_rows import NO_KNOTS, gemm_row_weights
 from sim.costs.retier_costs import QUANTIZED, RetierCosts, pass_prices, quantize_prices
 from sim.engine.executor import StepPlan
 from sim.errors import UserError
@@ -55,11 +56,6 @@ FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weigh
 # (adapters.kv.fused): a decode or verify pass, or a prompt of at most 64 / G tokens
 FUSED_MAX_ROWS = 64
 SMALL_GEMM_ROWS = 16  # query rows up to which each row of a matrix-matrix product costs extra
-# query rows at which a forward over a stored context has a cost of its own (``gemm_rows_N``),
-# read in between as a line between the two nearest: the matrix-matrix product's kernels make
-# it a step function of the rows, not a line (measured, SmolLM2-135M, 2 threads: 41 ms at 1
-# row, 60 at 2, 74-80 at 3-4, 66 at 5-6, 76-82 at 8-10, 84-92 at 12-16)
-GEMM_ROW_KNOTS = (2, 3, 4, 5, 6, 8, 12, 16)
 Feature = Literal[FEATURES]  # type: ignore[valid-type]
 MAX_THREADS = 1024
 MAX_BLOCK_TOKENS = 2**16  # also the largest quantization group
@@ -249,26 +245,9 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         # a prompt's observed scores apart: [G * T, S] probabilities a layer, which outgrow
         # the caches as the prompt grows (958 tokens: 26 % over the decode steps' rate)
         observed_scores if observed and S.max() <= T else 0.0,
-        *(gemm_row_weights(B * T) * L if B * T > 1 and S.max() > T else _NO_KNOTS),
+        *(gemm_row_weights(B * T) * L if B * T > 1 and S.max() > T else NO_KNOTS),
     ])
 
-
-_NO_KNOTS = np.zeros(len(GEMM_ROW_KNOTS))
-
-
-def gemm_row_weights(rows: int) -> np.ndarray:
-    """``rows`` query rows as weights on ``GEMM_ROW_KNOTS`` (a hat function a knot: the two
-    knots around it share 1 by distance; below the first or above the last, that knot's)."""
-    knots = GEMM_ROW_KNOTS
-    out = np.zeros(len(knots))
-    r = min(max(rows, knots[0]), knots[-1])
-    i = int(np.searchsorted(knots, r))
-    if knots[i] == r:
-        out[i] = 1.0
-    else:
-        lo, hi = knots[i - 1], knots[i]
-        out[i - 1], out[i] = (hi - r) / (hi - lo), (r - lo) / (hi - lo)
-    return out
 
 
 def split_rows(block_counts: np.ndarray, tokens: np.ndarray, block_tokens: int
