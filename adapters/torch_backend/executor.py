@@ -333,7 +333,9 @@ class TorchExecutor(InjectedFaults):
             changed = np.flatnonzero(desired[:n] != actual[:n])
             if len(changed):  # blocks bound for one quantized tier go in one pass
                 future, at = self.store.reservation(rid)
-                if at in BITS:  # its segment there, with room for what the engine reserved
+                if at in BITS and at not in self.kv.requests[rid].segments:
+                    # its segment there, made with room for what the engine reserved (read only
+                    # when the segment is made: nothing to do once it exists)
                     self.kv.expect_blocks(rid, at, int(np.count_nonzero(desired == at)) + future)
                 backups = self.store.backups_raw(rid)
                 moved = self.kv.set_precisions(rid, changed.tolist(), desired[changed].tolist(),
