@@ -10,22 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from adapters.kv.paged import PagedKV  # noqa: E402
-from adapters.kv.paged_step import PagedStep  # noqa: E402
-from adapters.model.transformer import ModelConfig, Transformer, prefill  # noqa: E402
+from adapters.model.transformer import prefill  # noqa: E402
 from policies import Precision  # noqa: E402
+from tests.adapters.kv.tiny_model import BT, CFG, filled_store  # noqa: E402
 
 P = Precision
-CFG = ModelConfig("llama", num_layers=2, hidden=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                  ffn_hidden=128, vocab=256, tied_embeddings=False, norm_eps=1e-5,
-                  max_positions=4096)
-BT = 16
 BLOCK_BYTES = CFG.num_layers * 2 * CFG.num_kv_heads * BT * CFG.head_dim * 4  # float32 here
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Transformer(CFG).eval()
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +23,9 @@ def ids():
     return torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(3))
 
 
-@torch.inference_mode()
 def _filled(model, ids: torch.Tensor) -> PagedKV:
     """4 full blocks and a partial one."""
-    kv = PagedKV(num_layers=CFG.num_layers, num_kv_heads=CFG.num_kv_heads, head_dim=CFG.head_dim,
-                 block_tokens=BT, group=BT, dtype=torch.float32)
-    kv.add(0)
-    step = PagedStep(kv, [0], ids.shape[1], torch.float32)
-    model(ids, step, torch.arange(ids.shape[1])[None])
-    step.commit()
-    return kv
+    return filled_store(model, ids)
 
 
 def _layers(kv: PagedKV) -> list[tuple[torch.Tensor, torch.Tensor]]:

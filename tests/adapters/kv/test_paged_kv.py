@@ -10,99 +10,72 @@ torch = pytest.importorskip("torch")
 
 from adapters.kv.paged import PagedKV  # noqa: E402
 from adapters.kv.paged_step import PagedStep  # noqa: E402
-from adapters.model.transformer import ModelConfig, Transformer, prefill  # noqa: E402
+from adapters.model.transformer import prefill  # noqa: E402
 from policies import Precision  # noqa: E402
 from sim.engine.kv_store import block_bytes  # noqa: E402
-
-CFG = ModelConfig("llama", num_layers=2, hidden=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                  ffn_hidden=128, vocab=256, tied_embeddings=False, norm_eps=1e-5,
-                  max_positions=4096)
-BT = 16
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Transformer(CFG).eval()
-
-
-def _ids(n: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-def _store(dtype=torch.float32, group: int = BT, **kw) -> PagedKV:
-    return PagedKV(num_layers=CFG.num_layers, num_kv_heads=CFG.num_kv_heads,
-                   head_dim=CFG.head_dim, block_tokens=BT, group=group, dtype=dtype, **kw)
-
-
-@torch.inference_mode()
-def _forward(model, kv: PagedKV, rids: list[int], ids: torch.Tensor) -> torch.Tensor:
-    """One forward of ids [B, T] through the store; -> logits [B, T, V]."""
-    step = PagedStep(kv, rids, ids.shape[1], torch.float32)
-    positions = torch.tensor([[kv.num_tokens(r) + t for t in range(ids.shape[1])] for r in rids])
-    logits = model(ids, step, positions)
-    step.commit()
-    return logits
-
-
-@torch.inference_mode()
-def _reference(model, ids: torch.Tensor) -> torch.Tensor:
-    return model(ids)  # full causal forward, no cache
+from tests.adapters.kv.tiny_model import (  # noqa: E402
+    BT,
+    CFG,
+    forward,
+    make_store,
+    random_ids,
+    reference_forward,
+)
 
 
 def test_prefill_then_decode_equals_the_full_forward(model):
-    ids = _ids(40)
-    kv = _store()
+    ids = random_ids(40)
+    kv = make_store()
     kv.add(0)
-    got = [_forward(model, kv, [0], ids[:, :23])]
+    got = [forward(model, kv, [0], ids[:, :23])]
     for t in range(23, 40):
-        got.append(_forward(model, kv, [0], ids[:, t:t + 1]))
-    ref = _reference(model, ids)
+        got.append(forward(model, kv, [0], ids[:, t:t + 1]))
+    ref = reference_forward(model, ids)
     assert (torch.cat(got, dim=1) - ref).abs().max() <= 1e-4
     assert kv.num_tokens(0) == 40
 
 
 def test_a_batch_of_different_lengths_equals_each_row_alone(model):
     lengths = [5, 33, 18]
-    kv = _store()
-    rows = [_ids(n + 1, seed=n) for n in lengths]
+    kv = make_store()
+    rows = [random_ids(n + 1, seed=n) for n in lengths]
     for rid, (n, ids) in enumerate(zip(lengths, rows)):
         kv.add(rid)
-        _forward(model, kv, [rid], ids[:, :n])
+        forward(model, kv, [rid], ids[:, :n])
     nxt = torch.cat([ids[:, n:n + 1] for n, ids in zip(lengths, rows)])  # [3, 1]
-    got = _forward(model, kv, [0, 1, 2], nxt)[:, -1]
+    got = forward(model, kv, [0, 1, 2], nxt)[:, -1]
     for b, ids in enumerate(rows):
-        assert (got[b] - _reference(model, ids)[0, -1]).abs().max() <= 1e-4
+        assert (got[b] - reference_forward(model, ids)[0, -1]).abs().max() <= 1e-4
 
 
 def test_fp16_storage_stays_close(model):
-    ids = _ids(30)
-    kv = _store(dtype=torch.float16)
+    ids = random_ids(30)
+    kv = make_store(dtype=torch.float16)
     kv.add(0)
-    got = _forward(model, kv, [0], ids)
-    assert (got - _reference(model, ids)).abs().max() <= 2e-2
+    got = forward(model, kv, [0], ids)
+    assert (got - reference_forward(model, ids)).abs().max() <= 2e-2
 
 
 @pytest.mark.parametrize("prec, tol", [(Precision.INT8, 0.05), (Precision.INT4, 0.6)])
 def test_quantized_blocks_are_attended_with_bounded_error(model, prec, tol):
-    ids = _ids(50)
-    kv = _store()
+    ids = random_ids(50)
+    kv = make_store()
     kv.add(0)
-    _forward(model, kv, [0], ids[:, :49])
+    forward(model, kv, [0], ids[:, :49])
     for b in range(3):  # every full block; the partial last one stays FP
         assert kv.set_precision(0, b, prec)
     assert not kv.set_precision(0, 3, prec)  # tokens 48.. do not fill block 3
     assert kv.block_precision(0, 1) == prec
-    got = _forward(model, kv, [0], ids[:, 49:])[0, -1]
-    err = (got - _reference(model, ids)[0, -1]).abs().max()
+    got = forward(model, kv, [0], ids[:, 49:])[0, -1]
+    err = (got - reference_forward(model, ids)[0, -1]).abs().max()
     assert 0 < err <= tol  # really quantized, and still close
 
 
 def test_offload_and_evict_are_restored_exactly(model):
-    ids = _ids(49)
-    kv = _store()
+    ids = random_ids(49)
+    kv = make_store()
     kv.add(0)
-    _forward(model, kv, [0], ids[:, :48])
+    forward(model, kv, [0], ids[:, :48])
     before = [tuple(t.clone() for t in kv.layer_kv(0, layer)) for layer in range(CFG.num_layers)]
 
     def recompute(rid: int, block: int) -> torch.Tensor:
@@ -145,14 +118,14 @@ def test_true_bytes_match_the_simulators_block_bytes_and_int4_saves_70_percent(m
 
 
 def test_rollback_removes_speculative_tokens(model):
-    ids = _ids(40)
-    kv = _store()
+    ids = random_ids(40)
+    kv = make_store()
     kv.add(0)
-    _forward(model, kv, [0], ids[:, :30])
-    _forward(model, kv, [0], _ids(5, seed=9))  # 5 rejected tokens, crossing block 1 -> 2
+    forward(model, kv, [0], ids[:, :30])
+    forward(model, kv, [0], random_ids(5, seed=9))  # 5 rejected tokens, crossing block 1 -> 2
     kv.truncate(0, 30)
-    got = _forward(model, kv, [0], ids[:, 30:])
-    assert (got - _reference(model, ids)[:, 30:]).abs().max() <= 1e-4
+    got = forward(model, kv, [0], ids[:, 30:])
+    assert (got - reference_forward(model, ids)[:, 30:]).abs().max() <= 1e-4
 
 
 def test_growth_goes_through_the_grow_policy_and_counts_copies(model):
@@ -162,11 +135,11 @@ def test_growth_goes_through_the_grow_policy_and_counts_copies(model):
         asked.append((need, cap))
         return need  # exact: reallocate at every growth
 
-    kv = _store(grow=grow)
+    kv = make_store(grow=grow)
     kv.add(0, capacity_tokens=8)
-    ids = _ids(12)
+    ids = random_ids(12)
     for t in range(12):
-        _forward(model, kv, [0], ids[:, t:t + 1])
+        forward(model, kv, [0], ids[:, t:t + 1])
     assert kv.num_allocs == 1 + 4 and asked[0] == (8, 0)
     assert kv.copy_bytes > 0
 
@@ -174,12 +147,12 @@ def test_growth_goes_through_the_grow_policy_and_counts_copies(model):
 def test_measured_block_shares_follow_the_blocks_whatever_their_tier(model):
     """Shares are mapped back to block indices: quantizing block 0 moves its keys to the front
     of the attended order (segments first), yet each block keeps (nearly) its share."""
-    ids = _ids(58)
+    ids = random_ids(58)
     shares = []
     for prec in (Precision.FP16, Precision.INT8):
-        kv = _store()
+        kv = make_store()
         kv.add(0)
-        _forward(model, kv, [0], ids[:, :56])
+        forward(model, kv, [0], ids[:, :56])
         kv.set_precision(0, 1, prec)  # the middle block moves to the INT8 segment
         step = PagedStep(kv, [0], 2, torch.float32, measure_attention=True)
         positions = torch.tensor([[56, 57]])
@@ -268,119 +241,6 @@ def test_attention_measured_a_few_query_rows_at_a_time_is_the_same_measurement()
         whole = attention_probs(q, k, mask)
         for rows in (1, 16, 69, 70, 256):
             assert torch.allclose(attention_probs_chunked(q, k, mask, rows), whole, atol=1e-6)
-
-
-def _filled(model, ids: torch.Tensor) -> PagedKV:
-    kv = _store()
-    kv.add(0)
-    _forward(model, kv, [0], ids)
-    return kv
-
-
-def test_blocks_moved_in_one_pass_hold_what_blocks_moved_one_by_one_hold(model):
-    """``set_precisions`` (one compaction per target) against ``set_precision`` per block: the
-    same codes, host copies, arena and attention, whatever mix of targets (quantized, offloaded,
-    evicted) and current tiers (a block already INT8 bound for INT4 among FP ones)."""
-    ids = _ids(140)  # 8 full blocks and a partial one
-    one, each = _filled(model, ids), _filled(model, ids)
-    for kv in (one, each):
-        kv.set_precision(0, 4, Precision.INT8)
-    P = Precision
-    blocks = list(range(9))
-    targets = [int(p) for p in (P.INT4, P.INT4, P.INT8, P.OFFLOADED, P.INT4, P.EVICTED, P.FP16,
-                                P.EVICTED, P.INT4)]
-    moved = one.set_precisions(0, blocks, targets)
-    for b, p in zip(blocks, targets):
-        each.set_precision(0, b, Precision(p))
-    assert sorted(moved) == list(range(8))  # 6 already is FP16; 8 is the partial block
-    ra, rb = one.requests[0], each.requests[0]
-    assert ra.fp_blocks == rb.fp_blocks == [6]
-    assert ra.precision == rb.precision and set(ra.host) == set(rb.host) == {3}
-    assert torch.equal(ra.host[3], rb.host[3])
-    used = one.arena_tokens(0)
-    assert used == each.arena_tokens(0) == BT + 12
-    assert torch.equal(ra.arena[:, :, :, :used], rb.arena[:, :, :, :used])
-    assert set(ra.segments) == set(rb.segments) == {Precision.INT8, Precision.INT4}
-    for prec in ra.segments:
-        sa, sb = ra.segments[prec], rb.segments[prec]
-        order = [sb.blocks.index(b) for b in sa.blocks]
-        assert sorted(sa.blocks) == sorted(sb.blocks)
-        for ta, tb in zip(sa.tensors(), sb.tensors()):
-            assert torch.equal(ta, tb[order])
-    assert one.bytes_by_precision() == each.bytes_by_precision()
-    nxt = ids[:, -1:]
-    assert torch.allclose(_forward(model, one, [0], nxt), _forward(model, each, [0], nxt),
-                          atol=1e-5)
-
-
-def test_a_segment_grows_in_place_and_its_spare_room_is_reserved_not_held(model):
-    """Blocks quantized one at a time as they fill: the segment's buffers are reallocated a
-    few times (not once a block), it holds exactly its blocks' bytes, reserves more, and is
-    attended to as a segment built in one pass."""
-    ids = _ids(16 * BT + 1)
-    grown, once = _filled(model, ids), _filled(model, ids)
-    seg_bufs = set()
-    for b in range(16):
-        grown.set_precisions(0, [b], [int(Precision.INT8)])
-        seg_bufs.add(grown.requests[0].segments[Precision.INT8].buffers["k_data"].data_ptr())
-    once.set_precisions(0, list(range(16)), [int(Precision.INT8)] * 16)
-    assert len(seg_bufs) <= 6  # 2, 4, 7, 11, 17 blocks of room: 5 buffers for 16 blocks
-    assert grown.requests[0].segments[Precision.INT8].buffers["k_data"].shape[0] == 17
-    # a segment one pass makes has room for half as many again (and one)
-    assert once.requests[0].segments[Precision.INT8].buffers["k_data"].shape[0] == 25
-    assert grown.bytes_by_precision() == once.bytes_by_precision()
-    for kv in (grown, once):
-        seg = kv.requests[0].segments[Precision.INT8]
-        assert seg.reserved_nbytes() > seg.nbytes()
-    nxt = ids[:, -1:]
-    assert torch.equal(_forward(model, grown, [0], nxt), _forward(model, once, [0], nxt))
-
-
-def test_a_block_leaves_its_segment_in_place(model):
-    """Evicting blocks out of an INT8 segment keeps its buffers (no copy of the rest): it then
-    holds what a segment of the remaining blocks quantized directly holds, row for row by
-    ``blocks``, and is attended to as that one is."""
-    ids = _ids(8 * BT + 1)
-    left, direct = _filled(model, ids), _filled(model, ids)
-    left.set_precisions(0, list(range(8)), [int(Precision.INT8)] * 8)
-    seg = left.requests[0].segments[Precision.INT8]
-    ptrs = {name: t.data_ptr() for name, t in seg.buffers.items()}
-    left.set_precisions(0, [2, 7, 0], [int(Precision.EVICTED)] * 3)
-    keep = [1, 3, 4, 5, 6]
-    direct.set_precisions(0, list(range(8)), [int(Precision.INT8) if b in keep
-                                               else int(Precision.EVICTED) for b in range(8)])
-    assert {name: t.data_ptr() for name, t in seg.buffers.items()} == ptrs
-    other = direct.requests[0].segments[Precision.INT8]
-    assert sorted(seg.blocks) == other.blocks == keep
-    order = [other.blocks.index(b) for b in seg.blocks]
-    for ta, tb in zip(seg.tensors(), other.tensors()):
-        assert torch.equal(ta, tb[order])
-    assert left.bytes_by_precision() == direct.bytes_by_precision()
-    nxt = ids[:, -1:]
-    assert torch.allclose(_forward(model, left, [0], nxt), _forward(model, direct, [0], nxt),
-                          atol=1e-5)
-
-
-def test_a_segment_made_with_room_for_the_expected_blocks_never_grows(model):
-    """``expect_blocks``: the prompt's blocks go into a segment with room for the blocks the
-    request will hold there, so the blocks that fill later are quantized into that room (one
-    buffer throughout); without it the first block to fill after the prompt grows the segment."""
-    ids = _ids(4 * BT + 1)
-    for room in (8, 0):
-        kv = _filled(model, ids)
-        if room:
-            kv.expect_blocks(0, Precision.INT4, room)
-        kv.set_precisions(0, [0, 1, 2, 3], [int(Precision.INT4)] * 4)
-        seen = set()
-        for b in range(4, 8):
-            seg = kv.requests[0].segments[Precision.INT4]
-            seen.add(seg.buffers["k_data"].data_ptr())
-            kv.reserve(0, BT)
-            kv.append(0, BT)  # the next block fills (its K/V: whatever the arena holds)
-            kv.set_precisions(0, [b], [int(Precision.INT4)])
-        seen.add(kv.requests[0].segments[Precision.INT4].buffers["k_data"].data_ptr())
-        assert (len(seen) == 1) == bool(room)
-        assert kv.requests[0].segments[Precision.INT4].blocks == list(range(8))
 
 
 def test_the_simulator_charges_the_arena_shifts_the_real_store_makes():
