@@ -22,6 +22,10 @@ class SpecObservation:
     # Extra cost of the verify pass per draft token it verifies: a pass over k drafts costs
     # verify_s + k * verify_token_s.  0 = flat in k (a memory-bound target) or not yet measured.
     verify_token_s: float = 0.0
+    # The same, measured per draft length: entry k - 1 is the extra seconds of a verify pass over
+    # k drafts (not per token), None where no step has drafted k.  A CPU's pass cost steps with
+    # its rows rather than growing in line with them (``speculation_control.verify_extra``).
+    verify_extra_s: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

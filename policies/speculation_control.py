@@ -11,19 +11,23 @@ Three policies of the speculation family (``SpeculationPolicy`` in ``policies.sp
 
 The maths (Leviathan et al. 2023, eq. 1 and sec. 3.4), with a = per-token acceptance, k = draft
 tokens, v0 = ``verify_s`` (a target pass over the last token alone), d = ``draft_token_s`` and
-v1 = ``verify_token_s`` (the verify pass's extra cost per draft token it checks):
+X(k) = the verify pass's extra cost over k drafts (``verify_extra``):
 
     E(k)       = 1 + a + a^2 + ... + a^k = (1 - a^(k+1)) / (1 - a)   tokens per verify pass
-    cost(k)    = v0 + k * (d + v1)                                   seconds per step
+    cost(k)    = v0 + k * d + X(k)                                   seconds per step
     rate(k)    = E(k) / cost(k)                                      tokens per second
-    speedup(k) = rate(k) / rate(0) = E(k) / (1 + k * c),   c = (d + v1) / v0
+    speedup(k) = rate(k) / rate(0)
 
 A memory-bound target (a GPU at batch 1) verifies k + 1 positions for about the price of one
-(v1 ~ 0, Leviathan et al.'s model); a compute-bound one does not (SmolLM2-135M on one CPU thread:
-1, 2, 5, 9 positions in 76, 120, 215, 262 ms, v1 ~ 44 ms per token at k = 1).  Taking v1 = 0 there
-makes every draft look ~0.6 of a step cheaper than it is.  The linear model measured at small k
-overstates v1 at large k on such a CPU (the marginal cost falls to ~23 ms per token at k = 8), so it
-errs towards shorter drafts, the cheap side.
+(X ~ 0, Leviathan et al.'s model); a compute-bound one does not, and not in line with k either.
+SmolLM2-135M on two CPU threads verified 1, 2, 3-4, 5-6, 8-10 rows in 41, 60, 74-80, 66 and
+76-82 ms (2026-12-05): a step of 19 ms at the first draft, then almost flat.  A line through the
+first draft's cost (X(k) = k * v1, v1 = ``verify_token_s``) made four drafts look 76 ms dearer
+where they were 25: at acceptance 0.77 it kept to two drafts (1.26x a plain step's rate) or
+stopped, where four made 1.97x.  So X is kept per draft length as measured
+(``verify_extra_s``), a line between measured lengths, and beyond the longest measured the
+longest's (flat: the optimistic guess, which one step at the new length then checks);
+``k * v1`` only while no length is measured.
 
 E(k) is summed term by term, which is finite at a = 1 (E = k + 1) and needs no clamp.
 """
@@ -50,18 +54,36 @@ def expected_tokens(acceptance: float, k: int) -> float:
     return total
 
 
+def verify_extra(k: int, measured: tuple[float | None, ...] = (),
+                 verify_token_s: float = 0.0) -> float:
+    """X(k): the extra seconds of a verify pass over ``k`` drafts beyond a plain pass.
+    ``measured[j - 1]`` is X(j) where a step drafted j (None where none did).  Between two
+    measured lengths, the line between them (from X(0) = 0 below the shortest); beyond the
+    longest, its value (flat); with none measured, ``k * verify_token_s``."""
+    if k <= 0:
+        return 0.0
+    j0, x0 = 0, 0.0
+    for j, x in enumerate(measured, start=1):
+        if x is None:
+            continue
+        if k <= j:
+            return x0 + (x - x0) * (k - j0) / (j - j0)
+        j0, x0 = j, x
+    return x0 if j0 else k * verify_token_s
+
+
 def best_draft_len(
     acceptance: float, draft_token_s: float, verify_s: float, limit: int,
-    verify_token_s: float = 0.0,
+    verify_token_s: float = 0.0, verify_extra_s: tuple[float | None, ...] = (),
 ) -> tuple[int, float]:
     """The k in [0, limit] with the most expected tokens per second, and its predicted speedup
     over k = 0.  Ties go to the smaller k.  Needs ``verify_s`` > 0 and ``draft_token_s``,
-    ``verify_token_s`` >= 0 (a step with k drafts costs verify_s + k * (draft_token_s +
-    verify_token_s))."""
+    ``verify_token_s`` >= 0 (a step with k drafts costs verify_s + k * draft_token_s + X(k),
+    X from ``verify_extra``)."""
     best_k, best_rate = 0, 1.0 / verify_s
-    per_draft = draft_token_s + verify_token_s
     for k in range(1, limit + 1):
-        rate = expected_tokens(acceptance, k) / (k * per_draft + verify_s)
+        cost = verify_s + k * draft_token_s + verify_extra(k, verify_extra_s, verify_token_s)
+        rate = expected_tokens(acceptance, k) / cost
         if rate > best_rate:  # strictly: a tie keeps the smaller k
             best_k, best_rate = k, rate
     return best_k, best_rate * verify_s
@@ -71,7 +93,8 @@ def _costs_known(obs: SpecObservation) -> bool:
     """A plain pass and a drafting step have been measured.  A free draft (prompt lookup) with a
     flat verify pass reports both per-draft costs as 0: its acceptance history says it drafted."""
     return obs.verify_s > 0 and (
-        obs.draft_token_s > 0 or obs.verify_token_s > 0 or bool(obs.acceptance_history))
+        obs.draft_token_s > 0 or obs.verify_token_s > 0 or bool(obs.acceptance_history)
+        or any(x is not None for x in obs.verify_extra_s))
 
 
 def _check_non_negative(**params: int) -> None:
@@ -110,9 +133,9 @@ class HfHeuristicSpeculation:
 class GoodputSpeculation:
     """The draft length in [0, min(max_k, obs.max_draft_len)] with the most expected tokens per
     second (Leviathan et al. 2023), taking ``obs.acceptance`` as the per-token acceptance and a
-    step with k drafts as costing ``verify_s + k * (draft_token_s + verify_token_s)``.  While the
-    costs are still unknown (reported as 0) it proposes ``initial_k`` so the engine can measure
-    them.
+    step with k drafts as costing ``verify_s + k * draft_token_s + X(k)`` (``verify_extra``).
+    While the costs are still unknown (reported as 0) it proposes ``initial_k`` so the engine
+    can measure them.
 
     Contract: with everything else equal, a higher acceptance never gives a shorter draft
     (E(k+1)/E(k) grows with a, so the rate is log-supermodular in (k, a)); acceptance 0 with a
@@ -130,7 +153,7 @@ class GoodputSpeculation:
         if not _costs_known(obs):
             return SpecDecision(draft_len=min(self.initial_k, limit))
         k, _ = best_draft_len(obs.acceptance, obs.draft_token_s, obs.verify_s, limit,
-                              obs.verify_token_s)
+                              obs.verify_token_s, obs.verify_extra_s)
         return SpecDecision(draft_len=k)
 
 
@@ -153,8 +176,9 @@ class DynamicSpeculation:
        into a loop that prompt lookup predicts perfectly), and after a pause the history is
        stale, so a current run of s fully accepted drafting steps raises the estimate to at least
        (s + 1) / (s + 2) (Laplace's rule of succession over the run).
-    2. Costs: a step with k drafts costs ``verify_s + k * (draft_token_s + verify_token_s)``
-       (module docstring): the verify pass's growth with k is charged to the drafts.
+    2. Costs: a step with k drafts costs ``verify_s + k * draft_token_s + X(k)`` (module
+       docstring): the verify pass's growth with k, as measured per draft length, is charged
+       to the drafts.
     3. Draft length: the goodput-optimal k (as ``goodput``) for that estimate and those costs, up
        to ``max_k``, and never more than twice the previous step's k (at least ``initial_k``;
        the on/off choice below looks at all k):
@@ -166,7 +190,7 @@ class DynamicSpeculation:
        steps; each probe feeds the EWMA and the history, and drafting resumes once they predict a
        gain again; while the steps since the last rejection were all fully accepted, drafting
        continues whenever a fully accepted step would pay (the evidence since then fits a = 1).
-       A probe costs at most c = (draft_token_s + verify_token_s) / verify_s of a
+       A probe costs at most c = (draft_token_s + X(1)) / verify_s of a
        plain step (its guess rejected), so the interval is the larger of ``probe_every`` and
        c / ``probe_budget``: probing costs at most ``probe_budget`` (1 %) of the plain rate,
        whatever the draft and the target cost (c ~ 0.1 on a GPU: every 64 steps, 0.16 %; c ~ 1.2
@@ -178,7 +202,20 @@ class DynamicSpeculation:
     6. Costs unknown (0), exploration priced like a probe: before anything is measured, a plain
        step (k = 0: exactly what "off" does, it measures ``verify_s``); then ``initial_k`` = 1
        draft, the cheapest step that measures the draft's cost, the verify pass's growth and an
-       acceptance.  A bad draft source thus costs one one-token draft, then probes.
+       acceptance.  A bad draft source thus costs a few one-token drafts (choice 7), then
+       probes.
+    7. A short history stops drafting only when it cannot pay: while fewer than ``window``
+       drafting steps are measured, drafting goes on (k at least 1) as long as it would pay at
+       the history's mean with one more fully accepted step, (s + 1) / (n + 1) over n steps of
+       acceptance sum s.  Without this, one rejected first guess (23 % of runs at acceptance
+       0.77) stopped drafting until the next probe, 64 or more steps later.  Exploring stops by
+       itself: after n rejected steps the estimate is 1 / (n + 1), so a cheap draft (c small)
+       explores longer than a dear one, about one plain step's worth in all.  In a closed loop
+       against SmolLM2's measured pass costs (96 steps, 30 seeds; ``tests/sim/engine/
+       test_spec_signals.py``), this and the measured X(k) took the controller from 0.57 to
+       0.89 of the best fixed k's rate at acceptance 0.77, and from 0.72 to 0.92 at 0.9; a
+       useless free draft source from 0.992 to 0.985 of plain decoding, a dear one (11 ms a
+       draft token) stays at 0.986 (one draft, then probes).  ``explore=False`` turns it off.
     """
 
     kind: Literal["dynamic"] = "dynamic"
@@ -188,6 +225,7 @@ class DynamicSpeculation:
     probe_every: int = 64  # least steps without drafting between two probes
     window: int = 16  # recent per-step acceptances looked at
     probe_budget: float = 0.01  # most probing may cost, as a fraction of the plain rate
+    explore: bool = True  # a short history stops drafting only when it cannot pay (choice 7)
 
     def __post_init__(self) -> None:
         _check_non_negative(initial_k=self.initial_k, max_k=self.max_k)
@@ -224,11 +262,22 @@ class DynamicSpeculation:
                 n += 1
         return n
 
+    def exploring(self, obs: SpecObservation) -> bool:
+        """Fewer than ``window`` drafting steps measured (choice 7 above)."""
+        return self.explore and len(obs.acceptance_history) < self.window
+
+    @staticmethod
+    def optimistic(obs: SpecObservation) -> float:
+        """The mean acceptance of the history with one more fully accepted step (choice 7)."""
+        h = obs.acceptance_history
+        return (sum(h) + 1.0) / (len(h) + 1)
+
     def probe_interval(self, obs: SpecObservation) -> int:
         """Steps without drafting before a probe (choice 4 above)."""
         if obs.verify_s <= 0:
             return self.probe_every
-        c = (obs.draft_token_s + obs.verify_token_s) / obs.verify_s
+        c = (obs.draft_token_s + verify_extra(1, obs.verify_extra_s, obs.verify_token_s)) \
+            / obs.verify_s
         if not c < 1e9:  # inf or nan from a degenerate observation
             return 1 << 30
         return max(self.probe_every, math.ceil(c / self.probe_budget))
@@ -244,15 +293,20 @@ class DynamicSpeculation:
         if not _costs_known(obs):  # explore: measure, do not cut the draft
             return SpecDecision(draft_len=min(self.initial_k, limit), threshold=0.0)
         costs = (obs.draft_token_s, obs.verify_s)
-        k, speedup = best_draft_len(a, *costs, limit, obs.verify_token_s)
+        extra = (obs.verify_token_s, obs.verify_extra_s)
+        k, speedup = best_draft_len(a, *costs, limit, *extra)
         on = k > 0 and speedup >= self.min_gain
         if not on and self.streak(obs):  # evidence since the last rejection fits a = 1
-            on = best_draft_len(1.0, *costs, limit, obs.verify_token_s)[1] >= self.min_gain
+            on = best_draft_len(1.0, *costs, limit, *extra)[1] >= self.min_gain
+            k = max(k, 1)
+        if not on and self.exploring(obs):  # one more fully accepted step could turn it
+            on = best_draft_len(self.optimistic(obs), *costs, limit, *extra)[1] \
+                >= self.min_gain
             k = max(k, 1)
         if on:
             cap = max(self.initial_k, 2 * obs.last_draft_len, 1)
             if k > cap:
-                k = max(1, best_draft_len(a, *costs, cap, obs.verify_token_s)[0])
+                k = max(1, best_draft_len(a, *costs, cap, *extra)[0])
             return SpecDecision(draft_len=k, threshold=threshold)
         if obs.steps_since_draft >= self.probe_interval(obs):
             return SpecDecision(draft_len=1, threshold=0.0)

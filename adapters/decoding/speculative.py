@@ -110,16 +110,16 @@ class SpecTracker:
     ``verify_s`` once measured); draft cost per proposed token (``draft_token_s``) and, once a
     plain step has been measured, the verify time of a drafting step beyond ``plain_verify_s``
     per proposed token (``verify_token_s``: the verify pass's growth with k, ~44 ms per token for
-    SmolLM2-135M on one CPU thread).  Seconds.
+    SmolLM2-135M on one CPU thread) and per number of guesses (``verify_extra_s``).  Seconds.
 
     "k used" is the number of guesses actually proposed, which can be below the decided k (an
     n-gram source that finds nothing, a confidence threshold, the end of the output).
 
     ``costs="marginal"``: for policies that ignore ``verify_token_s``, the same extra verify time
     folded into the draft cost instead: ``draft_token_s`` = EWMA of (draft seconds + verify seconds
-    - plain-step EWMA) / k and ``verify_token_s`` reported as 0 (the step cost the policies model,
-    k * draft_token_s + verify_s, is the same).  Until a plain step has been measured it behaves
-    as ``"planner"``."""
+    - plain-step EWMA) / k and ``verify_token_s`` reported as 0, ``verify_extra_s`` empty (the
+    step cost the policies model, k * draft_token_s + verify_s, is the same).  Until a plain step
+    has been measured it behaves as ``"planner"``."""
 
     costs: Literal["planner", "marginal"] = "planner"
     signals: SpecSignals = field(default_factory=SpecSignals)
@@ -137,7 +137,9 @@ class SpecTracker:
 
     def observation(self, max_draft_len: int, batch_size: int = 1) -> SpecObservation:
         obs = self.signals.observation(max_draft_len, batch_size)
-        return replace(obs, verify_token_s=0.0) if self.costs == "marginal" else obs
+        if self.costs == "marginal":
+            return replace(obs, verify_token_s=0.0, verify_extra_s=())
+        return obs
 
     def record(self, k: int, accepted: int, draft_s: float, verify_s: float) -> None:
         """One decode step of one sequence: ``k`` guesses proposed, ``accepted`` kept."""

@@ -215,4 +215,4 @@ class Planner:
         k = float(plan.draft_len)
         if plan.draft_len and result.proposed is not None:
             k = float(np.mean(result.proposed))
-        self.signals.record_costs(draft_s, result.elapsed_s - draft_s, k)
+        self.signals.record_costs(draft_s, result.elapsed_s - draft_s, k, plan.draft_len)

@@ -38,6 +38,8 @@ class SpecSignals:
     plain_verify_s: float = 0.0  # EWMA of the verify seconds of steps that verified no draft
     verify_token_s: float = 0.0  # EWMA of a drafting step's extra verify seconds per token
     verify_token_known: bool = False  # verify_token_s can be 0 once measured (flat verify)
+    # draft length -> EWMA of a verify pass's extra seconds over a plain one, at that length
+    verify_extra: dict[int, float] = field(default_factory=dict)
     num_proposed: int = 0  # accepted + rejected draft tokens, the run's total
     num_accepted: int = 0
 
@@ -47,7 +49,9 @@ class SpecSignals:
         return SpecObservation(self.acceptance, tuple(self.history), self.last_k,
                                self.last_all_accepted, self.draft_token_s, verify_s,
                                max_draft_len, batch_size, self.steps_since_draft,
-                               self.verify_token_s)
+                               self.verify_token_s, tuple(
+                                   self.verify_extra.get(k)
+                                   for k in range(1, max(self.verify_extra, default=0) + 1)))
 
     def decided(self, k: int) -> None:
         """The policy's draft length for the step about to run."""
@@ -70,16 +74,28 @@ class SpecSignals:
         self.history.append(frac)
         self.last_all_accepted = bool(num_rejected == 0)
 
-    def record_costs(self, draft_s: float, verify_s: float, k: float) -> None:
+    def record_costs(self, draft_s: float, verify_s: float, k: float,
+                     drafted: int | None = None) -> None:
         """One decode step's cost: ``draft_s`` drafting, ``verify_s`` the rest, ``k`` draft tokens
-        per sequence (the measured mean where an executor reports it).  ``verify_token_s`` stays 0
-        until a plain step has been measured; a negative sample (noise) counts as 0."""
+        per sequence (the measured mean where an executor reports it), ``drafted`` the draft
+        length its verify pass checked (default ``k``; a pass is as long as the step's draft
+        length whatever was proposed: prompt lookup pads a row that found no match).  The extra
+        verify time goes per draft length into ``verify_extra`` and, per position checked, into
+        ``verify_token_s`` (per proposed token, a step where one row of two found no match read
+        twice its cost).  Both stay empty / 0 until a plain step has been measured; a negative
+        sample (noise) counts as 0."""
+        n = k if drafted is None else drafted
         self.verify_s = ewma(self.verify_s, verify_s)
-        if k == 0:
+        if n == 0:
             self.plain_verify_s = ewma(self.plain_verify_s, verify_s)
             return
-        self.draft_token_s = ewma(self.draft_token_s, draft_s / k)
+        if k > 0:  # (no row found a draft: a padded pass, no draft cost per token to learn)
+            self.draft_token_s = ewma(self.draft_token_s, draft_s / k)
         if self.plain_verify_s > 0:
-            extra = max(verify_s - self.plain_verify_s, 0.0) / k
-            self.verify_token_s = ewma(self.verify_token_s, extra, self.verify_token_known)
+            extra = max(verify_s - self.plain_verify_s, 0.0)
+            self.verify_token_s = ewma(self.verify_token_s, extra / n, self.verify_token_known)
             self.verify_token_known = True
+            if n == int(n):
+                n = int(n)
+                self.verify_extra[n] = ewma(self.verify_extra.get(n, 0.0), extra,
+                                            n in self.verify_extra)

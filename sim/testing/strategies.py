@@ -69,7 +69,8 @@ def spec_observations(draw) -> SpecObservation:
     return SpecObservation(draw(unit_fractions), history, draw(st.integers(0, max_k)),
                            draw(st.booleans()), draw(_seconds), draw(_seconds), max_k,
                            draw(st.integers(1, 64)), draw(st.integers(0, 1000)),
-                           draw(_seconds))
+                           draw(_seconds), tuple(draw(st.lists(st.one_of(st.none(), _seconds),
+                                                               max_size=max_k))))
 
 
 DEVICE_NAMES = ("cpu", "gpu", "igpu", "npu")

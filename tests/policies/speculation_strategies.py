@@ -55,4 +55,5 @@ def spec_observations(draw, acceptance=fracs, draft_s=costs, verify_s=costs):
         batch_size=draw(st.integers(1, 256)),
         steps_since_draft=draw(st.integers(0, 200)),
         verify_token_s=draw(costs),
+        verify_extra_s=tuple(draw(st.lists(st.one_of(st.none(), costs), max_size=16))),
     )

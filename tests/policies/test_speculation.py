@@ -20,6 +20,7 @@ from policies.speculation_control import (
     DynamicSpeculation,
     GoodputSpeculation,
     HfHeuristicSpeculation,
+    verify_extra,
 )
 from tests.policies.speculation_strategies import (
     SETTINGS,
@@ -186,3 +187,28 @@ def test_goodput_never_drafts_when_a_draft_token_costs_a_verify_pass(obs, ratio)
     # E(k) < k + 1 for a < 1, and the step costs at least (k + 1) verify passes
     obs = dataclasses.replace(obs, draft_token_s=obs.verify_s * ratio)
     assert GoodputSpeculation().decide(obs).draft_len == 0
+
+
+# -- the verify pass's extra cost per draft length ------------------------------------------------
+def test_verify_extra_is_measured_then_a_line_between_then_flat():
+    measured = (0.019, None, None, 0.025)  # drafts 1 and 4 measured (seconds per pass)
+    assert verify_extra(0, measured, 0.5) == 0.0
+    assert verify_extra(1, measured, 0.5) == 0.019
+    assert verify_extra(2, measured, 0.5) == pytest.approx(0.021)  # on the line 1 -> 4
+    assert verify_extra(4, measured, 0.5) == 0.025
+    assert verify_extra(8, measured, 0.5) == 0.025  # beyond the longest: flat
+    assert verify_extra(3, (None, None, None, 0.06)) == pytest.approx(0.045)  # from X(0) = 0
+    assert verify_extra(3, (), 0.01) == pytest.approx(0.03)  # none measured: k * per token
+    assert verify_extra(3, (None, None), 0.01) == pytest.approx(0.03)
+
+
+def test_goodput_prices_drafts_by_the_measured_pass_not_a_line_through_the_first():
+    # SmolLM2-135M on two CPU threads: a plain pass 41 ms, one draft 19 ms more, four 25 more;
+    # a = 0.77, prompt lookup free.  A line through the first draft makes four cost 76 ms more:
+    # E(2) / 79 ms = 0.0299 beats E(4) / 117 ms = 0.0271; as measured, four drafts are the best
+    # (E(4) / 66 ms = 0.048 per ms, 1.97x a plain step's 1 / 41)
+    obs = obs_of(0.77, (0.77,) * 4, last_k=1, draft_s=0.0, verify_s=0.041,
+                 verify_token_s=0.019)
+    assert GoodputSpeculation(max_k=4).decide(obs).draft_len == 2
+    measured = dataclasses.replace(obs, verify_extra_s=(0.019, None, None, 0.025))
+    assert GoodputSpeculation(max_k=4).decide(measured).draft_len == 4

@@ -29,12 +29,34 @@ LOW, HIGH = (0.05,) * 16, (0.8,) * 16
 
 
 @pytest.mark.parametrize("last_k", [0, 1, 4])
-@pytest.mark.parametrize("history", [(), LOW])
+@pytest.mark.parametrize("history", [(0.05,) * 12, LOW])
 def test_dynamic_is_off_at_low_acceptance(last_k, history):
     # a = 0.05, c = 0.1: best is k = 0 (rate(1) = 1.05 / 1.1 < 1); threshold 0.9 * 0.95
     d = DynamicSpeculation().decide(obs_of(0.05, history, last_k, steps_since_draft=63))
     assert d.draft_len == 0
     assert d.threshold == pytest.approx(0.855)
+
+
+@pytest.mark.parametrize(("history", "expected"), [
+    ((), 1), ((0.0,), 1), ((0.0, 0.0), 1),  # c = 0.1: 1 / 3 still pays with one draft
+    ((0.0,) * 5, 1),  # 1 / 6: speedup(1) = 1.167 / 1.1 = 1.06
+    ((0.0,) * 6, 0),  # 1 / 7: 1.143 / 1.1 = 1.04 < 1.05, and less for longer drafts
+    ((0.0,) * 15, 0),
+])
+def test_dynamic_explores_while_one_more_accepted_step_would_pay(history, expected):
+    # a = 0.05 says off (1.05 / 1.1 < 1); with fewer than 16 drafting steps, drafting goes on
+    # while the history's mean with one more fully accepted step, (s + 1) / (n + 1), would pay
+    # (one rejected first guess at acceptance 0.77 stopped drafting for 64 steps)
+    obs = obs_of(0.05, history, last_k=1)
+    assert DynamicSpeculation().decide(obs).draft_len == expected
+    assert DynamicSpeculation(explore=False).decide(
+        obs_of(0.05, (0.05,) * len(history), last_k=1)).draft_len == 0
+
+
+def test_dynamic_explores_only_a_draft_that_could_pay():
+    # c = 1.2: even a = 1 gives (k + 1) / (1 + 1.2 k) < 1, so no evidence is needed to stay off
+    obs = obs_of(0.0, (), last_k=1, draft_s=0.6, verify_token_s=0.6)
+    assert DynamicSpeculation().decide(obs).draft_len == 0
 
 
 def test_dynamic_probes_with_one_token_while_off():
@@ -116,10 +138,10 @@ def test_dynamic_grows_k_by_doubling(last_k, expected):
     [
         # c = (0.001 + 0.044) / 0.076 = 0.59 (prompt lookup, SmolLM2 on a CPU); a = 0.5:
         # speedup(1) = 1.5 / 1.59 < 1: off
-        ((0.0, 1.0), False, 0),
+        ((0.0, 1.0, 0.0, 1.0), False, 0),
         # the same history, the last step fully accepted: the run fits a = 1 (2 / 1.59 = 1.26
         # >= 1.05), estimate max(0.5, 2 / 3): k = 1 (1.667 / 1.59 = 1.05 is its best)
-        ((0.0, 1.0), True, 1),
+        ((0.0, 1.0, 0.0, 1.0), True, 1),
         # a run of 4: estimate 5 / 6, speedup(1) = 1.151, (2) = 1.157, (3) = 1.119: k = 2
         ((0.0, 1.0, 1.0, 1.0, 1.0), True, 2),
     ],
@@ -162,7 +184,7 @@ def test_dynamic_probe_interval_bounds_the_probing_cost(draft_s, verify_token_s,
     obs=spec_observations(
         acceptance=st.floats(0.0, 0.04), draft_s=known_costs, verify_s=known_costs
     ),
-    history=st.lists(st.floats(0.0, 0.04)),
+    history=st.lists(st.floats(0.0, 0.04), min_size=16),
 )
 def test_dynamic_is_off_when_no_draft_length_can_pay(obs, history):
     # a < 1 - 1 / 1.05 = 0.0476 bounds every E(k) by 1 / (1 - a) < 1.05: no k reaches min_gain
