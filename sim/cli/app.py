@@ -271,9 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="measure each variant N times, interleaved; errors against the "
                    "measured median, flagged noise or model by the measured spread (1-20)")
+    p.add_argument("--speed-check", dest="speed_check", action="store_true", default=False,
+                   help="re-time reference steps of the calibration around each measured run "
+                   "and scale the prediction by the machine's speed then (off by default: on a "
+                   "machine whose speed jitters by more than it drifts, the factor adds noise)")
     p.add_argument("--no-speed-check", dest="speed_check", action="store_false",
-                   help="do not re-time reference steps around each measured run (the "
-                   "prediction is then not scaled by the machine's current speed)")
+                   help="the default (kept for scripts)")
     p = sub.add_parser("report", help="an HTML page with plots from a results folder")
     p.add_argument("dir", metavar="DIR",
                    help="a folder written by simulate|measure|validate|sweep --out")

@@ -166,7 +166,9 @@ def _pooled(runs: list):
 def noise(predicted: dict, measured: list[dict]) -> dict:
     """``relative_error`` against the measured median of each metric, and ``repeats``: the
     median, min and max over the repeats and, per metric, ``noise`` (the prediction is within
-    the measured spread) or ``model`` (outside it)."""
+    the measured spread) or ``model`` (outside it); ``decode_steps``, predicted and per repeat
+    in order (only the first repeat's steps are written: a speculating variant whose repeats
+    drafted differently shows here, in fewer steps for more drafting)."""
     stats: dict[str, dict] = {"median": {}, "min": {}, "max": {}, "verdict": {}}
     errors = {}
     for name in COMPARED:
@@ -182,7 +184,13 @@ def noise(predicted: dict, measured: list[dict]) -> dict:
         errors[name] = relative_error(p, med)
         if p is not None:
             stats["verdict"][name] = "noise" if lo <= p <= hi else "model"
+    stats["decode_steps"] = {"predicted": _decode_steps(predicted),
+                             "measured": [_decode_steps(m) for m in measured]}
     return {"relative_error": errors, "repeats": {"n": len(measured), **stats}}
+
+
+def _decode_steps(metrics: dict) -> int | None:
+    return metrics.get("engine", {}).get("num_decode_steps")
 
 
 def _g(x: float) -> float:

@@ -55,13 +55,6 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, write_llama):
-    root = tmp_path_factory.mktemp("calib")
-    write_llama(root / "model", 0)
-    return root
-
-
-@pytest.fixture(scope="module")
 def scenario(tiny, write_scenario):
     """``scenario(tiering) -> path``: 4 random-text requests of 2 closed-loop users on the tiny
     model, FP16 KV, one thread, under ``tiering``."""
@@ -111,7 +104,6 @@ def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
 def test_validate_calibrates_once_then_predicts_kv_memory_within_2_percent(
         scenario, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("INFER_OS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("adapters.calibration.calibrate.DEFAULT_BUDGET_S", 6.0)
     for tiering in ({"kind": "fp16"}, {"kind": "uniform", "precision": "int4"}):
         path = scenario(tiering)
         assert main(["validate", path, "--backend", "torch", "--json"]) == 0
@@ -136,20 +128,6 @@ def test_a_bad_profile_is_one_clear_error(scenario, tmp_path, capsys):
     assert "bad.yaml" in err and "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def tiny_profile(tiny):
-    """A short calibration of the tiny model, shared by the tests below."""
-    import contextlib
-    import io
-
-    profile = tiny / "profile.yaml"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["calibrate", "--backend", "torch", "--model", str(tiny / "model"),
-                     "--threads", "1", "--block-tokens", "16", "--kv-quant-group", "16",
-                     "--budget-s", "4", "--out", str(profile)]) == 0
-    return profile
-
-
 def test_validate_takes_the_measured_acceptance_and_only_that(scenario, tiny_profile, tmp_path,
                                                               capsys):
     profile = tiny_profile
@@ -161,7 +139,7 @@ def test_validate_takes_the_measured_acceptance_and_only_that(scenario, tiny_pro
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert main(["validate", str(path), "--backend", "torch", "--profile", str(profile),
-                 "--json"]) == 0
+                 "--speed-check", "--json"]) == 0
     off, spec = json.loads(capsys.readouterr().out)["runs"]
     # the machine's speed, re-timed around the measured run, and nothing else when not drafting
     assert set(off["conditioned_on"]) == {"machine_speed"}
@@ -210,12 +188,14 @@ def test_the_speed_check_times_the_same_steps_every_time(tiny):
 
 def test_without_the_speed_check_nothing_is_taken_from_the_measurement(scenario, tiny_profile,
                                                                        capsys):
+    """No speed check unless asked for (``--speed-check``); ``--no-speed-check`` is the same."""
     profile = tiny_profile
     path = scenario({"kind": "fp16"})
-    assert main(["validate", path, "--backend", "torch", "--profile", str(profile),
-                 "--no-speed-check", "--json"]) == 0
-    [run] = json.loads(capsys.readouterr().out)["runs"]
-    assert run["conditioned_on"] == {}
+    for flags in ([], ["--no-speed-check"]):
+        assert main(["validate", path, "--backend", "torch", "--profile", str(profile),
+                     *flags, "--json"]) == 0
+        [run] = json.loads(capsys.readouterr().out)["runs"]
+        assert run["conditioned_on"] == {}
 
 
 def test_validate_predicts_kivi_memory_when_a_prefill_delays_a_demotion(scenario, tiny_profile,
@@ -329,6 +309,9 @@ def test_validate_repeats_measures_n_times_and_judges_noise_or_model(scenario, t
         assert run["relative_error"][name] == pytest.approx((p - med) / med, rel=1e-9)
         assert rep["verdict"][name] == ("noise" if lo <= p <= hi else "model")
     assert rep["min"]["kv_peak_bytes"] == rep["max"]["kv_peak_bytes"]  # memory: no noise
+    # no speculation: every repeat and the prediction take one decode step per output token
+    steps = rep["decode_steps"]
+    assert steps["measured"] == [steps["predicted"]] * 3 and steps["predicted"] > 0
     assert main(["validate", path, "--backend", "torch", "--repeats", "0"]) == 2
 
 
@@ -347,163 +330,3 @@ def test_schedule_replay_equals_the_prediction_when_the_schedules_agree(scenario
     assert run["same_prefill_batches"]
     for name in ("throughput_tok_s", "makespan_s", "ttft_s.p50", "e2e_s.p50"):
         assert abs(fixed["schedule_share"][name]) < 0.01, (name, fixed)
-
-
-def test_the_tier_check_fit_recovers_a_step_up_from_one_row_to_more():
-    """Checks cost a base, a cost per row, and a step up once there is more than one row (as
-    measured runs show: ~50 µs at 1 row, ~80 at 2): the fit recovers all three, medians of noisy
-    samples."""
-    from adapters.calibration.step_tail import _per_check_and_row
-
-    rng = np.random.default_rng(0)
-    truth = {n: 40e-6 + 5e-6 * n + (20e-6 if n > 1 else 0.0) for n in (1, 2, 3, 4)}
-    times = {n: list(t + rng.normal(0, 0.2e-6, 21)) for n, t in truth.items()}
-    base, per_row, multi = _per_check_and_row(times)
-    assert base == pytest.approx(40e-6, abs=1e-6)
-    assert per_row == pytest.approx(5e-6, abs=0.5e-6)
-    assert multi == pytest.approx(20e-6, abs=1e-6)
-
-
-def test_a_block_is_quantized_in_the_step_that_stores_its_last_token(tiny, tiny_profile):
-    """A decode step stores the K/V of the token it feeds (emitted by the step before): a block
-    admitted at INT8 fills, and is quantized, in the step whose row holds ``n x block`` tokens
-    at its start, not the step before (measured on SmolLM2-135M: the 6-7 ms of quantizing a
-    block came one step after the model first charged it)."""
-    from policies import Placement, Precision
-    from sim.config.model_spec import resolve_model
-    from sim.costs.calibrated import CalibratedModel, load_calibration
-    from sim.engine.executor import StepPlan
-
-    profile = load_calibration(tiny_profile)
-    model = CalibratedModel(profile, resolve_model(str(tiny / "model")))
-    bt = profile.block_tokens
-
-    def work(tokens: int, accepted: int = 0, fp16: int = 0, at=Precision.INT8) -> float:
-        counts = np.zeros((1, len(Precision)), dtype=np.int64)
-        counts[0, at] = -(-tokens // bt) - fp16  # admitted at ``at``, the partial one too
-        counts[0, Precision.FP16] = fp16
-        plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1 + accepted,
-                        num_rows=1 + accepted, attended_pairs=float(tokens), kv_read_bytes=0.0,
-                        kv_dequant_values=0.0, placement=Placement("cpu", "cpu", "cpu"),
-                        draft_len=accepted and 3, tokens_per_seq=1.0 + accepted,
-                        row_tokens=np.array([tokens]), row_block_counts=counts)
-        return model.retier_work_s(plan)
-
-    assert work(2 * bt) > 0
-    assert work(2 * bt - 1) == 0 and work(2 * bt + 1) == 0
-    # a verify step that accepts 2 drafts stores 3 tokens: it fills a block ending among them
-    assert work(2 * bt - 2, accepted=2) > 0 and work(2 * bt - 3, accepted=2) == 0
-    # a row that keeps its recent blocks at FP16 (older ones demoted: progressive, kivi) fills
-    # at FP16, nothing to quantize (measured: 0.14 ms of checks where 7 ms had been charged)
-    assert work(2 * bt, fp16=2) == 0
-    # a precision a profile lacks (one of calibration VERSION 16 or before, whose budget cut
-    # the INT2 points) is priced all the same, at the mean of those it has
-    untimed = profile.model_copy(update={"quantize_s_per_value": {
-        k: v for k, v in profile.quantize_s_per_value.items() if k != "int2"}})
-    model = CalibratedModel(untimed, resolve_model(str(tiny / "model")))
-    assert work(2 * bt, at=Precision.INT2) == pytest.approx(work(2 * bt), rel=0.5)
-
-
-def test_a_re_quantizing_is_priced_at_the_precision_it_goes_to(tiny, tiny_profile):
-    """The plan says which precision re-quantized values went to; each costs that precision's
-    price (measured: 14 FP16 blocks demoted to INT8 took 46 ms, priced 65 ms at the mean of
-    INT8, INT4 and INT2); values a plan does not place cost the mean."""
-    from policies import Placement, Precision
-    from sim.config.model_spec import resolve_model
-    from sim.costs.calibrated import CalibratedModel, load_calibration
-    from sim.engine.executor import StepPlan
-
-    profile = load_calibration(tiny_profile).model_copy(update={
-        "quantize_s_per_value": {"int8": 1e-9, "int4": 4e-9, "int2": 10e-9},
-        "pass_quantize_s_per_value": {}, "retier_s_per_block": 0.0})
-    model = CalibratedModel(profile, resolve_model(str(tiny / "model")))
-    n = 1_000_000
-
-    def cost(into) -> float:
-        plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1, num_rows=1,
-                        attended_pairs=64.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                        placement=Placement("cpu", "cpu", "cpu"), kv_requant_values=n,
-                        kv_requant_into=into, row_tokens=np.array([64]),
-                        row_block_counts=np.zeros((1, len(Precision)), dtype=np.int64))
-        return model.retier_work_s(plan)
-
-    assert cost((n, 0, 0)) == pytest.approx(1e-3)
-    assert cost((0, 0, n)) == pytest.approx(10e-3)
-    assert cost((0, 0, 0)) == pytest.approx(5e-3)  # not placed: the mean
-
-
-def test_a_checks_first_block_is_priced_as_a_fill_the_next_ones_as_a_pass(tiny, tiny_profile):
-    """One tier check quantizing n blocks to a precision pays a fill's price for the first and
-    the pass price for each next one (measured 2026-12-05: 14 blocks to INT8 in one pass took
-    16.1 ms where 29.2 ms had been charged at a fill's price each; kivi's passes of 2-6
-    blocks 25-32 % over); a prompt's blocks, quantized after its prefill, the same; a profile
-    without pass prices charges every block a fill's."""
-    from policies import Placement, Precision
-    from sim.config.model_spec import resolve_model
-    from sim.costs.calibrated import CalibratedModel, load_calibration
-    from sim.engine.executor import StepPlan
-
-    spec = resolve_model(str(tiny / "model"))
-    profile = load_calibration(tiny_profile).model_copy(update={
-        "quantize_s_per_value": {"int8": 4e-9, "int4": 4e-9, "int2": 4e-9},
-        "pass_quantize_s_per_value": {"int8": 1e-9, "int4": 2e-9, "int2": 3e-9},
-        "retier_s_per_block": 0.0, "copy_bytes_per_s": 1e30, "shift_bytes_per_s": None})
-    bt = profile.block_tokens
-    block = spec.kv_values_per_token * bt
-    tiers = (Precision.INT8, Precision.INT4, Precision.INT2)
-
-    def moves(blocks: dict, prof=profile) -> float:
-        into = tuple(blocks.get(p, 0) * block for p in tiers)
-        plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1, num_rows=1,
-                        attended_pairs=64.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                        placement=Placement("cpu", "cpu", "cpu"), kv_requant_values=sum(into),
-                        kv_requant_into=into, row_tokens=np.array([64]),
-                        row_block_counts=np.zeros((1, len(Precision)), dtype=np.int64))
-        return CalibratedModel(prof, spec).retier_work_s(plan)
-
-    assert moves({Precision.INT8: 1}) == pytest.approx(4e-9 * block)
-    assert moves({Precision.INT8: 14}) == pytest.approx((4e-9 + 13 * 1e-9) * block)
-    # each precision's first block is a fill's
-    assert moves({Precision.INT8: 3, Precision.INT2: 2}) == pytest.approx(
-        (4e-9 + 2 * 1e-9 + 4e-9 + 3e-9) * block)
-    before = profile.model_copy(update={"pass_quantize_s_per_value": {}})
-    assert moves({Precision.INT4: 6}, before) == pytest.approx(6 * 4e-9 * block)
-
-    def prompt(blocks: int) -> float:
-        tokens = blocks * bt
-        counts = np.zeros((1, len(Precision)), dtype=np.int64)
-        counts[0, Precision.INT4] = blocks
-        plan = StepPlan(phase="prefill", request_ids=(0,), num_tokens=tokens, num_rows=tokens,
-                        attended_pairs=float(tokens), kv_read_bytes=0.0, kv_dequant_values=0.0,
-                        placement=Placement("cpu", "cpu", "cpu"), row_tokens=np.array([tokens]),
-                        row_block_counts=counts)
-        return CalibratedModel(profile, spec).retier_work_s(plan)
-
-    assert prompt(8) == pytest.approx((4e-9 + 7 * 2e-9) * block)
-
-
-def test_an_eviction_pass_is_priced_besides_its_bytes(tiny, tiny_profile):
-    """An eviction (or offload) pass and a block restored to FP16 cost ``shift_s_per_pass``
-    besides the bytes the arena shifts (measured 2026-12-05: h2o's evictions of 1.5-2.4 MB
-    took 0.33-0.43 ms where 0.18-0.22 ms was charged by the byte alone)."""
-    from policies import Placement, Precision
-    from sim.config.model_spec import resolve_model
-    from sim.costs.calibrated import CalibratedModel, load_calibration
-    from sim.engine.executor import StepPlan
-
-    spec = resolve_model(str(tiny / "model"))
-    profile = load_calibration(tiny_profile).model_copy(update={
-        "shift_bytes_per_s": 1e9, "shift_s_per_pass": 1e-4})
-
-    def cost(shift_bytes: int, passes: int, prof=profile) -> float:
-        plan = StepPlan(phase="decode", request_ids=(0,), num_tokens=1, num_rows=1,
-                        attended_pairs=64.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                        placement=Placement("cpu", "cpu", "cpu"), kv_shift_bytes=shift_bytes,
-                        kv_shift_passes=passes, row_tokens=np.array([64]),
-                        row_block_counts=np.zeros((1, len(Precision)), dtype=np.int64))
-        return CalibratedModel(prof, spec).retier_work_s(plan)
-
-    assert cost(2_000_000, 1) == pytest.approx(2e-3 + 1e-4)
-    assert cost(2_000_000, 3) == pytest.approx(2e-3 + 3e-4)
-    before = profile.model_copy(update={"shift_s_per_pass": 0.0})  # a profile from before
-    assert cost(2_000_000, 3, before) == pytest.approx(2e-3)
