@@ -184,6 +184,9 @@ class DynamicSpeculation:
        the on/off choice below looks at all k):
        the estimate after a few lucky steps is optimistic, and a long draft costs the most when it
        is wrong, so k grows 1, 2, 4, 8 while acceptance stays good; shrinking is immediate.
+       The flat guess for X beyond the longest length measured has a price where the pass does
+       grow with its rows: on one thread an int8 copy of SmolLM2, its first guess accepted,
+       drafts two tokens once (X(2) measured 57 ms where the guess said 19), then stops.
     4. Off switch: if even that k's predicted speedup over plain decoding is below ``min_gain``,
        k = 0.  Once acceptance drops so far, the engine's acceptance statistics stop moving
        (nothing is drafted), so while off the policy probes with k = 1 every ``probe interval``
@@ -213,9 +216,10 @@ class DynamicSpeculation:
        explores longer than a dear one, about one plain step's worth in all.  In a closed loop
        against SmolLM2's measured pass costs (96 steps, 30 seeds; ``tests/sim/engine/
        test_spec_signals.py``), this and the measured X(k) took the controller from 0.57 to
-       0.89 of the best fixed k's rate at acceptance 0.77, and from 0.72 to 0.92 at 0.9; a
-       useless free draft source from 0.992 to 0.985 of plain decoding, a dear one (11 ms a
-       draft token) stays at 0.986 (one draft, then probes).  ``explore=False`` turns it off.
+       0.89 of the best fixed k's rate at acceptance 0.77, and from 0.72 to 0.92 at 0.9 (the
+       "before" being a line for X and ``explore=False``); a useless free draft source from
+       0.992 to 0.985 of plain decoding, a dear one (11 ms a draft token) stays at 0.986 (one
+       draft, then probes).  ``explore=False`` turns it off.
     """
 
     kind: Literal["dynamic"] = "dynamic"
