@@ -51,11 +51,15 @@ FEATURES = ("forward", "layer", "gemm_layer", "row_layer", "token_layer", "weigh
             "small_gemm_row_layer", "fused_attention_flops", "fused_fp_bytes",
             "fused_int8_values", "fused_int4_values", "fused_int2_values",
             "observed_prompt_scores", "gemm_rows_2", "gemm_rows_3", "gemm_rows_4", "gemm_rows_5",
-            "gemm_rows_6", "gemm_rows_8", "gemm_rows_12", "gemm_rows_16")
+            "gemm_rows_6", "gemm_rows_8", "gemm_rows_12", "gemm_rows_16",
+            "observed_prompt_long_scores")
 # query rows per KV head (G * T) up to which the torch executor's fused kernel attends
 # (adapters.kv.fused): a decode or verify pass, or a prompt of at most 64 / G tokens
 FUSED_MAX_ROWS = 64
 SMALL_GEMM_ROWS = 16  # query rows up to which each row of a matrix-matrix product costs extra
+# prompt tokens between which an observed prompt's scores grow dearer (``long_prompt_weight``):
+# the longest prompt whose per-score cost matched shorter ones', and the longest timed
+LONG_PROMPT_TOKENS = (512, 2048)
 Feature = Literal[FEATURES]  # type: ignore[valid-type]
 MAX_THREADS = 1024
 MAX_BLOCK_TOKENS = 2**16  # also the largest quantization group
@@ -246,7 +250,18 @@ def forward_features(spec: ModelSpec, num_layers: int, new_tokens: int,
         # the caches as the prompt grows (958 tokens: 26 % over the decode steps' rate)
         observed_scores if observed and S.max() <= T else 0.0,
         *(gemm_row_weights(B * T) * L if B * T > 1 and S.max() > T else NO_KNOTS),
+        # and what each of those scores costs beyond a short prompt's, growing on a ramp from
+        # LONG_PROMPT_TOKENS[0] to [1] (>= 0: the score matrices leave the caches; one rate fitted
+        # 512 tokens 11-16 % long and 2,048 tokens 8-9 % short on both backends, 2026-12-05,
+        # and ONNX Runtime's prompts of 825-958 tokens 20 % long)
+        observed_scores * long_prompt_weight(T) if observed and S.max() <= T else 0.0,
     ])
+
+
+def long_prompt_weight(tokens: int) -> float:
+    """0 up to ``LONG_PROMPT_TOKENS[0]``, 1 from ``[1]``, linear in between."""
+    lo, hi = LONG_PROMPT_TOKENS
+    return min(max((tokens - lo) / (hi - lo), 0.0), 1.0)
 
 
 
