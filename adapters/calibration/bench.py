@@ -285,9 +285,8 @@ def grid(spec: ModelSpec) -> list[tuple]:
                 # verify passes: a pass of 2-10 rows costs about the same at every size here,
                 # far above a decode step's (measured: 58-80 ms at 2-8 rows, 42 ms at 1), so
                 # FP16 times every draft length up to 4, at three contexts: each row count's
-                # knot (``GEMM_ROW_KNOTS``) rests on a few points, and with two a noisy one
-                # priced a pass of 6 rows below one of 4 (2026-12-05: 70.7 against 83.9 ms,
-                # which a dynamic speculation policy then chose by)
+                # knot (``GEMM_ROW_KNOTS``) rests on a few points (with two contexts, one shape's
+                # error moved from -14.8 to +6.9 % between two calibrations, 2026-12-05)
                 points += [("step", rows, prec, B, T, None) for T in (
                     (2, 3, 4, 5) if prec == P.FP16 else (3, 5)) for B in (1, 2)]
             if ctx in (160, 800) and prec == P.FP16:
@@ -317,8 +316,8 @@ def grid(spec: ModelSpec) -> list[tuple]:
     unique = list({repr(p): p for p in points}.values())  # clipped contexts may repeat points
     # the verify passes timed again, last: a pass's time drifts with the machine over seconds
     # to minutes, which five back-to-back runs do not average, and each row count's knot rests
-    # on a few points (2026-12-05: one calibration priced 6 rows 15 % below 4, the next 8 rows
-    # 19 % above the first's; measured runs read 77-90 ms flat over 4-10 rows)
+    # on a few points (2026-12-05: the runs' passes of 4-10 rows read 70-101 ms, while one
+    # shape's predicted price moved by 15-19 % from one calibration to the next)
     return unique + [p for p in unique if p[0] == "step" and p[4] > 1 and p[5] is None]
 
 
