@@ -264,7 +264,6 @@ def long_prompt_weight(tokens: int) -> float:
     return min(max((tokens - lo) / (hi - lo), 0.0), 1.0)
 
 
-
 def split_rows(block_counts: np.ndarray, tokens: np.ndarray, block_tokens: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Per row: resident tokens and quantized tokens [rows, 3] from the store's blocks by
