@@ -36,7 +36,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 24  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 25  # of the grid, timing method and features: a new one makes cached profiles stale
 
 
 def kernel_active(device: torch.device) -> bool:
@@ -193,8 +193,8 @@ class StepBench:
         """Measure the attention each block draws in the following steps, as the executor does
         for tiering policies that observe blocks."""
         self.ex.attention = MeasuredAttention() if on else None
-        if self.sessions is not None:
-            self.ex.session = self.sessions[on]
+        if self.sessions is not None:  # ort: the graph with the attention output, also for
+            self.ex.session = self.ex.sessions[self.ex.info.name] = self.sessions[on]  # execute
 
     def prefill(self, tokens: int, observe: bool = False) -> None:
         rid, self.next_rid = self.next_rid, self.next_rid + 1

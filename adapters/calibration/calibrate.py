@@ -51,6 +51,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
 
     from adapters.calibration import bench
     from adapters.calibration.step_tail import (
+        growth_in_prefills,
         pass_prices_in_steps,
         quantize_in_steps,
         shift_in_steps,
@@ -86,6 +87,8 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         (retier_check, retier_row, retier_multi), (warm_check, warm_row, warm_multi) = \
             tail["retier"], tail["retier_warm"]
         ngram_call, ngram_next_call, ngram = tail["ngram"]
+        obs_check, obs_row, obs_multi = tail["retier_observed"]
+        growth = growth_in_prefills(sb)
         # the check right after a forward, over one row: what a filled block's step pays besides
         quant = {k: float(np.median(v)) for k, v in quantize_in_steps(
             sb, retier_check + retier_row).items()}
@@ -112,7 +115,11 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         draft_ngram_s_per_next_call=ngram_next_call,
         retier_s_per_check=retier_check, retier_s_per_row=retier_row,
         retier_s_multi_row=retier_multi, retier_warm_s_per_check=warm_check,
-        retier_warm_s_per_row=warm_row, retier_warm_s_multi_row=warm_multi, reference_s=reference,
+        retier_warm_s_per_row=warm_row, retier_warm_s_multi_row=warm_multi,
+        retier_observed_s_per_check=obs_check, retier_observed_s_per_row=obs_row,
+        retier_observed_s_multi_row=obs_multi, retier_growth_s=growth[False][0],
+        retier_growth_s_per_next_row=growth[False][1], retier_observed_growth_s=growth[True][0],
+        retier_observed_growth_s_per_next_row=growth[True][1], reference_s=reference,
         fit=stats,
         seconds=time.perf_counter() - t_start)
 

@@ -28,8 +28,10 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     over 1 and 2 rows: of ~200 or ~2,000 tokens in which nothing recurs (every token
     examined: the cost per token), and rows whose last three tokens recur just before them
     (a match at once: the cost per lookup).  Contexts stay within the model's limit.
-    -> ``{"retier": (per check, per row, multi-row step), "retier_warm": (...), "ngram":
-    (first call, each next call, per token examined)}``."""
+    The check after the forward is timed again with the forward measuring attention (an
+    observing policy's steps), which runs Python between the two.
+    -> ``{"retier": (per check, per row, multi-row step), "retier_warm": (...),
+    "retier_observed": (...), "ngram": (first call, each next call, per token examined)}``."""
     cap = sb.spec.max_context_tokens - 64  # room for the tokens the steps add
     typical = max(min(8 * sb.bt, cap), 2 * sb.bt)  # a typical context, in full blocks
     checks = [sb.fill(typical // sb.bt * sb.bt, Precision.FP16) for _ in range(4)]
@@ -52,6 +54,7 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
 
     cold: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     warm: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    observed: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     lookups: dict[tuple[int, int], list[tuple[float, int]]] = {
         (n, b): [] for n in drafting for b in (1, 2)}
     try:
@@ -60,6 +63,10 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
                 ret = _retier_segments(_decode_step(sb, checks[:n]))
                 warm[n].append(ret[0])
                 cold[n].append(ret[-1])
+            sb.observing(True)  # the forward measures attention, as for an observing policy
+            for n in observed:
+                observed[n].append(_retier_segments(_decode_step(sb, checks[:n]))[-1])
+            sb.observing(False)
             length = (short, long, "hit")[rep % 3]
             for b in (1, 2):
                 for rid in drafting[length]:
@@ -80,7 +87,47 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     first = max(hit_s - per_token * hit_n, 0.0)
     nxt = max(hit2_s - hit_s - per_token * (hit2_n - hit_n), 0.0)
     return {"retier": _per_check_and_row(cold), "retier_warm": _per_check_and_row(warm),
-            "ngram": (first, nxt, per_token)}
+            "retier_observed": _per_check_and_row(observed), "ngram": (first, nxt, per_token)}
+
+
+def growth_in_prefills(sb: StepBench, repeats: int = 7) -> dict[bool, tuple[float, float]]:
+    """What the tier check after a forward pays when a row's full blocks grew (the executor's
+    record of the row's blocks grows with them), without and with attention measured: prefill
+    steps through ``execute`` of 1 and 2 prompts of half a block (no full block) and of a block
+    and a half (one), ``repeats`` times, interleaved.  Measured 2026-12-05 (torch, 64-token
+    blocks): 63-token prompts' check 64 µs, 64-token ones' 84 µs, 128-512 tokens' 85-108: by
+    the row, not by the block.  -> ``{observed: (the first grown row, each next one)}``."""
+    if sb.bt < 2:  # every prompt fills a block: nothing to tell apart
+        return {False: (0.0, 0.0), True: (0.0, 0.0)}
+    cap = sb.spec.max_context_tokens - 64
+    lengths = (sb.bt // 2, min(sb.bt + sb.bt // 2, cap))
+    times: dict[tuple[bool, int, int], list[float]] = {}
+    saved = sb.ex.store
+    sb.ex.store = _store(sb.bt, lambda rid: bytes(sb.kv.num_tokens(rid) // sb.bt + 1))
+    try:
+        for _ in range(repeats):
+            for obs in (False, True):
+                sb.observing(obs)
+                for tokens in lengths:
+                    for b in (1, 2):
+                        rids = list(range(sb.next_rid, sb.next_rid + b))
+                        sb.next_rid += b
+                        sb.ex.prompts = {rid: sb._ids(tokens) for rid in rids}
+                        after = _retier_segments(_prefill_step(sb, rids))[-1]
+                        times.setdefault((obs, tokens, b), []).append(after)
+                        for rid in rids:
+                            sb.ex._actual.pop(rid, None)
+                        sb.release(rids)
+                sb.observing(False)
+    finally:
+        sb.ex.store = saved
+    short, long = lengths
+    out = {}
+    for obs in (False, True):
+        med = {(t, b): statistics.median(times[obs, t, b]) for t in lengths for b in (1, 2)}
+        first = max(med[long, 1] - med[short, 1], 0.0)
+        out[obs] = first, max(med[long, 2] - med[short, 2] - first, 0.0)
+    return out
 
 
 def _per_check_and_row(times: dict[int, list[float]]) -> tuple[float, float, float]:
@@ -234,6 +281,18 @@ def _decode_step(sb: StepBench, rows: list[int], k: int = 0) -> StepResult:
     plan = StepPlan(phase="decode", request_ids=tuple(rows), num_tokens=len(rows) * (k + 1),
                     num_rows=len(rows) * (k + 1), attended_pairs=0.0, kv_read_bytes=0.0,
                     kv_dequant_values=0.0, placement=Placement(name, name, name), draft_len=k)
+    env = simpy.Environment()
+    proc = env.process(sb.ex.execute(env, plan))
+    env.run()
+    return proc.value
+
+
+def _prefill_step(sb: StepBench, rows: list[int]) -> StepResult:
+    """One prefill step of ``rows`` (their prompts in ``sb.ex.prompts``) through ``execute``."""
+    name = sb.ex.info.name
+    plan = StepPlan(phase="prefill", request_ids=tuple(rows), num_tokens=0, num_rows=len(rows),
+                    attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
+                    placement=Placement(name, name, name))
     env = simpy.Environment()
     proc = env.process(sb.ex.execute(env, plan))
     env.run()

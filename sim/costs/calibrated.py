@@ -146,6 +146,21 @@ class CalibrationProfile(Frozen):
     retier_warm_s_per_check: float = _seconds(0.0)
     retier_warm_s_per_row: float = _seconds(0.0)
     retier_warm_s_multi_row: float = _seconds(0.0)
+    # the check after a forward that measured attention (a tiering policy that observes
+    # blocks): per check, per row, multi-row step (None, in a profile from before: as above).
+    # Measured 2026-12-05: ONNX Runtime's 38 µs a row where 57 without (recording the attention
+    # runs Python between the session and the check), torch's alike
+    retier_observed_s_per_check: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    retier_observed_s_per_row: float = _seconds(0.0)
+    retier_observed_s_multi_row: float = _seconds(0.0)
+    # what the check after a forward pays besides when a row's full blocks grew (a prompt of a
+    # block or more; a decode step that fills a block): the first such row, each next one;
+    # without and with attention measured (0, in a profile from before).  Measured
+    # 2026-12-05: a 63-token prompt's check 64 µs, a 64-token one's 84 µs (64-token blocks)
+    retier_growth_s: float = _seconds(0.0)
+    retier_growth_s_per_next_row: float = _seconds(0.0)
+    retier_observed_growth_s: float = _seconds(0.0)
+    retier_observed_growth_s_per_next_row: float = _seconds(0.0)
     # the speed check's reference steps as the calibration measured them (seconds, in the order
     # ``validate``'s speed check re-times them); empty in profiles from before version 6 and
     # hand-written ones, where the check compares with the fitted model instead
@@ -348,7 +363,8 @@ class CalibratedModel(RetierCosts):
                                for p in tokens if p > 1)
             out.append(Segment(self.device, "prefill", 0.0, 0.0, seconds))
             fill = self._fill_segment(plan, tokens, np.zeros_like(tokens), tokens)
-            fill.fixed_s += checks * self._tier_check_s(len(tokens))  # the tier check after
+            fill.fixed_s += checks * self._after_check_s(  # the tier check after
+                len(tokens), int(np.count_nonzero(tokens >= self.bt)))
             out.append(fill)
             return out
         resident, quantized = split_rows(plan.row_block_counts, tokens, self.bt)
@@ -363,10 +379,12 @@ class CalibratedModel(RetierCosts):
         # this one, which feeds it) and the drafts it accepts; a block fills, and is quantized,
         # in the step that stores its last token, one step after the one that emitted it
         stored = tokens - 1
-        fill = self._fill_segment(plan, tokens, stored,
-                                  stored + (T if not k else round(plan.tokens_per_seq)))
+        after = stored + (T if not k else round(plan.tokens_per_seq))
+        fill = self._fill_segment(plan, tokens, stored, after)
         # the tier checks after the forward and (warm) before it
-        fill.fixed_s += checks * (self._tier_check_s(B) + self._tier_check_s(B, warm=True))
+        grown = int(np.count_nonzero(after // self.bt > stored // self.bt))
+        fill.fixed_s += checks * (self._after_check_s(B, grown)
+                                  + self._tier_check_s(B, warm=True))
         if fill.fixed_s:
             out.append(fill)
         if (plan.kv_copy_bytes or plan.kv_requant_values or plan.kv_recompute_tokens

@@ -170,3 +170,80 @@ def test_an_eviction_pass_is_priced_besides_its_bytes(tiny, tiny_profile):
     assert cost(2_000_000, 3) == pytest.approx(2e-3 + 3e-4)
     before = profile.model_copy(update={"shift_s_per_pass": 0.0})  # a profile from before
     assert cost(2_000_000, 3, before) == pytest.approx(2e-3)
+
+
+def _check_s(model, phase: str, tokens: list[int]) -> float:
+    """What ``model`` charges a step of rows of ``tokens`` (all FP16) for its tier checks."""
+    from policies import Placement, Precision
+    from sim.engine.executor import StepPlan
+
+    rows = np.array(tokens)
+    counts = np.zeros((len(rows), len(Precision)), dtype=np.int64)
+    counts[:, Precision.FP16] = -(-rows // model.bt)
+    plan = StepPlan(phase=phase, request_ids=tuple(range(len(rows))),
+                    num_tokens=len(rows) if phase == "decode" else int(rows.sum()),
+                    num_rows=len(rows), attended_pairs=float(rows.sum()), kv_read_bytes=0.0,
+                    kv_dequant_values=0.0, placement=Placement("cpu", "cpu", "cpu"),
+                    row_tokens=rows, row_block_counts=counts)
+    return sum(s.fixed_s for s in model.segments(plan) if s.op == "retier")
+
+
+def test_a_check_pays_for_the_rows_whose_full_blocks_grew(tiny, tiny_profile):
+    """The check after a forward pays ``retier_growth_s`` when a row's full blocks grew (the
+    executor's record of them grows): a prompt of a block or more, a decode step that stores a
+    block's last token; ``retier_growth_s_per_next_row`` for each other such row (measured
+    2026-12-05: a 63-token prompt's check 64 µs, a 64-token one's 84 µs: prefill checks were
+    predicted 20-50 % short)."""
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel, load_calibration
+
+    spec = resolve_model(str(tiny / "model"))
+    profile = load_calibration(tiny_profile).model_copy(update={
+        "retier_growth_s": 20e-6, "retier_growth_s_per_next_row": 5e-6})
+    model = CalibratedModel(profile, spec)
+    bt = profile.block_tokens
+    short = _check_s(model, "prefill", [bt - 1])
+    assert _check_s(model, "prefill", [bt]) == pytest.approx(short + 20e-6)
+    assert _check_s(model, "prefill", [3 * bt + 2]) == pytest.approx(short + 20e-6)
+    two = _check_s(model, "prefill", [bt - 1, bt - 2])
+    assert _check_s(model, "prefill", [bt, 2 * bt]) == pytest.approx(two + 25e-6)
+    assert _check_s(model, "prefill", [bt, bt - 1]) == pytest.approx(two + 20e-6)
+    # decode: the step that stores a block's last token (a row of n x bt tokens at its start)
+    plain = _check_s(model, "decode", [2 * bt + 1])
+    assert _check_s(model, "decode", [2 * bt]) == pytest.approx(plain + 20e-6)
+    assert _check_s(model, "decode", [2 * bt - 1]) == pytest.approx(plain)
+    before = CalibratedModel(profile.model_copy(update={  # a profile from before: as it was
+        "retier_growth_s": 0.0, "retier_growth_s_per_next_row": 0.0}), spec)
+    assert _check_s(before, "prefill", [bt]) == pytest.approx(short)
+
+
+def test_an_observing_policys_checks_have_their_own_prices(tiny, tiny_profile):
+    """The check after a forward that measured attention is priced from the calibration's
+    observed steps (ONNX Runtime's measured 38 µs a row where 57 without: validation-long's
+    streaming and progressive checks were predicted 40-45 % high); the warm check before the
+    forward keeps its price, and a profile without observed prices prices both alike."""
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel, load_calibration
+
+    spec = resolve_model(str(tiny / "model"))
+    base = load_calibration(tiny_profile).model_copy(update={
+        "retier_s_per_check": 50e-6, "retier_s_per_row": 4e-6, "retier_s_multi_row": 3e-6,
+        "retier_warm_s_per_check": 7e-6, "retier_warm_s_per_row": 2e-6,
+        "retier_warm_s_multi_row": 1e-6, "retier_growth_s": 0.0,
+        "retier_growth_s_per_next_row": 0.0, "retier_observed_growth_s": 0.0,
+        "retier_observed_growth_s_per_next_row": 0.0, "retier_observed_s_per_check": None})
+    observed = base.model_copy(update={"retier_observed_s_per_check": 30e-6,
+                                       "retier_observed_s_per_row": 4e-6,
+                                       "retier_observed_s_multi_row": 3e-6})
+    bt = base.block_tokens
+    rows = [2 * bt + 1, 2 * bt + 5]
+    for prof in (base, observed):
+        plain = CalibratedModel(prof, spec)
+        assert _check_s(plain, "decode", rows) == pytest.approx(
+            (50 + 8 + 3) * 1e-6 + (7 + 4 + 1) * 1e-6)
+    watching = CalibratedModel(observed, spec, observing=True)
+    assert _check_s(watching, "decode", rows) == pytest.approx(
+        (30 + 8 + 3) * 1e-6 + (7 + 4 + 1) * 1e-6)
+    assert _check_s(watching, "prefill", [bt - 1]) == pytest.approx(34e-6)
+    assert _check_s(CalibratedModel(base, spec, observing=True), "decode", rows) == \
+        pytest.approx(_check_s(CalibratedModel(base, spec), "decode", rows))
