@@ -88,6 +88,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
             tail["retier"], tail["retier_warm"]
         ngram_call, ngram_next_call, ngram = tail["ngram"]
         obs_check, obs_row, obs_multi = tail["retier_observed"]
+        verify_check, verify_row = tail["retier_verify"]
         growth = growth_in_prefills(sb)
         # the check right after a forward, over one row: what a filled block's step pays besides
         quant = {k: float(np.median(v)) for k, v in quantize_in_steps(
@@ -117,7 +118,8 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         retier_s_multi_row=retier_multi, retier_warm_s_per_check=warm_check,
         retier_warm_s_per_row=warm_row, retier_warm_s_multi_row=warm_multi,
         retier_observed_s_per_check=obs_check, retier_observed_s_per_row=obs_row,
-        retier_observed_s_multi_row=obs_multi, retier_growth_s=growth[False][0],
+        retier_observed_s_multi_row=obs_multi, retier_verify_s_per_check=verify_check,
+        retier_verify_s_per_next_row=verify_row, retier_growth_s=growth[False][0],
         retier_growth_s_per_next_row=growth[False][1], retier_observed_growth_s=growth[True][0],
         retier_observed_growth_s_per_next_row=growth[True][1], reference_s=reference,
         fit=stats,

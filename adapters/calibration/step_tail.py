@@ -29,9 +29,12 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     examined: the cost per token), and rows whose last three tokens recur just before them
     (a match at once: the cost per lookup).  Contexts stay within the model's limit.
     The check after the forward is timed again with the forward measuring attention (an
-    observing policy's steps), which runs Python between the two.
+    observing policy's steps), which runs Python between the two, and read from the speculative
+    steps (after a verify pass and its acceptance loop: measured 2026-12-05, 83-88 µs over two
+    rows where a decode step's check took 92-94).
     -> ``{"retier": (per check, per row, multi-row step), "retier_warm": (...),
-    "retier_observed": (...), "ngram": (first call, each next call, per token examined)}``."""
+    "retier_observed": (...), "retier_verify": (one row, each next row), "ngram": (first call,
+    each next call, per token examined)}``."""
     cap = sb.spec.max_context_tokens - 64  # room for the tokens the steps add
     typical = max(min(8 * sb.bt, cap), 2 * sb.bt)  # a typical context, in full blocks
     checks = [sb.fill(typical // sb.bt * sb.bt, Precision.FP16) for _ in range(4)]
@@ -57,6 +60,7 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     observed: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     lookups: dict[tuple[int, int], list[tuple[float, int]]] = {
         (n, b): [] for n in drafting for b in (1, 2)}
+    after_verify: dict[int, list[float]] = {1: [], 2: []}
     try:
         for rep in range(repeats):
             for n in cold:
@@ -74,6 +78,7 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
                 result = _decode_step(sb, drafting[length][:b], 4)
                 seconds = sum(s for _, kind, s in result.segments if kind == "draft")
                 lookups[length, b].append((seconds, result.draft_scan_tokens))
+                after_verify[b].append(_retier_segments(result)[-1])
     finally:
         sb.ex.store, sb.ex.drafter = saved
         for rid in rids:
@@ -86,8 +91,10 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     (hit_s, hit_n), (hit2_s, hit2_n) = med["hit", 1], med["hit", 2]
     first = max(hit_s - per_token * hit_n, 0.0)
     nxt = max(hit2_s - hit_s - per_token * (hit2_n - hit_n), 0.0)
+    one, two = (statistics.median(after_verify[b]) for b in (1, 2))
     return {"retier": _per_check_and_row(cold), "retier_warm": _per_check_and_row(warm),
-            "retier_observed": _per_check_and_row(observed), "ngram": (first, nxt, per_token)}
+            "retier_observed": _per_check_and_row(observed),
+            "retier_verify": (one, max(two - one, 0.0)), "ngram": (first, nxt, per_token)}
 
 
 def growth_in_prefills(sb: StepBench, repeats: int = 7) -> dict[bool, tuple[float, float]]:

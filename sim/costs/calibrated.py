@@ -153,6 +153,11 @@ class CalibrationProfile(Frozen):
     retier_observed_s_per_check: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     retier_observed_s_per_row: float = _seconds(0.0)
     retier_observed_s_multi_row: float = _seconds(0.0)
+    # the check after a verify pass (a speculative step): over one row, each next row (None,
+    # in a profile from before: as a decode step's).  Measured 2026-12-05: 83-88 µs over two
+    # rows where a decode step's took 92-94 (torch)
+    retier_verify_s_per_check: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    retier_verify_s_per_next_row: float = _seconds(0.0)
     # what the check after a forward pays besides when a row's full blocks grew (a prompt of a
     # block or more; a decode step that fills a block): the first such row, each next one;
     # without and with attention measured (0, in a profile from before).  Measured
@@ -383,7 +388,7 @@ class CalibratedModel(RetierCosts):
         fill = self._fill_segment(plan, tokens, stored, after)
         # the tier checks after the forward and (warm) before it
         grown = int(np.count_nonzero(after // self.bt > stored // self.bt))
-        fill.fixed_s += checks * (self._after_check_s(B, grown)
+        fill.fixed_s += checks * (self._after_check_s(B, grown, verify=k > 0)
                                   + self._tier_check_s(B, warm=True))
         if fill.fixed_s:
             out.append(fill)

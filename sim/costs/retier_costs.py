@@ -37,19 +37,21 @@ def pass_prices(timed_s_per_value: dict[str, float], fill: np.ndarray) -> np.nda
 class RetierCosts:
     """The re-tiering prices of ``CalibratedModel`` (see the module's docstring)."""
 
-    def _after_check_s(self, rows: int, grown: int) -> float:
+    def _after_check_s(self, rows: int, grown: int, verify: bool = False) -> float:
         """The tier check after a step's forward over ``rows`` rows, ``grown`` of which have
         more full blocks than at the check before (the executor's record of them grows): its
-        own prices when the forward measured attention (``observing``) and the profile has
-        them."""
+        own prices after a verify pass (``verify``) and when the forward measured attention
+        (``observing``), where the profile has them."""
         p = self.p
-        if self.observing and p.retier_observed_s_per_check is not None:
+        first, nxt = p.retier_growth_s, p.retier_growth_s_per_next_row
+        if verify and p.retier_verify_s_per_check is not None:
+            check = p.retier_verify_s_per_check + (rows - 1) * p.retier_verify_s_per_next_row
+        elif self.observing and p.retier_observed_s_per_check is not None:
             check = (p.retier_observed_s_per_check + rows * p.retier_observed_s_per_row
                      + (rows > 1) * p.retier_observed_s_multi_row)
             first, nxt = p.retier_observed_growth_s, p.retier_observed_growth_s_per_next_row
         else:
             check = self._tier_check_s(rows)
-            first, nxt = p.retier_growth_s, p.retier_growth_s_per_next_row
         return check + (grown > 0) * first + max(grown - 1, 0) * nxt
 
     def _tier_check_s(self, rows: int, warm: bool = False) -> float:

@@ -247,3 +247,40 @@ def test_an_observing_policys_checks_have_their_own_prices(tiny, tiny_profile):
     assert _check_s(watching, "prefill", [bt - 1]) == pytest.approx(34e-6)
     assert _check_s(CalibratedModel(base, spec, observing=True), "decode", rows) == \
         pytest.approx(_check_s(CalibratedModel(base, spec), "decode", rows))
+
+
+def test_the_check_after_a_verify_pass_has_its_own_price(tiny, tiny_profile):
+    """A speculative step's check after the forward follows the verify pass and its acceptance
+    loop, and is priced from the calibration's speculative steps (measured 2026-12-05 under
+    torch: 83-88 µs over two rows where a decode step's took 92-94, predicted 10-17 % high);
+    a profile without that price prices it as a decode step's."""
+    from policies import Placement, Precision
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel, load_calibration
+    from sim.engine.executor import StepPlan
+
+    spec = resolve_model(str(tiny / "model"))
+    before = load_calibration(tiny_profile).model_copy(update={
+        "retier_verify_s_per_check": None, "retier_growth_s": 0.0,
+        "retier_growth_s_per_next_row": 0.0})
+    after = before.model_copy(update={"retier_verify_s_per_check": 40e-6,
+                                      "retier_verify_s_per_next_row": 10e-6})
+    bt = before.block_tokens
+
+    def checks(profile, k: int) -> float:
+        rows = np.array([2 * bt + 3, 2 * bt + 7])
+        counts = np.zeros((2, len(Precision)), dtype=np.int64)
+        counts[:, Precision.FP16] = 3
+        plan = StepPlan(phase="decode", request_ids=(0, 1), num_tokens=2 * (k + 1),
+                        num_rows=2 * (k + 1), attended_pairs=float(rows.sum()),
+                        kv_read_bytes=0.0, kv_dequant_values=0.0,
+                        placement=Placement("cpu", "cpu", "cpu"), draft_len=k,
+                        tokens_per_seq=1.0, draft_scan_tokens=0.0, row_tokens=rows,
+                        row_block_counts=counts)
+        model = CalibratedModel(profile, spec, draft_source="ngram", speculating=True)
+        return sum(s.fixed_s for s in model.segments(plan) if s.op == "retier")
+
+    assert checks(after, 0) == pytest.approx(checks(before, 0))  # a plain step: as before
+    assert checks(before, 3) == pytest.approx(checks(before, 0))
+    assert checks(after, 3) == pytest.approx(checks(before, 0) - CalibratedModel(
+        before, spec)._tier_check_s(2) + 50e-6)
