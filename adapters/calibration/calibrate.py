@@ -319,7 +319,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "8 to 4096 (default 64)")
     p.add_argument("--budget-s", default=None,
                    help="seconds of timing, 0.1 to 86400, after which the grid's tail is left "
-                   "out (default: the whole grid, about 3.5 minutes with torch and 4 with ONNX "
+                   "out (default: the whole grid, about 3.7 minutes with torch and 4 with ONNX "
                    "Runtime on a 2-core CPU; loading the model and exporting it to ONNX do not "
                    "count)")
     # the CLI's main turns SIGTERM into exit 143 with one line for commands that ask for it
