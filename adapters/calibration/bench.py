@@ -29,7 +29,7 @@ from adapters.torch_backend.executor import TorchExecutor
 from policies import Precision
 from policies.buffer_sizing import AdaptiveBuffers
 from sim.config.model_spec import ModelSpec
-from sim.costs.calibrated import FEATURES, attention_padded, forward_features, fused_attention
+from sim.costs.features import FEATURES, attention_padded, forward_features, fused_attention
 from sim.engine.buffer_pool import BufferPool
 from sim.engine.executor import DeviceInfo
 from sim.quality.attention import MeasuredAttention

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from sim.config.paths import cache_folder
-from sim.costs.calibrated import FUSED_MAX_ROWS
+from sim.costs.features import FUSED_MAX_ROWS
 from sim.errors import UserError
 
 SOURCE = Path(__file__).with_name("kernels") / "attend.c"

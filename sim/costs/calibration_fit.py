@@ -1,6 +1,6 @@
 """Fitting the ``calibrated`` cost model: non-negative least squares on relative error.
 
-Each measured step contributes a row of features (``sim.costs.calibrated.FEATURES``) and its
+Each measured step contributes a row of features (``sim.costs.features.FEATURES``) and its
 measured seconds; the coefficients (seconds per unit of each feature) minimise the sum of squared
 *relative* errors, so a 20 ms decode step counts as much as a 2 s prefill, and none is negative
 (a negative cost per FLOP would be a fit artefact, not physics).

@@ -1,5 +1,5 @@
 """The query-row knots of the ``calibrated`` cost model's features (``gemm_rows_N`` in
-``sim.costs.calibrated.FEATURES``)."""
+``sim.costs.features.FEATURES``)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from sim.config.model_spec import resolve_model
-from sim.costs.calibrated import FEATURES, forward_features
 from sim.costs.calibration_fit import fit_relative, relative_errors
+from sim.costs.features import FEATURES, forward_features
 
 # extra milliseconds over a one-row pass, by query rows (the shape measured on SmolLM2-135M,
 # 2 threads: dearer at 3-4 rows than at 5-6)

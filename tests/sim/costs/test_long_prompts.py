@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from sim.config.model_spec import resolve_model
-from sim.costs.calibrated import FEATURES, forward_features
 from sim.costs.calibration_fit import fit_relative, relative_errors
+from sim.costs.features import FEATURES, forward_features
 
 SPEC = resolve_model("smollm2-135m")
 SCORES, LONG = FEATURES.index("observed_prompt_scores"), FEATURES.index(
