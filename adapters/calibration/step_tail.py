@@ -285,21 +285,22 @@ def _store(bt: int, blocks_raw) -> SimpleNamespace:
 def _decode_step(sb: StepBench, rows: list[int], k: int = 0) -> StepResult:
     """One decode step of ``rows`` (``k`` draft tokens each) through the executor's ``execute``."""
     name = sb.ex.info.name
-    plan = StepPlan(phase="decode", request_ids=tuple(rows), num_tokens=len(rows) * (k + 1),
-                    num_rows=len(rows) * (k + 1), attended_pairs=0.0, kv_read_bytes=0.0,
-                    kv_dequant_values=0.0, placement=Placement(name, name, name), draft_len=k)
-    env = simpy.Environment()
-    proc = env.process(sb.ex.execute(env, plan))
-    env.run()
-    return proc.value
+    return _execute(sb, StepPlan(phase="decode", request_ids=tuple(rows),
+                                 num_tokens=len(rows) * (k + 1), num_rows=len(rows) * (k + 1),
+                                 attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
+                                 placement=Placement(name, name, name), draft_len=k))
 
 
 def _prefill_step(sb: StepBench, rows: list[int]) -> StepResult:
     """One prefill step of ``rows`` (their prompts in ``sb.ex.prompts``) through ``execute``."""
     name = sb.ex.info.name
-    plan = StepPlan(phase="prefill", request_ids=tuple(rows), num_tokens=0, num_rows=len(rows),
-                    attended_pairs=0.0, kv_read_bytes=0.0, kv_dequant_values=0.0,
-                    placement=Placement(name, name, name))
+    return _execute(sb, StepPlan(phase="prefill", request_ids=tuple(rows), num_tokens=0,
+                                 num_rows=len(rows), attended_pairs=0.0, kv_read_bytes=0.0,
+                                 kv_dequant_values=0.0, placement=Placement(name, name, name)))
+
+
+def _execute(sb: StepBench, plan: StepPlan) -> StepResult:
+    """``plan`` run through the executor's ``execute``, as the engine runs a step."""
     env = simpy.Environment()
     proc = env.process(sb.ex.execute(env, plan))
     env.run()
