@@ -5,7 +5,6 @@ the executor's tier checks and n-gram lookups, read from whole decode steps run 
 from __future__ import annotations
 
 import statistics
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,10 +17,6 @@ from policies.scheduling import Placement
 from sim.engine.executor import StepPlan, StepResult
 
 QUANTIZED_TIMED = (Precision.INT8, Precision.INT4, Precision.INT2)
-# the engine's own Python between two steps of a run (its scheduler, policies, metrics and
-# SimPy's events): 271-370 µs, p10-p90, between the executor's steps in a ``validate
-# validation-spec --variant ngram-fixed`` run (torch, 2-core CPU, 2026-12-05)
-ENGINE_GAP_S = 300e-6
 
 
 def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, ...]]:
@@ -305,30 +300,11 @@ def _prefill_step(sb: StepBench, rows: list[int]) -> StepResult:
 
 
 def _execute(sb: StepBench, plan: StepPlan) -> StepResult:
-    """``plan`` run through the executor's ``execute``, as the engine runs a step: after the
-    engine's own work (``engine_gap``)."""
-    engine_gap()
+    """``plan`` run through the executor's ``execute``, as the engine runs a step."""
     env = simpy.Environment()
     proc = env.process(sb.ex.execute(env, plan))
     env.run()
     return proc.value
-
-
-def engine_gap(seconds: float = ENGINE_GAP_S) -> None:
-    """``seconds`` of interpreter work (dicts, lists, calls) standing in for what the engine runs
-    between two steps.  The first Python after a forward runs on caches the forward filled with
-    weights; in a run the engine's own work pays for that, and the step's tail (its n-gram
-    lookups) runs warm.  Measured 2026-12-05 (torch, a one-row lookup that matches at once):
-    8.1-8.8 µs right after the step before, 6.2-7.2 µs after 0.1 to 3 ms of Python, 6.4-8.0 µs in
-    a run's steps; the tier checks moved by under 1 µs."""
-    end = time.perf_counter() + seconds
-    book: dict[int, list[int]] = {}
-    i = 0
-    while time.perf_counter() < end:
-        book.setdefault(i % 16, []).append(i)
-        i += 1
-        if i % 64 == 0:
-            sorted(book.items(), key=lambda kv: len(kv[1]))
 
 
 def _retier_segments(result: StepResult) -> list[float]:
