@@ -5,8 +5,9 @@ a, b, c again: a slow minute of the machine hits every variant alike), and predi
 every compared metric the table then gives the measured median and spread (min to max over the
 repeats); the error is against the median, and a row is flagged ``noise`` when the prediction
 falls within the measured spread, ``model`` when outside it.  The per-request comparison, the
-engine state, the shadow, the schedule replay (``sim.run.replay``) and the ``--out`` files are
-those of the first repeat; conditioning (acceptance, machine speed) pools every repeat.
+engine state, the schedule replay (``sim.run.replay``) and the ``--out`` files but the steps are
+those of the first repeat; the shadow (``steps.{variant}.csv``) and conditioning (acceptance,
+machine speed) pool every repeat.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sim.run.backends import load_backend, load_calibrator
 from sim.run.metrics import metric_value
 from sim.run.replay import schedule_fixed
 from sim.run.runner import calibrated_model, run_scenario
-from sim.run.shadow import shadow_of, write_shadow_csvs
+from sim.run.shadow import pooled_rows, shadow_of, write_shadow_csvs
 from sim.run.validate import (
     COMPARED,
     acceptance_replay,
@@ -67,6 +68,7 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
     profiles, speeds = {}, {v: [] for v, _ in runs_cfg}
     measured: dict[str, list] = {v: [] for v, _ in runs_cfg}
     out, run_outputs, sinks = [], [], []
+    steps_rows: dict[str, list[dict]] = {}
 
     def finish(variant: str, scn) -> None:
         """Predict ``variant`` once its last repeat was measured; compare."""
@@ -89,8 +91,9 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
         errors = [f"{side}: {r.error}" for side, r in (("measured", first),
                                                         ("predicted", predicted))
                   if r.error]
-        shadow = shadow_of(first, None if profile is None else calibrated_model(
+        shadow = shadow_of(runs, None if profile is None else calibrated_model(
             replace(setups[variant], scenario=given_scn), profile))
+        steps_rows[variant] = pooled_rows(runs)
         entry = {"variant": variant, "cost_model": cost_model,
                  **compare(predicted, first), "conditioned_on": conditioned}
         if first.shadow_rows:  # the same errors with the measured schedule held fixed
@@ -122,7 +125,7 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
                     measured[variant].append(run_scenario(
                         scn, variant, None, path.parent, record_trace=sink, on_done=progress,
                         backend=backend, setup=setups[variant],
-                        shadow=repeat == 0 and profile is not None))
+                        shadow=profile is not None))
                     if check:
                         speeds[variant].append(calibrator.speed_check(profile, scn,
                                                                       path.parent))
@@ -141,7 +144,7 @@ def cmd_validate(args: argparse.Namespace, cli) -> int:
         else:
             output.print_validation(doc, Console(width=None if sys.stdout.isatty() else 150))
         if out_dir is not None:  # both sides' files, for `report`
-            write_shadow_csvs(out_dir, run_outputs)
+            write_shadow_csvs(out_dir, steps_rows)
             output.write_out(out_dir, doc, run_outputs, "validation.json")
     finally:
         cli.discard(sinks)
@@ -167,8 +170,8 @@ def noise(predicted: dict, measured: list[dict]) -> dict:
     """``relative_error`` against the measured median of each metric, and ``repeats``: the
     median, min and max over the repeats and, per metric, ``noise`` (the prediction is within
     the measured spread) or ``model`` (outside it); ``decode_steps``, predicted and per repeat
-    in order (only the first repeat's steps are written: a speculating variant whose repeats
-    drafted differently shows here, in fewer steps for more drafting)."""
+    in order (a speculating variant whose repeats drafted differently shows here, in fewer steps
+    for more drafting, and in the ``repeat`` column of its steps file)."""
     stats: dict[str, dict] = {"median": {}, "min": {}, "max": {}, "verdict": {}}
     errors = {}
     for name in COMPARED:

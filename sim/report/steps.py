@@ -51,8 +51,10 @@ def _kinds(rows: list[dict]) -> list[str]:
 
 
 def _tip(variant: str, kind: str, r: dict, p: float, m: float) -> str:
-    return (f"{variant}, step {r['step']} ({r['phase']}, batch {r.get('batch', '?')}): {kind} "
-            f"predicted {format_seconds(p)}, measured {format_seconds(m)}"
+    repeat = f"repeat {r['repeat']}, " if r.get("repeat") else ""  # (files from before: none)
+    return (f"{variant}, {repeat}step {r['step']} ({r['phase']}, "
+            f"batch {r.get('batch', '?')}): {kind} predicted {format_seconds(p)}, "
+            f"measured {format_seconds(m)}"
             + (f", {format_pct((p - m) / m, True)}" if m > 0 else ""))
 
 

@@ -8,8 +8,8 @@ the run the cost model predicts each of those plans (``predict``), and the signe
 kind (``prefill``, ``decode``, ``verify``, ``draft``, ``retier``; ``step`` = the whole step) is the
 cost model's error alone. The work a step did that depends on the text (an n-gram draft's lookups:
 ``StepResult.draft_scan_tokens``) is held fixed as the draft length is. ``--out`` writes
-``steps.{variant}.csv``: one row per step, the plan's summary, predicted and measured seconds per
-kind.
+``steps.{variant}.csv``: one row per step of every repeat (``repeat``, 1 to N), the plan's
+summary, predicted and measured seconds per kind.
 
 Signed relative error = (predicted - measured) / measured, as ``validate``'s; a kind is counted
 in a step only when both sides have it and the measured time is positive.
@@ -158,20 +158,28 @@ def write_steps_csv(rows: list[dict], path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def shadow_of(measured, cost_model) -> dict | None:
-    """The shadow summary of a measured run kept with ``shadow`` (None without one), predicted
-    by ``cost_model`` (``sim.run.runner.calibrated_model``); the rows stay on the run for
-    ``write_shadow_csvs``."""
-    if not measured.shadow_steps or cost_model is None:
+def shadow_of(runs: list, cost_model) -> dict | None:
+    """The shadow summary over the steps of every measured run kept with ``shadow`` (the
+    repeats of one variant; None without one), predicted by ``cost_model``
+    (``sim.run.runner.calibrated_model``).  Each run keeps its own rows (``shadow_rows``: the
+    schedule replay reads the first's); ``pooled_rows`` gives them together."""
+    runs = [r for r in runs if r.shadow_steps]
+    if not runs or cost_model is None:
         return None
-    measured.shadow_rows = predict(measured.shadow_steps, cost_model)
-    return summarize(measured.shadow_rows)
-
-
-def write_shadow_csvs(out_dir: Path, runs: list) -> None:
-    """``steps.{variant}.csv`` for every run that has shadow rows."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:
-        rows = getattr(run, "shadow_rows", None)
-        if rows is not None:
-            write_steps_csv(rows, out_dir / f"steps.{run.variant}.csv")
+        run.shadow_rows = predict(run.shadow_steps, cost_model)
+    return summarize([row for run in runs for row in run.shadow_rows])
+
+
+def pooled_rows(runs: list) -> list[dict]:
+    """Every run's shadow rows, each led by its ``repeat`` (1 to N, in the order measured)."""
+    return [{"repeat": i, **row} for i, run in enumerate(runs, 1)
+            for row in (getattr(run, "shadow_rows", None) or [])]
+
+
+def write_shadow_csvs(out_dir: Path, rows: dict[str, list[dict]]) -> None:
+    """``steps.{variant}.csv`` for every variant with shadow rows (``pooled_rows``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for variant, variant_rows in rows.items():
+        if variant_rows:
+            write_steps_csv(variant_rows, out_dir / f"steps.{variant}.csv")

@@ -257,6 +257,32 @@ def test_validate_shadows_every_measured_step_and_writes_steps_csv(scenario, tin
     assert "draft: n-gram" not in shadow and "draft" not in shadow
 
 
+def test_the_shadow_pools_the_steps_of_every_repeat(scenario, tiny_profile, tmp_path, capsys):
+    """``--repeats 2``: the shadow's summary and ``steps.{variant}.csv`` hold the steps of both
+    measured runs, each row with its repeat (a slow minute of the machine in one repeat is one
+    of the samples, not the whole of them); the schedule replay stays with the first."""
+    import csv
+
+    path = scenario({"kind": "uniform", "precision": "int8"})
+    out = tmp_path / "out"
+    assert main(["validate", path, "--backend", "torch", "--profile", str(tiny_profile),
+                 "--no-speed-check", "--json", "--out", str(out), "--repeats", "2"]) == 0
+    [run] = json.loads(capsys.readouterr().out)["runs"]
+    engine = run["engine_state"]["measured"]["engine"]
+    per_run = engine["num_decode_steps"] + engine["num_prefill_steps"]
+    assert run["repeats"]["decode_steps"]["measured"] == [engine["num_decode_steps"]] * 2
+    assert run["shadow"]["step"]["steps"] == 2 * per_run
+    with (out / f"steps.{run['variant']}.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["repeat"] for r in rows] == ["1"] * per_run + ["2"] * per_run
+    assert [r["step"] for r in rows] == [str(i) for i in range(per_run)] * 2
+    # the same plans, measured twice: the two repeats' times are two measurements
+    first, second = rows[:per_run], rows[per_run:]
+    assert [r["predicted_step_s"] for r in first] == [r["predicted_step_s"] for r in second]
+    assert [r["measured_step_s"] for r in first] != [r["measured_step_s"] for r in second]
+    assert "schedule_fixed" in run
+
+
 def test_the_shadow_prices_ngram_lookups_by_the_tokens_they_examined(tiny, write_scenario,
                                                                      tiny_profile, tmp_path,
                                                                      capsys):
