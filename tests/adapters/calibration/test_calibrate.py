@@ -101,6 +101,16 @@ def test_calibrate_writes_a_deterministic_profile(tiny, tmp_path, capsys):
     assert profile.layout.batch == ("fused" if fused.available() else "padded")
 
 
+def test_calibrate_warns_when_its_fit_reads_like_a_busy_machine():
+    """Fits of a quiet machine read 2.3-4.6 % here, those of a busy one 5.6-8.1 %: the second
+    get a warning that names the error and what to do; the first none."""
+    from adapters.calibration.calibrate import busy_warning
+
+    assert busy_warning(0.023) is None and busy_warning(0.046) is None
+    text = busy_warning(0.081)
+    assert "8.1%" in text and "calibrate again" in text
+
+
 def test_validate_calibrates_once_then_predicts_kv_memory_within_2_percent(
         scenario, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("INFER_OS_CACHE", str(tmp_path / "cache"))
