@@ -5,9 +5,9 @@ a, b, c again: a slow minute of the machine hits every variant alike), and predi
 every compared metric the table then gives the measured median and spread (min to max over the
 repeats); the error is against the median, and a row is flagged ``noise`` when the prediction
 falls within the measured spread, ``model`` when outside it.  The per-request comparison, the
-engine state, the schedule replay (``sim.run.replay``) and the ``--out`` files but the steps are
-those of the first repeat; the shadow (``steps.{variant}.csv``) and conditioning (acceptance,
-machine speed) pool every repeat.
+engine state, the schedule replay (``sim.run.replay``) and the ``--out`` files other than the
+steps files are those of the first repeat; the shadow (its summary and ``steps.{variant}.csv``)
+and conditioning (acceptance, machine speed) pool every repeat.
 """
 
 from __future__ import annotations
