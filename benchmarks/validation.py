@@ -78,13 +78,16 @@ def pooled_steps(folder: Path) -> str:
     files = sorted(folder.rglob("steps.*.csv"))
     if not files:
         sys.exit(f"{folder}: no steps.*.csv under it (validate --out DIR writes them)")
-    rows = [r for p in files for r in read_steps(p)]
+    rows = [{**r, "variant": str(p)} for p in files for r in read_steps(p)]
     lines = [f"{len(files)} files, {len(rows)} steps", "",
-             "| step kind | steps | median \\|error\\| | median signed error | p10 .. p90 |",
-             "|---|---|---|---|---|"]
+             "| step kind | steps | median \\|error\\| | median signed error | p10 .. p90 "
+             "| noise floor | model on those steps | steps with twins |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind, e in summarize(rows).items():
+        floor = (f"{e['floor']:.1%} | {e['floor_abs']:.1%} | {e['floor_steps']:,}"
+                 if "floor" in e else "- | - | 0")
         lines.append(f"| {kind} | {e['steps']:,} | {e['median_abs']:.1%} | {e['median']:+.1%} "
-                     f"| {e['p10']:+.1%} .. {e['p90']:+.1%} |")
+                     f"| {e['p10']:+.1%} .. {e['p90']:+.1%} | {floor} |")
     return "\n".join(lines)
 
 

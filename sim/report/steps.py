@@ -69,11 +69,12 @@ def shadow_table(runs: list[dict]) -> str:
             if isinstance(s, dict):
                 rows.append([r["variant"], kind, str(s.get("steps", "-"))]
                             + [format_pct(s.get(k), True) for k in ("median", "p10", "p90")]
-                            + [format_pct(s.get("median_abs"))])
+                            + [format_pct(s.get(k)) for k in ("median_abs", "floor",
+                                                               "floor_abs")])
     if not rows:
         return ""
-    return table(["variant", "kind", "steps", "median", "p10", "p90", "median |error|"], rows,
-                 text_columns=2)
+    return table(["variant", "kind", "steps", "median", "p10", "p90", "median |error|",
+                  "noise floor", "model on the twins"], rows, text_columns=2)
 
 
 def steps_charts(out_dir: Path, runs: list[dict], colors: dict[str, str],

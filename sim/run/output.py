@@ -237,13 +237,14 @@ def print_validation(doc: dict, console: Console) -> None:
         table = Table(title="shadow: the calibrated model on each measured step (cost model "
                       "error alone)", title_justify="left")
         for col in ("variant", "step kind", "steps", "median error", "p10 .. p90",
-                    "median |error|"):
+                    "median |error|", "noise floor"):
             table.add_column(col, justify="left" if col in ("variant", "step kind") else
                              "right")
         for variant, shadow in shadows:
             for kind, e in shadow.items():
                 table.add_row(variant, kind, str(e["steps"]), f"{e['median']:+.1%}",
-                              f"{e['p10']:+.0%} .. {e['p90']:+.0%}", f"{e['median_abs']:.1%}")
+                              f"{e['p10']:+.0%} .. {e['p90']:+.0%}", f"{e['median_abs']:.1%}",
+                              _floor(e))
         console.print(table)
     fixed = [(run["variant"], run) for run in doc["runs"] if run.get("schedule_fixed")]
     if fixed:
@@ -272,3 +273,11 @@ def _first_error(run: dict, name: str) -> float | None:
 
     return relative_error(metric_value(run["predicted"], name),
                           metric_value(run["measured"], name))
+
+
+def _floor(e: dict) -> str:
+    """A shadow kind's noise floor (``sim.run.shadow.noise_floor``): the floor, and the model's
+    median |error| on the same steps; "-" without repeats."""
+    if "floor" not in e:
+        return "-"
+    return f"{e['floor']:.1%} (model {e['floor_abs']:.1%} on {e['floor_steps']})"

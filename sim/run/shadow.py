@@ -13,6 +13,19 @@ summary, predicted and measured seconds per kind.
 
 Signed relative error = (predicted - measured) / measured, as ``validate``'s; a kind is counted
 in a step only when both sides have it and the measured time is positive.
+
+**The noise floor** (``validate --repeats N``, N >= 2): the schedule of a deterministic run repeats,
+so most steps have a twin in every other repeat with the very same plan (same step index, batch,
+contexts, precisions, draft length, n-gram scan).  No model that prices a plan can tell the
+twins apart, so what they differ by is the machine's noise at that step, and the best any cost
+model can do is their expected time.  Per kind, the floor is the median over such steps of
+``|m_i - mean(m_others)| / m_i * sqrt((n - 1) / n)`` (the leave-one-out mean of the n - 1 other
+repeats estimates the expected time; the factor takes the estimate's own noise out, for
+independent repeats of equal spread).  It includes the drift between repeats (a slow minute),
+which no model sees either.  ``floor_abs`` beside it is the model's median |error| over the same
+matched steps: a kind whose ``floor_abs`` stands well above its ``floor`` has an error the
+cost model can remove; one at its floor has not.  Steps with no twin (a dynamic controller that
+took another path in another repeat) are left out of both.
 """
 
 from __future__ import annotations
@@ -114,7 +127,8 @@ SUBKINDS = {
 
 def summarize(rows: list[dict]) -> dict:
     """Per kind (and ``step``, and the ``SUBKINDS``): ``{"steps", "median", "p10", "p90",
-    "median_abs"}`` of the signed relative error over the steps that have it.  A sub-kind is
+    "median_abs"}`` of the signed relative error over the steps that have it, and where rows
+    of several repeats (``repeat``) have twins, the kind's ``noise_floor``.  A sub-kind is
     given only when it holds some but not all of its kind's steps."""
     out = {}
     for name, kind, keep in [(k, k, None) for k in (*KINDS, "step")] + [
@@ -134,7 +148,46 @@ def summarize(rows: list[dict]) -> dict:
         p10, p50, p90 = np.percentile(e, [10, 50, 90])
         out[name] = {"steps": len(e), "median": _f(p50), "p10": _f(p10), "p90": _f(p90),
                      "median_abs": _f(np.median(np.abs(e)))}
+        floor = noise_floor(rows, kind, keep)
+        if floor is not None:
+            out[name] |= floor
     return out
+
+
+def _twins(rows: list[dict]) -> list[list[dict]]:
+    """Rows of different repeats (``repeat``) with the same ``variant`` (where rows carry one),
+    step index and plan, grouped: the groups of two or more."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("repeat") is None:
+            continue
+        key = (r.get("variant"), str(r["step"]), *(str(r.get(c)) for c in PLAN_COLUMNS))
+        groups.setdefault(key, []).append(r)
+    return [g for g in groups.values() if len(g) > 1 and len({r["repeat"] for r in g}) == len(g)]
+
+
+def noise_floor(rows: list[dict], kind: str, keep=None) -> dict | None:
+    """The noise floor of ``kind`` over the steps of ``rows`` that have twins in other repeats
+    (see the module's docstring) -> ``{"floor", "floor_abs", "floor_steps"}``, or None where
+    no step has a twin.  ``keep`` selects a sub-kind's steps."""
+    floors, model = [], []
+    for group in _twins(rows):
+        if keep is not None:
+            group = [r for r in group if keep(r)]
+        pairs = [(r.get(f"predicted_{kind}_s"), r.get(f"measured_{kind}_s")) for r in group]
+        pairs = [(p, m) for p, m in pairs if p is not None and m is not None and m > 0]
+        n = len(pairs)
+        if n < 2:
+            continue
+        total = sum(m for _, m in pairs)
+        for p, m in pairs:
+            others = (total - m) / (n - 1)
+            floors.append(abs(others - m) / m * np.sqrt((n - 1) / n))
+            model.append(abs(p - m) / m)
+    if not floors:
+        return None
+    return {"floor": _f(np.median(floors)), "floor_abs": _f(np.median(model)),
+            "floor_steps": len(floors)}
 
 
 def _f(x: float) -> float:
@@ -168,7 +221,7 @@ def shadow_of(runs: list, cost_model) -> dict | None:
         return None
     for run in runs:
         run.shadow_rows = predict(run.shadow_steps, cost_model)
-    return summarize([row for run in runs for row in run.shadow_rows])
+    return summarize(pooled_rows(runs))  # (the repeats tell the noise floor)
 
 
 def pooled_rows(runs: list) -> list[dict]:

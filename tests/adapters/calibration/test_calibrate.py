@@ -291,6 +291,9 @@ def test_the_shadow_pools_the_steps_of_every_repeat(scenario, tiny_profile, tmp_
     assert [r["predicted_step_s"] for r in first] == [r["predicted_step_s"] for r in second]
     assert [r["measured_step_s"] for r in first] != [r["measured_step_s"] for r in second]
     assert "schedule_fixed" in run
+    # every step has its twin in the other repeat: the noise floor reads all of them
+    step = run["shadow"]["step"]
+    assert step["floor_steps"] == 2 * per_run and 0 < step["floor"] < 1
 
 
 def test_the_shadow_prices_ngram_lookups_by_the_tokens_they_examined(tiny, write_scenario,
