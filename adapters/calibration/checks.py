@@ -17,6 +17,7 @@ BOUNDS: dict[str, tuple[str, float, float, type]] = {
     "--block-tokens": ("block_tokens", 1, 4096, int),
     "--kv-quant-group": ("kv_quant_group", 8, 4096, int),
     "--budget-s": ("budget_s", 0.1, 86400.0, float),
+    "--retries": ("retries", 0, 5, int),
 }
 
 
