@@ -39,7 +39,6 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from adapters.ort_backend.memory import keep_freed_memory
 from sim.config.paths import cache_folder, resolve_path
 from sim.config.scenario import BackendConfig, Scenario
 from sim.errors import BackendUnavailable, UserError
@@ -201,10 +200,7 @@ def base_options(threads: int | None) -> ort.SessionOptions:
     worker threads that block when idle instead of spinning: the executor interleaves session
     runs with torch work (staging the past, drafts), and a process can hold several sessions
     (``validate``'s speed check beside the measured run), whose spinning threads took a core
-    from the running one here (decode 40 ms -> 50 ms on SmolLM2-135M, 2 cores).  The process
-    keeps the memory it frees from then on (``adapters.ort_backend.memory``): the sessions'
-    outputs, freed every step, otherwise came back as page faults."""
-    keep_freed_memory()
+    from the running one here (decode 40 ms -> 50 ms on SmolLM2-135M, 2 cores)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
