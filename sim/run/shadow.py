@@ -130,7 +130,7 @@ def summarize(rows: list[dict]) -> dict:
     "median_abs"}`` of the signed relative error over the steps that have it, and where rows
     of several repeats (``repeat``) have twins, the kind's ``noise_floor``.  A sub-kind is
     given only when it holds some but not all of its kind's steps."""
-    out = {}
+    out, twins = {}, _twins(rows)
     for name, kind, keep in [(k, k, None) for k in (*KINDS, "step")] + [
             (name, kind, keep) for name, (kind, keep) in SUBKINDS.items()]:
         errors = []
@@ -148,7 +148,7 @@ def summarize(rows: list[dict]) -> dict:
         p10, p50, p90 = np.percentile(e, [10, 50, 90])
         out[name] = {"steps": len(e), "median": _f(p50), "p10": _f(p10), "p90": _f(p90),
                      "median_abs": _f(np.median(np.abs(e)))}
-        floor = noise_floor(rows, kind, keep)
+        floor = noise_floor(rows, kind, keep, twins)
         if floor is not None:
             out[name] |= floor
     return out
@@ -166,12 +166,14 @@ def _twins(rows: list[dict]) -> list[list[dict]]:
     return [g for g in groups.values() if len(g) > 1 and len({r["repeat"] for r in g}) == len(g)]
 
 
-def noise_floor(rows: list[dict], kind: str, keep=None) -> dict | None:
+def noise_floor(rows: list[dict], kind: str, keep=None,
+                twins: list[list[dict]] | None = None) -> dict | None:
     """The noise floor of ``kind`` over the steps of ``rows`` that have twins in other repeats
     (see the module's docstring) -> ``{"floor", "floor_abs", "floor_steps"}``, or None where
-    no step has a twin.  ``keep`` selects a sub-kind's steps."""
+    no step has a twin.  ``keep`` selects a sub-kind's steps; ``twins``: ``_twins(rows)``,
+    where the caller has them already."""
     floors, model = [], []
-    for group in _twins(rows):
+    for group in _twins(rows) if twins is None else twins:
         if keep is not None:
             group = [r for r in group if keep(r)]
         pairs = [(r.get(f"predicted_{kind}_s"), r.get(f"measured_{kind}_s")) for r in group]
