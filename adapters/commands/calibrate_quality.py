@@ -74,8 +74,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "predicted at that text's FP16 perplexity); repeatable")
     p.add_argument("--prior", metavar="PROFILE", help="a quality profile (bundled name or "
                    "path) that prices what the train jobs leave unpriced, scaled to this "
-                   "text's FP16 perplexity: with --jobs int2,h2o --train int2,h2o a new text "
-                   "is probed in 3 runs, INT8 and INT4 taken from the prior")
+                   "text's FP16 perplexity: with --jobs int2,h2o,int4 --train int2,h2o,int4 a "
+                   "new text is probed in 4 runs, INT8 taken from the prior (3 runs without "
+                   "int4: INT4 from the prior too)")
     p.add_argument("--out", metavar="PROFILE.yaml", help="write the fitted quality profile here")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run, stop_on_sigterm=True)
