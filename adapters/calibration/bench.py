@@ -36,7 +36,7 @@ from sim.quality.attention import MeasuredAttention
 
 BYTES = {torch.float32: 4.0, torch.float16: 2.0, torch.bfloat16: 2.0}
 REPEATS = 5  # timed runs per grid point (the median kept)
-VERSION = 26  # of the grid, timing method and features: a new one makes cached profiles stale
+VERSION = 27  # of the grid, timing method and features: a new one makes cached profiles stale
 
 
 def kernel_active(device: torch.device) -> bool:

@@ -84,7 +84,7 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         tail = step_tail_costs(sb)
         (retier_check, retier_row, retier_multi), (warm_check, warm_row, warm_multi) = \
             tail["retier"], tail["retier_warm"]
-        ngram_call, ngram_next_call, ngram = tail["ngram"]
+        ngram_call, ngram_next_call, ngram, ngram_compare, ngram_hit = tail["ngram"]
         obs_check, obs_row, obs_multi = tail["retier_observed"]
         verify_check, verify_row = tail["retier_verify"]
         growth = growth_in_prefills(sb)
@@ -110,7 +110,8 @@ def calibrate(model: str, *, backend: str = "torch", device: str = "auto",
         shift_bytes_per_s=shift, shift_s_per_pass=shift_pass,
         alloc_s=prims["alloc_4mib_s"] / 2, alloc_bytes_per_s=(1 << 22) / prims["alloc_4mib_s"],
         draft_ngram_s_per_token=ngram, draft_ngram_s_per_call=ngram_call,
-        draft_ngram_s_per_next_call=ngram_next_call,
+        draft_ngram_s_per_next_call=ngram_next_call, draft_ngram_s_per_compare=ngram_compare,
+        draft_ngram_s_per_hit=ngram_hit,
         retier_s_per_check=retier_check, retier_s_per_row=retier_row,
         retier_s_multi_row=retier_multi, retier_warm_s_per_check=warm_check,
         retier_warm_s_per_row=warm_row, retier_warm_s_multi_row=warm_multi,

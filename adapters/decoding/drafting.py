@@ -206,6 +206,7 @@ class NgramDraft:
     min_ngram: int = 1
     name: str = "ngram"
     scanned: int = field(default=0, compare=False)  # by the last ``propose``
+    compared: int = field(default=0, compare=False)  # of them, those whose first token matched
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
@@ -214,7 +215,9 @@ class NgramDraft:
     def propose(self, rid: int, tokens: list[int], k: int, *, temperature: float = 0.0,
                 generator: torch.Generator | None = None, threshold: float = 0.0) -> Proposal:
         n = len(tokens)
-        self.scanned = 0  # candidate starts this lookup examined (what its time grows with)
+        # what the lookup's time grows with (the shadow prices it): the candidate starts it
+        # examined, and the slices it compared (a start whose first token matched)
+        self.scanned = self.compared = 0
         if k <= 0:
             return [], None
         for size in range(min(self.max_ngram, n - 1), self.min_ngram - 1, -1):
@@ -222,11 +225,13 @@ class NgramDraft:
             first = suffix[0]
             # candidate starts i < n - size, most recent first
             for i in range(n - size - 1, -1, -1):
-                if tokens[i] == first and tokens[i:i + size] == suffix:
-                    follow = tokens[i + size:i + size + k]
-                    if follow:
-                        self.scanned += n - size - i
-                        return list(follow), None
+                if tokens[i] == first:
+                    self.compared += 1
+                    if tokens[i:i + size] == suffix:
+                        follow = tokens[i + size:i + size + k]
+                        if follow:
+                            self.scanned += n - size - i
+                            return list(follow), None
             self.scanned += n - size
         return [], None
 

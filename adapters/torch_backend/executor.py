@@ -100,7 +100,7 @@ class TorchExecutor(InjectedFaults):
         self.finished: dict[int, list[int]] = {}  # prompt + output ids of ended requests
         self._actual: dict[int, np.ndarray] = {}  # per request: precision applied per block
         self.steps_s = 0.0  # sum of measured step times
-        self.draft_scan_tokens: int | None = None  # set by each decode step
+        self.draft_work: tuple[int, int, int] | None = None  # set by each decode step
         # draft tokens accepted, proposals cut short by a rejection, and draft requests that
         # got no proposal (an n-gram with no match): the per-token acceptance probability is
         # accepted / (accepted + rejections + empty)
@@ -160,7 +160,7 @@ class TorchExecutor(InjectedFaults):
         yield env.timeout(elapsed)
         result = StepResult(elapsed, {self.info.name: elapsed}, segments, emitted, proposed,
                             self.kv.bytes_by_precision(), self.kv.fp16_equiv_bytes(),
-                            self.draft_scan_tokens if plan.draft_len else None)
+                            *(self.draft_work if plan.draft_len and self.draft_work else ()))
         if failed:
             raise StepFailed(failed, result)
         return result
@@ -240,17 +240,18 @@ class TorchExecutor(InjectedFaults):
         (tokens emitted per request, draft tokens proposed per request or None)."""
         name = self.info.name
         drafts: list[list[int]] = []
-        self.draft_scan_tokens = None  # n-gram lookups' work (``StepResult.draft_scan_tokens``)
+        self.draft_work = None  # n-gram lookups' work (``StepResult.draft_scan_tokens`` on)
         if k:
-            scans = []
+            work = []
             t0 = self._now()
             for rid in rids:
                 d, _ = self.drafter.propose(rid, self.tokens[rid], k)
                 drafts.append(list(d)[:k])
-                scans.append(getattr(self.drafter, "scanned", None))
+                work.append((getattr(self.drafter, "scanned", None),
+                             getattr(self.drafter, "compared", 0), len(d) > 0))
             t1 = self._now()
-            if None not in scans:
-                self.draft_scan_tokens = sum(scans)
+            if all(w[0] is not None for w in work):
+                self.draft_work = tuple(int(sum(x)) for x in zip(*work))
             segments.append((name, "draft", t1 - t0))
             t0 = t1
         T = k + 1 if k else 1

@@ -126,6 +126,10 @@ class CalibrationProfile(Frozen):
     draft_ngram_s_per_token: float = _seconds(0.0)  # an n-gram lookup, per token it examines
     draft_ngram_s_per_call: float = _seconds(0.0)  # and per lookup: a step's first
     draft_ngram_s_per_next_call: float | None = None  # its other rows' (None: as the first)
+    # per start whose first token matched (a slice compared) and per row whose lookup found an
+    # n-gram (0, in a profile from before: priced as the call)
+    draft_ngram_s_per_compare: float = _seconds(0.0)
+    draft_ngram_s_per_hit: float = _seconds(0.0)
     # the executor's check of every row's tiers when nothing moves, per check, per row and a
     # step up when it checks more than one row (measured: 1 row ~50 µs, 2-4 rows ~80-100 µs): after
     # a forward (after every step), and warm (before a decode step, after the engine's work)
@@ -287,7 +291,7 @@ class CalibratedModel(RetierCosts):
         B, k = len(tokens), plan.draft_len
         if k:
             out.append(Segment(self.device, "draft", 0.0, 0.0,
-                               self._draft_s(k, resident, plan.draft_scan_tokens)))
+                               self._draft_s(k, resident, plan)))
         T = k + 1
         seconds = self.forward_s(spec, L, T, resident, quantized, B * T, self.observing)
         out.append(Segment(self.device, "verify" if k else "decode", 0.0, 0.0, seconds))
@@ -312,17 +316,21 @@ class CalibratedModel(RetierCosts):
                                + plan.alloc_bytes / self.p.alloc_bytes_per_s))
         return out
 
-    def _draft_s(self, k: int, resident: np.ndarray, scanned: float | None) -> float:
+    def _draft_s(self, k: int, resident: np.ndarray, plan: StepPlan) -> float:
         """Row by row (unpadded): a catch-up pass over the tokens accepted since the last
         proposal (taken as 2) and k - 1 one-token passes; n-gram drafts: a lookup per row, over
-        the ``scanned`` tokens (None: every row's whole context)."""
+        the plan's ``draft_scan_tokens``, with its compares and hits (None: every row's whole
+        context, nothing found, as when nothing recurs)."""
         if self.draft is None:
+            scanned = plan.draft_scan_tokens
             tokens = float(resident.sum()) if scanned is None else scanned
             p = self.p
             nxt = p.draft_ngram_s_per_call if p.draft_ngram_s_per_next_call is None else \
                 p.draft_ngram_s_per_next_call
             return (tokens * p.draft_ngram_s_per_token + p.draft_ngram_s_per_call
-                    + (len(resident) - 1) * nxt)
+                    + (len(resident) - 1) * nxt
+                    + (plan.draft_compares or 0) * p.draft_ngram_s_per_compare
+                    + (plan.draft_hits or 0) * p.draft_ngram_s_per_hit)
         d, layers, none = self.draft, self.draft.num_layers, np.zeros((1, 3))
         seconds = 0.0
         for r in resident.tolist():

@@ -58,6 +58,10 @@ class StepPlan:
     # shadow prices the step it measured with them).  None: every row's whole sequence, as when
     # no n-gram recurs, the most a lookup can cost (what a simulation assumes)
     draft_scan_tokens: float | None = None
+    # and of them, the starts whose first token matched (a slice compared; None: 0), and the
+    # rows whose lookup found an n-gram (None: none, as for a whole scan)
+    draft_compares: float | None = None
+    draft_hits: float | None = None
     # per row (for cost models that model padding or one forward per request): prefill, the
     # prompt tokens; decode, the tokens stored before the step.  ``row_block_counts`` [rows,
     # precisions]: each row's blocks by precision (decode only)
@@ -79,7 +83,9 @@ class StepResult:
     proposed: np.ndarray | None = None
     kv_bytes_by_precision: dict[str, int] | None = None
     kv_fp16_equiv_bytes: int = 0
-    draft_scan_tokens: int | None = None  # n-gram drafts: the tokens the lookups examined
+    draft_scan_tokens: int | None = None  # n-gram drafts: the tokens the lookups examined,
+    draft_compares: int | None = None  # the slices they compared, the rows that found one
+    draft_hits: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ def read_steps(path: Path) -> list[dict]:
     what the shadow's sub-kinds read (``predicted_retier_work_s``, ``draft_scan_tokens``)."""
     columns = [f"{side}_{kind}_s" for kind in (*KINDS, "step")
                for side in ("predicted", "measured")]
-    columns += ["predicted_retier_work_s", "draft_scan_tokens"]
+    columns += ["predicted_retier_work_s", "draft_scan_tokens", "draft_compares", "draft_hits"]
     text = path.read_text(encoding="utf-8", errors="replace").strip()
     if text == "step":  # a run without steps
         return []

@@ -43,7 +43,7 @@ KINDS = ("prefill", "decode", "verify", "draft", "retier")
 PLAN_COLUMNS = ("phase", "batch", "num_tokens", "num_rows", "attended_pairs", "kv_read_bytes",
                 "kv_dequant_values", "draft_len", "kv_copy_bytes", "kv_requant_values",
                 "kv_recompute_tokens", "kv_shift_bytes", "kv_shift_passes",
-                "draft_scan_tokens")
+                "draft_scan_tokens", "draft_compares", "draft_hits")
 
 
 @dataclass
@@ -88,7 +88,8 @@ class ShadowRecorder:
         for _device, op, seconds in result.segments:
             measured[op] = measured.get(op, 0.0) + seconds
         if result.draft_scan_tokens is not None:  # data-dependent work, held fixed as the
-            plan = replace(plan, draft_scan_tokens=result.draft_scan_tokens)  # draft length is
+            plan = replace(plan, draft_scan_tokens=result.draft_scan_tokens,  # draft length is
+                           draft_compares=result.draft_compares, draft_hits=result.draft_hits)
         self.steps.append((plan, measured, result.elapsed_s))
 
 

@@ -323,6 +323,10 @@ def test_the_shadow_prices_ngram_lookups_by_the_tokens_they_examined(tiny, write
     assert "draft: n-gram" not in run["shadow"]  # all of the kind: said once, as "draft"
     scans = [float(r["draft_scan_tokens"]) for r in drafts]
     assert all(s > 0 for s in scans) and len(set(scans)) > 1
+    # the slices compared are among the starts examined; a row finds an n-gram or does not
+    assert all(0 <= float(r["draft_compares"]) <= float(r["draft_scan_tokens"]) for r in drafts)
+    assert all(0 <= float(r["draft_hits"]) <= int(r["batch"]) for r in drafts)
+    assert any(float(r["draft_hits"]) > 0 for r in drafts)
     by_scan = sorted(zip(scans, (float(r["predicted_draft_s"]) for r in drafts),
                          (int(r["batch"]) for r in drafts)))
     same_rows = [(s, p) for s, p, b in by_scan if b == by_scan[-1][2]]

@@ -27,6 +27,64 @@ def test_the_tier_check_fit_recovers_a_step_up_from_one_row_to_more():
     assert multi == pytest.approx(20e-6, abs=1e-6)
 
 
+def test_the_lookup_fit_recovers_its_five_prices_from_the_calibrations_row_kinds():
+    """n-gram lookups cost a first call, each next row's call, a price per token examined, per
+    slice compared and per row that found an n-gram (measured: the compares and hits took a
+    one-row lookup's median error from 8.8 to 3.8 %).  The calibration's four row kinds (short
+    and long misses, an immediate hit, a short miss comparing a slice at every fourth start),
+    over 1 and 2 rows, with the counts such rows give and noisy times: the fit recovers all
+    five."""
+    from adapters.calibration.step_tail import ngram_prices
+
+    truth = (6e-6, 1.5e-6, 0.022e-6, 0.1e-6, 2e-6)
+    rng = np.random.default_rng(1)
+    counts = {"short": (597, 2, 0), "long": (5997, 12, 0), "hit": (1, 1, 1),
+              "compare": (597, 50, 0)}
+    lookups = {}
+    for kind, (scan, compares, hits) in counts.items():
+        for b in (1, 2):
+            work = (scan * b, compares * b, hits * b)
+            t = truth[0] + (b - 1) * truth[1] + np.dot(truth[2:], work)
+            lookups[kind, b] = [(t * (1 + rng.normal(0, 0.01)), *work) for _ in range(11)]
+    for got, want in zip(ngram_prices(lookups), truth):
+        assert got == pytest.approx(want, rel=0.15, abs=0.2e-6)
+
+
+def test_a_lookup_that_compares_or_finds_more_is_priced_dearer(tiny, tiny_profile):
+    """The plan's compares and hits (held fixed by the shadow, as the tokens examined are) add
+    to a lookup's price at the profile's prices; a profile from before (both 0) prices it as
+    before."""
+    from policies import Placement, Precision
+    from sim.config.model_spec import resolve_model
+    from sim.costs.calibrated import CalibratedModel, load_calibration
+    from sim.engine.executor import StepPlan
+
+    spec = resolve_model(str(tiny / "model"))
+    after = load_calibration(tiny_profile).model_copy(update={
+        "draft_ngram_s_per_compare": 0.1e-6, "draft_ngram_s_per_hit": 2e-6})
+    before = after.model_copy(update={"draft_ngram_s_per_compare": 0.0,
+                                      "draft_ngram_s_per_hit": 0.0})
+    rows = np.array([100, 120])
+    counts = np.zeros((2, len(Precision)), dtype=np.int64)
+    counts[:, Precision.FP16] = 1
+
+    def draft_s(profile, compares, hits) -> float:
+        plan = StepPlan(phase="decode", request_ids=(0, 1), num_tokens=8, num_rows=8,
+                        attended_pairs=float(rows.sum()), kv_read_bytes=0.0,
+                        kv_dequant_values=0.0, placement=Placement("cpu", "cpu", "cpu"),
+                        draft_len=3, tokens_per_seq=1.0, draft_scan_tokens=40.0,
+                        draft_compares=compares, draft_hits=hits, row_tokens=rows,
+                        row_block_counts=counts)
+        model = CalibratedModel(profile, spec, draft_source="ngram", speculating=True)
+        return sum(s.fixed_s for s in model.segments(plan) if s.op == "draft")
+
+    base = draft_s(before, None, None)
+    assert draft_s(before, 30, 2) == pytest.approx(base)
+    assert draft_s(after, None, None) == pytest.approx(base)  # a simulated lookup: a miss
+    assert draft_s(after, 30, 0) > base and draft_s(after, 0, 2) > base
+    assert draft_s(after, 30, 2) > draft_s(after, 30, 1) > draft_s(after, 30, 0)
+
+
 def test_a_block_is_quantized_in_the_step_that_stores_its_last_token(tiny, tiny_profile):
     """A decode step stores the K/V of the token it feeds (emitted by the step before): a block
     admitted at INT8 fills, and is quantized, in the step whose row holds ``n x block`` tokens

@@ -240,6 +240,11 @@ def test_ngram_draft_counts_the_candidates_its_lookup_examined():
     assert ng.scanned == 1 + 2 + 3  # nothing recurs: every start, at sizes 3, 2 and 1
     ng.propose(0, [4, 1, 2, 9, 2], 3)
     assert ng.scanned == 2 + 3 + 2  # sizes 3 and 2 fail; the 1-gram matches at start 2
+    assert ng.compared == 1  # only the 1-gram's start had the first token: one slice compared
+    # the 3-gram's first token (7) at starts 0, 3, 6 with other tokens after it: a slice
+    # compared at each of them, none matching; then sizes 2 and 1 find nothing either
+    ng.propose(0, [7, 1, 1, 7, 2, 2, 7, 3, 3, 7, 8, 9], 3)
+    assert (ng.compared, ng.scanned) == (3, 9 + 10 + 11)
 
 
 def test_a_confidence_threshold_shortens_model_drafts(target):
