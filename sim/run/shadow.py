@@ -7,7 +7,8 @@ The shadow removes the second: while ``measure`` or ``validate`` runs on a real 
 the run the cost model predicts each of those plans (``predict``), and the signed error per step
 kind (``prefill``, ``decode``, ``verify``, ``draft``, ``retier``; ``step`` = the whole step) is the
 cost model's error alone. The work a step did that depends on the text (an n-gram draft's lookups:
-``StepResult.draft_scan_tokens``) is held fixed as the draft length is. ``--out`` writes
+``StepResult.draft_scan_tokens``, ``draft_compares``, ``draft_hits``) is held fixed as the draft
+length is. ``--out`` writes
 ``steps.{variant}.csv``: one row per step of every repeat (``repeat``, 1 to N), the plan's
 summary, predicted and measured seconds per kind.
 
@@ -16,8 +17,8 @@ in a step only when both sides have it and the measured time is positive.
 
 **The noise floor** (``validate --repeats N``, N >= 2): the schedule of a deterministic run repeats,
 so most steps have a twin in every other repeat with the very same plan (same step index, batch,
-contexts, precisions, draft length, n-gram scan).  No model that prices a plan can tell the
-twins apart, so what they differ by is the machine's noise at that step, and the best any cost
+contexts, precisions, draft length, n-gram lookups' work).  No model that prices a plan can tell
+the twins apart, so what they differ by is the machine's noise at that step, and the best any cost
 model can do is their expected time.  Per kind, the floor is the median over such steps of
 ``|m_i - mean(m_others)| / m_i * sqrt((n - 1) / n)`` (the leave-one-out mean of the n - 1 other
 repeats estimates the expected time; the factor takes the estimate's own noise out, for
