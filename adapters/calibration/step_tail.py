@@ -28,9 +28,8 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     the weights), over 1-4 rows of 512 tokens; the n-gram lookups of a speculative step
     over 1 and 2 rows: of ~200 or ~2,000 tokens in which nothing recurs (every token
     examined: the cost per token), rows whose last three tokens recur just before them
-    (a match at once: the cost per lookup and per hit), ~200 tokens with a slice to
-    compare at every fourth start (per compare), and a hit beside a miss (each next row's
-    call apart from a hit; ``ngram_prices``).  Contexts stay within the
+    (a match at once: the cost per lookup and per hit), and ~200 tokens with a slice to
+    compare at every fourth start (per compare; ``ngram_prices``).  Contexts stay within the
     model's limit.
     The check after the forward is timed again with the forward measuring attention (an
     observing policy's steps), which runs Python between the two, and read from the speculative
@@ -56,8 +55,6 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
         texts[rid][-6:] = texts[rid][-3:] * 2
     for rid in drafting["compare"]:
         texts[rid][:-4:4] = [texts[rid][-3]] * len(texts[rid][:-4:4])
-    # and a hit beside a miss in one step: the next row's call priced apart from a hit's
-    drafting["mixed"] = [drafting["hit"][0], drafting[short][0]]
     rids = [*checks, *texts]
     raw = {rid: bytes(64) for rid in rids}  # every block FP16, as it already is
     saved = sb.ex.store, sb.ex.drafter
@@ -70,7 +67,6 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
     warm: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     observed: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
     lookups: dict[tuple, list[tuple[float, ...]]] = {(n, b): [] for n in kinds for b in (1, 2)}
-    lookups["mixed", 2] = []
     after_verify: dict[int, list[float]] = {1: [], 2: []}
     try:
         for rep in range(repeats):
@@ -82,16 +78,15 @@ def step_tail_costs(sb: StepBench, repeats: int = 21) -> dict[str, tuple[float, 
             for n in observed:
                 observed[n].append(_retier_segments(_decode_step(sb, checks[:n]))[-1])
             sb.observing(False)
-            jobs = [(n, b) for b in (1, 2)  # each kind in half the repeats
-                    for n in (kinds[rep % 4], kinds[(rep + 2) % 4])]
-            for n, b in jobs + [("mixed", 2)] * (rep % 2):
-                for rid in drafting[n]:
-                    sb.ex.tokens[rid] = list(texts[rid])
-                result = _decode_step(sb, drafting[n][:b], 4)
-                seconds = sum(s for _, kind, s in result.segments if kind == "draft")
-                lookups[n, b].append((seconds, result.draft_scan_tokens,
-                                      result.draft_compares, result.draft_hits))
-                after_verify[b].append(_retier_segments(result)[-1])
+            for b in (1, 2):
+                for n in (kinds[rep % 4], kinds[(rep + 2) % 4]):  # each in half the repeats
+                    for rid in drafting[n]:
+                        sb.ex.tokens[rid] = list(texts[rid])
+                    result = _decode_step(sb, drafting[n][:b], 4)
+                    seconds = sum(s for _, kind, s in result.segments if kind == "draft")
+                    lookups[n, b].append((seconds, result.draft_scan_tokens,
+                                          result.draft_compares, result.draft_hits))
+                    after_verify[b].append(_retier_segments(result)[-1])
     finally:
         sb.ex.store, sb.ex.drafter = saved
         for rid in rids:
