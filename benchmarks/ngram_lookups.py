@@ -50,13 +50,12 @@ def lookups(n: int, seed: int) -> list[tuple[float, int, int, bool, int]]:
 
 
 def _matched_size(tokens: list[int], max_ngram: int = 3) -> int:
-    n = len(tokens)
-    for size in range(min(max_ngram, n - 1), 0, -1):
-        suffix = tokens[n - size:]
-        if any(tokens[i:i + size] == suffix and tokens[i + size:i + size + 4]
-               for i in range(n - size - 1, -1, -1)):
-            return size
-    return 0
+    """The n-gram size whose lookup proposed (each size alone, largest first, as ``propose``
+    tries them)."""
+    from adapters.decoding.drafting import NgramDraft
+
+    return next((size for size in range(min(max_ngram, len(tokens) - 1), 0, -1)
+                 if NgramDraft(max_ngram=size, min_ngram=size).propose(0, tokens, 4)[0]), 0)
 
 
 def main() -> None:

@@ -247,11 +247,10 @@ class TorchExecutor(InjectedFaults):
             for rid in rids:
                 d, _ = self.drafter.propose(rid, self.tokens[rid], k)
                 drafts.append(list(d)[:k])
-                work.append((getattr(self.drafter, "scanned", None),
-                             getattr(self.drafter, "compared", 0), len(d) > 0))
+                work.append([getattr(self.drafter, a, None) for a in ("scanned", "compared")])
             t1 = self._now()
-            if all(w[0] is not None for w in work):
-                self.draft_work = tuple(int(sum(x)) for x in zip(*work))
+            if all(w[0] is not None for w in work):  # and the rows that found an n-gram
+                self.draft_work = (*(int(sum(x)) for x in zip(*work)), sum(map(bool, drafts)))
             segments.append((name, "draft", t1 - t0))
             t0 = t1
         T = k + 1 if k else 1
